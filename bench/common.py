@@ -1,0 +1,204 @@
+"""Timing, memory and result-table helpers shared by the benchmark sections."""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Context:
+    """What a section needs to know: devices to run on and how thorough to be."""
+
+    devices: list[str]
+    full: bool = False
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+        print(format_row(row), flush=True)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time_ms(fn, device: str, *, warmup: int = 2, reps: int = 10, max_seconds: float = 5.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls (synchronised on CUDA).
+
+    Stops early once ``max_seconds`` of timed runs have passed (at least 3 runs)."""
+    if device.startswith("cuda"):
+        try:
+            import triton.testing
+
+            return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        except ImportError:
+            pass
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2 and time.perf_counter() - start_all > max_seconds:
+            break
+    return statistics.median(times)
+
+
+def peak_memory_bytes(fn, device: str) -> int | None:
+    """Peak bytes allocated by torch while ``fn()`` runs, above what was allocated before.
+
+    CUDA: the caching allocator's peak counter. CPU: replays the profiler's allocation and
+    free events in order (``profile_memory=True``) and takes the running maximum."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = sorted(
+            (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
+        )
+        running = peak = 0
+        for e in events:
+            running += e.cpu_memory_usage
+            peak = max(peak, running)
+        return peak
+    except Exception:
+        return None
+
+
+def saved_activation_bytes(forward) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``forward()`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+        except Exception:
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(storages.values())
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def environment(device: str) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    import fastmde
+
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "fastmde": fastmde.__version__,
+        "backends": {k: v.get(device.split(":")[0]) for k, v in fastmde.backends().items()},
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+    }
+
+
+def fmt(value, digits=2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+COLUMNS = (
+    ("section", "section"), ("what", "what"), ("shape", "shape"), ("dtype", "dtype"),
+    ("layout", "layout"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
+    ("total_ms", "fwd+bwd ms"), ("vs_eager", "x eager"), ("vs_compile", "x compile"),
+    ("throughput", "throughput"), ("peak_mb", "peak MB"), ("note", "note"),
+)
+
+
+def format_row(row: dict) -> str:
+    return " | ".join(fmt(row.get(key)) for key, _ in COLUMNS)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = [k for k, _ in COLUMNS if any(r.get(k) is not None for r in rows)]
+    titles = dict(COLUMNS)
+    lines = ["| " + " | ".join(titles[k] for k in keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def write_results(rows: list[dict], env: dict, out_dir: str, tag: str) -> tuple[str, str]:
+    """Write ``<out_dir>/<tag>.json`` and ``.md`` atomically; returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{tag}.json")
+    md_path = os.path.join(out_dir, f"{tag}.md")
+    payload = {"environment": env, "rows": rows}
+    header = [
+        f"# fastmde benchmark: {env['device_name']}",
+        "",
+        f"- device: `{env['device']}` ({env['device_name']})",
+        f"- torch {env['torch']}, triton {env['triton']}, fastmde {env['fastmde']}, python {env['python']}",
+        f"- backends: {env['backends']}",
+        f"- date: {env['date']}",
+        "",
+    ]
+    notes = []
+    for section in dict.fromkeys(r["section"] for r in rows):
+        section_rows = [r for r in rows if r["section"] == section]
+        notes.append(f"## {section}\n\n" + markdown_table(section_rows) + "\n")
+    for path, text in (
+        (json_path, json.dumps(payload, indent=1)),
+        (md_path, "\n".join(header) + "\n".join(notes)),
+    ):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return json_path, md_path

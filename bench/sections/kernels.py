@@ -1,0 +1,152 @@
+"""``kernels`` section: each hot path, fastmde against the eager reference and torch.compile of it.
+
+Rows per shape: ``eager`` (the plain PyTorch reference, autograd backward), ``compile``
+(torch.compile of that reference), ``fastmde`` (the op, served by whatever backend
+``fastmde.backends()`` names). Speedups are measured in the same run.
+"""
+from __future__ import annotations
+
+import torch
+
+import fastmde
+from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
+from fastmde.reference.depth_metrics import depth_metrics_reference
+from fastmde.reference.up_projection import up_projection_block_reference
+
+from common import median_time_ms, peak_memory_bytes
+
+LOSS_PRESET = "hu_blurred"
+
+
+def _loss_inputs(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(shape, generator=g) * 9.5 + 0.5).to(device=device, dtype=dtype)
+    pred = (target + 0.3 * torch.randn(shape, generator=g).to(device=device, dtype=dtype)).clamp_min(0.1)
+    return pred, target
+
+
+def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=None, flops=None, note=None):
+    """Time forward, and forward+backward, of each implementation; add one row each."""
+    times = {}
+    for name, (forward, inputs) in impls.items():
+        def fwd():
+            with torch.no_grad():
+                forward()
+
+        def fwd_bwd():
+            for t in inputs:
+                t.grad = None
+            forward().backward()
+
+        try:
+            fwd_ms = median_time_ms(fwd, device)
+            total_ms = median_time_ms(fwd_bwd, device) if inputs else None
+            peak = peak_memory_bytes(fwd_bwd if inputs else fwd, device)
+        except Exception as exc:  # e.g. torch.compile unavailable for this device/dtype
+            ctx.add(section=section, what=what, shape=shape, dtype=str(dtype).replace("torch.", ""),
+                    impl=name, note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
+            continue
+        times[name] = total_ms if total_ms is not None else fwd_ms
+        throughput = None
+        if bytes_moved is not None:
+            throughput = f"{bytes_moved / (times[name] * 1e-3) / 1e9:.1f} GB/s"
+        elif flops is not None:
+            throughput = f"{flops / (times[name] * 1e-3) / 1e12:.3f} TFLOP/s"
+        ctx.add(
+            section=section, what=what, shape=shape, dtype=str(dtype).replace("torch.", ""),
+            layout=note or "NCHW", impl=name, fwd_ms=fwd_ms,
+            bwd_ms=None if total_ms is None else total_ms - fwd_ms, total_ms=total_ms,
+            vs_eager=times["eager"] / times[name] if "eager" in times else None,
+            vs_compile=times["compile"] / times[name] if "compile" in times else None,
+            throughput=throughput, peak_mb=None if peak is None else peak / 2**20,
+        )
+
+
+def bench_loss(ctx, device, shape, dtype):
+    pred, target = _loss_inputs(shape, dtype, device)
+    options = PRESETS[LOSS_PRESET]
+    p_eager = pred.clone().requires_grad_()
+    p_compile = pred.clone().requires_grad_()
+    p_fast = pred.clone().requires_grad_()
+
+    def reference(p, t):
+        return depth_loss_terms_reference(p[:, 0], t[:, 0], **options)["total"]
+
+    compiled = torch.compile(reference)
+    impls = {
+        "eager": (lambda: reference(p_eager, target), [p_eager]),
+        "compile": (lambda: compiled(p_compile, target), [p_compile]),
+        "fastmde": (lambda: fastmde.depth_loss(p_fast, target, preset=LOSS_PRESET), [p_fast]),
+    }
+    # one read of pred and target, one write of the gradient
+    bytes_moved = 3 * pred.numel() * pred.element_size()
+    _fwd_bwd_rows(ctx, "kernels", f"depth_loss {LOSS_PRESET}", "x".join(map(str, shape)), dtype,
+                  device, impls, bytes_moved=bytes_moved)
+
+
+def bench_metrics(ctx, device, shape, dtype):
+    pred, target = _loss_inputs(shape, dtype, device, seed=1)
+    opts = dict(crop="eigen", max_depth=10.0)
+
+    def reference(p, t):
+        return depth_metrics_reference(p[:, 0], t[:, 0], **opts)["rms"]
+
+    compiled = torch.compile(reference)
+    impls = {
+        "eager": (lambda: reference(pred, target), []),
+        "compile": (lambda: compiled(pred, target), []),
+        "fastmde": (lambda: fastmde.depth_metrics(pred, target, **opts)["rms"], []),
+    }
+    bytes_moved = 2 * pred.numel() * pred.element_size()
+    _fwd_bwd_rows(ctx, "kernels", "depth_metrics eigen", "x".join(map(str, shape)), dtype, device,
+                  impls, bytes_moved=bytes_moved)
+
+
+# U-Net34 decoder blocks at internal size 288x384: (in_channels, out_channels, h, w) of the input.
+UNET34_DECODER = [(512, 128, 18, 24), (256, 64, 36, 48), (128, 64, 72, 96), (64, 64, 144, 192)]
+
+
+def bench_up_projection(ctx, device, batch, dtype, channels_last, blocks):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for cin, cout, h, w in blocks:
+        block = fastmde.nn.UpProjection(cin, cout, kernel_size=3).to(device=device, dtype=dtype)
+        block = block.to(memory_format=fmt)
+        g = torch.Generator().manual_seed(2)
+        x0 = torch.randn(batch, cin, h, w, generator=g).to(device=device, dtype=dtype)
+        x0 = x0.contiguous(memory_format=fmt)
+        xs = {k: x0.clone().requires_grad_() for k in ("eager", "compile", "fastmde")}
+
+        def reference(x):
+            return up_projection_block_reference(block, x).sum()
+
+        compiled = torch.compile(reference)
+        impls = {
+            "eager": (lambda: reference(xs["eager"]), [xs["eager"]]),
+            "compile": (lambda: compiled(xs["compile"]), [xs["compile"]]),
+            "fastmde": (lambda: block(xs["fastmde"]).sum(), [xs["fastmde"]]),
+        }
+        k = 3
+        H, W = 2 * h, 2 * w
+        # multiply-adds of the forward: 1x1 reduce, the three k x k convs; x2 flops, x3 fwd+bwd
+        macs = batch * (h * w * cin * cout + H * W * k * k * cout * cout * 3)
+        _fwd_bwd_rows(
+            ctx, "kernels", f"up_projection {cin}->{cout} k3", f"{batch}x{cin}x{h}x{w}", dtype, device,
+            impls, flops=2 * 3 * macs, note="channels_last" if channels_last else "NCHW",
+        )
+
+
+def run(ctx, device: str) -> None:
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
+    loss_shapes = [(8, 1, 288, 384)] + ([(8, 1, 480, 640)] if ctx.full or device.startswith("cuda") else [])
+    if device.startswith("cuda"):
+        loss_shapes.append((16, 1, 480, 640))
+    for dtype in dtypes:
+        for shape in loss_shapes:
+            bench_loss(ctx, device, shape, dtype)
+            bench_metrics(ctx, device, shape, dtype)
+    if device.startswith("cuda"):
+        bench_up_projection(ctx, device, 16, torch.bfloat16, True, UNET34_DECODER)
+        bench_up_projection(ctx, device, 16, torch.float32, False, UNET34_DECODER)
+    else:
+        blocks = UNET34_DECODER if ctx.full else UNET34_DECODER[:2]
+        bench_up_projection(ctx, device, 1, torch.float32, False, blocks)

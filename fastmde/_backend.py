@@ -1,0 +1,213 @@
+"""Which implementation serves each hot path on each device.
+
+Every hot path (``depth_loss``, ``depth_metrics``, ``up_projection``) has up to three
+implementations with the same file name:
+
+* ``reference`` -- plain PyTorch in ``fastmde/reference/<name>.py`` (always available);
+* ``native``    -- the C++ CPU kernels of the ``fastmde._C`` extension (``csrc/<name>.cpp``);
+* ``triton``    -- the Triton kernels in ``fastmde.kernels.<name>`` (``kernels/<name>.py``),
+  on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set.
+
+An implementation is *available* for a hot path when its module exposes the functions the op
+needs (``NATIVE_ENTRY_POINTS`` / ``TRITON_ENTRY_POINTS``), so a kernel plugs in by defining them.
+
+``FASTMDE_BACKEND=reference|native|triton`` forces one implementation everywhere; a forced
+implementation that is unavailable raises ``BackendUnavailableError`` naming the reason.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+HOT_PATHS = ("depth_loss", "depth_metrics", "up_projection")
+BACKENDS = ("reference", "native", "triton")
+
+# Functions each implementation module must define for a hot path to count as available.
+NATIVE_ENTRY_POINTS = {
+    "depth_loss": ("depth_loss_forward",),
+    "depth_metrics": ("depth_metric_sums",),
+    "up_projection": ("upsample_conv2d_forward", "upsample_conv2d_backward"),
+}
+TRITON_ENTRY_POINTS = NATIVE_ENTRY_POINTS
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend (``FASTMDE_BACKEND`` or ``set_backend``) cannot serve a call."""
+
+
+_native_module: ModuleType | None = None
+_native_error: str | None = None
+_native_loaded = False
+_triton_modules: dict[str, ModuleType | None] = {}
+_triton_errors: dict[str, str] = {}
+_forced: str | None = None
+
+
+def _read_env() -> str | None:
+    value = os.environ.get("FASTMDE_BACKEND", "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"FASTMDE_BACKEND={value!r} is not one of {', '.join(BACKENDS)} (or 'auto')"
+        )
+    return value
+
+
+def forced_backend() -> str | None:
+    return _forced
+
+
+def set_backend(name: str | None) -> None:
+    """Force ``name`` (``reference``, ``native``, ``triton``) everywhere; ``None`` restores the default choice."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+    _forced = name
+
+
+def native_module() -> ModuleType | None:
+    """The ``fastmde._C`` extension, or ``None`` (with a one-time warning naming the cause)."""
+    global _native_module, _native_error, _native_loaded
+    if not _native_loaded:
+        _native_loaded = True
+        try:
+            import torch  # noqa: F401  (the extension links against libtorch)
+
+            _native_module = importlib.import_module("fastmde._C")
+        except Exception as exc:  # ImportError, undefined symbols after an ABI change, ...
+            _native_error = f"{type(exc).__name__}: {exc}"
+            if os.environ.get("FASTMDE_QUIET") != "1":
+                warnings.warn(
+                    "fastmde: the C++ extension fastmde._C could not be loaded "
+                    f"({_native_error}); CPU ops fall back to the PyTorch reference. "
+                    "Rebuild with `pip install --no-build-isolation -e .`.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _native_module
+
+
+def native_error() -> str | None:
+    native_module()
+    return _native_error
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_module(hot_path: str) -> ModuleType | None:
+    """``fastmde.kernels.<hot_path>`` if Triton imports and the module defines its entry points."""
+    if hot_path not in _triton_modules:
+        module = None
+        try:
+            module = importlib.import_module(f"fastmde.kernels.{hot_path}")
+            missing = [f for f in TRITON_ENTRY_POINTS[hot_path] if not hasattr(module, f)]
+            if missing:
+                _triton_errors[hot_path] = f"fastmde.kernels.{hot_path} lacks {', '.join(missing)}"
+                module = None
+        except Exception as exc:
+            _triton_errors[hot_path] = f"{type(exc).__name__}: {exc}"
+        _triton_modules[hot_path] = module
+    return _triton_modules[hot_path]
+
+
+def _native_has(hot_path: str) -> bool:
+    module = native_module()
+    return module is not None and all(hasattr(module, f) for f in NATIVE_ENTRY_POINTS[hot_path])
+
+
+def _why_unavailable(hot_path: str, device_type: str, backend: str) -> str | None:
+    """``None`` when ``backend`` can serve ``hot_path`` on ``device_type``, else the reason."""
+    if backend == "reference":
+        return None
+    if backend == "native":
+        if device_type != "cpu":
+            return "the native backend runs on CPU tensors only"
+        if native_module() is None:
+            return f"fastmde._C is not loaded ({_native_error})"
+        if not _native_has(hot_path):
+            return f"fastmde._C has no {hot_path} kernel"
+        return None
+    if backend == "triton":
+        if device_type == "cpu" and not triton_interpreting():
+            return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
+        if device_type not in ("cpu", "cuda"):
+            return f"Triton kernels do not run on {device_type} tensors"
+        if triton_module(hot_path) is None:
+            return f"fastmde.kernels.{hot_path} is unavailable ({_triton_errors.get(hot_path)})"
+        return None
+    return f"unknown backend {backend!r}"
+
+
+def choose(hot_path: str, device_type: str) -> str:
+    """The implementation that serves ``hot_path`` for tensors on ``device_type``."""
+    forced = _forced
+    if forced is not None:
+        reason = _why_unavailable(hot_path, device_type, forced)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"fastmde backend {forced!r} was forced but cannot run {hot_path} on "
+                f"{device_type}: {reason}"
+            )
+        return forced
+    order = ("native", "reference") if device_type == "cpu" else ("triton", "reference")
+    for backend in order:
+        if _why_unavailable(hot_path, device_type, backend) is None:
+            return backend
+    return "reference"
+
+
+def backends(devices: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
+    """For each hot path and device type, the implementation that serves it.
+
+    >>> fastmde.backends()          # doctest: +SKIP
+    {'depth_loss': {'cpu': 'native', 'cuda': 'triton'}, ...}
+
+    A forced backend that cannot serve a cell is shown as ``'unavailable: <reason>'``.
+    """
+    if devices is None:
+        import torch
+
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    table: dict[str, dict[str, str]] = {}
+    for hot_path in HOT_PATHS:
+        table[hot_path] = {}
+        for device_type in devices:
+            try:
+                table[hot_path][device_type] = choose(hot_path, device_type)
+            except BackendUnavailableError as exc:
+                table[hot_path][device_type] = f"unavailable: {exc}"
+    return table
+
+
+def install_kernels_package() -> None:
+    """Make ``fastmde.kernels`` importable when running from a source checkout.
+
+    ``setup.py`` installs the top-level ``kernels/`` directory as ``fastmde.kernels``; in a
+    source checkout (tests run with the repository root on ``sys.path``) there is no
+    ``fastmde/kernels`` directory, so the package is loaded from ``../kernels``.
+    """
+    if "fastmde.kernels" in sys.modules:
+        return
+    package_dir = Path(__file__).resolve().parent
+    if (package_dir / "kernels" / "__init__.py").exists():
+        return  # installed layout: the normal import system finds it
+    source = package_dir.parent / "kernels" / "__init__.py"
+    if not source.exists():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "fastmde.kernels", source, submodule_search_locations=[str(source.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastmde.kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_forced = _read_env()

@@ -1,0 +1,39 @@
+"""The ``fastmde`` command (also ``python -m fastmde``).
+
+Each sub-command lives in its own module that defines ``add_arguments(parser)`` and
+``run(args) -> int``; ``COMMANDS`` maps names to those modules (imported only when used, so
+``fastmde info`` stays fast).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "info": ("fastmde.info", "versions, devices, and which kernel serves each hot path"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmde", description="Fast monocular depth estimation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

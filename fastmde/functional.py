@@ -1,0 +1,164 @@
+"""The public functions: ``depth_loss``, ``depth_loss_terms``, ``depth_metrics``.
+
+They check their input, resolve presets and conventions, and call the ``fastmde::`` ops,
+which pick the fastest available implementation for the device.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import as_depth_maps
+from .ops.depth_loss import depth_loss_op
+from .ops.depth_metrics import depth_metric_sums_op
+from .reference.depth_loss import DEPTH_TERMS, PRESETS
+from .reference.depth_metrics import AGGREGATIONS, combine, resolve_crop
+
+
+def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        options = PRESETS[preset]
+        depth_term, gradient, normal, blur = (
+            options["depth_term"], options["gradient"], options["normal"], options["blur"],
+        )
+    if depth_term not in DEPTH_TERMS:
+        raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
+    alpha = float(alpha)
+    if not alpha > 0.0 or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha}")
+    weights = [float(w) for w in weights]
+    if len(weights) != 3 or not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be three finite numbers (depth, gradient, normal), got {weights}")
+    return depth_term, alpha, bool(gradient), bool(normal), bool(blur), weights
+
+
+def depth_loss_terms(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    preset: str | None = None,
+    depth_term: str = "log",
+    alpha: float = 0.5,
+    gradient: bool = True,
+    normal: bool = True,
+    blur: bool = False,
+    mask: torch.Tensor | None = None,
+    weights=(1.0, 1.0, 1.0),
+) -> dict[str, torch.Tensor]:
+    """The depth loss and its terms: ``{"total", "depth", "gradient", "normal"}``.
+
+    ``total`` = w0 * depth + w1 * gradient + w2 * normal carries the gradient with respect to
+    ``pred``; the three terms are returned detached, for logging. See :func:`depth_loss`.
+    """
+    depth_term, alpha, gradient, normal, blur, weights = _loss_options(
+        preset, depth_term, alpha, gradient, normal, blur, weights
+    )
+    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_loss")
+    if target3.requires_grad:
+        raise ValueError(
+            "depth_loss: target requires grad, but the loss is differentiable with respect to "
+            "pred only; pass target.detach()"
+        )
+    terms, _ = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
+    return {
+        "total": terms[3],
+        "depth": terms[0].detach(),
+        "gradient": terms[1].detach(),
+        "normal": terms[2].detach(),
+    }
+
+
+def depth_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    preset: str | None = None,
+    depth_term: str = "log",
+    alpha: float = 0.5,
+    gradient: bool = True,
+    normal: bool = True,
+    blur: bool = False,
+    mask: torch.Tensor | None = None,
+    weights=(1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    r"""Hu et al.'s depth loss as in the paper's code, fused: a scalar tensor.
+
+    ``pred``, ``target``: (B, 1, H, W) or (B, H, W). ``preset`` (the paper's Table 3: ``l1``,
+    ``hu``, ``hu_blurred``, ``l1_hu``, ``l1_hu_blurred``) sets ``depth_term``, ``gradient``,
+    ``normal`` and ``blur``; ``alpha``, ``mask`` and ``weights`` still apply.
+
+    .. math::
+        L = w_0 \frac1N\sum \ln(|\hat y-y|+α) + w_1 \frac1N\sum [\ln(|\hat g_x-g_x|+α)
+            + \ln(|\hat g_y-g_y|+α)] + w_2 \frac1N\sum |1-\cos(\hat n, n)|
+
+    (``depth_term="l1"`` uses :math:`|\hat y - y|`), with Sobel gradients g of the ground truth
+    (Gaussian-blurred, 7x7, σ = 1.4, when ``blur``) and of the prediction, normals
+    n = (-g_x, -g_y, 1), and means over the N valid pixels: ``mask`` true (default all) and
+    finite ground truth. Non-finite ground truth pixels count as 0 for the Sobel and blur
+    stencils and are left out of the means. No valid pixel: the loss is 0 with zero gradient.
+    float16/bfloat16 are computed in float32 and return a float32 loss.
+    """
+    return depth_loss_terms(
+        pred, target, preset=preset, depth_term=depth_term, alpha=alpha, gradient=gradient,
+        normal=normal, blur=blur, mask=mask, weights=weights,
+    )["total"]
+
+
+def check_metric_options(min_depth, max_depth, aggregate) -> tuple[float, float]:
+    """Validate the metric conventions; return (min_depth, max_depth) with None -> inf."""
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    lo = float(min_depth)
+    hi = math.inf if max_depth is None else float(max_depth)
+    if not (lo > 0.0 and math.isfinite(lo)):
+        raise ValueError(f"min_depth must be a positive finite number, got {min_depth}")
+    if not hi > lo:
+        raise ValueError(f"max_depth ({max_depth}) must be greater than min_depth ({min_depth})")
+    return lo, hi
+
+
+def depth_metric_sums(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    crop=None,
+) -> torch.Tensor:
+    """Per-image sums (B, 7) float64 behind the metrics (see ``fastmde.reference.depth_metrics``)."""
+    lo, hi = check_metric_options(min_depth, max_depth, "pooled")
+    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_metrics")
+    bounds = resolve_crop(crop, pred3.shape[-2], pred3.shape[-1])
+    return depth_metric_sums_op(pred3.detach(), target3.detach(), mask3, lo, hi, list(bounds))
+
+
+def depth_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    crop=None,
+    aggregate: str = "per_image",
+) -> dict[str, torch.Tensor]:
+    r"""The standard depth metrics: ``{rms, rel, log10, delta1, delta2, delta3}`` (float64 tensors).
+
+    Over valid pixels: ground truth finite and in (min_depth, max_depth], ``mask`` true, inside
+    ``crop`` (``"eigen"``, ``"densedepth"``, (top, bottom, left, right) or None; named crops are
+    defined on 480x640 and scaled to other sizes). Predictions are clamped to
+    [min_depth, max_depth]. RMS = sqrt(mean (ŷ-y)²), REL = mean |ŷ-y|/y,
+    log10 = mean |log10 ŷ - log10 y|, δk = mean [max(ŷ/y, y/ŷ) < 1.25^k].
+    ``aggregate="per_image"`` (the paper's code) averages each image's metrics over the images
+    that have a valid pixel; ``"pooled"`` pools all valid pixels. Images with no valid pixel are
+    left out; if none has one, every metric is 0 (never NaN).
+    """
+    check_metric_options(min_depth, max_depth, aggregate)
+    sums = depth_metric_sums(
+        pred, target, mask=mask, min_depth=min_depth, max_depth=max_depth, crop=crop
+    )
+    return combine(sums, aggregate)

@@ -1,0 +1,54 @@
+"""``fastmde info``: versions, devices and the backend table."""
+from __future__ import annotations
+
+import platform
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", help="also print parameters and MACs of this model variant")
+    parser.add_argument("--size", default="288x384", help="internal size HxW for --model (default 288x384)")
+
+
+def describe() -> list[str]:
+    import torch
+
+    from . import __version__, _backend
+
+    lines = [
+        f"fastmde {__version__}",
+        f"python  {platform.python_version()} ({platform.machine()})",
+        f"torch   {torch.__version__}",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton  {triton.__version__}" + (" (interpreter)" if _backend.triton_interpreting() else ""))
+    except Exception as exc:
+        lines.append(f"triton  unavailable ({type(exc).__name__}: {exc})")
+    native = _backend.native_module()
+    lines.append(
+        f"native  {'fastmde._C loaded, ' + str(native.num_threads()) + ' threads' if native else 'unavailable: ' + str(_backend.native_error())}"
+    )
+    lines.append(f"devices cpu ({torch.get_num_threads()} threads)")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            lines.append(f"        cuda:{i} {torch.cuda.get_device_name(i)}")
+    forced = _backend.forced_backend()
+    lines.append(f"backend {'forced: ' + forced if forced else 'automatic'} (FASTMDE_BACKEND)")
+    table = _backend.backends()
+    devices = list(next(iter(table.values())).keys())
+    lines.append("")
+    lines.append(f"{'hot path':<16}" + "".join(f"{d:<12}" for d in devices))
+    for hot_path, row in table.items():
+        lines.append(f"{hot_path:<16}" + "".join(f"{row[d]:<12}" for d in devices))
+    return lines
+
+
+def run(args) -> int:
+    print("\n".join(describe()))
+    if getattr(args, "model", None):
+        from .models import describe_model  # provided by the models package
+
+        print()
+        print(describe_model(args.model, args.size))
+    return 0

@@ -1,0 +1,102 @@
+"""``UpProjection``: the paper's up-projection block and Hu et al.'s original, over the fused op."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.up_projection import upsample_conv2d_op
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout)
+
+
+class UpProjection(nn.Module):
+    """Up-projection block; ``forward(x, skip=None, size=None)``.
+
+    The paper's block (``reduce=True``)::
+
+        x [, cat skip] -> 1x1 conv (Cin->Cout) -> BN -> ReLU -> bilinear upsample
+          -> {k x k conv -> BN -> ReLU -> k x k conv -> BN} + {k x k conv -> BN} -> ReLU
+
+    Hu et al.'s original (``reduce=False``, use ``kernel_size=5``): upsample first, then
+    5x5 conv -> BN -> ReLU -> 3x3 conv -> BN, plus a 5x5 conv -> BN shortcut, sum, ReLU.
+
+    Args:
+        in_channels: channels entering the block (after concatenating ``skip``).
+        out_channels: channels leaving it.
+        kernel_size: k of the first branch conv and the shortcut conv (odd).
+        reduce: the paper's 1x1 channel reduction before the upsample.
+        scale: upsampling factor when no ``size`` is given to ``forward``.
+        align_corners: of the bilinear upsample (the paper's code uses True).
+        second_kernel_size: k of the branch's second conv; defaults to ``kernel_size`` with
+            ``reduce`` and to 3 without (Hu et al.'s 5x5/3x3/5x5).
+
+    ``forward(x, skip=None, size=None)``: ``skip`` (same batch) is concatenated to ``x`` on the
+    channels, ``x`` first resized bilinearly to ``skip``'s size if they differ (so inputs need
+    not be divisible by 32); ``size`` = (H, W) overrides ``scale``.
+
+    The upsample and the two k x k convs that read it (branch and shortcut, weights stacked)
+    are one ``fastmde::upsample_conv2d`` op, so fast backends never write the upsampled tensor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 3,
+        reduce: bool = True,
+        scale: float = 2,
+        align_corners: bool = True,
+        second_kernel_size: int | None = None,
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        if second_kernel_size is None:
+            second_kernel_size = kernel_size if reduce else 3
+        if second_kernel_size % 2 != 1:
+            raise ValueError(f"second_kernel_size must be odd, got {second_kernel_size}")
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.second_kernel_size = kernel_size, second_kernel_size
+        self.reduce, self.scale, self.align_corners = reduce, scale, align_corners
+        mid = out_channels if reduce else in_channels
+        if reduce:
+            self.reduce_conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+            self.reduce_bn = nn.BatchNorm2d(out_channels)
+        self.conv1, self.bn1 = _conv_bn(mid, out_channels, kernel_size)
+        self.conv2, self.bn2 = _conv_bn(out_channels, out_channels, second_kernel_size)
+        self.shortcut_conv, self.shortcut_bn = _conv_bn(mid, out_channels, kernel_size)
+
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        if skip is not None:
+            if skip.shape[-2:] != x.shape[-2:]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            x = torch.cat((x, skip), dim=1)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"UpProjection expects (B, {self.in_channels}, H, W) after concatenation, "
+                f"got {tuple(x.shape)}"
+            )
+        if size is None:
+            size = (int(x.shape[-2] * self.scale), int(x.shape[-1] * self.scale))
+        if self.reduce:
+            x = F.relu(self.reduce_bn(self.reduce_conv(x)))
+        weight = torch.cat((self.conv1.weight, self.shortcut_conv.weight), dim=0)
+        both = upsample_conv2d_op(x, weight.to(x.dtype), [int(size[0]), int(size[1])], self.align_corners)
+        branch, shortcut = both.split(self.out_channels, dim=1)
+        branch = self.bn2(self.conv2(F.relu(self.bn1(branch))))
+        return F.relu(branch + self.shortcut_bn(shortcut))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"second_kernel_size={self.second_kernel_size}, reduce={self.reduce}, "
+            f"scale={self.scale}, align_corners={self.align_corners}"
+        )

@@ -1,0 +1,11 @@
+"""The ``fastmde::`` custom ops, one file per hot path (fake kernel, autograd, device choice)."""
+from .depth_loss import depth_loss_op
+from .depth_metrics import depth_metric_sums_op
+from .up_projection import upsample_conv2d_backward_op, upsample_conv2d_op
+
+__all__ = [
+    "depth_loss_op",
+    "depth_metric_sums_op",
+    "upsample_conv2d_backward_op",
+    "upsample_conv2d_op",
+]

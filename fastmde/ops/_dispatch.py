@@ -1,0 +1,23 @@
+"""Helpers shared by the op files: pick the implementation module for a call, memory formats."""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+
+
+def implementation(hot_path: str, device: torch.device):
+    """(backend name, module) that serves ``hot_path`` on ``device``; module is None for reference."""
+    backend = _backend.choose(hot_path, device.type)
+    if backend == "native":
+        return backend, _backend.native_module()
+    if backend == "triton":
+        return backend, _backend.triton_module(hot_path)
+    return backend, None
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` is laid out so (and not also plain contiguous), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,45 @@
+"""``fastmde::depth_metric_sums``: one pass producing the per-image sums behind the metrics.
+
+Schema: ``depth_metric_sums(pred, target, mask?, min_depth, max_depth, crop[4]) -> (B, 7)``
+float64, columns ``fastmde.reference.depth_metrics.SUM_FIELDS``; ``crop`` is
+(top, bottom, left, right), already resolved to the map size. Not differentiable.
+
+Implementations: ``fastmde/reference/depth_metrics.py`` (spec), ``csrc/depth_metrics.cpp``
+(``_C.depth_metric_sums``), ``kernels/depth_metrics.py`` (``depth_metric_sums``); all take the
+op's arguments in order, with contiguous (B, H, W) tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..reference.depth_metrics import depth_metric_sums_reference
+from ._dispatch import implementation
+
+
+@torch.library.custom_op("fastmde::depth_metric_sums", mutates_args=())
+def depth_metric_sums_op(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    min_depth: float,
+    max_depth: float,
+    crop: list[int],
+) -> torch.Tensor:
+    backend, module = implementation("depth_metrics", pred.device)
+    if module is None:
+        return depth_metric_sums_reference(pred, target, mask, min_depth, max_depth, tuple(crop))
+    return module.depth_metric_sums(
+        pred.contiguous(),
+        target.contiguous(),
+        None if mask is None else mask.contiguous(),
+        min_depth,
+        max_depth,
+        list(crop),
+    )
+
+
+@depth_metric_sums_op.register_fake
+def _(pred, target, mask, min_depth, max_depth, crop):
+    return pred.new_empty((pred.shape[0], 7), dtype=torch.float64)

@@ -1,0 +1,79 @@
+"""``fastmde::upsample_conv2d``: bilinear upsample + k x k conv without the upsampled tensor.
+
+Schema: ``upsample_conv2d(x, weight, size[2], align_corners) -> out`` with x (B, Cin, h, w),
+weight (Cout, Cin, k, k), out (B, Cout, H, W); backward is the op
+``upsample_conv2d_backward(grad_out, x, weight, size, align_corners) -> (grad_x, grad_weight)``.
+Outputs keep the memory format of ``x`` (channels_last in, channels_last out).
+
+Implementations: ``fastmde/reference/up_projection.py`` (spec), ``csrc/up_projection.cpp``
+(``_C.upsample_conv2d_forward`` / ``_backward``), ``kernels/up_projection.py`` (same names);
+all take the op's arguments in order.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..reference.up_projection import (
+    upsample_conv2d_backward_reference,
+    upsample_conv2d_forward_reference,
+)
+from ._dispatch import implementation, memory_format_of
+
+
+@torch.library.custom_op("fastmde::upsample_conv2d", mutates_args=())
+def upsample_conv2d_op(
+    x: torch.Tensor, weight: torch.Tensor, size: list[int], align_corners: bool
+) -> torch.Tensor:
+    backend, module = implementation("up_projection", x.device)
+    if module is None:
+        out = upsample_conv2d_forward_reference(x, weight, size, align_corners)
+    else:
+        out = module.upsample_conv2d_forward(x, weight, list(size), align_corners)
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
+@upsample_conv2d_op.register_fake
+def _(x, weight, size, align_corners):
+    out = x.new_empty((x.shape[0], weight.shape[0], size[0], size[1]))
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
+@torch.library.custom_op("fastmde::upsample_conv2d_backward", mutates_args=())
+def upsample_conv2d_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    size: list[int],
+    align_corners: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    backend, module = implementation("up_projection", x.device)
+    if module is None:
+        grad_x, grad_w = upsample_conv2d_backward_reference(grad_out, x, weight, size, align_corners)
+    else:
+        grad_x, grad_w = module.upsample_conv2d_backward(grad_out, x, weight, list(size), align_corners)
+    return grad_x.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
+
+
+@upsample_conv2d_backward_op.register_fake
+def _(grad_out, x, weight, size, align_corners):
+    return torch.empty_like(x, memory_format=memory_format_of(x)), torch.empty_like(
+        weight, memory_format=torch.contiguous_format
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, size, align_corners = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.size = size
+    ctx.align_corners = align_corners
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w = upsample_conv2d_backward_op(
+        grad_out, x, weight, ctx.size, ctx.align_corners
+    )
+    return grad_x, grad_w, None, None
+
+
+upsample_conv2d_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,70 @@
+r"""Reference up-projection hot path: bilinear upsample followed by a k x k convolution.
+
+:math:`\mathrm{out} = \mathrm{conv}_{k\times k}(\mathrm{up}(x), W)`, where ``up`` is bilinear
+interpolation of ``x`` (B, Cin, h, w) to ``size`` = (H, W) (``align_corners`` either way), the
+convolution has stride 1, padding k // 2, no bias and weight W (Cout, Cin, k, k), k odd.
+
+This is the part of the up-projection block that the kernels fuse: the upsampled tensor
+(4x the input for scale 2) need not exist in memory, and the block's two k x k convolutions
+that read it (the first branch conv and the shortcut) run as one with their weights stacked.
+BatchNorm and ReLU stay in :class:`fastmde.nn.UpProjection`.
+
+Backward: :math:`\partial x = \mathrm{up}^T(\mathrm{conv}^T(\partial \mathrm{out}, W))`,
+:math:`\partial W = \mathrm{corr}(\mathrm{up}(x), \partial \mathrm{out})`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def upsample_conv2d_reference(
+    x: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], align_corners: bool
+) -> torch.Tensor:
+    """Differentiable plain-PyTorch form (the oracle of the tests)."""
+    up = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return F.conv2d(up, weight, padding=weight.shape[-1] // 2)
+
+
+def upsample_conv2d_forward_reference(
+    x: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], align_corners: bool
+) -> torch.Tensor:
+    with torch.no_grad():
+        return upsample_conv2d_reference(x, weight, size, align_corners)
+
+
+def upsample_conv2d_backward_reference(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    size: tuple[int, int],
+    align_corners: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight) from explicit backward ops (usable inside a custom op)."""
+    with torch.no_grad():
+        pad = weight.shape[-1] // 2
+        up = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+        grad_up, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_out, up, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+            [True, True, False],
+        )
+        grad_x = torch.ops.aten.upsample_bilinear2d_backward(
+            grad_up, list(size), list(x.shape), align_corners
+        )
+        return grad_x, grad_w
+
+
+def up_projection_block_reference(block, x: torch.Tensor, skip=None, size=None) -> torch.Tensor:
+    """``fastmde.nn.UpProjection``'s forward written the plain way (upsampled tensor
+    materialised, branch and shortcut convs separate), with ``block``'s parameters."""
+    if skip is not None:
+        if skip.shape[-2:] != x.shape[-2:]:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=block.align_corners)
+        x = torch.cat((x, skip), dim=1)
+    if size is None:
+        size = (int(x.shape[-2] * block.scale), int(x.shape[-1] * block.scale))
+    if block.reduce:
+        x = F.relu(block.reduce_bn(block.reduce_conv(x)))
+    up = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=block.align_corners)
+    branch = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(up)))))
+    return F.relu(branch + block.shortcut_bn(block.shortcut_conv(up)))
