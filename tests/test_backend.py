@@ -1,0 +1,90 @@
+"""Backend choice: the table, forcing, and clear errors for unavailable backends."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastmde
+from fastmde import _backend
+
+
+@pytest.fixture
+def restore_backend():
+    yield
+    _backend.set_backend(None)
+
+
+def test_table_names_every_hot_path_and_device():
+    table = fastmde.backends(("cpu", "cuda"))
+    assert set(table) == {"depth_loss", "depth_metrics", "up_projection"}
+    for row in table.values():
+        assert row["cpu"] in ("native", "reference")
+        assert row["cuda"] in ("triton", "reference")
+
+
+def test_forcing_reference_everywhere(restore_backend):
+    fastmde.set_backend("reference")
+    assert all(v == {"cpu": "reference"} for v in fastmde.backends(("cpu",)).values())
+    pred = torch.rand(1, 1, 5, 5)
+    assert torch.isfinite(fastmde.depth_loss(pred, pred + 1))
+
+
+def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(restore_backend, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    fastmde.set_backend("triton")
+    with pytest.raises(fastmde.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        fastmde.depth_loss(torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 5))
+
+
+def test_forced_native_on_cuda_is_a_clear_error(restore_backend):
+    fastmde.set_backend("native")
+    with pytest.raises(fastmde.BackendUnavailableError, match="CPU tensors only"):
+        _backend.choose("depth_loss", "cuda")
+
+
+def test_unknown_backend_names_are_rejected():
+    with pytest.raises(ValueError, match="not one of"):
+        fastmde.set_backend("cuda")
+
+
+def _run(code, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def test_env_variable_forces_backend_and_bad_values_fail():
+    ok = _run("import fastmde; print(fastmde.backends(('cpu',))['depth_loss']['cpu'])", FASTMDE_BACKEND="reference")
+    assert ok.returncode == 0 and ok.stdout.strip() == "reference"
+    bad = _run("import fastmde", FASTMDE_BACKEND="cudnn")
+    assert bad.returncode != 0 and "FASTMDE_BACKEND='cudnn'" in bad.stderr
+
+
+def test_info_command_prints_versions_and_table():
+    out = _run("from fastmde.cli import main; main(['info'])")
+    assert out.returncode == 0, out.stderr
+    assert "torch" in out.stdout and "depth_loss" in out.stdout and "up_projection" in out.stdout
+
+
+def test_native_extension_is_built():
+    """CI builds fastmde._C; without it every CPU op would silently run on the reference."""
+    assert _backend.native_module() is not None, _backend.native_error()
+
+
+def test_missing_extension_warns_once_and_falls_back():
+    code = (
+        "import sys, warnings; sys.modules['fastmde._C'] = None\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    import fastmde, torch\n"
+        "    fastmde.depth_loss(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4))\n"
+        "    fastmde.depth_metrics(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4))\n"
+        "msgs = [str(w.message) for w in caught if 'fastmde._C' in str(w.message)]\n"
+        "print(len(msgs)); print(msgs[0] if msgs else '')\n"
+        "print(fastmde.backends(('cpu',))['depth_loss']['cpu'])\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    count, message, backend = out.stdout.strip().splitlines()
+    assert count == "1" and "could not be loaded" in message and backend == "reference"
