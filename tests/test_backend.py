@@ -84,7 +84,7 @@ def test_missing_extension_warns_once_and_falls_back():
         "print(len(msgs)); print(msgs[0] if msgs else '')\n"
         "print(fastmde.backends(('cpu',))['depth_loss']['cpu'])\n"
     )
-    out = _run(code)
+    out = _run(code, FASTMDE_QUIET="0")
     assert out.returncode == 0, out.stderr
     count, message, backend = out.stdout.strip().splitlines()
     assert count == "1" and "could not be loaded" in message and backend == "reference"
