@@ -13,7 +13,7 @@ from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
 from fastmde.reference.depth_metrics import depth_metrics_reference
 from fastmde.reference.up_projection import up_projection_block_reference
 
-from common import median_time_ms, peak_memory_bytes
+from common import median_time_ms, peak_memory_bytes, saved_activation_bytes
 
 LOSS_PRESET = "hu_blurred"
 
@@ -42,6 +42,7 @@ def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=N
             fwd_ms = median_time_ms(fwd, device)
             total_ms = median_time_ms(fwd_bwd, device) if inputs else None
             peak = peak_memory_bytes(fwd_bwd if inputs else fwd, device)
+            saved = saved_activation_bytes(forward) if inputs else None
         except Exception as exc:  # e.g. torch.compile unavailable for this device/dtype
             ctx.add(section=section, what=what, shape=shape, dtype=str(dtype).replace("torch.", ""),
                     impl=name, note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
@@ -59,6 +60,7 @@ def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=N
             vs_eager=times["eager"] / times[name] if "eager" in times else None,
             vs_compile=times["compile"] / times[name] if "compile" in times else None,
             throughput=throughput, peak_mb=None if peak is None else peak / 2**20,
+            saved_mb=None if saved is None else saved / 2**20,
         )
 
 
