@@ -110,7 +110,7 @@ class _quiet_fds:
         return False
 
 
-def saved_activation_bytes(forward) -> int:
+def saved_activation_bytes(forward) -> int | None:
     """Bytes of the distinct storages autograd saves for backward while ``forward()`` runs."""
     storages: dict[int, int] = {}
 
@@ -122,9 +122,12 @@ def saved_activation_bytes(forward) -> int:
             pass
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+        del out
+    except Exception:  # e.g. a compiled graph that does not support the hooks
+        return None
     return sum(storages.values())
 
 
