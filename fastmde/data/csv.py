@@ -19,8 +19,9 @@ def decode_depth_png(path, encoding: str) -> np.ndarray:
     ``"png8"``: 8-bit, ``d = v / 255 * 10``. ``"png16mm"``: 16-bit millimetres, ``d = v / 1000``."""
     from PIL import Image
 
+    path = require_file(path)
     try:
-        with Image.open(require_file(path)) as img:
+        with Image.open(path) as img:
             img.load()
             mode = img.mode
             v = np.asarray(img)
@@ -43,8 +44,9 @@ def decode_rgb(path) -> np.ndarray:
     """uint8 (3, H, W) from a JPEG / PNG file."""
     from PIL import Image
 
+    path = require_file(path)
     try:
-        with Image.open(require_file(path)) as img:
+        with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError) as exc:
         raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
