@@ -42,7 +42,8 @@ def color_jitter(image: torch.Tensor, brightness: torch.Tensor, contrast: torch.
     the result is a new floating tensor in [0, 1]. In-place steps keep it to a few passes."""
     view = (-1, 1, 1, 1)
     dtype = image.dtype if image.is_floating_point() else torch.float32
-    x = image.to(dtype).mul_((brightness * input_scale).to(dtype).view(view)).clamp_(0, 1)
+    # out of place first: the caller's image is never modified
+    x = (image.to(dtype) * (brightness * input_scale).to(dtype).view(view)).clamp_(0, 1)
     # the mean grey of the image is the grey of the per-channel means
     means = x.mean(dim=(2, 3))
     m = (means * torch.tensor(_GREY, dtype=dtype, device=x.device)).sum(1).view(view)
