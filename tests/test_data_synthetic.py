@@ -124,6 +124,10 @@ def test_default_root_cached_once(tmp_path, monkeypatch):
     assert default_synthetic_root(train=3, val=1, size=SMALL) == root
     assert os.path.getmtime(os.path.join(root, "val", "official", "00000.h5")) == stamp
     assert [p for p in os.listdir(tmp_path / "cache")] == [os.path.basename(root)]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(root).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    assert os.stat(os.path.join(root, "val", "official", "00000.h5")).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_synth_cli(tmp_path, capsys):

@@ -594,6 +594,8 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
     import shutil
     import tempfile
 
+    from .writers import _umask
+
     h, w = parse_size(size)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     root = os.path.join(cache_dir, f"synthetic-v1-{h}x{w}-train{int(train)}-val{int(val)}-seed{int(seed)}")
@@ -603,6 +605,7 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=cache_dir)
     try:
         write_synthetic_dataset(tmp, train=train, val=val, seed=seed, layout="frames", size=(h, w), progress=progress)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         try:
             os.rename(tmp, root)
         except OSError:

@@ -12,6 +12,18 @@ import numpy as np
 MAT_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 1970 HDF5 schema 1.00 ."
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def finish(tmp: str, path: str, mode: int = 0o666) -> None:
+    """Give ``tmp`` the permissions a plain ``open`` would (mkstemp makes it 0600), rename it to ``path``."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
 def _tmp_path(path: str) -> str:
     d, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
@@ -35,7 +47,7 @@ def write_frame_h5(path, rgb: np.ndarray, depth: np.ndarray, compression: str | 
         with h5py.File(tmp, "w") as f:
             f.create_dataset("rgb", data=rgb, compression=compression)
             f.create_dataset("depth", data=depth, compression=compression)
-        os.replace(tmp, path)
+        finish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -82,7 +94,7 @@ class LabeledMatWriter:
             return False
         with open(self.tmp, "r+b") as f:  # MATLAB's 128-byte header: text, subsystem offset, version, endianness
             f.write(MAT_HEADER[:116].ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
-        os.replace(self.tmp, self.path)
+        finish(self.tmp, self.path)
         return False
 
 
@@ -92,4 +104,4 @@ def write_index_file(path, indices, comment: str = "") -> None:
         if comment:
             f.write(f"# {comment}\n")
         f.writelines(f"{int(i)}\n" for i in indices)
-    os.replace(tmp, path)
+    finish(tmp, path)
