@@ -92,8 +92,9 @@ def test_frames_layout_read_by_nyuframes(tmp_path):
     ref = SyntheticScenes(5, seed=1, size=SMALL, frames_per_scene=2, noise=True)
     for i in range(5):
         assert torch.equal(train[i]["image"], ref[i]["image"]) and torch.equal(train[i]["depth"], ref[i]["depth"])
-    ref_val = SyntheticScenes(2, seed=1, size=SMALL, split="val", frames_per_scene=2, noise=True)
-    assert torch.equal(val[1]["depth"], ref_val[1]["depth"])
+    ref_val = SyntheticScenes(2, seed=1, size=SMALL, split="val", frames_per_scene=2, noise=False)
+    assert torch.equal(val[1]["depth"], ref_val[1]["depth"]) and (val[1]["depth"] > 0).all()  # val: clean depth
+    assert (train[0]["depth"] == 0).any()  # train: raw depth with holes
     tr, va = train_val_split(train, fraction=0.2, seed=0, by_scene=True)
     assert {train.scenes[i] for i in tr.indices}.isdisjoint({train.scenes[i] for i in va.indices})
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary files left

@@ -196,9 +196,8 @@ def sample_camera(rng: np.random.Generator, scene: Scene):
         ok = True
         for obj in scene.objects:
             horiz = float(np.hypot(*(pos[[0, 2]] - obj.center[[0, 2]])))
-            reach = obj.radius if obj.kind != "cylinder" else float(obj.size[0])
-            if obj.kind == "box":
-                reach = float(math.hypot(obj.size[0], obj.size[2]))
+            # horizontal reach of the object from its axis
+            reach = float(math.hypot(obj.size[0], obj.size[2])) if obj.kind == "box" else float(obj.size[0])
             if horiz < reach + 0.6:
                 ok = False
                 break
@@ -538,8 +537,8 @@ def write_synthetic_dataset(
     """Render a synthetic dataset into ``out_dir`` in a real NYU layout; returns ``out_dir``.
 
     ``layout="frames"``: ``train/synth_NNNNN/NNNNN.h5`` (``frames_per_scene`` views per scene) and
-    ``val/official/NNNNN.h5``, read by :class:`NYUFrames`; depth is the raw depth (with holes
-    when ``noise``). ``layout="labeled"``: ``nyu_depth_v2_labeled.mat`` with the ``train``
+    ``val/official/NNNNN.h5``, read by :class:`NYUFrames`; train depth is the raw depth (with
+    holes when ``noise``), val depth is clean, as in the real layout. ``layout="labeled"``: ``nyu_depth_v2_labeled.mat`` with the ``train``
     images first and the ``val`` ones last (``depths`` clean, ``rawDepths`` noisy if ``noise``)
     and ``test_indices.txt`` (1-based indices of the val images), read by
     ``NYULabeled(path, split=..., test_indices=<out_dir>/test_indices.txt)``.
@@ -563,12 +562,12 @@ def write_synthetic_dataset(
             yield split, i, render_frame(seed, i, split, size, frames_per_scene, noise)
 
     if layout == "frames":
-        for split, i, (rgb, _, raw) in frames():
+        for split, i, (rgb, depth, raw) in frames():
             if split == "train":
                 path = os.path.join(out_dir, "train", f"synth_{i // frames_per_scene:05d}", f"{i:05d}.h5")
-            else:
-                path = os.path.join(out_dir, "val", "official", f"{i:05d}.h5")
-            write_frame_h5(path, rgb, raw)
+                write_frame_h5(path, rgb, raw)
+            else:  # like the real val/official files (from the labelled set's in-painted depths)
+                write_frame_h5(os.path.join(out_dir, "val", "official", f"{i:05d}.h5"), rgb, depth)
     else:
         with LabeledMatWriter(os.path.join(out_dir, "nyu_depth_v2_labeled.mat"), train + val, size) as w:
             for _, _, (rgb, depth, raw) in frames():
