@@ -9,7 +9,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fastmde.data import DataFormatError, NYUCsv, NYUFrames, NYULabeled, nyu_test_indices, nyu_train_indices
+from fastmde.data import (
+    DataFormatError,
+    NYUCsv,
+    NYUFrames,
+    NYULabeled,
+    nyu_test_indices,
+    nyu_train_indices,
+    train_val_split,
+)
 from _data_files import pattern_depth, pattern_image, truncate, write_csv_layout, write_frame, write_labeled
 
 SMALL = (6, 10)  # (H, W), deliberately not square
@@ -66,6 +74,25 @@ def test_labeled_standard_split_full_count(tmp_path):
         for i in (0, 17, len(ds) - 1):
             img = ds[i]["image"]
             assert img[0, 0, 0].item() + 256 * img[1, 0, 0].item() == ds.indices[i]
+
+
+def test_labeled_scene_names_from_matlab_cell_array(tmp_path):
+    h, w = SMALL
+    names = ["kitchen_0028b", "bedroom_0004", "kitchen_0028b", "office_0003"]
+    path = tmp_path / "nyu.mat"
+    write_labeled(path, [pattern_image(h, w, k) for k in range(4)], [pattern_depth(h, w, k) for k in range(4)])
+    with h5py.File(path, "a") as f:  # MATLAB cell array of strings: references to uint16 (len, 1) arrays
+        refs = f.create_group("#refs#")
+        scenes = f.create_dataset("scenes", (1, 4), dtype=h5py.ref_dtype)
+        for k, name in enumerate(names):
+            refs[str(k)] = np.array([[ord(c)] for c in name], np.uint16)
+            scenes[0, k] = refs[str(k)].ref
+    assert NYULabeled(path, "all", size=SMALL).scenes == names
+    assert NYULabeled(path, "test", test_indices=[2, 4], size=SMALL).scenes == [names[1], names[3]]
+    train, val = train_val_split(NYULabeled(path, "all", size=SMALL), fraction=0.25, seed=0, by_scene=True)
+    assert {names[i] for i in train.indices}.isdisjoint({names[i] for i in val.indices})
+    write_labeled(tmp_path / "plain.mat", [pattern_image(h, w)] * 2, [pattern_depth(h, w)] * 2)
+    assert NYULabeled(tmp_path / "plain.mat", "all", size=SMALL).scenes is None
 
 
 def test_labeled_full_size_default(tmp_path):

@@ -27,7 +27,8 @@ class NYULabeled(Dataset):
         size: the expected frame size (rows, columns); (480, 640) for NYU.
 
     Items are ``{"image": uint8 (3, H, W), "depth": float32 (1, H, W) metres, 0 = invalid}``;
-    ``indices[i]`` is the 1-based index in the file of item ``i``. The file is opened on first access in each
+    ``indices[i]`` is the 1-based index in the file of item ``i`` and ``scenes[i]`` its scene
+    (for ``train_val_split(..., by_scene=True)``). The file is opened on first access in each
     process, so the dataset works with ``DataLoader(num_workers > 0)``.
     """
 
@@ -80,6 +81,32 @@ class NYULabeled(Dataset):
         self.indices = indices
         # Only the handle is kept: a fork would otherwise share it between processes.
         self._h5.close()
+
+    @property
+    def scenes(self) -> list[str] | None:
+        """Scene name of each item (e.g. ``"kitchen_0028b"``), from the file's ``scenes`` cell
+        array (MATLAB: references to uint16 strings, shape (1, N)); None if the file has none.
+        Read on first use (one small read per image)."""
+        if not hasattr(self, "_scenes"):
+            self._scenes = self._read_scenes()
+        return self._scenes
+
+    def _read_scenes(self) -> list[str] | None:
+        f = self._h5.get()
+        if "scenes" not in f:
+            return None
+        refs = read_hdf5(f["scenes"], self.path, "scenes")
+        refs = refs.reshape(-1)
+        if refs.shape[0] != self.count:
+            raise DataFormatError(f"{self.path}: 'scenes' has {refs.shape[0]} entries for {self.count} images")
+        names = []
+        for n in self.indices:
+            try:
+                chars = np.asarray(f[refs[n - 1]][()]).reshape(-1)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DataFormatError(f"{self.path}: 'scenes' entry {n} cannot be read: {exc}") from exc
+            names.append("".join(chr(int(c)) for c in chars))
+        return names
 
     def __len__(self) -> int:
         return len(self.indices)
