@@ -176,3 +176,14 @@ def test_bad_input():
         aug(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match="flip"):
         Augment(flip=2.0)
+
+
+@pytest.mark.parametrize("h,w", [(24, 32), (7, 5)])
+def test_affine_grid_matches_torch(h, w):
+    from fastmde.data.augment import affine_grid
+
+    g = torch.Generator().manual_seed(0)
+    theta = affine_theta(torch.rand(5, generator=g) * 0.2 + 0.8, torch.rand(5, generator=g) * 0.2 - 0.1,
+                         torch.rand(5, generator=g) * 0.2 - 0.1, torch.rand(5, generator=g) * 10 - 5, h, w)
+    torch.testing.assert_close(affine_grid(theta, h, w), F.affine_grid(theta, [5, 1, h, w], align_corners=False),
+                               atol=1e-6, rtol=0)

@@ -101,7 +101,7 @@ def run(ctx, device: str) -> None:
         for name, ds in readers.items():
             for aug in (None, augment):
                 ips = _items_per_s(ds, n, device, aug, seconds)
-                ctx.add(section="data", what=name, shape=f"{len(ds)} files, 3x480x640",
+                ctx.add(section="data", what=name, shape=f"{len(ds)} items, 3x480x640",
                         impl="read" if aug is None else f"read + Augment on {device} (batch {BATCH})",
                         throughput=f"{ips:.0f} items/s", note="1 process, page-cached files")
         if ctx.full:
@@ -116,6 +116,6 @@ def run(ctx, device: str) -> None:
                         augment(batch["image"].to(device), batch["depth"].to(device), g)
                         done += batch["image"].shape[0]
                 synchronize(device)
-                ctx.add(section="data", what=name, shape=f"{len(ds)} files, 3x480x640",
+                ctx.add(section="data", what=name, shape=f"{len(ds)} items, 3x480x640",
                         impl=f"DataLoader(2 workers) + Augment on {device}",
                         throughput=f"{done / (time.perf_counter() - start):.0f} items/s", note="incl. worker start-up")

@@ -42,16 +42,28 @@ def color_jitter(image: torch.Tensor, brightness: torch.Tensor, contrast: torch.
     the result is a new floating tensor in [0, 1]. In-place steps keep it to a few passes."""
     view = (-1, 1, 1, 1)
     dtype = image.dtype if image.is_floating_point() else torch.float32
-    # out of place first: the caller's image is never modified
-    x = (image.to(dtype) * (brightness * input_scale).to(dtype).view(view)).clamp_(0, 1)
+    # out of place first (the caller's image is never modified); uint8 * float promotes in one pass
+    x = torch.mul(image, (brightness * input_scale).to(dtype).view(view)).clamp_(0, 1)
     # the mean grey of the image is the grey of the per-channel means
     means = x.mean(dim=(2, 3))
     m = (means * torch.tensor(_GREY, dtype=dtype, device=x.device)).sum(1).view(view)
     c = contrast.to(dtype).view(view)
-    x.mul_(c).add_(m * (1 - c)).clamp_(0, 1)
+    x = torch.addcmul(m * (1 - c), x, c).clamp_(0, 1)
     s = saturation.to(dtype).view(view)
     g = _grey(x).mul_(1 - s)
-    return x.mul_(s).add_(g).clamp_(0, 1)
+    return torch.addcmul(g, x, s).clamp_(0, 1)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, 1, H, W), align_corners=False)`` by broadcasting (no batched
+    matrix product over every pixel, which is slow on the CPU): (B, H, W, 2)."""
+    dt, dev = theta.dtype, theta.device
+    bx = ((torch.arange(width, dtype=dt, device=dev) * 2 + 1) / width - 1).view(1, 1, width)
+    by = ((torch.arange(height, dtype=dt, device=dev) * 2 + 1) / height - 1).view(1, height, 1)
+    t = theta.view(-1, 6, 1, 1)
+    gx = torch.addcmul(t[:, 2], t[:, 0], bx) + t[:, 1] * by
+    gy = torch.addcmul(t[:, 5], t[:, 3], bx) + t[:, 4] * by
+    return torch.stack((gx, gy), dim=-1)
 
 
 def affine_theta(scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, angle_deg: torch.Tensor,
@@ -147,7 +159,7 @@ class Augment(nn.Module):
         tx, ty = p.get("tx", zeros), p.get("ty", zeros)
         if bool((scale != 1).any() | (angle != 0).any() | (tx != 0).any() | (ty != 0).any()):
             theta = affine_theta(scale.float(), tx.float(), ty.float(), angle.float(), H, W)
-            grid = F.affine_grid(theta, [B, 1, H, W], align_corners=False)
+            grid = affine_grid(theta, H, W)
             x = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
             d = F.grid_sample(d, grid.to(d.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
         if is_uint8:
