@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
                         help="frames: train/<scene>/NNNNN.h5 + val/official/NNNNN.h5 (NYUFrames); "
                              "labeled: nyu_depth_v2_labeled.mat + test_indices.txt (NYULabeled)")
     parser.add_argument("--size", default="480x640", help="frame size HxW (default 480x640)")
-    parser.add_argument("--frames-per-scene", type=int, default=8, help="views per room (default 8)")
+    parser.add_argument("--frames-per-scene", type=int, default=4, help="views per room (default 4)")
     parser.add_argument("--noise", action="store_true", help="Kinect-like depth noise and holes")
 
 

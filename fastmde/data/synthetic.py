@@ -462,7 +462,7 @@ def _rng(seed: int, split: str, *index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _SPLIT_STREAMS[split], *index])))
 
 
-def render_frame(seed: int, index: int, split: str = "train", size=NYU_SIZE, frames_per_scene: int = 8,
+def render_frame(seed: int, index: int, split: str = "train", size=NYU_SIZE, frames_per_scene: int = 4,
                  noise: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frame ``index`` of a synthetic split: (rgb uint8 (3, H, W), depth float32 (H, W), raw depth float32 (H, W)).
 
@@ -495,7 +495,7 @@ class SyntheticScenes(Dataset):
     Items are ``{"image": uint8 (3, H, W), "depth": float32 (1, H, W) metres, 0 = invalid}``.
     """
 
-    def __init__(self, n: int, seed: int = 0, size=NYU_SIZE, split: str = "train", frames_per_scene: int = 8,
+    def __init__(self, n: int, seed: int = 0, size=NYU_SIZE, split: str = "train", frames_per_scene: int = 4,
                  noise: bool = False):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -530,7 +530,7 @@ def write_synthetic_dataset(
     seed: int = 0,
     layout: str = "frames",
     size=NYU_SIZE,
-    frames_per_scene: int = 8,
+    frames_per_scene: int = 4,
     noise: bool = False,
     progress: bool = False,
 ) -> str:
