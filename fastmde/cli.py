@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "info": ("fastmde.info", "versions, devices, and which kernel serves each hot path"),
+    "synth": ("fastmde.data.synth_cli", "render the synthetic NYU-like dataset into an NYU file layout"),
 }
 
 
