@@ -9,11 +9,16 @@ A training step is what the paper times: forward, L1 loss against a target at th
 - intermediate resolution (the paper's Table 2): the U-Net (``unet34-k3-1x1``) at each
   internal size 640x480, 512x384, 384x288, 256x192, 128x96, speedup over the 640x480 row.
 
-The ``x eager`` column holds those speedups (the baseline row reads 1.00). The paper's own
+The ``x eager`` column holds those speedups (the baseline row reads 1.00); the note gives the
+network's forward MACs and the speedup they alone would predict. The paper's own
 figures would sit in the note column; they were not available when this section was written,
-so the note says so instead of quoting a number. Quick mode runs a subset with few steps.
+so the note says so instead of quoting a number. Quick mode runs a subset with few steps;
+``FASTMDE_BENCH_MODELS=name,name`` picks the architecture rows (a full grid run takes the better
+part of an hour on a 2-core CPU: the ResNet50 variants cost up to 1.6 TMAC per image).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -57,6 +62,13 @@ def train_step_ms(name: str, size, device: str, *, full: bool) -> float:
     return median_time_ms(step, device, warmup=1, reps=1)
 
 
+def gmacs(name: str, size) -> float:
+    """Forward multiply-accumulates (G) of the network at its internal ``size`` (meta device)."""
+    with torch.device("meta"):
+        model = M.build(name, size=size)
+    return M.count_macs(model.net, torch.empty(1, 3, *size, device="meta")) / 1e9
+
+
 def run(ctx, device: str) -> None:
     cache: dict[tuple, float] = {}
 
@@ -66,22 +78,29 @@ def run(ctx, device: str) -> None:
             cache[key] = train_step_ms(name, size, device, full=ctx.full)
         return cache[key]
 
-    def add(what, name, size, ms, base_ms, base_label):
+    def add(what, name, size, ms, base_ms, base_label, base_macs):
+        macs = gmacs(name, size)
         ctx.add(
             section="models", what=what, shape=f"1x3x{INPUT[0]}x{INPUT[1]} @ {_wh(size)}",
             dtype="float32", layout="NCHW", impl="eager", total_ms=ms,
             throughput=f"{1000.0 / ms:.2f} it/s", vs_eager=base_ms / ms,
-            note=f"speedup vs {base_label}; {PAPER}",
+            note=f"speedup vs {base_label}; {macs:.1f} GMAC fwd, MAC ratio {base_macs / macs:.2f}; {PAPER}",
         )
 
     table4 = list(M.variants()) if ctx.full else QUICK_TABLE4
+    picked = os.environ.get("FASTMDE_BENCH_MODELS")
+    if picked:  # e.g. "unet34-k3,unet34-k5": these architecture rows only (plus the baseline)
+        table4 = [n.strip() for n in picked.split(",") if n.strip()]
+        unknown = [n for n in table4 if n not in M.variants()]
+        if unknown:
+            raise ValueError(f"FASTMDE_BENCH_MODELS: unknown model(s) {unknown}; valid: {', '.join(M.variants())}")
     table4 = [TABLE4_BASELINE] + [n for n in table4 if n != TABLE4_BASELINE]
-    base = timed(TABLE4_BASELINE, TABLE4_SIZE)
+    base, base_macs = timed(TABLE4_BASELINE, TABLE4_SIZE), gmacs(TABLE4_BASELINE, TABLE4_SIZE)
     for name in table4:
-        add(f"train step {name}", name, TABLE4_SIZE, timed(name, TABLE4_SIZE), base, TABLE4_BASELINE)
+        add(f"train step {name}", name, TABLE4_SIZE, timed(name, TABLE4_SIZE), base, TABLE4_BASELINE, base_macs)
 
     sizes = TABLE2_SIZES if ctx.full else QUICK_TABLE2
-    base = timed(TABLE2_MODEL, TABLE2_SIZES[0])
+    base, base_macs = timed(TABLE2_MODEL, TABLE2_SIZES[0]), gmacs(TABLE2_MODEL, TABLE2_SIZES[0])
     for size in sizes:
         add(f"train step {TABLE2_MODEL} internal {_wh(size)}", TABLE2_MODEL, size, timed(TABLE2_MODEL, size),
-            base, f"{_wh(TABLE2_SIZES[0])}")
+            base, f"{_wh(TABLE2_SIZES[0])}", base_macs)
