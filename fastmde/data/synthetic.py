@@ -27,7 +27,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ._common import NYU_SIZE, make_item, parse_size
@@ -77,7 +76,6 @@ class Material:
     scale: float  # pattern period in metres
     angle: float = 0.0  # stripes direction
     grid: np.ndarray | None = None  # value-noise lattice
-    grain: float = 0.04  # fine noise amplitude
 
 
 @dataclass
@@ -121,7 +119,7 @@ def _material(rng, kinds=("plain", "checker", "stripes", "noise"), p=None, lo=0.
     b = np.clip(a * rng.uniform(0.4, 0.8) + rng.uniform(-0.05, 0.05, 3), 0.02, 1.0).astype(np.float32)
     scale = float(rng.uniform(0.1, 0.6))
     grid = rng.random((32, 32), dtype=np.float32) if kind == "noise" else None
-    return Material(kind, a, b, scale, float(rng.uniform(0, math.pi)), grid, float(rng.uniform(0.02, 0.07)))
+    return Material(kind, a, b, scale, float(rng.uniform(0, math.pi)), grid)
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
