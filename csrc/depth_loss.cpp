@@ -17,6 +17,7 @@
 #include "fastmde.h"
 #include "simd_math.h"
 
+
 namespace fastmde {
 namespace {
 
@@ -49,6 +50,104 @@ struct LossOptions {
   double alpha, w0, w1, w2;
 };
 
+// Validity of one row as 0/1 in T: finite ground truth and mask (two loops, so that neither
+// has a branch on the optional mask inside).
+template <typename scalar_t, typename T>
+void validity_row(const scalar_t* y, const bool* mask, int64_t W, T* m) {
+  if (mask == nullptr) {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) m[q] = std::isfinite(static_cast<T>(y[q])) ? T(1) : T(0);
+  } else {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) m[q] = (std::isfinite(static_cast<T>(y[q])) && mask[q]) ? T(1) : T(0);
+  }
+}
+
+template <typename T>
+struct RowParams {
+  T alpha, w0, w1, w2, inv_n;
+};
+
+// Sobel of pred (rows da, db, dc) and of the ground truth (ya, yb, yc), all read at columns
+// q-1..q+1 (one zero column of padding each side). Writes d total / d(ĝx, ĝy) into ox, oy and
+// adds the row's gradient and normal sums (unscaled) to sg, sn.
+template <typename T, bool GRAD, bool NORMAL>
+void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restrict dc,
+               const T* __restrict ya, const T* __restrict yb, const T* __restrict yc,
+               const T* __restrict m, T* __restrict ox, T* __restrict oy, int64_t W,
+               const RowParams<T>& rp, T& sg_out, T& sn_out) {
+  const T alpha = rp.alpha, w1 = rp.w1, w2 = rp.w2, inv_n = rp.inv_n;
+  T sg = T(0), sn = T(0);
+#pragma omp simd reduction(+ : sg, sn)
+  for (int64_t q = 0; q < W; ++q) {
+    const T px = (da[q - 1] + 2 * db[q - 1] + dc[q - 1]) - (da[q + 1] + 2 * db[q + 1] + dc[q + 1]);
+    const T py = (da[q - 1] + 2 * da[q] + da[q + 1]) - (dc[q - 1] + 2 * dc[q] + dc[q + 1]);
+    const T gx = (ya[q - 1] + 2 * yb[q - 1] + yc[q - 1]) - (ya[q + 1] + 2 * yb[q + 1] + yc[q + 1]);
+    const T gy = (ya[q - 1] + 2 * ya[q] + ya[q + 1]) - (yc[q - 1] + 2 * yc[q] + yc[q + 1]);
+    const T mq = m[q];
+    T ax = T(0), ay = T(0);
+    if constexpr (GRAD) {
+      const T ex = px - gx, ey = py - gy;
+      const T aex = std::abs(ex) + alpha, aey = std::abs(ey) + alpha;
+      sg += mq * (log_approx(aex) + log_approx(aey));
+      ax = w1 * sign_of(ex) / aex;
+      ay = w1 * sign_of(ey) / aey;
+    }
+    if constexpr (NORMAL) {
+      const T np2 = px * px + py * py + T(1);
+      const T ng2 = gx * gx + gy * gy + T(1);
+      const T inv_pg = inv_sqrt_approx(np2 * ng2);
+      const T c = (px * gx + py * gy + T(1)) * inv_pg;
+      sn += mq * std::abs(T(1) - c);
+      const T s = -w2 * sign_of(T(1) - c);
+      const T c_np2 = c / np2;
+      ax += s * (gx * inv_pg - c_np2 * px);
+      ay += s * (gy * inv_pg - c_np2 * py);
+    }
+    const T scale = mq * inv_n;
+    ox[q] = ax * scale;
+    oy[q] = ay * scale;
+  }
+  sg_out = sg;
+  sn_out = sn;
+}
+
+// Depth term of one row: returns its (unscaled) sum, writes d depth / d pred into g.
+template <typename T, bool LOG>
+T depth_row(const T* __restrict d, const T* __restrict y, const T* __restrict m, T* __restrict g,
+            int64_t W, const RowParams<T>& rp) {
+  const T alpha = rp.alpha, scale = rp.w0 * rp.inv_n;
+  T sd = T(0);
+#pragma omp simd reduction(+ : sd)
+  for (int64_t q = 0; q < W; ++q) {
+    const T e = d[q] - y[q];
+    const T ae = std::abs(e);
+    T v, gq;
+    if constexpr (LOG) {
+      v = log_approx(ae + alpha);
+      gq = sign_of(e) / (ae + alpha);
+    } else {
+      v = ae;
+      gq = sign_of(e);
+    }
+    sd += m[q] * v;
+    g[q] = scale * m[q] * gq;
+  }
+  return sd;
+}
+
+// g += Sobel_x^T(P) + Sobel_y^T(Q) at one row: P, Q rows above (a), at (b) and below (c).
+template <typename T>
+void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* __restrict xc,
+                       const T* __restrict ya, const T* __restrict yc, T* __restrict g, int64_t W) {
+#pragma omp simd
+  for (int64_t q = 0; q < W; ++q) {
+    const T gxa = (xc[q + 1] + 2 * xb[q + 1] + xa[q + 1]) - (xc[q - 1] + 2 * xb[q - 1] + xa[q - 1]);
+    const T gya = (yc[q + 1] + 2 * yc[q] + yc[q - 1]) - (ya[q + 1] + 2 * ya[q] + ya[q - 1]);
+    g[q] += gxa + gya;
+  }
+}
+
 template <typename scalar_t, typename T>
 struct LossKernel {
   const scalar_t* pred;
@@ -57,182 +156,116 @@ struct LossKernel {
   scalar_t* grad;
   int64_t B, H, W;
   LossOptions opt;
-  T inv_n;
+  RowParams<T> rp;
   std::array<T, 7> gw;
 
-  T load_target(int64_t b, int64_t i, int64_t q) const {
-    const T v = static_cast<T>(target[(b * H + i) * W + q]);
-    return std::isfinite(v) ? v : T(0);
+  // Row i of the sanitised ground truth (non-finite -> 0) into out[0..W).
+  void sanitised_row(int64_t b, int64_t i, T* out) const {
+    const scalar_t* src = target + (b * H + i) * W;
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) {
+      const T v = static_cast<T>(src[q]);
+      out[q] = std::isfinite(v) ? v : T(0);
+    }
   }
 
-  // Row i of the sanitised ground truth, blurred when asked, into out[1..W] (out[0], out[W+1] = 0).
-  void ground_truth_row(int64_t b, int64_t i, T* out, T* tmp) const {
-    out[0] = out[W + 1] = T(0);
+  // Row i of the ground truth for the Sobel stencil (blurred when asked) into out[0..W).
+  void stencil_row(int64_t b, int64_t i, T* out, T* tmp, T* row) const {
     if (!opt.blur) {
-      const scalar_t* src = target + (b * H + i) * W;
-      for (int64_t q = 0; q < W; ++q) {
-        const T v = static_cast<T>(src[q]);
-        out[q + 1] = std::isfinite(v) ? v : T(0);
-      }
+      sanitised_row(b, i, out);
       return;
     }
-    // vertical pass into tmp (sanitising each source row on the fly), then horizontal
+    // vertical pass into tmp, then horizontal (reflect-101 indices, folded for tiny maps)
     for (int64_t q = 0; q < W; ++q) tmp[q] = T(0);
     for (int k = 0; k < 7; ++k) {
-      const int64_t src_row = reflect101(i + k - kBlurRadius, H);
-      const scalar_t* src = target + (b * H + src_row) * W;
+      sanitised_row(b, reflect101(i + k - kBlurRadius, H), row);
       const T wk = gw[k];
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) {
-        const T v = static_cast<T>(src[q]);
-        tmp[q] += wk * (std::isfinite(v) ? v : T(0));
-      }
+      for (int64_t q = 0; q < W; ++q) tmp[q] += wk * row[q];
     }
     auto border = [&](int64_t q) {
       T s = T(0);
       for (int k = 0; k < 7; ++k) s += gw[k] * tmp[reflect101(q + k - kBlurRadius, W)];
-      out[q + 1] = s;
+      out[q] = s;
     };
     const int64_t lo = std::min<int64_t>(kBlurRadius, W);
     const int64_t hi = std::max<int64_t>(lo, W - kBlurRadius);
     for (int64_t q = 0; q < lo; ++q) border(q);
+    const T w0 = gw[0], w1 = gw[1], w2 = gw[2], w3 = gw[3], w4 = gw[4], w5 = gw[5], w6 = gw[6];
 #pragma omp simd
-    for (int64_t q = lo; q < hi; ++q) {
-      T s = T(0);
-      for (int k = 0; k < 7; ++k) s += gw[k] * tmp[q + k - kBlurRadius];
-      out[q + 1] = s;
-    }
+    for (int64_t q = lo; q < hi; ++q)
+      out[q] = w0 * tmp[q - 3] + w1 * tmp[q - 2] + w2 * tmp[q - 1] + w3 * tmp[q] + w4 * tmp[q + 1] +
+               w5 * tmp[q + 2] + w6 * tmp[q + 3];
     for (int64_t q = hi; q < W; ++q) border(q);
   }
 
-  bool is_valid(int64_t b, int64_t i, int64_t q) const {
-    const int64_t idx = (b * H + i) * W + q;
-    return std::isfinite(static_cast<T>(target[idx])) && (mask == nullptr || mask[idx]);
-  }
-
   // Sums (depth, gradient, normal) of one tile; writes grad on rows [r0, r1).
+  template <bool GRAD, bool NORMAL, bool LOG>
   std::array<double, 3> tile(int64_t b, int64_t r0, int64_t r1) const {
+    constexpr bool SOBEL = GRAD || NORMAL;
     const int64_t Wp = W + 2;
-    const bool sobel = opt.gradient || opt.normal;
     const int64_t rows = r1 - r0;
-    // rows [r0-2, r1+2) of pred and ground truth, zero-padded by one column each side
-    std::vector<T> dbuf, ybuf, tmp, dpx, dpy, mrow(W);
-    if (sobel) {
-      dbuf.assign((rows + 4) * Wp, T(0));
-      ybuf.assign((rows + 4) * Wp, T(0));
-      tmp.resize(W);
-      dpx.assign((rows + 2) * Wp, T(0));  // rows [r0-1, r1+1)
-      dpy.assign((rows + 2) * Wp, T(0));
-      for (int64_t j = std::max<int64_t>(0, r0 - 2); j < std::min<int64_t>(H, r1 + 2); ++j) {
-        T* drow = dbuf.data() + (j - r0 + 2) * Wp;
-        const scalar_t* src = pred + (b * H + j) * W;
-        for (int64_t q = 0; q < W; ++q) drow[q + 1] = static_cast<T>(src[q]);
-        ground_truth_row(b, j, ybuf.data() + (j - r0 + 2) * Wp, tmp.data());
-      }
+    // pred and stencil ground truth on rows [r0-2, r1+2), one zero column each side;
+    // validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
+    std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), dpx, dpy;
+    std::vector<T> tmp(W), row(W), grow(W);
+    const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
+    const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
+    for (int64_t j = dlo; j < dhi; ++j) {
+      T* drow = dbuf.data() + (j - r0 + 2) * Wp + 1;
+      const scalar_t* src = pred + (b * H + j) * W;
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) drow[q] = static_cast<T>(src[q]);
     }
-    const T alpha = static_cast<T>(opt.alpha);
-    const T w0 = static_cast<T>(opt.w0), w1 = static_cast<T>(opt.w1), w2 = static_cast<T>(opt.w2);
-    const T inv_n_ = inv_n;
+    const int64_t mlo = SOBEL ? std::max<int64_t>(0, r0 - 1) : r0;
+    const int64_t mhi = SOBEL ? std::min<int64_t>(H, r1 + 1) : r1;
+    for (int64_t j = mlo; j < mhi; ++j)
+      validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
+                   mbuf.data() + (j - r0 + 1) * W);
     double s_depth = 0.0, s_grad = 0.0, s_norm = 0.0;
-
-    if (sobel) {
-      for (int64_t j = std::max<int64_t>(0, r0 - 1); j < std::min<int64_t>(H, r1 + 1); ++j) {
-        const bool own = j >= r0 && j < r1;
+    if constexpr (SOBEL) {
+      ybuf.assign((rows + 4) * Wp, T(0));
+      dpx.assign((rows + 2) * Wp, T(0));
+      dpy.assign((rows + 2) * Wp, T(0));
+      for (int64_t j = dlo; j < dhi; ++j)
+        stencil_row(b, j, ybuf.data() + (j - r0 + 2) * Wp + 1, tmp.data(), row.data());
+      for (int64_t j = mlo; j < mhi; ++j) {
         const int64_t jj = j - r0 + 2;
-        const T* da = dbuf.data() + (jj - 1) * Wp + 1;
-        const T* db = dbuf.data() + jj * Wp + 1;
-        const T* dc = dbuf.data() + (jj + 1) * Wp + 1;
-        const T* ya = ybuf.data() + (jj - 1) * Wp + 1;
-        const T* yb = ybuf.data() + jj * Wp + 1;
-        const T* yc = ybuf.data() + (jj + 1) * Wp + 1;
-        T* ox = dpx.data() + (j - r0 + 1) * Wp + 1;
-        T* oy = dpy.data() + (j - r0 + 1) * Wp + 1;
-        T* m = mrow.data();
-        for (int64_t q = 0; q < W; ++q) m[q] = is_valid(b, j, q) ? T(1) : T(0);
-        const bool grad_on = opt.gradient, normal_on = opt.normal;
-        T sg = T(0), sn = T(0);
-#pragma omp simd reduction(+ : sg, sn)
-        for (int64_t q = 0; q < W; ++q) {
-          const T px = (da[q - 1] + 2 * db[q - 1] + dc[q - 1]) - (da[q + 1] + 2 * db[q + 1] + dc[q + 1]);
-          const T py = (da[q - 1] + 2 * da[q] + da[q + 1]) - (dc[q - 1] + 2 * dc[q] + dc[q + 1]);
-          const T gx = (ya[q - 1] + 2 * yb[q - 1] + yc[q - 1]) - (ya[q + 1] + 2 * yb[q + 1] + yc[q + 1]);
-          const T gy = (ya[q - 1] + 2 * ya[q] + ya[q + 1]) - (yc[q - 1] + 2 * yc[q] + yc[q + 1]);
-          const T mq = m[q];
-          T ax = T(0), ay = T(0);
-          if (grad_on) {
-            const T ex = px - gx, ey = py - gy;
-            const T aex = std::abs(ex) + alpha, aey = std::abs(ey) + alpha;
-            sg += mq * (log_approx(aex) + log_approx(aey));
-            ax = w1 * sign_of(ex) / aex;
-            ay = w1 * sign_of(ey) / aey;
-          }
-          if (normal_on) {
-            const T np2 = px * px + py * py + T(1);
-            const T ng2 = gx * gx + gy * gy + T(1);
-            const T inv_pg = T(1) / std::sqrt(np2 * ng2);
-            const T c = (px * gx + py * gy + T(1)) * inv_pg;
-            sn += mq * std::abs(T(1) - c);
-            const T s = -w2 * sign_of(T(1) - c);
-            const T c_np2 = c / np2;
-            ax += s * (gx * inv_pg - c_np2 * px);
-            ay += s * (gy * inv_pg - c_np2 * py);
-          }
-          const T scale = mq * inv_n_;
-          ox[q] = ax * scale;
-          oy[q] = ay * scale;
-        }
-        if (own) {
+        const T* d = dbuf.data() + jj * Wp + 1;
+        const T* y = ybuf.data() + jj * Wp + 1;
+        T sg, sn;
+        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, mbuf.data() + (j - r0 + 1) * W,
+                                   dpx.data() + (j - r0 + 1) * Wp + 1, dpy.data() + (j - r0 + 1) * Wp + 1,
+                                   W, rp, sg, sn);
+        if (j >= r0 && j < r1) {
           s_grad += static_cast<double>(sg);
           s_norm += static_cast<double>(sn);
         }
       }
     }
-
-    // depth term and the gradient of own rows (Sobel adjoint of dpx, dpy)
     for (int64_t i = r0; i < r1; ++i) {
-      const scalar_t* prow = pred + (b * H + i) * W;
-      const scalar_t* trow = target + (b * H + i) * W;
-      const bool* mrow_in = mask ? mask + (b * H + i) * W : nullptr;
-      scalar_t* grow = grad + (b * H + i) * W;
-      T* gtmp = mrow.data();  // reuse: holds the gradient row in T
-      T sd = T(0);
-      const bool log_depth = opt.log_depth;
-#pragma omp simd reduction(+ : sd)
-      for (int64_t q = 0; q < W; ++q) {
-        const T y = static_cast<T>(trow[q]);
-        const bool fin = std::isfinite(y);
-        const T mq = (fin && (mrow_in == nullptr || mrow_in[q])) ? T(1) : T(0);
-        const T e = static_cast<T>(prow[q]) - (fin ? y : T(0));
-        const T ae = std::abs(e);
-        T v, g;
-        if (log_depth) {
-          v = log_approx(ae + alpha);
-          g = sign_of(e) / (ae + alpha);
-        } else {
-          v = ae;
-          g = sign_of(e);
-        }
-        sd += mq * v;
-        gtmp[q] = w0 * mq * g * inv_n_;
+      sanitised_row(b, i, row.data());
+      s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
+                                                       mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
+      if constexpr (SOBEL) {
+        const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
+        const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
+        sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
       }
-      s_depth += static_cast<double>(sd);
-      if (sobel) {
-        const int64_t k = i - r0 + 1;  // row of i in dpx / dpy
-        const T* xa = dpx.data() + (k - 1) * Wp + 1;
-        const T* xb = dpx.data() + k * Wp + 1;
-        const T* xc = dpx.data() + (k + 1) * Wp + 1;
-        const T* ya = dpy.data() + (k - 1) * Wp + 1;
-        const T* yc = dpy.data() + (k + 1) * Wp + 1;
+      scalar_t* out = grad + (b * H + i) * W;
 #pragma omp simd
-        for (int64_t q = 0; q < W; ++q) {
-          const T gxa = (xc[q + 1] + 2 * xb[q + 1] + xa[q + 1]) - (xc[q - 1] + 2 * xb[q - 1] + xa[q - 1]);
-          const T gya = (yc[q + 1] + 2 * yc[q] + yc[q - 1]) - (ya[q + 1] + 2 * ya[q] + ya[q - 1]);
-          gtmp[q] += gxa + gya;
-        }
-      }
-      for (int64_t q = 0; q < W; ++q) grow[q] = static_cast<scalar_t>(gtmp[q]);
+      for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
     }
     return {s_depth, s_grad, s_norm};
+  }
+
+  std::array<double, 3> run_tile(int64_t b, int64_t r0, int64_t r1) const {
+    const bool lg = opt.log_depth;
+    if (opt.gradient && opt.normal)
+      return lg ? tile<true, true, true>(b, r0, r1) : tile<true, true, false>(b, r0, r1);
+    if (opt.gradient) return lg ? tile<true, false, true>(b, r0, r1) : tile<true, false, false>(b, r0, r1);
+    if (opt.normal) return lg ? tile<false, true, true>(b, r0, r1) : tile<false, true, false>(b, r0, r1);
+    return lg ? tile<false, false, true>(b, r0, r1) : tile<false, false, false>(b, r0, r1);
   }
 };
 
@@ -281,9 +314,12 @@ std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
         const int64_t r1 = std::min(H, r0 + kTileRows);
+        std::vector<T> m(W);
         int64_t c = 0;
-        for (int64_t idx = (b * H + r0) * W; idx < (b * H + r1) * W; ++idx)
-          c += std::isfinite(static_cast<T>(t[idx])) && (mask_ptr == nullptr || mask_ptr[idx]);
+        for (int64_t i = r0; i < r1; ++i) {
+          validity_row(t + (b * H + i) * W, mask_ptr ? mask_ptr + (b * H + i) * W : nullptr, W, m.data());
+          for (int64_t q = 0; q < W; ++q) c += static_cast<int64_t>(m[q]);
+        }
         counts[tile] = c;
       }
     });
@@ -303,14 +339,15 @@ std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
     kernel.W = W;
     kernel.opt = LossOptions{depth_term == "log", gradient, normal, blur, alpha,
                              weights[0], weights[1], weights[2]};
-    kernel.inv_n = static_cast<T>(1.0 / static_cast<double>(n));
+    kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
+                             static_cast<T>(weights[2]), static_cast<T>(1.0 / static_cast<double>(n))};
     const auto gw = gaussian_weights();
     for (int k = 0; k < 7; ++k) kernel.gw[k] = static_cast<T>(gw[k]);
     std::vector<std::array<double, 3>> sums(ntiles);
     at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
-        sums[tile] = kernel.tile(b, r0, std::min(H, r0 + kTileRows));
+        sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
       }
     });
     double s[3] = {0.0, 0.0, 0.0};

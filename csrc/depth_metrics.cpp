@@ -17,7 +17,7 @@ namespace {
 
 constexpr int64_t kMetricTileRows = 16;
 
-template <typename scalar_t>
+template <typename scalar_t, bool MASKED>
 std::array<double, 7> metric_tile(const scalar_t* pred, const scalar_t* target, const bool* mask,
                                   int64_t W, int64_t r0, int64_t r1, int64_t left, int64_t right,
                                   double lo, double hi) {
@@ -32,7 +32,7 @@ std::array<double, 7> metric_tile(const scalar_t* pred, const scalar_t* target, 
     for (int64_t q = left; q < right; ++q) {
       const double y0 = static_cast<double>(t[q]);
       // y in (lo, hi] also rejects NaN; +inf passes only when hi = inf, so check finiteness
-      const bool valid = std::isfinite(y0) && y0 > lo && y0 <= hi && (m == nullptr || m[q]);
+      const bool valid = std::isfinite(y0) && y0 > lo && y0 <= hi && (!MASKED || m[q]);
       const double v = valid ? 1.0 : 0.0;
       const double y = valid ? y0 : 1.0;
       const double d = std::min(std::max(static_cast<double>(p[q]), lo), hi);
@@ -92,8 +92,10 @@ at::Tensor depth_metric_sums(const at::Tensor& pred_in, const at::Tensor& target
         const int64_t r0 = top + (tile % tiles_per_image) * kMetricTileRows;
         const int64_t r1 = std::min(bottom, r0 + kMetricTileRows);
         const int64_t off = b * H * W;
-        sums[tile] = metric_tile<scalar_t>(p + off, t + off, mask_ptr ? mask_ptr + off : nullptr, W,
-                                           r0, r1, left, right, min_depth, max_depth);
+        sums[tile] = mask_ptr ? metric_tile<scalar_t, true>(p + off, t + off, mask_ptr + off, W, r0, r1, left,
+                                                            right, min_depth, max_depth)
+                              : metric_tile<scalar_t, false>(p + off, t + off, nullptr, W, r0, r1, left, right,
+                                                             min_depth, max_depth);
       }
     });
   });

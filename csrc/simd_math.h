@@ -58,6 +58,20 @@ __attribute__((always_inline)) inline double log_approx(double x) {
   return x < std::numeric_limits<double>::infinity() ? r : x;
 }
 
+// 1 / sqrt(x) for x >= 1 (finite): bit-trick start and Newton steps to full precision. std::sqrt
+// sets errno on negative input, which keeps GCC from vectorising loops that call it.
+__attribute__((always_inline)) inline float inv_sqrt_approx(float x) {
+  float y = __builtin_bit_cast(float, 0x5f3759df - (__builtin_bit_cast(std::int32_t, x) >> 1));
+  for (int i = 0; i < 3; ++i) y = y * (1.5f - 0.5f * x * y * y);
+  return y;
+}
+
+__attribute__((always_inline)) inline double inv_sqrt_approx(double x) {
+  double y = __builtin_bit_cast(double, 0x5fe6eb50c7b537a9LL - (__builtin_bit_cast(std::int64_t, x) >> 1));
+  for (int i = 0; i < 5; ++i) y = y * (1.5 - 0.5 * x * y * y);
+  return y;
+}
+
 template <typename T>
 __attribute__((always_inline)) inline T sign_of(T v) {
   return static_cast<T>(v > T(0)) - static_cast<T>(v < T(0));
