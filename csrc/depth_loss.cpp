@@ -32,17 +32,19 @@ inline int64_t reflect101(int64_t i, int64_t n) {
   return i >= n ? period - i : i;
 }
 
-// 1-D Gaussian weights as the reference builds them (float32 values, normalised in float32).
+// 1-D Gaussian weights as the reference builds them: float32 values normalised by ATen's own
+// float32 sum (a hand-written sum can round differently in the last bit).
 std::array<float, 7> gaussian_weights() {
-  std::array<float, 7> w{};
-  float sum = 0.0f;
+  std::vector<float> raw(7);
   for (int i = 0; i < 7; ++i) {
     const double d = i - kBlurRadius;
-    w[i] = static_cast<float>(std::exp(-(d * d) / (2.0 * 1.4 * 1.4)));
+    raw[i] = static_cast<float>(std::exp(-(d * d) / (2.0 * 1.4 * 1.4)));
   }
-  for (int i = 0; i < 7; ++i) sum += w[i];
-  for (int i = 0; i < 7; ++i) w[i] /= sum;
-  return w;
+  const at::Tensor w = at::tensor(raw, at::kFloat);
+  const at::Tensor normalised = (w / w.sum()).contiguous();
+  std::array<float, 7> out{};
+  for (int i = 0; i < 7; ++i) out[i] = normalised.data_ptr<float>()[i];
+  return out;
 }
 
 struct LossOptions {
@@ -170,18 +172,28 @@ struct LossKernel {
   }
 
   // Row i of the ground truth for the Sobel stencil (blurred when asked) into out[0..W).
-  void stencil_row(int64_t b, int64_t i, T* out, T* tmp, T* row) const {
+  // ``cache`` holds the sanitised rows [cache_lo, cache_hi); rows outside it (only reached by
+  // the reflection on tiny maps) are sanitised into ``row`` on the fly.
+  void stencil_row(int64_t b, int64_t i, T* out, T* tmp, T* row, const T* cache, int64_t cache_lo,
+                   int64_t cache_hi) const {
     if (!opt.blur) {
       sanitised_row(b, i, out);
       return;
     }
-    // vertical pass into tmp, then horizontal (reflect-101 indices, folded for tiny maps)
+    // vertical pass into tmp (in the reference's order: taps 0..6), then horizontal
+    // (reflect-101 indices, folded for tiny maps)
     for (int64_t q = 0; q < W; ++q) tmp[q] = T(0);
     for (int k = 0; k < 7; ++k) {
-      sanitised_row(b, reflect101(i + k - kBlurRadius, H), row);
+      const int64_t src = reflect101(i + k - kBlurRadius, H);
+      const T* r = row;
+      if (src >= cache_lo && src < cache_hi) {
+        r = cache + (src - cache_lo) * W;
+      } else {
+        sanitised_row(b, src, row);
+      }
       const T wk = gw[k];
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) tmp[q] += wk * row[q];
+      for (int64_t q = 0; q < W; ++q) tmp[q] += wk * r[q];
     }
     auto border = [&](int64_t q) {
       T s = T(0);
@@ -227,8 +239,13 @@ struct LossKernel {
       ybuf.assign((rows + 4) * Wp, T(0));
       dpx.assign((rows + 2) * Wp, T(0));
       dpy.assign((rows + 2) * Wp, T(0));
+      // sanitised ground truth rows that the blur of rows [dlo, dhi) reads
+      const int64_t clo = opt.blur ? std::max<int64_t>(0, r0 - 2 - kBlurRadius) : 0;
+      const int64_t chi = opt.blur ? std::min<int64_t>(H, r1 + 2 + kBlurRadius) : 0;
+      std::vector<T> cache((chi - clo) * W);
+      for (int64_t j = clo; j < chi; ++j) sanitised_row(b, j, cache.data() + (j - clo) * W);
       for (int64_t j = dlo; j < dhi; ++j)
-        stencil_row(b, j, ybuf.data() + (j - r0 + 2) * Wp + 1, tmp.data(), row.data());
+        stencil_row(b, j, ybuf.data() + (j - r0 + 2) * Wp + 1, tmp.data(), row.data(), cache.data(), clo, chi);
       for (int64_t j = mlo; j < mhi; ++j) {
         const int64_t jj = j - r0 + 2;
         const T* d = dbuf.data() + jj * Wp + 1;

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "fastmde.h"
@@ -25,7 +26,7 @@ namespace fastmde {
 namespace {
 
 // Elements of the per-band buffers (about 8 MB in float32): bounds the extra memory.
-constexpr int64_t kBandBudget = int64_t(1) << 21;
+constexpr int64_t kBandBudget = int64_t(1) << 20;
 
 // One axis of the bilinear interpolation (PyTorch's upsample_bilinear2d conventions).
 template <typename T>
@@ -87,12 +88,44 @@ inline at::Tensor tap_matrix(const at::Tensor& weight, at::ScalarType ct) {
   return weight.to(ct).permute({2, 3, 0, 1}).reshape({k * k * C, Cin}).contiguous();
 }
 
+// dst[c * dst_c + x * dst_x] = src[x * C + c] for a (n, C) pixel-major row: a blocked
+// transpose when dst is channel-major (NCHW), a plain copy when it is pixel-major.
+template <typename T>
+void store_row(const T* __restrict src, T* __restrict dst, int64_t n, int64_t C, int64_t dst_c, int64_t dst_x) {
+  if (dst_c == 1) {
+    for (int64_t x = 0; x < n; ++x)
+      for (int64_t c = 0; c < C; ++c) dst[x * dst_x + c] = src[x * C + c];
+    return;
+  }
+  constexpr int64_t kBlock = 16;
+  for (int64_t x0 = 0; x0 < n; x0 += kBlock) {
+    const int64_t x1 = std::min(n, x0 + kBlock);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t x = x0; x < x1; ++x) dst[c * dst_c + x * dst_x] = src[x * C + c];
+  }
+}
+
+// The inverse gather: dst[x * C + c] = src[c * src_c + x * src_x].
+template <typename T>
+void load_row(const T* __restrict src, T* __restrict dst, int64_t n, int64_t C, int64_t src_c, int64_t src_x) {
+  if (src_c == 1) {
+    for (int64_t x = 0; x < n; ++x)
+      for (int64_t c = 0; c < C; ++c) dst[x * C + c] = src[x * src_x + c];
+    return;
+  }
+  constexpr int64_t kBlock = 16;
+  for (int64_t x0 = 0; x0 < n; x0 += kBlock) {
+    const int64_t x1 = std::min(n, x0 + kBlock);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t x = x0; x < x1; ++x) dst[x * C + c] = src[c * src_c + x * src_x];
+  }
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, int64_t C, int64_t k,
                   const Axis<T>& ay, const Axis<T>& ax) {
   const int64_t B = xcl.size(0), h = xcl.size(1), w = xcl.size(2), Cin = xcl.size(3);
   const int64_t H = ay.out, W = ax.out, p = k / 2, kk = k * k;
-  const at::Tensor WmT = Wm.t();
   // low-res rows read by output row Y (over its k taps)
   std::vector<int64_t> rmin(H), rmax(H);
   for (int64_t Y = 0; Y < H; ++Y) {
@@ -112,17 +145,28 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   int64_t cap = 1;
   for (int64_t Y0 = 0; Y0 < H; Y0 += BY)
     cap = std::max(cap, rmax[std::min(H, Y0 + BY) - 1] - rmin[Y0] + 1);
-  at::Tensor zbuf = at::empty({cap * w, kk * C}, Wm.options());
-  at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
-  at::Tensor obuf = at::empty({BY, W, C}, Wm.options());
-  T* z = zbuf.data_ptr<T>();
-  T* u = ubuf.data_ptr<T>();
-  T* o = obuf.data_ptr<T>();
+  const at::Tensor W4 = Wm.view({kk * C, Cin, 1, 1});
+  T* out_ptr = out.data_ptr<T>();
+  const int64_t os_b = out.stride(0), os_c = out.stride(1), os_y = out.stride(2), os_x = out.stride(3);
   const int64_t urow = W * k * C;
+  const int64_t nbands = (H + BY - 1) / BY;
 
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t have_lo = 0, have_hi = -1;  // low-res rows held in ubuf
-    for (int64_t Y0 = 0; Y0 < H; Y0 += BY) {
+  // Threads take contiguous runs of (image, band) pairs, so a run carries its interpolated rows
+  // from band to band; the parallel_for calls inside then run inline (one parallel region,
+  // not one per pass: fork/join per pass is slow on a busy machine).
+  at::parallel_for(0, B * nbands, 1, [&](int64_t run_begin, int64_t run_end) {
+   at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
+   T* u = ubuf.data_ptr<T>();
+   int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
+   for (int64_t band = run_begin; band < run_end; ++band) {
+    const int64_t b = band / nbands;
+    if (b != have_b) {
+      have_lo = 0;
+      have_hi = -1;
+      have_b = b;
+    }
+    {
+      const int64_t Y0 = (band % nbands) * BY;
       const int64_t Y1 = std::min(H, Y0 + BY);
       const int64_t nlo = rmin[Y0], nhi = rmax[Y1 - 1];
       int64_t first_new = nlo;
@@ -135,9 +179,11 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
       have_hi = nhi;
       if (first_new <= nhi) {
         const int64_t nrows = nhi - first_new + 1;
-        at::Tensor xs = xcl[b].slice(0, first_new, nhi + 1).reshape({nrows * w, Cin});
-        at::Tensor zv = zbuf.narrow(0, 0, nrows * w);
-        at::mm_out(zv, xs, WmT);
+        // z = x_rows @ Wm^T as a 1x1 convolution on channels_last views: oneDNN serves it
+        // (faster here than the BLAS GEMM) and writes z pixel-major, as the passes below read it
+        at::Tensor xs = xcl[b].slice(0, first_new, nhi + 1).permute({2, 0, 1}).unsqueeze(0);
+        at::Tensor zc = at::conv2d(xs, W4).contiguous(at::MemoryFormat::ChannelsLast);
+        const T* z = zc.data_ptr<T>();
         const int64_t off = first_new - nlo;
         // horizontal: u[r, X, kh, :] = Σ_kw Σ_c l_c(X') z[r, i_c(X'), kh, kw, :], X' = X + kw - p
         at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
@@ -162,8 +208,9 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
       }
       // vertical: out[Y, X, :] = Σ_kh Σ_a l_a(Y') u[i_a(Y'), X, kh, :], Y' = Y + kh - p
       at::parallel_for(Y0, Y1, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> obuf(W * C);  // one output row, pixel-major
         for (int64_t Y = begin; Y < end; ++Y) {
-          T* orow = o + (Y - Y0) * W * C;
+          T* orow = obuf.data();
           for (int64_t i = 0; i < W * C; ++i) orow[i] = T(0);
           for (int64_t kh = 0; kh < k; ++kh) {
             const int64_t yu = Y + kh - p;
@@ -179,12 +226,12 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
               for (int64_t c = 0; c < C; ++c) oc[c] += a0 * p0[c] + a1 * p1[c];
             }
           }
+          store_row(orow, out_ptr + b * os_b + Y * os_y, W, C, os_c, os_x);
         }
       });
-      // (rows, W, C) -> out[b, :, Y0:Y1, :] in out's layout and dtype
-      out[b].slice(1, Y0, Y1).permute({1, 2, 0}).copy_(obuf.narrow(0, 0, Y1 - Y0));
     }
-  }
+   }
+  });
 }
 
 at::Tensor upsample_conv2d_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -193,16 +240,16 @@ at::Tensor upsample_conv2d_forward(const at::Tensor& x, const at::Tensor& weight
   const auto ct = compute_type(x.scalar_type());
   const int64_t B = x.size(0), C = weight.size(0), k = weight.size(2);
   const auto fmt = x.suggest_memory_format();
-  at::Tensor out = at::empty({B, C, size[0], size[1]}, x.options().memory_format(fmt));
-  if (B == 0 || C == 0) return out;
-  if (x.size(1) == 0) return out.zero_();
+  at::Tensor out = at::empty({B, C, size[0], size[1]}, x.options().dtype(ct).memory_format(fmt));
+  if (B == 0 || C == 0) return out.to(x.scalar_type());
+  if (x.size(1) == 0) return out.zero_().to(x.scalar_type());
   const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(ct).contiguous();  // (B, h, w, Cin)
   const at::Tensor Wm = tap_matrix(weight, ct);
   AT_DISPATCH_FLOATING_TYPES(ct, "upsample_conv2d_forward", [&] {
     Axis<scalar_t> ay(x.size(2), size[0], align_corners), ax(x.size(3), size[1], align_corners);
     forward_impl<scalar_t>(xcl, Wm, out, C, k, ay, ax);
   });
-  return out;
+  return out.to(x.scalar_type());
 }
 
 template <typename T>
@@ -233,23 +280,35 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
     }
     gcap = std::max(gcap, hi - lo + 1);
   }
-  at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
-  at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
-  at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
-  T* G = gbuf.data_ptr<T>();
-  T* u = ubuf.data_ptr<T>();
-  T* t = tbuf.data_ptr<T>();
-  gWm.zero_();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t r0 = 0; r0 < h; r0 += RB) {
+  const at::Tensor W4 = Wm.view({kk * C, Cin, 1, 1});
+  const T* g_ptr = g.data_ptr<T>();
+  const int64_t gs_b = g.stride(0), gs_c = g.stride(1), gs_y = g.stride(2), gs_x = g.stride(3);
+  const int64_t nbands = (h + RB - 1) / RB;
+  // one grad_weight partial per run of bands, added in run order below
+  std::vector<at::Tensor> partials(B * nbands);
+  at::parallel_for(0, B * nbands, 1, [&](int64_t run_begin, int64_t run_end) {
+   at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
+   at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
+   at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
+   T* G = gbuf.data_ptr<T>();
+   T* u = ubuf.data_ptr<T>();
+   T* t = tbuf.data_ptr<T>();
+   at::Tensor gW_run = at::zeros_like(gWm);
+   for (int64_t band = run_begin; band < run_end; ++band) {
+    const int64_t b = band / nbands;
+    {
+      const int64_t r0 = (band % nbands) * RB;
       const int64_t r1 = std::min(h, r0 + RB), nrows = r1 - r0;
       int64_t glo = H, ghi = -1;
       for (int64_t r = r0; r < r1; ++r) {
         glo = std::min(glo, gmin[r]);
         ghi = std::max(ghi, gmax[r]);
       }
-      if (ghi >= glo)  // g[b, :, glo:ghi+1, :] -> (rows, W, C)
-        gbuf.narrow(0, 0, ghi - glo + 1).copy_(g[b].slice(1, glo, ghi + 1).permute({1, 2, 0}));
+      // g[b, :, glo:ghi+1, :] -> G (rows, W, C)
+      at::parallel_for(glo, ghi + 1, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t Y = begin; Y < end; ++Y)
+          load_row(g_ptr + b * gs_b + Y * gs_y, G + (Y - glo) * W * C, W, C, gs_c, gs_x);
+      });
       // vertical adjoint: u[r, X, kh, :] = Σ_{(Y', l) reading r} l g[Y' - kh + p, X, :]
       at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
         for (int64_t rX = begin; rX < end; ++rX) {
@@ -286,12 +345,21 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
           }
         }
       });
-      at::Tensor tv = tbuf.narrow(0, 0, nrows * w);
-      at::Tensor gx = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
-      at::mm_out(gx, tv, Wm);
-      gWm.addmm_(tv.t(), xcl[b].slice(0, r0, r1).reshape({nrows * w, Cin}));
+      // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the backward of the forward's 1x1
+      // convolution, on channels_last views
+      at::Tensor t4 = tbuf.narrow(0, 0, nrows * w).view({nrows, w, kk * C}).permute({2, 0, 1}).unsqueeze(0);
+      at::Tensor x4 = xcl[b].slice(0, r0, r1).permute({2, 0, 1}).unsqueeze(0);
+      auto grads = at::convolution_backward(t4, x4, W4, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
+                                            {true, true, false});
+      gxcl[b].slice(0, r0, r1).copy_(std::get<0>(grads)[0].permute({1, 2, 0}));
+      gW_run.add_(std::get<1>(grads).view({kk * C, Cin}));
     }
-  }
+   }
+   partials[run_begin] = gW_run;
+  });
+  gWm.zero_();
+  for (const auto& part : partials)
+    if (part.defined()) gWm.add_(part);
 }
 
 std::tuple<at::Tensor, at::Tensor> upsample_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x,
@@ -308,12 +376,15 @@ std::tuple<at::Tensor, at::Tensor> upsample_conv2d_backward(const at::Tensor& gr
   const auto ct = compute_type(x.scalar_type());
   const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(ct).contiguous();
   const at::Tensor Wm = tap_matrix(weight, ct);
+  // read in place when already in the compute dtype and dense in NCHW or channels_last
+  at::Tensor g = grad_out.to(ct);
+  if (!g.is_contiguous() && !g.is_contiguous(at::MemoryFormat::ChannelsLast)) g = g.contiguous();
   at::Tensor gxcl = at::empty({B, h, w, Cin}, Wm.options());
   at::Tensor gWm = at::zeros({k * k * C, Cin}, Wm.options());
   if (B > 0 && C > 0 && Cin > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "upsample_conv2d_backward", [&] {
       Axis<scalar_t> ay(h, size[0], align_corners), ax(w, size[1], align_corners);
-      backward_impl<scalar_t>(grad_out, xcl, Wm, gxcl, gWm, C, k, ay, ax);
+      backward_impl<scalar_t>(g, xcl, Wm, gxcl, gWm, C, k, ay, ax);
     });
   } else {
     gxcl.zero_();
