@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -135,6 +136,14 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         if not os.path.exists(candidate):
             raise CheckpointError(f"{path!r} is a directory without best.pt or last.pt")
         path = candidate
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (legacy files start with a pickle protocol byte, 0x80).
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path!r} is not a fastmde checkpoint: it cannot be read as a PyTorch file "
+            f"(neither a torch.save zip archive nor a pickle; first bytes {head!r})"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -58,6 +58,7 @@ class TrainConfig:
     cache_dir: str | None = None
     synthetic_train: int = 400
     synthetic_val: int = 40
+    synthetic_size: tuple[int, int] = (480, 640)  # frame size of the generated synthetic data
     val_fraction: float = 0.03
     val_by_scene: bool = False
     limit_train: int | None = None              # use only the first N training items
@@ -79,6 +80,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.size = parse_size(self.size)
+        self.synthetic_size = parse_size(self.synthetic_size)
         if self.data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
         if self.data_format != "synthetic" and not self.data:
@@ -109,6 +111,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["size"] = list(self.size)
+        out["synthetic_size"] = list(self.synthetic_size)
         return out
 
     @classmethod

@@ -198,13 +198,13 @@ class Trainer:
 
     def train_step(self, batch) -> float:
         cfg = self.cfg
-        images = to_images(batch["image"], self.device, self.channels_last)
+        images = batch["image"].to(self.device, non_blocking=True)
         depth = batch["depth"].to(self.device, non_blocking=True).float()
         if self.augment is not None:
+            # On the uint8 batch (Augment's contract: uint8 0-255 or float 0-1 images).
             self.aug_generator.manual_seed(step_seed(cfg.seed, self.step, self.info.rank))
             images, depth = self.augment(images, depth, generator=self.aug_generator)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        images = to_images(images, self.device, self.channels_last)
         with autocast(self.device, self.amp_dtype):
             pred = self.train_model(images)
         loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
@@ -269,7 +269,8 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs and stop_reason is None:
                 stop_reason = self._should_stop(loop_start)
-                if stop_reason:
+                if stop_reason:      # e.g. resumed with a limit already reached
+                    self.save()
                     break
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_start(self.batch_in_epoch * cfg.batch_size)
@@ -393,6 +394,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated once")
     g.add_argument("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic training scenes")
     g.add_argument("--synthetic-val", type=int, default=d.synthetic_val, help="held-out synthetic test scenes")
+    g.add_argument("--synthetic-size", default="480x640", help="frame size HxW of the synthetic data (NYU: 480x640)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation hold-out (default 0.03)")
     g.add_argument("--val-by-scene", action="store_true", help="hold out whole scenes (per-frame layout)")
     g.add_argument("--limit-train", type=int, default=None, help="use only the first N training items")
@@ -423,6 +425,7 @@ def config_from_args(args) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         seed=args.seed, augment=args.augment, data_format=args.data_format, data=args.data,
         cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
+        synthetic_size=args.synthetic_size,
         val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         workers=args.workers, out=args.out, max_steps=args.max_steps, time_limit=args.time_limit,
