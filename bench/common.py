@@ -73,21 +73,44 @@ def peak_memory_bytes(fn, device: str) -> int | None:
     try:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_fds(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         events = sorted(
-            (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
+            (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+            key=lambda e: e.start_ns(),
         )
         running = peak = 0
         for e in events:
-            running += e.cpu_memory_usage
+            running += e.nbytes()
             peak = max(peak, running)
         return peak
     except Exception:
         return None
 
 
-def saved_activation_bytes(forward) -> int:
+class _quiet_fds:
+    """Silence what the profiler's C++ side prints on stdout/stderr while it starts and stops."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        self.null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.null, 1)
+        os.dup2(self.null, 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in (*self.saved, self.null):
+            os.close(fd)
+        return False
+
+
+def saved_activation_bytes(forward) -> int | None:
     """Bytes of the distinct storages autograd saves for backward while ``forward()`` runs."""
     storages: dict[int, int] = {}
 
@@ -99,9 +122,12 @@ def saved_activation_bytes(forward) -> int:
             pass
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+        del out
+    except Exception:  # e.g. a compiled graph that does not support the hooks
+        return None
     return sum(storages.values())
 
 
@@ -153,7 +179,8 @@ COLUMNS = (
     ("section", "section"), ("what", "what"), ("shape", "shape"), ("dtype", "dtype"),
     ("layout", "layout"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
     ("total_ms", "fwd+bwd ms"), ("vs_eager", "x eager"), ("vs_compile", "x compile"),
-    ("throughput", "throughput"), ("peak_mb", "peak MB"), ("note", "note"),
+    ("throughput", "throughput"), ("peak_mb", "peak MB"), ("saved_mb", "saved for bwd MB"),
+    ("note", "note"),
 )
 
 

@@ -10,10 +10,10 @@ import torch
 
 import fastmde
 from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
-from fastmde.reference.depth_metrics import depth_metrics_reference
+from fastmde.reference.depth_metrics import depth_metrics_reference, resolve_crop
 from fastmde.reference.up_projection import up_projection_block_reference
 
-from common import median_time_ms, peak_memory_bytes
+from common import median_time_ms, peak_memory_bytes, saved_activation_bytes
 
 LOSS_PRESET = "hu_blurred"
 
@@ -25,8 +25,12 @@ def _loss_inputs(shape, dtype, device, seed=0):
     return pred, target
 
 
-def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=None, flops=None, note=None):
-    """Time forward, and forward+backward, of each implementation; add one row each."""
+def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=None, flops=None, note=None,
+                  measure_saved=False):
+    """Time forward, and forward+backward, of each implementation; add one row each.
+
+    Throughput is over the forward+backward time (the forward alone when nothing needs a
+    gradient); ``measure_saved`` adds the bytes autograd keeps for backward (activation memory)."""
     times = {}
     for name, (forward, inputs) in impls.items():
         def fwd():
@@ -42,6 +46,7 @@ def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=N
             fwd_ms = median_time_ms(fwd, device)
             total_ms = median_time_ms(fwd_bwd, device) if inputs else None
             peak = peak_memory_bytes(fwd_bwd if inputs else fwd, device)
+            saved = saved_activation_bytes(forward) if inputs and measure_saved else None
         except Exception as exc:  # e.g. torch.compile unavailable for this device/dtype
             ctx.add(section=section, what=what, shape=shape, dtype=str(dtype).replace("torch.", ""),
                     impl=name, note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
@@ -59,6 +64,7 @@ def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=N
             vs_eager=times["eager"] / times[name] if "eager" in times else None,
             vs_compile=times["compile"] / times[name] if "compile" in times else None,
             throughput=throughput, peak_mb=None if peak is None else peak / 2**20,
+            saved_mb=None if saved is None else saved / 2**20,
         )
 
 
@@ -97,7 +103,9 @@ def bench_metrics(ctx, device, shape, dtype):
         "compile": (lambda: compiled(pred, target), []),
         "fastmde": (lambda: fastmde.depth_metrics(pred, target, **opts)["rms"], []),
     }
-    bytes_moved = 2 * pred.numel() * pred.element_size()
+    # one read of pred and target inside the crop (pixels outside it need not be read)
+    top, bottom, left, right = resolve_crop(opts["crop"], shape[-2], shape[-1])
+    bytes_moved = 2 * shape[0] * (bottom - top) * (right - left) * pred.element_size()
     _fwd_bwd_rows(ctx, "kernels", "depth_metrics eigen", "x".join(map(str, shape)), dtype, device,
                   impls, bytes_moved=bytes_moved)
 
@@ -131,7 +139,7 @@ def bench_up_projection(ctx, device, batch, dtype, channels_last, blocks):
         macs = batch * (h * w * cin * cout + H * W * k * k * cout * cout * 3)
         _fwd_bwd_rows(
             ctx, "kernels", f"up_projection {cin}->{cout} k3", f"{batch}x{cin}x{h}x{w}", dtype, device,
-            impls, flops=2 * 3 * macs, note="channels_last" if channels_last else "NCHW",
+            impls, flops=2 * 3 * macs, note="channels_last" if channels_last else "NCHW", measure_saved=True,
         )
 
 

@@ -1,0 +1,333 @@
+r"""Fused depth loss (Hu et al.) in Triton: the loss terms and d total / d pred in one pass.
+
+Spec: ``fastmde/reference/depth_loss.py`` (read its docstring for the exact semantics:
+sanitised ground truth, reflect-101 folding of the 7x7 blur, sign(0) = 0, N = valid pixels).
+
+Layout of the work
+------------------
+The (B, H, W) maps are cut into output tiles of ``OUT_H x OUT_W`` pixels. A program works on a
+power-of-two block ``BLOCK_H x BLOCK_W`` = the tile plus a halo (``HALO_H`` rows and
+``HALO_W`` columns each side) and walks its share of the tiles (a persistent grid of a few
+programs per SM), in four stages separated by CTA barriers:
+
+1. (blur only) vertical 7-tap Gaussian of the sanitised ground truth, read straight from
+   global memory with reflect-folded rows, stored to the program's scratch block ``V``;
+2. (blur only) horizontal 7-tap pass over ``V`` (reflect-folded columns) -> :math:`Y_b`, zero
+   outside the image (the Sobel pads with zeros), stored to scratch ``YB``;
+3. Sobel of pred (global loads, zero padded) and of :math:`Y_b` (scratch, or global loads of the
+   sanitised ground truth without blur); per pixel the depth, gradient and normal terms, and
+   :math:`\partial L/\partial\hat g_x`, :math:`\partial L/\partial\hat g_y` stored to scratch;
+4. the Sobel adjoint (a 3x3 transposed stencil over the scratch) plus the depth-term
+   derivative -> ``grad_pred`` on the tile's interior.
+
+Scratch is ``3 * BLOCK_H * BLOCK_W`` values per program and is reused for every tile, so it
+stays in L2: DRAM sees (nearly) one read of pred, target and mask and one write of the
+gradient. Halos: the adjoint needs the Sobel derivatives one pixel out, those need
+:math:`Y_b` two pixels out; the horizontal blur pass reads ``V`` three more columns out, the
+vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``1, 1``
+without (reflect folding never moves an index by more than the tap offset).
+
+Determinism: the gradient scales by 1/N, N the batch's valid-pixel count, so a small first
+kernel counts valid pixels (per-program integer partials); the main kernel writes per-program
+partial sums of the three unnormalised terms, and both are reduced in a fixed order on the
+device (no atomics, no host synchronisation). Compute is float32 (float64 for float64 input).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastmde.reference.depth_loss import BLUR_KERNEL_SIZE, BLUR_SIGMA, DEPTH_TERMS, gaussian_weights_1d
+
+_COUNT_BLOCK = 4096
+
+
+@triton.jit
+def _valid_count_kernel(target_ptr, mask_ptr, partial_ptr, numel, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    """partial[pid] = number of valid pixels (finite target, mask true) in this block."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    y = tl.load(target_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    valid = ok & (y == y) & (tl.abs(y) < float("inf"))
+    if HAS_MASK:
+        valid = valid & (tl.load(mask_ptr + offs, mask=ok, other=0) != 0)
+    tl.store(partial_ptr + pid, tl.sum(valid.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _reflect(i, n):
+    """Reflect-101 index folding into [0, n) (any number of folds; n = 1 -> 0)."""
+    period = tl.maximum(2 * (n - 1), 1)
+    i = ((i % period) + period) % period
+    i = tl.where(i >= n, period - i, i)
+    return tl.where(n == 1, 0, i)
+
+
+@triton.jit
+def _sign(x):
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0)).to(x.dtype)
+
+
+@triton.jit
+def _load_pred(pred_ptr, base, R, C, H, W, CDT: tl.constexpr):
+    """pred at absolute (R, C), zero outside the image (the Sobel's zero padding)."""
+    ok = (R >= 0) & (R < H) & (C >= 0) & (C < W)
+    return tl.load(pred_ptr + base + R * W + C, mask=ok, other=0.0).to(CDT)
+
+
+@triton.jit
+def _load_target(target_ptr, base, R, C, H, W, CDT: tl.constexpr):
+    """Sanitised ground truth at absolute (R, C): non-finite -> 0, zero outside the image."""
+    ok = (R >= 0) & (R < H) & (C >= 0) & (C < W)
+    y = tl.load(target_ptr + base + R * W + C, mask=ok, other=0.0).to(CDT)
+    finite = (y == y) & (tl.abs(y) < float("inf"))
+    return tl.where(finite, y, 0.0)
+
+
+@triton.jit
+def _load_block(ptr, i, j, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Scratch block value at block coordinates (i, j); 0 outside the block."""
+    ok = (i >= 0) & (i < BLOCK_H) & (j >= 0) & (j < BLOCK_W)
+    return tl.load(ptr + i * BLOCK_W + j, mask=ok, other=0.0)
+
+
+@triton.jit
+def _depth_loss_kernel(
+    pred_ptr, target_ptr, mask_ptr, grad_ptr, inv_n_ptr, partial_ptr, scratch_ptr,
+    H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
+    alpha, w0, w1, w2, g0, g1, g2, g3,
+    DEPTH_LOG: tl.constexpr, GRADIENT: tl.constexpr, NORMAL: tl.constexpr, BLUR: tl.constexpr,
+    HAS_MASK: tl.constexpr, CDT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    OUT_H: tl.constexpr = BLOCK_H - 2 * HALO_H
+    OUT_W: tl.constexpr = BLOCK_W - 2 * HALO_W
+    i = tl.arange(0, BLOCK_H)[:, None]
+    j = tl.arange(0, BLOCK_W)[None, :]
+    scratch = scratch_ptr + pid.to(tl.int64) * (3 * BLOCK_H * BLOCK_W)
+    s_a = scratch  # V, then dL/d(Sobel_x pred)
+    s_b = scratch + BLOCK_H * BLOCK_W  # blurred target
+    s_c = scratch + 2 * BLOCK_H * BLOCK_W  # dL/d(Sobel_y pred)
+    inv_n = tl.load(inv_n_ptr).to(CDT)
+    acc_depth = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+    acc_grad = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+    acc_normal = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+    interior = (i >= HALO_H) & (i < HALO_H + OUT_H) & (j >= HALO_W) & (j < HALO_W + OUT_W)
+
+    for step in range(0, tiles_per_program):
+        tile = pid + step * nprog
+        tile_ok = tile < num_tiles
+        b = tile // tiles_per_image
+        t = tile % tiles_per_image
+        r0 = (t // tiles_w) * OUT_H - HALO_H  # absolute row of block row 0
+        c0 = (t % tiles_w) * OUT_W - HALO_W
+        R = r0 + i
+        C = c0 + j
+        base = b.to(tl.int64) * H * W
+        # a tile past the end has an empty image (the interpreter cannot AND a scalar mask in)
+        w_lim = W * tile_ok.to(tl.int32)
+        in_image = (R >= 0) & (R < H) & (C >= 0) & (C < w_lim)
+
+        if BLUR:
+            # stage 1: vertical pass from global memory (reflect-folded rows)
+            Rc = tl.minimum(tl.maximum(R, 0), H - 1)
+            col_ok = (C >= 0) & (C < w_lim)
+            v = g0 * _load_target(target_ptr, base, _reflect(Rc, H), C, H, W, CDT)
+            v += g1 * (_load_target(target_ptr, base, _reflect(Rc - 1, H), C, H, W, CDT)
+                       + _load_target(target_ptr, base, _reflect(Rc + 1, H), C, H, W, CDT))
+            v += g2 * (_load_target(target_ptr, base, _reflect(Rc - 2, H), C, H, W, CDT)
+                       + _load_target(target_ptr, base, _reflect(Rc + 2, H), C, H, W, CDT))
+            v += g3 * (_load_target(target_ptr, base, _reflect(Rc - 3, H), C, H, W, CDT)
+                       + _load_target(target_ptr, base, _reflect(Rc + 3, H), C, H, W, CDT))
+            tl.store(s_a + i * BLOCK_W + j, tl.where(col_ok, v, 0.0))
+            tl.debug_barrier()
+            # stage 2: horizontal pass over the scratch (reflect-folded columns)
+            Cc = tl.minimum(tl.maximum(C, 0), W - 1)
+            yb = g0 * _load_block(s_a, i, _reflect(Cc, W) - c0, BLOCK_H, BLOCK_W)
+            yb += g1 * (_load_block(s_a, i, _reflect(Cc - 1, W) - c0, BLOCK_H, BLOCK_W)
+                        + _load_block(s_a, i, _reflect(Cc + 1, W) - c0, BLOCK_H, BLOCK_W))
+            yb += g2 * (_load_block(s_a, i, _reflect(Cc - 2, W) - c0, BLOCK_H, BLOCK_W)
+                        + _load_block(s_a, i, _reflect(Cc + 2, W) - c0, BLOCK_H, BLOCK_W))
+            yb += g3 * (_load_block(s_a, i, _reflect(Cc - 3, W) - c0, BLOCK_H, BLOCK_W)
+                        + _load_block(s_a, i, _reflect(Cc + 3, W) - c0, BLOCK_H, BLOCK_W))
+            tl.store(s_b + i * BLOCK_W + j, tl.where(in_image, yb, 0.0))
+            tl.debug_barrier()
+
+        # stage 3: per-pixel terms and the derivatives w.r.t. the prediction's Sobel
+        d = _load_pred(pred_ptr, base, R, C, H, W, CDT)
+        y = _load_target(target_ptr, base, R, C, H, W, CDT)
+        y_raw = tl.load(target_ptr + base + R * W + C, mask=in_image, other=0.0).to(CDT)
+        valid = in_image & (y_raw == y_raw) & (tl.abs(y_raw) < float("inf"))
+        if HAS_MASK:
+            valid = valid & (tl.load(mask_ptr + base + R * W + C, mask=in_image, other=0) != 0)
+        m = valid.to(CDT)
+        e = d - y
+        if DEPTH_LOG:
+            acc_depth += tl.where(valid & interior, tl.log(tl.abs(e) + alpha), 0.0)
+            grad = w0 * m * _sign(e) / (tl.abs(e) + alpha) * inv_n
+        else:
+            acc_depth += tl.where(valid & interior, tl.abs(e), 0.0)
+            grad = w0 * m * _sign(e) * inv_n
+        if GRADIENT or NORMAL:
+            d_mm = _load_pred(pred_ptr, base, R - 1, C - 1, H, W, CDT)
+            d_m0 = _load_pred(pred_ptr, base, R - 1, C, H, W, CDT)
+            d_mp = _load_pred(pred_ptr, base, R - 1, C + 1, H, W, CDT)
+            d_0m = _load_pred(pred_ptr, base, R, C - 1, H, W, CDT)
+            d_0p = _load_pred(pred_ptr, base, R, C + 1, H, W, CDT)
+            d_pm = _load_pred(pred_ptr, base, R + 1, C - 1, H, W, CDT)
+            d_p0 = _load_pred(pred_ptr, base, R + 1, C, H, W, CDT)
+            d_pp = _load_pred(pred_ptr, base, R + 1, C + 1, H, W, CDT)
+            px = (d_mm + 2.0 * d_0m + d_pm) - (d_mp + 2.0 * d_0p + d_pp)
+            py = (d_mm + 2.0 * d_m0 + d_mp) - (d_pm + 2.0 * d_p0 + d_pp)
+            if BLUR:
+                y_mm = _load_block(s_b, i - 1, j - 1, BLOCK_H, BLOCK_W)
+                y_m0 = _load_block(s_b, i - 1, j, BLOCK_H, BLOCK_W)
+                y_mp = _load_block(s_b, i - 1, j + 1, BLOCK_H, BLOCK_W)
+                y_0m = _load_block(s_b, i, j - 1, BLOCK_H, BLOCK_W)
+                y_0p = _load_block(s_b, i, j + 1, BLOCK_H, BLOCK_W)
+                y_pm = _load_block(s_b, i + 1, j - 1, BLOCK_H, BLOCK_W)
+                y_p0 = _load_block(s_b, i + 1, j, BLOCK_H, BLOCK_W)
+                y_pp = _load_block(s_b, i + 1, j + 1, BLOCK_H, BLOCK_W)
+            else:
+                y_mm = _load_target(target_ptr, base, R - 1, C - 1, H, W, CDT)
+                y_m0 = _load_target(target_ptr, base, R - 1, C, H, W, CDT)
+                y_mp = _load_target(target_ptr, base, R - 1, C + 1, H, W, CDT)
+                y_0m = _load_target(target_ptr, base, R, C - 1, H, W, CDT)
+                y_0p = _load_target(target_ptr, base, R, C + 1, H, W, CDT)
+                y_pm = _load_target(target_ptr, base, R + 1, C - 1, H, W, CDT)
+                y_p0 = _load_target(target_ptr, base, R + 1, C, H, W, CDT)
+                y_pp = _load_target(target_ptr, base, R + 1, C + 1, H, W, CDT)
+            gx = (y_mm + 2.0 * y_0m + y_pm) - (y_mp + 2.0 * y_0p + y_pp)
+            gy = (y_mm + 2.0 * y_m0 + y_mp) - (y_pm + 2.0 * y_p0 + y_pp)
+            d_px = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+            d_py = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+            if GRADIENT:
+                ex = px - gx
+                ey = py - gy
+                acc_grad += tl.where(
+                    valid & interior, tl.log(tl.abs(ex) + alpha) + tl.log(tl.abs(ey) + alpha), 0.0
+                )
+                d_px += w1 * m * _sign(ex) / (tl.abs(ex) + alpha) * inv_n
+                d_py += w1 * m * _sign(ey) / (tl.abs(ey) + alpha) * inv_n
+            if NORMAL:
+                norm_p2 = px * px + py * py + 1.0
+                inv_pg = 1.0 / (tl.sqrt(norm_p2) * tl.sqrt(gx * gx + gy * gy + 1.0))
+                cos = (px * gx + py * gy + 1.0) * inv_pg
+                acc_normal += tl.where(valid & interior, tl.abs(1.0 - cos), 0.0)
+                s = -w2 * m * _sign(1.0 - cos) * inv_n
+                d_px += s * (gx * inv_pg - cos * px / norm_p2)
+                d_py += s * (gy * inv_pg - cos * py / norm_p2)
+            tl.store(s_a + i * BLOCK_W + j, d_px)
+            tl.store(s_c + i * BLOCK_W + j, d_py)
+            tl.debug_barrier()
+            # stage 4: the Sobel adjoint (transposed 3x3 stencil; zero outside the image
+            # because the derivatives carry the validity factor m)
+            grad += (_load_block(s_a, i + 1, j + 1, BLOCK_H, BLOCK_W)
+                     + 2.0 * _load_block(s_a, i, j + 1, BLOCK_H, BLOCK_W)
+                     + _load_block(s_a, i - 1, j + 1, BLOCK_H, BLOCK_W)
+                     - _load_block(s_a, i + 1, j - 1, BLOCK_H, BLOCK_W)
+                     - 2.0 * _load_block(s_a, i, j - 1, BLOCK_H, BLOCK_W)
+                     - _load_block(s_a, i - 1, j - 1, BLOCK_H, BLOCK_W))
+            grad += (_load_block(s_c, i + 1, j + 1, BLOCK_H, BLOCK_W)
+                     + 2.0 * _load_block(s_c, i + 1, j, BLOCK_H, BLOCK_W)
+                     + _load_block(s_c, i + 1, j - 1, BLOCK_H, BLOCK_W)
+                     - _load_block(s_c, i - 1, j + 1, BLOCK_H, BLOCK_W)
+                     - 2.0 * _load_block(s_c, i - 1, j, BLOCK_H, BLOCK_W)
+                     - _load_block(s_c, i - 1, j - 1, BLOCK_H, BLOCK_W))
+            tl.debug_barrier()  # the next tile overwrites the scratch
+        tl.store(grad_ptr + base + R * W + C, grad.to(grad_ptr.dtype.element_ty), mask=in_image & interior)
+
+    out = partial_ptr + pid * 3
+    tl.store(out + 0, tl.sum(tl.sum(acc_depth, axis=1), axis=0))
+    tl.store(out + 1, tl.sum(tl.sum(acc_grad, axis=1), axis=0))
+    tl.store(out + 2, tl.sum(tl.sum(acc_normal, axis=1), axis=0))
+
+
+def _num_programs_cap(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a few programs, so that the persistent loop runs more than once
+
+
+def _check(pred, target, mask, depth_term, weights):
+    if pred.dim() != 3 or target.shape != pred.shape:
+        raise ValueError(
+            f"depth_loss_forward expects (B, H, W) pred and target of one shape, got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    if mask is not None and (mask.shape != pred.shape or mask.dtype != torch.bool):
+        raise ValueError(f"mask must be a bool tensor shaped {tuple(pred.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+    if depth_term not in DEPTH_TERMS:
+        raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
+    if len(weights) != 3:
+        raise ValueError(f"weights must be three numbers, got {weights}")
+    for t in (target, mask):
+        if t is not None and t.device != pred.device:
+            raise ValueError(f"all tensors must be on {pred.device}, got one on {t.device}")
+
+
+def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
+    """Terms (4,) [depth, gradient, normal, total] and ``grad_pred`` = d total / d pred.
+
+    Contiguous (B, H, W) inputs; terms are float32 (float64 for float64 ``pred``), the
+    gradient is shaped and typed like ``pred``.
+    """
+    _check(pred, target, mask, depth_term, weights)
+    pred, target = pred.contiguous(), target.contiguous()
+    B, H, W = pred.shape
+    cdtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    device = pred.device
+    numel = pred.numel()
+    mask_u8 = None if mask is None else mask.contiguous().view(torch.uint8)
+    dummy_mask = mask_u8 if mask_u8 is not None else torch.empty(1, dtype=torch.uint8, device=device)
+
+    # N: valid-pixel count (per-program integer partials, summed on the device)
+    n_blocks = max(triton.cdiv(numel, _COUNT_BLOCK), 1)
+    counts = torch.empty(n_blocks, dtype=torch.int32, device=device)
+    _valid_count_kernel[(n_blocks,)](target, dummy_mask, counts, numel, HAS_MASK=mask is not None, BLOCK=_COUNT_BLOCK)
+    inv_n = 1.0 / counts.sum(dtype=torch.int64).clamp_min(1).to(cdtype)
+
+    grad = torch.empty_like(pred, memory_format=torch.contiguous_format)
+    stencil = gradient or normal
+    if blur and stencil:
+        halo_h, halo_w = 2, 5
+        # interpreter: larger tiles mean fewer (slow, Python-level) program steps
+        block_h, block_w = (16, 128) if device.type == "cuda" else (16, 32)
+    else:
+        halo_h, halo_w = (1, 1) if stencil else (0, 0)
+        block_h, block_w = (16, 128) if device.type == "cuda" else (8, 32)
+    out_h, out_w = block_h - 2 * halo_h, block_w - 2 * halo_w
+    tiles_w = triton.cdiv(W, out_w)
+    tiles_per_image = triton.cdiv(H, out_h) * tiles_w
+    num_tiles = B * tiles_per_image
+    nprog = max(min(num_tiles, _num_programs_cap(device)), 1)
+    tiles_per_program = triton.cdiv(num_tiles, nprog)
+    partials = torch.empty((nprog, 3), dtype=cdtype, device=device)
+    scratch = torch.empty(nprog * 3 * block_h * block_w if stencil else 1, dtype=cdtype, device=device)
+    g = [float(v) for v in gaussian_weights_1d(BLUR_KERNEL_SIZE, BLUR_SIGMA)]
+    w0, w1, w2 = (float(v) for v in weights)
+    _depth_loss_kernel[(nprog,)](
+        pred, target, dummy_mask, grad, inv_n, partials, scratch,
+        H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
+        float(alpha), w0, w1, w2, g[3], g[2], g[1], g[0],
+        DEPTH_LOG=depth_term == "log", GRADIENT=bool(gradient), NORMAL=bool(normal), BLUR=bool(blur),
+        HAS_MASK=mask is not None, CDT=tl.float64 if cdtype == torch.float64 else tl.float32,
+        BLOCK_H=block_h, BLOCK_W=block_w, HALO_H=halo_h, HALO_W=halo_w,
+        num_warps=4,
+    )
+    # fixed-order reduction of the per-program partials (in float64), then 1/N and the weights
+    sums = partials.to(torch.float64).sum(dim=0) * inv_n.to(torch.float64)
+    if not gradient:
+        sums[1] = 0.0
+    if not normal:
+        sums[2] = 0.0
+    total = w0 * sums[0] + w1 * sums[1] + w2 * sums[2]
+    terms = torch.cat((sums, total[None])).to(cdtype)
+    return terms, grad
+
+
+__all__ = ["depth_loss_forward"]

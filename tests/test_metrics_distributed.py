@@ -1,0 +1,53 @@
+"""DepthMetrics all-reduces its state: two gloo processes agree with one process on all data."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastmde
+from fastmde.reference.depth_metrics import depth_metrics_reference
+
+
+def _data():
+    g = torch.Generator().manual_seed(7)
+    pred = torch.rand(5, 1, 8, 9, generator=g, dtype=torch.float64) * 4 + 0.5
+    target = torch.rand(5, 1, 8, 9, generator=g, dtype=torch.float64) * 4 + 0.5
+    target[2] = 0.0
+    return pred, target
+
+
+def _worker(rank, world, port, out_path):
+    os.environ["FASTMDE_QUIET"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        pred, target = _data()
+        shard = slice(0, 2) if rank == 0 else slice(2, 5)  # uneven shards
+        results = {}
+        for aggregate in ("per_image", "pooled"):
+            acc = fastmde.nn.DepthMetrics(aggregate=aggregate)
+            acc.update(pred[shard], target[shard])
+            results[aggregate] = {k: v.item() for k, v in acc.compute().items()}
+        torch.save(results, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_reduce_to_the_single_process_result(tmp_path):
+    out = str(tmp_path / "metrics")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    pred, target = _data()
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}")
+        for aggregate in ("per_image", "pooled"):
+            expected = depth_metrics_reference(pred[:, 0], target[:, 0], aggregate=aggregate)
+            for k, v in expected.items():
+                assert abs(got[aggregate][k] - v.item()) < 1e-12, (rank, aggregate, k)
+        assert got["per_image"]["count"] == 4.0
