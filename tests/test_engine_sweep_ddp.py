@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -74,9 +75,17 @@ def test_ddp_two_gloo_processes(cache, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fastmde", "train", "--epochs", "1", "--batch-size", "1", "--val-fraction", "0.4",
            "--out", str(out), "--no-test", *cli_model_args(), *cli_data_args(cache)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "world 2" in proc.stderr
+    # Its own process group, so that a hang is cleaned up completely (ranks included).
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("DDP training timed out:\n" + stderr[-3000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "world 2" in stderr
     records = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(records) == 1                               # only rank 0 writes
     # 10 frames: 4 held out, 6 trained on by two ranks -> 3 steps each.

@@ -1,6 +1,7 @@
 """Evaluation: the six metrics of a model on a dataset under a named protocol; ``fastmde eval``."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -76,7 +77,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the format's test split)")
     parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS))
-    parser.add_argument("--flip", action=argparse_bool(), default=None,
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored prediction (default: as the protocol says)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto")
@@ -84,12 +85,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: the checkpoint's)")
     parser.add_argument("--out", default=None, help="JSON output (default: eval-<protocol>.json next to the checkpoint)")
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction
 
 
 def run(args) -> int:
