@@ -1,0 +1,120 @@
+"""Shared pieces of the NYU readers: the error type, array checks, lazy per-process HDF5 handles."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+#: NYU-Depth-v2 frame size (rows, columns).
+NYU_SIZE = (480, 640)
+
+
+class DataFormatError(ValueError):
+    """A data file is missing a key, or has the wrong shape or dtype, or cannot be decoded.
+
+    The message always names the file and what is wrong with it."""
+
+
+def parse_size(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        raise ValueError(f"size must be (height, width), got {size!r}")
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive (height, width), got {size!r}")
+    return h, w
+
+
+def check_array(path, key: str, array, shape: tuple, kinds: str, kind_name: str) -> None:
+    """Raise :class:`DataFormatError` unless ``array`` has ``shape`` (None = any) and a dtype kind in ``kinds``."""
+    got = tuple(array.shape)
+    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise DataFormatError(f"{path}: dataset '{key}' has shape {got}, expected {want}")
+    if np.dtype(array.dtype).kind not in kinds:
+        raise DataFormatError(f"{path}: dataset '{key}' has dtype {array.dtype}, expected {kind_name}")
+
+
+def require_file(path) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataFormatError(f"{path}: is a directory, expected a file")
+    return path
+
+
+def open_hdf5(path):
+    """Open an HDF5 file read-only; a missing, truncated or corrupt file raises a clear error."""
+    import h5py
+
+    path = require_file(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot be read as HDF5 (truncated or corrupt?): {exc}") from exc
+
+
+def hdf5_dataset(f, path, key: str):
+    import h5py
+
+    if key not in f:
+        raise DataFormatError(f"{path}: no dataset '{key}' (keys: {sorted(f.keys())})")
+    ds = f[key]
+    if not isinstance(ds, h5py.Dataset):
+        raise DataFormatError(f"{path}: '{key}' is a group, expected a dataset")
+    return ds
+
+
+def read_hdf5(ds, path, key: str, index=()):
+    """``ds[index]`` as a numpy array; a read failure (e.g. a truncated file) names the file."""
+    try:
+        return ds[index]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataFormatError(f"{path}: reading '{key}' failed (truncated or corrupt?): {exc}") from exc
+
+
+class LazyHDF5:
+    """An HDF5 file opened on first use in each process.
+
+    The open handle is kept out of pickled state and keyed by the process id, so an object
+    holding one can be sent to DataLoader workers (fork or spawn): each worker reopens the
+    file. Nothing is read until asked for."""
+
+    def __init__(self, path):
+        self.path = require_file(path)
+        self._file = None
+        self._pid = None
+
+    def get(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = open_hdf5(self.path)
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.path = state["path"]
+        self._file = None
+        self._pid = None
+
+
+def make_item(image: np.ndarray, depth: np.ndarray) -> dict:
+    """The common item: ``image`` uint8 (3, H, W), ``depth`` float32 (1, H, W) metres, 0 = invalid.
+
+    Non-finite or negative depth is set to 0 (invalid)."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8))
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    bad = ~np.isfinite(depth) | (depth < 0)
+    if bad.any():
+        depth = np.where(bad, np.float32(0), depth)
+    depth_t = torch.from_numpy(depth)[None]
+    return {"image": image_t, "depth": depth_t}

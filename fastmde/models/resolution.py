@@ -1,0 +1,89 @@
+"""Intermediate resolution: run a depth network at a smaller internal size than its input.
+
+``IntermediateResolution(net, size=(288, 384))``, for an input x (B, 3, H, W)::
+
+    x_s  = area_resize(x, size)                              (B, 3, 288, 384)
+    d_s  = net(x_s)                                          (B, 1, h', w')
+    out  = bicubic_resize(d_s, (H, W), align_corners=True)   (B, 1, H, W)
+
+so the loss and the metrics are taken at the input's full resolution (480x640 for NYU) while
+the network costs what it costs at 288x384. Any H, W and any internal size work (the networks
+size their upsamples from the feature maps). A resize whose source and target sizes are equal
+is skipped; an internal size larger than the input is reached with bilinear (area averaging
+only shrinks). With ``size=None`` the network runs at the input's size and only its output is
+brought to the input size if it differs (Hu et al.'s original model predicts at half size).
+
+Named sizes of the paper (HxW): 480x640, 384x512, 288x384, 192x256, 96x128.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAPER_SIZES = {
+    "640x480": (480, 640),
+    "512x384": (384, 512),
+    "384x288": (288, 384),
+    "256x192": (192, 256),
+    "128x96": (96, 128),
+}
+
+
+def parse_size(size) -> tuple[int, int] | None:
+    """(H, W) from a pair, ``"HxW"`` or ``None``; positive integers only."""
+    if size is None:
+        return None
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"size must look like 'HxW' (e.g. '288x384'), got {size!r}")
+        size = (int(parts[0]), int(parts[1]))
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (H, W), 'HxW' or None, got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {(h, w)}")
+    return h, w
+
+
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-downscale ``x`` to ``size`` (bilinear where a dimension grows); identity if equal."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_depth(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic (align_corners=True) resize of a prediction to ``size``; identity if equal."""
+    if tuple(d.shape[-2:]) == tuple(size):
+        return d
+    return F.interpolate(d, size=size, mode="bicubic", align_corners=True)
+
+
+class IntermediateResolution(nn.Module):
+    """Wraps ``net`` (image -> depth) to run at ``size`` = (H, W) internally; see the module doc.
+
+    ``forward(x)``: x (B, 3, H, W) float image in 0-255 -> (B, 1, H, W) depth in metres.
+    """
+
+    def __init__(self, net: nn.Module, size=(288, 384)):
+        super().__init__()
+        self.net = net
+        self.size = parse_size(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch (B, 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
+        out_size = tuple(x.shape[-2:])
+        if self.size is not None:
+            x = resize_image(x, self.size)
+        return resize_depth(self.net(x), out_size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
