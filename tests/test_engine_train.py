@@ -58,6 +58,7 @@ def test_run_writes_log_checkpoints_and_summary(uninterrupted):
     best = read_checkpoint(os.path.join(out, "best.pt"))
     values = [r["val"]["delta1"] for r in records]
     assert best["best"]["value"] == max(values)
+    assert best["optimizer"] is None and best["resumable"] is False   # weights only, for eval/predict
     # Training changed the weights, and the loss went down from the first steps.
     assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"] * 1.5
 
@@ -66,8 +67,12 @@ def test_resume_after_max_steps_gives_identical_weights(uninterrupted, cache, tm
     full_out, summary = uninterrupted
     steps_per_epoch = summary["step"] // 2
     out = str(tmp_path / "resumed")
-    first = train(tiny_config(cache, out, max_steps=steps_per_epoch + 2))     # stops mid-epoch 2
+    # Stops mid-epoch 2; validating mid-epoch (every 3 steps) must not disturb training either.
+    first = train(tiny_config(cache, out, max_steps=steps_per_epoch + 2, val_every=3))
     assert first["stopped"] == "max_steps"
+    records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [r["step"] for r in records] == [3, 4, 6]      # val_every 3, epoch end 4, stop at 6
+    assert [r["partial"] for r in records] == [True, False, True]
     ckpt = read_checkpoint(os.path.join(out, "last.pt"))
     assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 2)
     second = train(tiny_config(cache, out), resume=True)

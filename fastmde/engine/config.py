@@ -73,6 +73,7 @@ class TrainConfig:
     max_steps: int | None = None                # stop after this global step (resumable)
     time_limit: float | None = None             # seconds of training wall time (resumable)
     save_every: int | None = None               # also checkpoint every N steps
+    val_every: int | None = None                # also validate (and checkpoint) every N steps
     best_metric: str = "delta1"
     eval_batch_size: int = 4
     progress: bool = True
@@ -101,7 +102,7 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("max_steps", "save_every", "lr_step", "limit_train"):
+        for name in ("max_steps", "save_every", "val_every", "lr_step", "limit_train"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}")

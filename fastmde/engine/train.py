@@ -294,6 +294,10 @@ class Trainer:
                     stop_reason = self._should_stop(loop_start)
                     if cfg.save_every and self.step % cfg.save_every == 0 and not stop_reason:
                         self._checkpoint_now(loop_start)
+                    if (cfg.val_every and self.step % cfg.val_every == 0 and not stop_reason
+                            and self.batch_in_epoch < self.steps_per_epoch):
+                        self._end_epoch(loop_start, partial=True, epoch_time=0.0)   # a mid-epoch point
+                        self.train_model.train()
                     if stop_reason:
                         break
                     t0 = time.perf_counter()
@@ -340,8 +344,13 @@ class Trainer:
             self.log(f"epoch {record['epoch']:.2f} step {self.step} loss {record['train_loss']:.4f} | val "
                      + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER))
         self.save()
-        if improved:
-            self.save(self.best_path)
+        if improved and self.info.is_main:
+            # best.pt is for evaluation and prediction: the weights without optimiser and RNG state.
+            state = self.state_dict()
+            for key in ("optimizer", "scheduler", "scaler", "rng"):
+                state[key] = None
+            state["resumable"] = False
+            atomic_save(state, self.best_path)
 
 
 def format_history(history: list[dict]) -> str:
@@ -412,6 +421,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--time-limit", type=float, default=None,
                    help="stop (resumably) after this many seconds of training, validation included")
     g.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    g.add_argument("--val-every", type=int, default=None,
+                   help="also validate (and checkpoint) every N steps, for a denser validation curve")
     g.add_argument("--best-metric", default=d.best_metric, choices=sorted(BEST_METRICS))
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     g.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
@@ -429,7 +440,7 @@ def config_from_args(args) -> TrainConfig:
         val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         workers=args.workers, out=args.out, max_steps=args.max_steps, time_limit=args.time_limit,
-        save_every=args.save_every, best_metric=args.best_metric, eval_batch_size=args.eval_batch_size,
+        save_every=args.save_every, val_every=args.val_every, best_metric=args.best_metric, eval_batch_size=args.eval_batch_size,
         progress=args.progress, extra={} if args.encoder is None else {"encoder": args.encoder},
     )
 
