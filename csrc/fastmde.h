@@ -5,4 +5,7 @@
 namespace fastmde {
 // Each hot path file defines a register function; register_all (registry.cpp) calls those built.
 void register_all(pybind11::module_& m);
+void register_depth_loss(pybind11::module_& m);
+void register_depth_metrics(pybind11::module_& m);
+void register_up_projection(pybind11::module_& m);
 }  // namespace fastmde

@@ -2,5 +2,9 @@
 #include "fastmde.h"
 
 namespace fastmde {
-void register_all(pybind11::module_& m) { (void)m; }
+void register_all(pybind11::module_& m) {
+  register_depth_loss(m);
+  register_depth_metrics(m);
+  register_up_projection(m);
+}
 }  // namespace fastmde

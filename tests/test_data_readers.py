@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from fastmde.data import (

@@ -1,5 +1,4 @@
 """Synthetic NYU-like scenes: determinism, geometry, depth range, files every reader reads."""
-import math
 import os
 
 import numpy as np

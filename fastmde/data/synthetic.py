@@ -1,11 +1,12 @@
 """Synthetic NYU-like indoor scenes rendered by ray casting (numpy, vectorised over pixels).
 
 A scene is a room (floor, ceiling, four walls; 3-7.5 m wide and deep, 2.4-3.2 m high) holding
-random boxes (furniture), vertical cylinders and spheres, every surface with a procedural
+random boxes (furniture), vertical cylinders and spheres, with doors, windows and skirting
+boards of real-world sizes on the walls (absolute-scale cues), every surface with a procedural
 texture (checker, stripes or value noise, all in metres on the surface so that texture size
 and foreshortening carry depth) and Lambertian shading from a point light with distance
 falloff plus ambient light. The camera has NYU's Kinect intrinsics (fx 518.86, fy 519.47,
-cx 325.58, cy 253.74 at 480x640, scaled for other sizes), stands 1.1-1.7 m high inside the
+cx 325.58, cy 253.74 at 480x640, scaled for other sizes), stands 1.2-1.6 m high inside the
 room and looks into it with a small downward pitch and roll, so depth is 0.5-10 m.
 
 Rays are cast analytically: the room is the inside of an axis-aligned box (exit distance per
@@ -27,7 +28,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ._common import NYU_SIZE, make_item, parse_size
@@ -77,7 +77,6 @@ class Material:
     scale: float  # pattern period in metres
     angle: float = 0.0  # stripes direction
     grid: np.ndarray | None = None  # value-noise lattice
-    grain: float = 0.04  # fine noise amplitude
 
 
 @dataclass
@@ -107,6 +106,10 @@ class Scene:
     light_power: float
     ambient: float
     tint: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
+    #: per wall id: [(u0, u1, v0, v1, rgb)] rectangles (doors, windows) in wall coordinates, metres
+    decor: dict = field(default_factory=dict)
+    #: skirting board height (metres) and colour along the bottom of every wall
+    skirting: tuple = (0.0, np.zeros(3, np.float32))
 
 
 def _rand_color(rng, lo=0.15, hi=0.9, sat=0.35) -> np.ndarray:
@@ -121,7 +124,7 @@ def _material(rng, kinds=("plain", "checker", "stripes", "noise"), p=None, lo=0.
     b = np.clip(a * rng.uniform(0.4, 0.8) + rng.uniform(-0.05, 0.05, 3), 0.02, 1.0).astype(np.float32)
     scale = float(rng.uniform(0.1, 0.6))
     grid = rng.random((32, 32), dtype=np.float32) if kind == "noise" else None
-    return Material(kind, a, b, scale, float(rng.uniform(0, math.pi)), grid, float(rng.uniform(0.02, 0.07)))
+    return Material(kind, a, b, scale, float(rng.uniform(0, math.pi)), grid)
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
@@ -173,6 +176,24 @@ def sample_scene(rng: np.random.Generator) -> Scene:
             r = float(rng.uniform(0.1, 0.45))
             x, z = rng.uniform(r + 0.05, W - r - 0.05), rng.uniform(r + 0.05, D - r - 0.05)
             objects.append(Primitive("sphere", np.array([x, r, z], np.float32), np.array([r], np.float32), 0.0, mat))
+    # fixed-size fittings give absolute scale, as in real rooms: doors (0.8-0.95 x 2.0-2.1 m),
+    # windows (sill 0.8-1.0 m), a 6-12 cm skirting board
+    decor: dict = {}
+    for wall_id, length in ((WALL_X0, D), (WALL_X1, D), (WALL_Z0, W), (WALL_Z1, W)):
+        items = []
+        if rng.random() < 0.35 and length > 1.5:
+            dw = rng.uniform(0.8, 0.95)
+            u0 = rng.uniform(0.1, length - dw - 0.1)
+            items.append((u0, u0 + dw, 0.0, rng.uniform(2.0, 2.1), _rand_color(rng, 0.3, 0.9, 0.2)))
+        if rng.random() < 0.4 and length > 2.0:
+            ww = rng.uniform(0.8, min(1.6, length - 0.4))
+            u0 = rng.uniform(0.2, length - ww - 0.2)
+            if not any(u0 < b + 0.1 and u0 + ww > a - 0.1 for a, b, *_ in items):
+                glass = np.clip(np.array([0.8, 0.88, 0.95]) + rng.uniform(-0.05, 0.05, 3), 0, 1).astype(np.float32)
+                items.append((u0, u0 + ww, rng.uniform(0.8, 1.0), min(H - 0.2, rng.uniform(1.9, 2.2)), glass))
+        if items:
+            decor[wall_id] = items
+    skirting = (float(rng.uniform(0.06, 0.12)) if rng.random() < 0.8 else 0.0, _rand_color(rng, 0.1, 0.95, 0.1))
     light = np.array([rng.uniform(0.2, 0.8) * W, H - 0.15, rng.uniform(0.2, 0.8) * D], np.float32)
     return Scene(
         room=np.array([W, H, D], np.float32),
@@ -182,6 +203,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         light_power=float(rng.uniform(3.0, 7.0)),
         ambient=float(rng.uniform(0.15, 0.35)),
         tint=np.clip(1 + rng.normal(0, 0.05, 3), 0.85, 1.15).astype(np.float32),
+        decor=decor,
+        skirting=skirting,
     )
 
 
@@ -192,7 +215,7 @@ def sample_camera(rng: np.random.Generator, scene: Scene):
     centre (yaw +-30 degrees), pitched 0-25 degrees down, rolled up to 3 degrees."""
     W, H, D = (float(v) for v in scene.room)
     for _ in range(100):
-        pos = np.array([rng.uniform(0.5, W - 0.5), rng.uniform(1.1, 1.7), rng.uniform(0.5, D - 0.5)], np.float32)
+        pos = np.array([rng.uniform(0.5, W - 0.5), rng.uniform(1.2, 1.6), rng.uniform(0.5, D - 0.5)], np.float32)
         ok = True
         for obj in scene.objects:
             horiz = float(np.hypot(*(pos[[0, 2]] - obj.center[[0, 2]])))
@@ -413,13 +436,20 @@ def render(scene: Scene, cam_pos, R, size=NYU_SIZE, rng: np.random.Generator | N
         ndotl = np.maximum((nx * lx_ + ny * ly_ + nz * lz_) / np.sqrt(d2), np.float32(0))
         shade = np.float32(scene.ambient) + np.float32(scene.light_power) * ndotl / (np.float32(4.0) + d2)
         pat = _pattern(mat, u, v)
+        albedo = [np.float32(mat.color_a[ch]) if pat is None
+                  else mat.color_a[ch] + pat * np.float32(mat.color_b[ch] - mat.color_a[ch]) for ch in range(3)]
+        if WALL_X0 <= sid <= WALL_Z1:
+            rects = list(scene.decor.get(sid, ()))
+            if scene.skirting[0] > 0:
+                rects.append((-np.inf, np.inf, -np.inf, scene.skirting[0], scene.skirting[1]))
+            for u0, u1, v0, v1, color in rects:
+                inside = (v <= v1) & (v >= v0) & (u >= u0) & (u <= u1)
+                if inside.any():
+                    albedo = [np.full(idx.size, a, np.float32) if np.ndim(a) == 0 else a for a in albedo]
+                    for ch in range(3):
+                        albedo[ch][inside] = color[ch]
         for ch in range(3):
-            a = np.float32(mat.color_a[ch] * gain[ch])
-            if pat is None:
-                out[ch, idx] = a * shade
-            else:
-                b = np.float32(mat.color_b[ch] * gain[ch])
-                out[ch, idx] = (a + pat * (b - a)) * shade
+            out[ch, idx] = albedo[ch] * (shade * gain[ch])
         if with_cos:
             dn = np.sqrt(ddx * ddx + ddy * ddy + ddz * ddz)
             cos_view[idx] = np.abs(nx * ddx + ny * ddy + nz * ddz) / dn

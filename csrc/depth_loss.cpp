@@ -1,0 +1,393 @@
+// Fused depth loss (fastmde/reference/depth_loss.py is the spec): one pass over row tiles of
+// prediction and ground truth computes the blurred ground truth, both Sobel gradients, the
+// normals, the three loss terms and d total / d pred (through the Sobel adjoint) together.
+//
+// A tile of rows [r0, r1) of one image needs pred and the (blurred) ground truth on rows
+// [r0-2, r1+2) (Sobel of rows r0-1..r1, whose derivatives the adjoint spreads back onto the
+// tile), so the 2-row halo is recomputed by neighbouring tiles instead of being stored.
+// Loss sums: per tile in double, reduced in tile order, so the value does not depend on the
+// thread count. N (valid pixels of the batch) comes from a cheap counting pre-pass.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "fastmde.h"
+#include "simd_math.h"
+
+
+namespace fastmde {
+namespace {
+
+constexpr int kTileRows = 32;
+constexpr int kBlurRadius = 3;
+
+inline int64_t reflect101(int64_t i, int64_t n) {
+  if (n == 1) return 0;
+  const int64_t period = 2 * (n - 1);
+  i %= period;
+  if (i < 0) i += period;
+  return i >= n ? period - i : i;
+}
+
+// 1-D Gaussian weights as the reference builds them: float32 values normalised by ATen's own
+// float32 sum (a hand-written sum can round differently in the last bit).
+std::array<float, 7> gaussian_weights() {
+  std::vector<float> raw(7);
+  for (int i = 0; i < 7; ++i) {
+    const double d = i - kBlurRadius;
+    raw[i] = static_cast<float>(std::exp(-(d * d) / (2.0 * 1.4 * 1.4)));
+  }
+  const at::Tensor w = at::tensor(raw, at::kFloat);
+  const at::Tensor normalised = (w / w.sum()).contiguous();
+  std::array<float, 7> out{};
+  for (int i = 0; i < 7; ++i) out[i] = normalised.data_ptr<float>()[i];
+  return out;
+}
+
+struct LossOptions {
+  bool log_depth, gradient, normal, blur;
+  double alpha, w0, w1, w2;
+};
+
+// Validity of one row as 0/1 in T: finite ground truth and mask (two loops, so that neither
+// has a branch on the optional mask inside).
+template <typename scalar_t, typename T>
+void validity_row(const scalar_t* y, const bool* mask, int64_t W, T* m) {
+  if (mask == nullptr) {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) m[q] = std::isfinite(static_cast<T>(y[q])) ? T(1) : T(0);
+  } else {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) m[q] = (std::isfinite(static_cast<T>(y[q])) && mask[q]) ? T(1) : T(0);
+  }
+}
+
+template <typename T>
+struct RowParams {
+  T alpha, w0, w1, w2, inv_n;
+};
+
+// Sobel of pred (rows da, db, dc) and of the ground truth (ya, yb, yc), all read at columns
+// q-1..q+1 (one zero column of padding each side). Writes d total / d(ĝx, ĝy) into ox, oy and
+// adds the row's gradient and normal sums (unscaled) to sg, sn.
+template <typename T, bool GRAD, bool NORMAL>
+void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restrict dc,
+               const T* __restrict ya, const T* __restrict yb, const T* __restrict yc,
+               const T* __restrict m, T* __restrict ox, T* __restrict oy, int64_t W,
+               const RowParams<T>& rp, T& sg_out, T& sn_out) {
+  const T alpha = rp.alpha, w1 = rp.w1, w2 = rp.w2, inv_n = rp.inv_n;
+  T sg = T(0), sn = T(0);
+#pragma omp simd reduction(+ : sg, sn)
+  for (int64_t q = 0; q < W; ++q) {
+    const T px = (da[q - 1] + 2 * db[q - 1] + dc[q - 1]) - (da[q + 1] + 2 * db[q + 1] + dc[q + 1]);
+    const T py = (da[q - 1] + 2 * da[q] + da[q + 1]) - (dc[q - 1] + 2 * dc[q] + dc[q + 1]);
+    const T gx = (ya[q - 1] + 2 * yb[q - 1] + yc[q - 1]) - (ya[q + 1] + 2 * yb[q + 1] + yc[q + 1]);
+    const T gy = (ya[q - 1] + 2 * ya[q] + ya[q + 1]) - (yc[q - 1] + 2 * yc[q] + yc[q + 1]);
+    const T mq = m[q];
+    T ax = T(0), ay = T(0);
+    if constexpr (GRAD) {
+      const T ex = px - gx, ey = py - gy;
+      const T aex = std::abs(ex) + alpha, aey = std::abs(ey) + alpha;
+      sg += mq * (log_approx(aex) + log_approx(aey));
+      ax = w1 * sign_of(ex) / aex;
+      ay = w1 * sign_of(ey) / aey;
+    }
+    if constexpr (NORMAL) {
+      const T np2 = px * px + py * py + T(1);
+      const T ng2 = gx * gx + gy * gy + T(1);
+      const T inv_pg = inv_sqrt_approx(np2 * ng2);
+      const T c = (px * gx + py * gy + T(1)) * inv_pg;
+      sn += mq * std::abs(T(1) - c);
+      const T s = -w2 * sign_of(T(1) - c);
+      const T c_np2 = c / np2;
+      ax += s * (gx * inv_pg - c_np2 * px);
+      ay += s * (gy * inv_pg - c_np2 * py);
+    }
+    const T scale = mq * inv_n;
+    ox[q] = ax * scale;
+    oy[q] = ay * scale;
+  }
+  sg_out = sg;
+  sn_out = sn;
+}
+
+// Depth term of one row: returns its (unscaled) sum, writes d depth / d pred into g.
+template <typename T, bool LOG>
+T depth_row(const T* __restrict d, const T* __restrict y, const T* __restrict m, T* __restrict g,
+            int64_t W, const RowParams<T>& rp) {
+  const T alpha = rp.alpha, scale = rp.w0 * rp.inv_n;
+  T sd = T(0);
+#pragma omp simd reduction(+ : sd)
+  for (int64_t q = 0; q < W; ++q) {
+    const T e = d[q] - y[q];
+    const T ae = std::abs(e);
+    T v, gq;
+    if constexpr (LOG) {
+      v = log_approx(ae + alpha);
+      gq = sign_of(e) / (ae + alpha);
+    } else {
+      v = ae;
+      gq = sign_of(e);
+    }
+    sd += m[q] * v;
+    g[q] = scale * m[q] * gq;
+  }
+  return sd;
+}
+
+// g += Sobel_x^T(P) + Sobel_y^T(Q) at one row: P, Q rows above (a), at (b) and below (c).
+template <typename T>
+void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* __restrict xc,
+                       const T* __restrict ya, const T* __restrict yc, T* __restrict g, int64_t W) {
+#pragma omp simd
+  for (int64_t q = 0; q < W; ++q) {
+    const T gxa = (xc[q + 1] + 2 * xb[q + 1] + xa[q + 1]) - (xc[q - 1] + 2 * xb[q - 1] + xa[q - 1]);
+    const T gya = (yc[q + 1] + 2 * yc[q] + yc[q - 1]) - (ya[q + 1] + 2 * ya[q] + ya[q - 1]);
+    g[q] += gxa + gya;
+  }
+}
+
+template <typename scalar_t, typename T>
+struct LossKernel {
+  const scalar_t* pred;
+  const scalar_t* target;
+  const bool* mask;  // may be null
+  scalar_t* grad;
+  int64_t B, H, W;
+  LossOptions opt;
+  RowParams<T> rp;
+  std::array<T, 7> gw;
+
+  // Row i of the sanitised ground truth (non-finite -> 0) into out[0..W).
+  void sanitised_row(int64_t b, int64_t i, T* out) const {
+    const scalar_t* src = target + (b * H + i) * W;
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) {
+      const T v = static_cast<T>(src[q]);
+      out[q] = std::isfinite(v) ? v : T(0);
+    }
+  }
+
+  // Row i of the ground truth for the Sobel stencil (blurred when asked) into out[0..W).
+  // ``cache`` holds the sanitised rows [cache_lo, cache_hi); rows outside it (only reached by
+  // the reflection on tiny maps) are sanitised into ``row`` on the fly.
+  void stencil_row(int64_t b, int64_t i, T* out, T* tmp, T* row, const T* cache, int64_t cache_lo,
+                   int64_t cache_hi) const {
+    if (!opt.blur) {
+      sanitised_row(b, i, out);
+      return;
+    }
+    // vertical pass into tmp (in the reference's order: taps 0..6), then horizontal
+    // (reflect-101 indices, folded for tiny maps)
+    for (int64_t q = 0; q < W; ++q) tmp[q] = T(0);
+    for (int k = 0; k < 7; ++k) {
+      const int64_t src = reflect101(i + k - kBlurRadius, H);
+      const T* r = row;
+      if (src >= cache_lo && src < cache_hi) {
+        r = cache + (src - cache_lo) * W;
+      } else {
+        sanitised_row(b, src, row);
+      }
+      const T wk = gw[k];
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) tmp[q] += wk * r[q];
+    }
+    auto border = [&](int64_t q) {
+      T s = T(0);
+      for (int k = 0; k < 7; ++k) s += gw[k] * tmp[reflect101(q + k - kBlurRadius, W)];
+      out[q] = s;
+    };
+    const int64_t lo = std::min<int64_t>(kBlurRadius, W);
+    const int64_t hi = std::max<int64_t>(lo, W - kBlurRadius);
+    for (int64_t q = 0; q < lo; ++q) border(q);
+    const T w0 = gw[0], w1 = gw[1], w2 = gw[2], w3 = gw[3], w4 = gw[4], w5 = gw[5], w6 = gw[6];
+#pragma omp simd
+    for (int64_t q = lo; q < hi; ++q)
+      out[q] = w0 * tmp[q - 3] + w1 * tmp[q - 2] + w2 * tmp[q - 1] + w3 * tmp[q] + w4 * tmp[q + 1] +
+               w5 * tmp[q + 2] + w6 * tmp[q + 3];
+    for (int64_t q = hi; q < W; ++q) border(q);
+  }
+
+  // Sums (depth, gradient, normal) of one tile; writes grad on rows [r0, r1).
+  template <bool GRAD, bool NORMAL, bool LOG>
+  std::array<double, 3> tile(int64_t b, int64_t r0, int64_t r1) const {
+    constexpr bool SOBEL = GRAD || NORMAL;
+    const int64_t Wp = W + 2;
+    const int64_t rows = r1 - r0;
+    // pred and stencil ground truth on rows [r0-2, r1+2), one zero column each side;
+    // validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
+    std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), dpx, dpy;
+    std::vector<T> tmp(W), row(W), grow(W);
+    const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
+    const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
+    for (int64_t j = dlo; j < dhi; ++j) {
+      T* drow = dbuf.data() + (j - r0 + 2) * Wp + 1;
+      const scalar_t* src = pred + (b * H + j) * W;
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) drow[q] = static_cast<T>(src[q]);
+    }
+    const int64_t mlo = SOBEL ? std::max<int64_t>(0, r0 - 1) : r0;
+    const int64_t mhi = SOBEL ? std::min<int64_t>(H, r1 + 1) : r1;
+    for (int64_t j = mlo; j < mhi; ++j)
+      validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
+                   mbuf.data() + (j - r0 + 1) * W);
+    double s_depth = 0.0, s_grad = 0.0, s_norm = 0.0;
+    if constexpr (SOBEL) {
+      ybuf.assign((rows + 4) * Wp, T(0));
+      dpx.assign((rows + 2) * Wp, T(0));
+      dpy.assign((rows + 2) * Wp, T(0));
+      // sanitised ground truth rows that the blur of rows [dlo, dhi) reads
+      const int64_t clo = opt.blur ? std::max<int64_t>(0, r0 - 2 - kBlurRadius) : 0;
+      const int64_t chi = opt.blur ? std::min<int64_t>(H, r1 + 2 + kBlurRadius) : 0;
+      std::vector<T> cache((chi - clo) * W);
+      for (int64_t j = clo; j < chi; ++j) sanitised_row(b, j, cache.data() + (j - clo) * W);
+      for (int64_t j = dlo; j < dhi; ++j)
+        stencil_row(b, j, ybuf.data() + (j - r0 + 2) * Wp + 1, tmp.data(), row.data(), cache.data(), clo, chi);
+      for (int64_t j = mlo; j < mhi; ++j) {
+        const int64_t jj = j - r0 + 2;
+        const T* d = dbuf.data() + jj * Wp + 1;
+        const T* y = ybuf.data() + jj * Wp + 1;
+        T sg, sn;
+        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, mbuf.data() + (j - r0 + 1) * W,
+                                   dpx.data() + (j - r0 + 1) * Wp + 1, dpy.data() + (j - r0 + 1) * Wp + 1,
+                                   W, rp, sg, sn);
+        if (j >= r0 && j < r1) {
+          s_grad += static_cast<double>(sg);
+          s_norm += static_cast<double>(sn);
+        }
+      }
+    }
+    for (int64_t i = r0; i < r1; ++i) {
+      sanitised_row(b, i, row.data());
+      s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
+                                                       mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
+      if constexpr (SOBEL) {
+        const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
+        const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
+        sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
+      }
+      scalar_t* out = grad + (b * H + i) * W;
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
+    }
+    return {s_depth, s_grad, s_norm};
+  }
+
+  std::array<double, 3> run_tile(int64_t b, int64_t r0, int64_t r1) const {
+    const bool lg = opt.log_depth;
+    if (opt.gradient && opt.normal)
+      return lg ? tile<true, true, true>(b, r0, r1) : tile<true, true, false>(b, r0, r1);
+    if (opt.gradient) return lg ? tile<true, false, true>(b, r0, r1) : tile<true, false, false>(b, r0, r1);
+    if (opt.normal) return lg ? tile<false, true, true>(b, r0, r1) : tile<false, true, false>(b, r0, r1);
+    return lg ? tile<false, false, true>(b, r0, r1) : tile<false, false, false>(b, r0, r1);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
+    const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& mask_in,
+    const std::string& depth_term, double alpha, bool gradient, bool normal, bool blur,
+    const std::vector<double>& weights) {
+  TORCH_CHECK(pred_in.device().is_cpu(), "depth_loss_forward: pred must be a CPU tensor");
+  TORCH_CHECK(pred_in.dim() == 3, "depth_loss_forward: pred must be (B, H, W), got ", pred_in.sizes());
+  TORCH_CHECK(target_in.sizes() == pred_in.sizes(), "depth_loss_forward: target shape ",
+              target_in.sizes(), " differs from pred shape ", pred_in.sizes());
+  TORCH_CHECK(at::isFloatingType(pred_in.scalar_type()),
+              "depth_loss_forward: pred must be floating point, got ", pred_in.scalar_type());
+  TORCH_CHECK(depth_term == "log" || depth_term == "l1",
+              "depth_loss_forward: depth_term must be 'log' or 'l1', got '", depth_term, "'");
+  TORCH_CHECK(weights.size() == 3, "depth_loss_forward: weights must have 3 values, got ", weights.size());
+  TORCH_CHECK(alpha > 0.0 && std::isfinite(alpha), "depth_loss_forward: alpha must be positive, got ", alpha);
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor target = target_in.to(pred.scalar_type()).contiguous();
+  at::Tensor mask;
+  if (mask_in.has_value() && mask_in->defined()) {
+    TORCH_CHECK(mask_in->sizes() == pred.sizes(), "depth_loss_forward: mask shape ", mask_in->sizes(),
+                " differs from pred shape ", pred.sizes());
+    mask = (mask_in->scalar_type() == at::kBool ? *mask_in : mask_in->ne(0)).contiguous();
+  }
+  const int64_t B = pred.size(0), H = pred.size(1), W = pred.size(2);
+  const bool is_double = pred.scalar_type() == at::kDouble;
+  const auto cdtype = is_double ? at::kDouble : at::kFloat;
+  at::Tensor grad = at::empty_like(pred);
+  at::Tensor terms = at::zeros({4}, pred.options().dtype(cdtype));
+  if (pred.numel() == 0) {
+    grad.zero_();
+    return {terms, grad};
+  }
+  const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
+  const int64_t ntiles = B * tiles_per_image;
+  const bool* mask_ptr = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "depth_loss_forward", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* p = pred.data_ptr<scalar_t>();
+    const scalar_t* t = target.data_ptr<scalar_t>();
+    // N: valid pixels of the batch
+    std::vector<int64_t> counts(ntiles, 0);
+    at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
+        const int64_t r1 = std::min(H, r0 + kTileRows);
+        std::vector<T> m(W);
+        int64_t c = 0;
+        for (int64_t i = r0; i < r1; ++i) {
+          validity_row(t + (b * H + i) * W, mask_ptr ? mask_ptr + (b * H + i) * W : nullptr, W, m.data());
+          for (int64_t q = 0; q < W; ++q) c += static_cast<int64_t>(m[q]);
+        }
+        counts[tile] = c;
+      }
+    });
+    int64_t n = 0;
+    for (int64_t c : counts) n += c;
+    if (n == 0) {
+      grad.zero_();
+      return;
+    }
+    LossKernel<scalar_t, T> kernel;
+    kernel.pred = p;
+    kernel.target = t;
+    kernel.mask = mask_ptr;
+    kernel.grad = grad.data_ptr<scalar_t>();
+    kernel.B = B;
+    kernel.H = H;
+    kernel.W = W;
+    kernel.opt = LossOptions{depth_term == "log", gradient, normal, blur, alpha,
+                             weights[0], weights[1], weights[2]};
+    kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
+                             static_cast<T>(weights[2]), static_cast<T>(1.0 / static_cast<double>(n))};
+    const auto gw = gaussian_weights();
+    for (int k = 0; k < 7; ++k) kernel.gw[k] = static_cast<T>(gw[k]);
+    std::vector<std::array<double, 3>> sums(ntiles);
+    at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
+        sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
+      }
+    });
+    double s[3] = {0.0, 0.0, 0.0};
+    for (const auto& v : sums)
+      for (int k = 0; k < 3; ++k) s[k] += v[k];
+    const double inv = 1.0 / static_cast<double>(n);
+    const double depth = s[0] * inv;
+    const double grad_term = gradient ? s[1] * inv : 0.0;
+    const double normal_term = normal ? s[2] * inv : 0.0;
+    const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
+    terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
+  });
+  return {terms, grad};
+}
+
+}  // namespace
+
+void register_depth_loss(pybind11::module_& m) {
+  m.def("depth_loss_forward", &depth_loss_forward,
+        "Fused depth loss: (terms [depth, gradient, normal, total], d total / d pred)",
+        pybind11::arg("pred"), pybind11::arg("target"), pybind11::arg("mask"),
+        pybind11::arg("depth_term"), pybind11::arg("alpha"), pybind11::arg("gradient"),
+        pybind11::arg("normal"), pybind11::arg("blur"), pybind11::arg("weights"));
+}
+
+}  // namespace fastmde

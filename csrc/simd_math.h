@@ -1,0 +1,80 @@
+#pragma once
+// Branch-free elementwise math that GCC/Clang auto-vectorise (-O3 -march=native): libm's log
+// is a call the vectoriser cannot inline, and ATen's Vectorized<T>::log needs the per-CPU
+// builds that an extension does not get.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace fastmde {
+
+// Natural log of a positive float: Cephes logf (relative error about 1 ulp over normal
+// floats); inf and NaN pass through, as from std::log.
+__attribute__((always_inline)) inline float log_approx(float x) {
+  const std::int32_t bits = __builtin_bit_cast(std::int32_t, x);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float m = __builtin_bit_cast(float, (bits & 0x807fffff) | 0x3f000000);  // [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  const float r = m + y + 0.693359375f * e;
+  return x < std::numeric_limits<float>::infinity() ? r : x;
+}
+
+// Natural log of a positive double: Cephes log (rational approximation, about 1 ulp).
+__attribute__((always_inline)) inline double log_approx(double x) {
+  const std::int64_t bits = __builtin_bit_cast(std::int64_t, x);
+  double e = static_cast<double>(((bits >> 52) & 0x7ff) - 1022);
+  double m = __builtin_bit_cast(
+      double, (bits & static_cast<std::int64_t>(0x800fffffffffffffULL)) | 0x3fe0000000000000LL);
+  const bool small = m < 0.70710678118654752440;
+  e = small ? e - 1.0 : e;
+  m = small ? m + m - 1.0 : m - 1.0;
+  const double z = m * m;
+  const double p = ((((1.01875663804580931796e-4 * m + 4.97494994976747001425e-1) * m +
+                      4.70579119878881725854e0) * m + 1.44989225341610930846e1) * m +
+                    1.79368678507819816313e1) * m + 7.70838733755885391666e0;
+  const double q = ((((m + 1.12873587189167450590e1) * m + 4.52279145837532221105e1) * m +
+                     8.29875266912776603211e1) * m + 7.11544750618563894466e1) * m +
+                   2.31251620126765340583e1;
+  double y = m * (z * p / q);
+  y -= e * 2.121944400546905827679e-4;
+  y -= 0.5 * z;
+  const double r = m + y + e * 0.693359375;
+  return x < std::numeric_limits<double>::infinity() ? r : x;
+}
+
+// 1 / sqrt(x) for x >= 1 (finite): bit-trick start and Newton steps to full precision. std::sqrt
+// sets errno on negative input, which keeps GCC from vectorising loops that call it.
+__attribute__((always_inline)) inline float inv_sqrt_approx(float x) {
+  float y = __builtin_bit_cast(float, 0x5f3759df - (__builtin_bit_cast(std::int32_t, x) >> 1));
+  for (int i = 0; i < 3; ++i) y = y * (1.5f - 0.5f * x * y * y);
+  return y;
+}
+
+__attribute__((always_inline)) inline double inv_sqrt_approx(double x) {
+  double y = __builtin_bit_cast(double, 0x5fe6eb50c7b537a9LL - (__builtin_bit_cast(std::int64_t, x) >> 1));
+  for (int i = 0; i < 5; ++i) y = y * (1.5 - 0.5 * x * y * y);
+  return y;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline T sign_of(T v) {
+  return static_cast<T>(v > T(0)) - static_cast<T>(v < T(0));
+}
+
+}  // namespace fastmde
