@@ -1,0 +1,120 @@
+"""Evaluation: the six metrics of a model on a dataset under a named protocol; ``fastmde eval``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+
+from .distributed import DistInfo, ShardSampler
+from .protocols import PROTOCOLS, get_protocol
+from .speed import autocast
+
+METRIC_ORDER = ("rms", "rel", "log10", "delta1", "delta2", "delta3")
+
+
+def to_images(batch_images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float 0-255 on ``device``."""
+    images = batch_images.to(device, non_blocking=True).float()
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def predict_depth(model, images: torch.Tensor, *, amp_dtype=None, flip: bool = False) -> torch.Tensor:
+    """(B, 1, H, W) float32 depth; with ``flip`` the mean with the mirrored image's prediction."""
+    with autocast(images.device, amp_dtype):
+        pred = model(images).float()
+        if flip:
+            pred = 0.5 * (pred + model(images.flip(-1)).float().flip(-1))
+    return pred
+
+
+@torch.no_grad()
+def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int = 4, workers: int = 0,
+             amp_dtype=None, channels_last: bool = False, dist_info: DistInfo | None = None,
+             flip: bool | None = None) -> dict:
+    """Metrics of ``model`` on ``dataset`` (items {"image", "depth"}) as plain floats.
+
+    Every rank evaluates its shard; ``DepthMetrics.compute`` all-reduces, so every rank returns
+    the metrics of the whole dataset. ``count`` is the number of images (per-image protocols)
+    or valid pixels (pooled) behind the numbers.
+    """
+    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    info = dist_info or DistInfo()
+    device = torch.device(device)
+    metrics = protocol.metrics().to(device)
+    sampler = ShardSampler(dataset, num_replicas=info.world_size, rank=info.rank)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            images = to_images(batch["image"], device, channels_last)
+            depth = batch["depth"].to(device, non_blocking=True).float()
+            pred = predict_depth(model, images, amp_dtype=amp_dtype, flip=protocol.flip if flip is None else flip)
+            metrics.update(pred, depth, mask=depth > 0)
+        values = metrics.compute()
+    finally:
+        model.train(was_training)
+    return {k: float(v) for k, v in values.items()}
+
+
+def format_metrics(values: dict) -> str:
+    return "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER if k in values)
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="fastmde checkpoint (or a run directory: its best.pt)")
+    parser.add_argument("--data-format", default=None, choices=("synthetic", "labeled", "frames", "csv"),
+                        help="default: the format the checkpoint was trained on")
+    parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the format's test split)")
+    parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS))
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with the mirrored prediction (default: as the protocol says)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
+    parser.add_argument("--workers", type=int, default=-1)
+    parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: the checkpoint's)")
+    parser.add_argument("--out", default=None, help="JSON output (default: eval-<protocol>.json next to the checkpoint)")
+
+
+def run(args) -> int:
+    from .checkpoint import build_model_from_checkpoint, read_checkpoint
+    from .datasets import open_split, test_split_name
+    from .speed import resolve_amp, resolve_device, resolve_workers
+
+    ckpt = read_checkpoint(args.checkpoint)
+    cfg = ckpt.get("config", {})
+    data_format = args.data_format or cfg.get("data_format", "synthetic")
+    data_path = args.data if args.data is not None else (cfg.get("data") if data_format == cfg.get("data_format") else None)
+    split = args.split or test_split_name(data_format)
+    device = resolve_device(args.device)
+    dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
+                         synthetic_train=cfg.get("synthetic_train", 400), synthetic_val=cfg.get("synthetic_val", 40),
+                         synthetic_size=cfg.get("synthetic_size", (480, 640)))
+    model = build_model_from_checkpoint(ckpt).to(device)
+    protocol = get_protocol(args.protocol)
+    values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
+                      workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device),
+                      flip=args.flip)
+    result = {"checkpoint": ckpt["path"], "model": ckpt["model_spec"]["name"], "data_format": data_format,
+              "data": data_path, "split": split, "items": len(dataset), "protocol": protocol.to_dict(),
+              "metrics": values}
+    print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
+    print(" | ".join(f"{k:>7}" for k in METRIC_ORDER))
+    print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_ORDER))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(ckpt["path"])), f"eval-{protocol.name}.json")
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

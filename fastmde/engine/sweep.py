@@ -1,0 +1,234 @@
+"""``fastmde sweep``: the paper's linear experiment protocol.
+
+Each row is a training configuration that differs from a base configuration (the command
+line) in a few options; every row is trained for the same number of epochs, evaluated on the
+test split, and reported in one markdown table (the six metrics, training time, it/s), with a
+figure of the same test images predicted by every row (as the paper's Figures 3 and 4).
+
+Rows come from a JSON or TOML file::
+
+    [{"name": "baseline", "model": "unet34"}, {"name": "k3", "model": "unet34-k3"}]
+    # TOML: [[rows]] tables with the same keys
+
+or from a built-in list named after the paper's tables (``--configs table1|table3|table4|table5``):
+
+* ``table1``: the intermediate resolutions 480x640, 384x512, 288x384, 192x256, 96x128 (the
+  paper's named sizes) on the base model;
+* ``table3``: the five loss presets (l1, hu, hu_blurred, l1_hu, l1_hu_blurred);
+* ``table4``: the U-Net against Hu et al.'s model (ResNet50 encoders);
+* ``table5``: the cost cuts one at a time: U-Net50 with 5x5 kernels, the ResNet34 encoder,
+  3x3 kernels, the 1x1 reduction (``unet50-k5`` -> ``unet34-k5`` -> ``unet34-k3`` ->
+  ``unet34-k3-1x1``).
+
+Rows whose run directory already holds a finished ``result.json`` are not retrained
+(a sweep can be interrupted and started again).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+from .config import TrainConfig
+from .evaluate import METRIC_ORDER
+
+TABLE1_SIZES = ("480x640", "384x512", "288x384", "192x256", "96x128")
+TABLE3_LOSSES = ("l1", "hu", "hu_blurred", "l1_hu", "l1_hu_blurred")
+TABLE4_MODELS = ("hu50", "unet50-k5")
+TABLE5_MODELS = ("unet50-k5", "unet34-k5", "unet34-k3", "unet34-k3-1x1")
+BUILTIN = ("table1", "table3", "table4", "table5")
+
+
+def _model_rows(names) -> list[dict]:
+    from ..models import variants
+
+    known = variants()
+    missing = [m for m in names if m not in known]
+    if missing:
+        raise ValueError(f"sweep: model variants {missing} are not defined by fastmde.models")
+    return [{"name": m, "model": m} for m in names]
+
+
+def builtin_rows(name: str) -> list[dict]:
+    if name == "table1":
+        return [{"name": f"size {s}", "size": s} for s in TABLE1_SIZES]
+    if name == "table3":
+        return [{"name": f"loss {p}", "loss": p} for p in TABLE3_LOSSES]
+    if name == "table4":
+        return _model_rows(TABLE4_MODELS)
+    if name == "table5":
+        return _model_rows(TABLE5_MODELS)
+    raise ValueError(f"unknown sweep {name!r}: not a file, nor one of {', '.join(BUILTIN)}")
+
+
+def read_rows(source: str) -> list[dict]:
+    """Rows from a built-in name or a JSON/TOML file; each row a dict of TrainConfig options + name."""
+    if not os.path.exists(source):
+        return builtin_rows(source)
+    with open(source, "rb") as f:
+        raw = f.read()
+    if source.endswith(".toml"):
+        import tomllib
+
+        data = tomllib.loads(raw.decode())
+        rows = data.get("rows")
+    else:
+        data = json.loads(raw.decode())
+        rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{source!r}: expected a non-empty list of rows (JSON list, or [[rows]] tables in TOML)")
+    return rows
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "row"
+
+
+def row_configs(base: TrainConfig, rows: list[dict], out_dir: str) -> list[tuple[str, TrainConfig]]:
+    """(name, config) per row; errors name the row with the bad option."""
+    result, names = [], set()
+    for i, row in enumerate(rows):
+        row = dict(row)
+        name = str(row.pop("name", None) or ", ".join(f"{k}={v}" for k, v in row.items()) or f"row{i}")
+        if name in names:
+            raise ValueError(f"sweep: two rows are named {name!r}")
+        names.add(name)
+        if "out" in row:
+            raise ValueError(f"sweep row {name!r}: 'out' is set by the sweep")
+        try:
+            cfg = base.replace(**row, out=os.path.join(out_dir, slug(name)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sweep row {name!r}: {exc}") from None
+        result.append((name, cfg))
+    return result
+
+
+def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
+    lines = [
+        f"Each row trained for {epochs} epoch(s); metrics on the test split under the `{protocol}` protocol.",
+        "",
+        "| configuration | model | size | loss | RMS | REL | log10 | δ1 | δ2 | δ3 | train time | it/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m, c = r["metrics"], r["config"]
+        lines.append(
+            f"| {r['name']} | {c['model']} | {c['size'][0]}x{c['size'][1]} | {c['loss']} | "
+            + " | ".join(f"{m[k]:.3f}" for k in METRIC_ORDER)
+            + f" | {r['train_s']:.1f} s | {r['it_per_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *, tile=(120, 160)) -> None:
+    """A PNG grid: one column per test image; rows = input, ground truth, each configuration.
+
+    Every depth map of a column shares the ground truth's colour range.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from .predict import colourise
+
+    th, tw = tile
+    label_w = 170
+    all_rows = [("input", None), ("ground truth", ground_truth)] + rows
+    canvas = Image.new("RGB", (label_w + tw * len(images), th * len(all_rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, image in enumerate(images):
+        gt = np.asarray(ground_truth[j], dtype=np.float64)
+        valid = gt[np.isfinite(gt) & (gt > 0)]
+        lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (0.0, 10.0)
+        for i, (label, depths) in enumerate(all_rows):
+            if depths is None:
+                array = np.asarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8)
+            else:
+                array = colourise(depths[j], lo, hi)
+            tile_image = Image.fromarray(array).resize((tw, th), Image.BILINEAR)
+            canvas.paste(tile_image, (label_w + j * tw, i * th))
+    for i, (label, _) in enumerate(all_rows):
+        draw.text((6, i * th + th // 2 - 6), label[:26], fill="black")
+    tmp = path + ".tmp"
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: str = "paper",
+              figure_images: int = 4, log=print) -> dict:
+    """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}."""
+    from .checkpoint import atomic_write_text, build_model_from_checkpoint, read_checkpoint
+    from .datasets import build_datasets
+    from .evaluate import evaluate
+    from .predict import predict_images
+    from .speed import resolve_amp, resolve_device
+    from .train import Trainer
+
+    configs = row_configs(base, rows, out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    results, predictions = [], []
+    _, _, test_set = build_datasets(base)
+    if test_set is None:
+        raise ValueError("sweep: the dataset has no test split to evaluate the rows on")
+    picks = list(range(min(figure_images, len(test_set))))
+    fig_items = [test_set[i] for i in picks]
+    device = resolve_device(base.device)
+    for name, cfg in configs:
+        result_path = os.path.join(cfg.out, "result.json")
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                result = json.load(f)
+            log(f"sweep: {name}: reusing {result_path}")
+        else:
+            log(f"sweep: {name}: training {cfg.epochs} epoch(s)")
+            start = time.perf_counter()
+            trainer = Trainer(cfg, overwrite=True)
+            summary = trainer.fit()
+            model = trainer.model
+            metrics = evaluate(model, test_set, protocol, device=trainer.device, batch_size=cfg.eval_batch_size,
+                               workers=trainer.workers, amp_dtype=trainer.amp_dtype)
+            result = {"name": name, "config": cfg.to_dict(), "metrics": metrics, "train_s": summary["train_s"],
+                      "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start,
+                      "steps": summary["step"], "protocol": protocol}
+            atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
+        ckpt = read_checkpoint(os.path.join(cfg.out, "last.pt"))
+        model = build_model_from_checkpoint(ckpt).to(device)
+        depths = predict_images(model, [item["image"] for item in fig_items], device=device,
+                                amp_dtype=resolve_amp(cfg.amp, device))
+        predictions.append((name, depths))
+        results.append(result)
+        log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_ORDER))
+    table = markdown_table(results, base.epochs, protocol)
+    table_path = os.path.join(out_dir, "table.md")
+    atomic_write_text(table, table_path)
+    atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
+    figure_path = os.path.join(out_dir, "figure.png")
+    make_figure([item["image"] for item in fig_items], [item["depth"][0].numpy() for item in fig_items],
+                predictions, figure_path)
+    return {"rows": results, "table": table_path, "figure": figure_path, "markdown": table}
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser) -> None:
+    from .train import add_arguments as add_train_arguments
+
+    parser.add_argument("--configs", required=True,
+                        help="table1, table3, table4, table5 (the paper's lists) or a .json/.toml file of rows")
+    parser.add_argument("--protocol", default="paper", choices=("paper", "hu", "bts", "densedepth"))
+    parser.add_argument("--figure-images", type=int, default=4, help="test images in the figure")
+    add_train_arguments(parser)
+    parser.set_defaults(out="runs/sweep")
+
+
+def run(args) -> int:
+    from .train import config_from_args
+
+    base = config_from_args(args)
+    rows = read_rows(args.configs)
+    result = run_sweep(base, rows, args.out, protocol=args.protocol, figure_images=args.figure_images,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(result["markdown"])
+    print(f"wrote {result['table']} and {result['figure']}", file=sys.stderr)
+    return 0

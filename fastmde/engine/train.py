@@ -1,0 +1,474 @@
+"""The training loop: the paper's recipe with resumable checkpoints, AMP and DDP.
+
+Exact resumption. The state after every step is (weights, optimiser, scheduler, scaler, RNG
+states, epoch, batch within the epoch, step). The data order of an epoch depends only on
+(seed, epoch, rank, world size) (:class:`ResumableDistributedSampler`), and the augmentation
+generator is re-seeded from (seed, step, rank) before every step, so a run resumed from a
+checkpoint taken mid-epoch continues with exactly the batches, augmentations and updates the
+uninterrupted run would have made: on CPU the final weights are bitwise identical.
+
+Files in ``cfg.out`` (rank 0 only): ``last.pt`` (every epoch, every ``save_every`` steps and
+when stopped), ``best.pt`` (best validation ``best_metric``), ``log.jsonl`` (one record per
+epoch, and one marked ``partial`` when a run stops mid-epoch), ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import distributed as D
+from .checkpoint import atomic_save, atomic_write_text, capture_rng_states, read_checkpoint, restore_rng_states
+from .checkpoint import FORMAT, VERSION, CheckpointError
+from .config import BEST_METRICS, TrainConfig
+from .evaluate import METRIC_ORDER, evaluate, to_images
+from .progress import Progress, format_seconds
+from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the augmentation generator for a step: a function of (seed, step, rank) only."""
+    return ((seed * 1_000_003 + step) * 4099 + rank) % (2**63 - 1)
+
+
+def make_loss(cfg: TrainConfig):
+    from ..nn import DepthLoss
+    from ..reference.depth_loss import PRESETS
+
+    if cfg.blur is None:
+        return DepthLoss(cfg.loss)
+    if cfg.loss not in PRESETS:
+        raise ValueError(f"loss must be one of {sorted(PRESETS)}, got {cfg.loss!r}")
+    options = dict(PRESETS[cfg.loss])
+    options["blur"] = bool(cfg.blur)
+    return DepthLoss(None, **options)
+
+
+def unwrap(model):
+    """The plain module under DDP and torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def metric_improved(value: float, best: float | None, metric: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if BEST_METRICS[metric] else value < best
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` trains."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=None):
+        from .. import data, models
+        from .datasets import build_datasets
+
+        self.cfg = cfg
+        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        pre_device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.info = D.setup(pre_device.type)
+        self.device = resolve_device(cfg.device, self.info.local_rank)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.channels_last = resolve_switch(cfg.channels_last, self.device, cuda_default=True, cpu_default=False)
+        self.use_compile = resolve_switch(cfg.compile, self.device, cuda_default=False, cpu_default=False)
+        self.workers = resolve_workers(cfg.workers, self.device)
+        self.last_path = os.path.join(cfg.out, "last.pt")
+        self.best_path = os.path.join(cfg.out, "best.pt")
+        self.log_path = os.path.join(cfg.out, "log.jsonl")
+
+        resume_ckpt = None
+        if resume:
+            if not os.path.exists(self.last_path):
+                raise FileNotFoundError(f"--resume: no checkpoint to resume in {cfg.out!r} (expected last.pt)")
+            resume_ckpt = read_checkpoint(self.last_path)
+            saved = resume_ckpt["model_spec"]
+            if saved != cfg.model_spec():
+                raise CheckpointError(
+                    f"--resume: {self.last_path!r} holds model {saved}, but this run asks for {cfg.model_spec()}"
+                )
+        elif self.info.is_main and os.path.exists(self.last_path) and not overwrite:
+            raise FileExistsError(
+                f"{cfg.out!r} already holds a run (last.pt): pass --resume to continue it or --overwrite to start again"
+            )
+
+        seed_everything(cfg.seed)
+        # Rank 0 generates the synthetic cache (if needed) before the others open it.
+        if self.info.is_main:
+            self.train_set, self.val_set, self.test_set = build_datasets(cfg)
+        D.barrier(self.info)
+        if not self.info.is_main:
+            self.train_set, self.val_set, self.test_set = build_datasets(cfg)
+
+        model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained, **cfg.extra).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+                          if cfg.lr_step else None)
+        self.scaler = make_scaler(self.device, self.amp_dtype)
+        self.loss_fn = make_loss(cfg)
+        self.augment = data.Augment().to(self.device) if cfg.augment else None
+        self.aug_generator = torch.Generator(device=self.device)
+
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.elapsed, self.train_time = 0.0, 0.0   # elapsed: wall time of earlier invocations
+        self._loop_start = None
+        self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
+        self.best = None
+        self.history: list[dict] = []
+        if resume_ckpt is not None:
+            self._load_state(resume_ckpt)
+            self.log(f"resumed {self.last_path} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+
+        self.train_model = model
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.use_compile:
+            self.train_model = torch.compile(self.train_model)
+        self.sampler = D.ResumableDistributedSampler(
+            self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / cfg.batch_size)
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "model_spec": self.cfg.model_spec(), "config": self.cfg.to_dict(),
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_states(self.aug_generator),
+            "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "start": self.batch_in_epoch * self.cfg.batch_size,
+                        "world_size": self.info.world_size},
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "elapsed": self.elapsed_now(), "train_time": self.train_time, "epoch_loss": list(self.epoch_loss),
+            "best": self.best, "history": self.history,
+        }
+
+    def _load_state(self, ckpt: dict) -> None:
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_states(ckpt["rng"], self.aug_generator)
+        saved_world = ckpt.get("sampler", {}).get("world_size", 1)
+        if saved_world != self.info.world_size and ckpt["batch_in_epoch"]:
+            self.log(f"warning: resuming mid-epoch with {self.info.world_size} processes, saved with "
+                     f"{saved_world}: the rest of this epoch's data order differs")
+        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        self.elapsed, self.train_time = ckpt.get("elapsed", 0.0), ckpt.get("train_time", 0.0)
+        self.epoch_loss = list(ckpt.get("epoch_loss", [0.0, 0]))
+        self.best, self.history = ckpt.get("best"), list(ckpt.get("history", []))
+
+    def elapsed_now(self) -> float:
+        """Wall time of the run so far (all invocations; validation and checkpoints included)."""
+        return self.elapsed + (0.0 if self._loop_start is None else time.perf_counter() - self._loop_start)
+
+    def save(self, path: str | None = None) -> None:
+        if self.info.is_main:
+            atomic_save(self.state_dict(), path or self.last_path)
+
+    # ------------------------------------------------------------ steps
+
+    def train_step(self, batch) -> float:
+        cfg = self.cfg
+        images = batch["image"].to(self.device, non_blocking=True)
+        depth = batch["depth"].to(self.device, non_blocking=True).float()
+        if self.augment is not None:
+            # On the uint8 batch (Augment's contract: uint8 0-255 or float 0-1 images).
+            self.aug_generator.manual_seed(step_seed(cfg.seed, self.step, self.info.rank))
+            images, depth = self.augment(images, depth, generator=self.aug_generator)
+        images = to_images(images, self.device, self.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            pred = self.train_model(images)
+        loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.step}: lower --lr, or use --amp none / bf16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def validate(self) -> dict:
+        return evaluate(unwrap(self.model), self.val_set, "paper", device=self.device,
+                        batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
+                        channels_last=self.channels_last, dist_info=self.info, flip=False)
+
+    def _should_stop(self, loop_start: float) -> str | None:
+        reason = None
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            reason = "max_steps"
+        elif self.cfg.time_limit is not None and self.elapsed_now() >= self.cfg.time_limit:
+            reason = "time_limit"
+        # Every rank must stop at the same step (DDP would hang otherwise): rank 0 decides.
+        return reason if D.broadcast_flag(reason is not None, self.info, self.device) else None
+
+    def _record(self, values: dict, *, partial: bool, epoch_time: float) -> dict:
+        mean_loss = D.all_reduce_mean(self.epoch_loss[0] / max(self.epoch_loss[1], 1), self.info, self.device)
+        record = {
+            "epoch": self.epoch + (self.batch_in_epoch / self.steps_per_epoch if partial else 1),
+            "step": self.step, "partial": partial, "train_loss": mean_loss,
+            "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed_now(), 2),
+            "train_s": round(self.train_time, 2),
+            "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
+            "val": {k: values[k] for k in (*METRIC_ORDER, "count")},
+        }
+        return record
+
+    # ------------------------------------------------------------ loop
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.info.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            self.log(f"training {cfg.model} at {cfg.size[0]}x{cfg.size[1]} on {self.device} "
+                     f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
+                     f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
+                     f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
+        total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+
+        def eta(rate):
+            remaining = (total_steps - self.step) / rate if rate > 0 else float("inf")
+            if cfg.time_limit is not None:
+                remaining = min(remaining, cfg.time_limit - self.elapsed_now())
+            return remaining
+
+        stop_reason = None
+        loop_start = self._loop_start = time.perf_counter()
+        progress = Progress(total_steps, "train", enabled=cfg.progress and self.info.is_main, eta_fn=eta)
+        try:
+            while self.epoch < cfg.epochs and stop_reason is None:
+                stop_reason = self._should_stop(loop_start)
+                if stop_reason:      # e.g. resumed with a limit already reached
+                    self.save()
+                    break
+                self.sampler.set_epoch(self.epoch)
+                self.sampler.set_start(self.batch_in_epoch * cfg.batch_size)
+                loader = DataLoader(
+                    self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=self.workers,
+                    pin_memory=self.device.type == "cuda",
+                    generator=torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch))
+                progress.desc = f"epoch {self.epoch + 1}/{cfg.epochs}"
+                epoch_start = time.perf_counter()
+                self.train_model.train()
+                t0 = time.perf_counter()
+                for batch in loader:
+                    loss = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self.epoch_loss[0] += loss
+                    self.epoch_loss[1] += 1
+                    now = time.perf_counter()
+                    self.train_time += now - t0
+                    progress.update(self.step, self.epoch_loss[0] / self.epoch_loss[1])
+                    stop_reason = self._should_stop(loop_start)
+                    if cfg.save_every and self.step % cfg.save_every == 0 and not stop_reason:
+                        self._checkpoint_now(loop_start)
+                    if (cfg.val_every and self.step % cfg.val_every == 0 and not stop_reason
+                            and self.batch_in_epoch < self.steps_per_epoch):
+                        self._end_epoch(loop_start, partial=True, epoch_time=0.0)   # a mid-epoch point
+                        self.train_model.train()
+                    if stop_reason:
+                        break
+                    t0 = time.perf_counter()
+                progress.update(self.step, self.epoch_loss[0] / max(self.epoch_loss[1], 1), force=True)
+                partial = self.batch_in_epoch < self.steps_per_epoch
+                self._end_epoch(loop_start, partial=partial, epoch_time=time.perf_counter() - epoch_start)
+        except KeyboardInterrupt:
+            progress.close()
+            self._checkpoint_now(loop_start)
+            self.log(f"interrupted: saved {self.last_path} at step {self.step}; continue with --resume")
+            raise
+        progress.close()
+        summary = {"out": cfg.out, "stopped": stop_reason or "completed", "step": self.step, "epoch": self.epoch,
+                   "elapsed_s": self.elapsed_now(), "train_s": self.train_time,
+                   "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
+                   "best": self.best, "history": self.history, "config": cfg.to_dict()}
+        if self.info.is_main:
+            self.log(f"stopped: {summary['stopped']} after {self.step} steps, {format_seconds(self.elapsed_now())}")
+            print(format_history(self.history), flush=True)
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
+        return summary
+
+    def _checkpoint_now(self, loop_start: float) -> None:
+        self.save()
+
+    def _end_epoch(self, loop_start: float, *, partial: bool, epoch_time: float) -> None:
+        values = self.validate()
+        record = self._record(values, partial=partial, epoch_time=epoch_time)
+        if not partial:
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.epoch_loss = [0.0, 0]
+        self.history.append(record)
+        improved = metric_improved(values[self.cfg.best_metric],
+                                   None if self.best is None else self.best["value"], self.cfg.best_metric)
+        if improved:
+            self.best = {"metric": self.cfg.best_metric, "value": values[self.cfg.best_metric],
+                         "epoch": record["epoch"], "step": self.step}
+        if self.info.is_main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.log(f"epoch {record['epoch']:.2f} step {self.step} loss {record['train_loss']:.4f} | val "
+                     + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER))
+        self.save()
+        if improved and self.info.is_main:
+            # best.pt is for evaluation and prediction: the weights without optimiser and RNG state.
+            state = self.state_dict()
+            for key in ("optimizer", "scheduler", "scaler", "rng"):
+                state[key] = None
+            state["resumable"] = False
+            atomic_save(state, self.best_path)
+
+
+def format_history(history: list[dict]) -> str:
+    header = f"{'epoch':>6} {'step':>6} {'loss':>8} " + " ".join(f"{k:>7}" for k in METRIC_ORDER) + f" {'time':>8}"
+    lines = [header]
+    for r in history:
+        v = r["val"]
+        lines.append(f"{r['epoch']:6.2f} {r['step']:6d} {r['train_loss']:8.4f} "
+                     + " ".join(f"{v[k]:7.4f}" for k in METRIC_ORDER) + f" {format_seconds(r['elapsed_s']):>8}")
+    return "\n".join(lines)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (or resume) a run; returns its summary. Joins/leaves the process group if needed."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        D.teardown(trainer.info)
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    from .config import AMP_CHOICES, DATA_FORMATS
+
+    d = TrainConfig()
+    g = parser.add_argument_group("model and loss")
+    g.add_argument("--model", default=d.model, help=f"model variant (fastmde.models.variants(); default {d.model})")
+    g.add_argument("--size", default="x".join(map(str, d.size)), help="internal size HxW (default 288x384)")
+    g.add_argument("--pretrained", default=None, help="torchvision-format encoder weights file (.pth)")
+    g.add_argument("--encoder", type=int, default=None, help="override the variant's ResNet depth (18, 34, 50, 101)")
+    g.add_argument("--loss", default=d.loss, help="loss preset: l1, hu, hu_blurred, l1_hu, l1_hu_blurred")
+    g.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the preset's ground-truth blur for the gradient/normal terms")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--lr-step", type=int, default=None, help="multiply the lr by --lr-gamma every N epochs")
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="the paper's augmentation (flip, colour, crop, rotation)")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-format", default=d.data_format, choices=DATA_FORMATS)
+    g.add_argument("--data", default=None, help="dataset path (.mat file or directory); default: synthetic cache")
+    g.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated once")
+    g.add_argument("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic training scenes")
+    g.add_argument("--synthetic-val", type=int, default=d.synthetic_val, help="held-out synthetic test scenes")
+    g.add_argument("--synthetic-size", default="480x640", help="frame size HxW of the synthetic data (NYU: 480x640)")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation hold-out (default 0.03)")
+    g.add_argument("--val-by-scene", action="store_true", help="hold out whole scenes (per-frame layout)")
+    g.add_argument("--limit-train", type=int, default=None, help="use only the first N training items")
+    g = parser.add_argument_group("speed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="autocast dtype (auto: bf16 on CUDA, none on CPU)")
+    g.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    g.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
+    g.add_argument("--workers", type=int, default=-1, help="data loader workers (-1: auto)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=d.out, help="run directory: checkpoints, log.jsonl, summary.json")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
+    g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in all")
+    g.add_argument("--time-limit", type=float, default=None,
+                   help="stop (resumably) after this many seconds of training, validation included")
+    g.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    g.add_argument("--val-every", type=int, default=None,
+                   help="also validate (and checkpoint) every N steps, for a denser validation curve")
+    g.add_argument("--best-metric", default=d.best_metric, choices=sorted(BEST_METRICS))
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate on the test split (synthetic: held-out scenes) at the end")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, size=args.size, pretrained=args.pretrained, loss=args.loss, blur=args.blur,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
+        seed=args.seed, augment=args.augment, data_format=args.data_format, data=args.data,
+        cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
+        synthetic_size=args.synthetic_size,
+        val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
+        device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        workers=args.workers, out=args.out, max_steps=args.max_steps, time_limit=args.time_limit,
+        save_every=args.save_every, val_every=args.val_every, best_metric=args.best_metric, eval_batch_size=args.eval_batch_size,
+        progress=args.progress, extra={} if args.encoder is None else {"encoder": args.encoder},
+    )
+
+
+def test_best(trainer: Trainer) -> dict | None:
+    """Metrics (paper protocol) of the final weights on the test split, or None without one."""
+    if trainer.test_set is None:
+        return None
+    return evaluate(unwrap(trainer.model), trainer.test_set, "paper", device=trainer.device,
+                    batch_size=trainer.cfg.eval_batch_size, workers=trainer.workers,
+                    amp_dtype=trainer.amp_dtype, channels_last=trainer.channels_last, dist_info=trainer.info)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    try:
+        try:
+            summary = trainer.fit()
+        except KeyboardInterrupt:
+            return 130
+        if args.test and summary["stopped"] in ("completed", "time_limit"):
+            values = test_best(trainer)
+            if values is not None and trainer.info.is_main:
+                print(f"test ({len(trainer.test_set)} held-out items, paper protocol, final weights): "
+                      + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER), flush=True)
+                summary["test"] = values
+                atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
+    finally:
+        D.teardown(trainer.info)
+    return 0

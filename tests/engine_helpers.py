@@ -1,0 +1,47 @@
+"""Shared set-up of the engine tests: a tiny synthetic dataset and a tiny model configuration."""
+from __future__ import annotations
+
+import os
+
+from fastmde.engine import TrainConfig
+
+FRAME_SIZE = (48, 64)      # synthetic frames (the real NYU size is 480x640)
+MODEL_SIZE = (32, 48)      # internal network resolution
+TRAIN_FRAMES, TEST_FRAMES = 10, 4
+
+
+def tiny_config(cache_dir: str, out: str, **changes) -> TrainConfig:
+    """The smallest model variant (ResNet18 encoder, 3x3 kernels, 1x1 reduction) on a few frames."""
+    options = dict(
+        model="unet34-k3-1x1", extra={"encoder": 18}, size=MODEL_SIZE, loss="hu_blurred",
+        epochs=2, batch_size=2, lr=1e-3, seed=3, data_format="synthetic", cache_dir=cache_dir,
+        synthetic_train=TRAIN_FRAMES, synthetic_val=TEST_FRAMES, synthetic_size=FRAME_SIZE,
+        val_fraction=0.2, device="cpu", amp="none", workers=0, out=out, progress=False,
+        eval_batch_size=2,
+    )
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def cli_data_args(cache_dir: str) -> list[str]:
+    return ["--cache-dir", cache_dir, "--synthetic-train", str(TRAIN_FRAMES), "--synthetic-val", str(TEST_FRAMES),
+            "--synthetic-size", "x".join(map(str, FRAME_SIZE))]
+
+
+def cli_model_args() -> list[str]:
+    return ["--model", "unet34-k3-1x1", "--encoder", "18", "--size", "x".join(map(str, MODEL_SIZE)),
+            "--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress"]
+
+
+def files_in(path: str) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+def synthetic_cache(tmp_path_factory) -> str:
+    """One cache directory per test session: the tiny synthetic dataset is rendered once."""
+    from fastmde import data
+
+    cache = str(tmp_path_factory.getbasetemp() / "engine-synthetic-cache")
+    data.default_synthetic_root(cache_dir=cache, train=TRAIN_FRAMES, val=TEST_FRAMES, size=FRAME_SIZE,
+                                progress=False)
+    return cache

@@ -1,0 +1,97 @@
+"""The sweep protocol (table and figure) and DDP training with two gloo processes on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from engine_helpers import TEST_FRAMES, cli_data_args, cli_model_args, synthetic_cache
+from fastmde.cli import main
+from fastmde.engine import read_checkpoint
+from fastmde.engine.sweep import BUILTIN, builtin_rows, read_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return synthetic_cache(tmp_path_factory)
+
+
+def test_sweep_writes_table_and_figure(cache, tmp_path, capsys):
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"name": "l1 loss", "loss": "l1"}, {"name": "hu loss", "loss": "hu"}]))
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--configs", str(rows), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.2",
+            "--figure-images", "3", "--out", str(out), *cli_model_args(), *cli_data_args(cache)]
+    assert main(argv) == 0
+    table = (out / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) == 3 and lines[1].startswith("| l1 loss | unet34-k3-1x1 | 32x48 | l1 |")
+    assert lines[2].startswith("| hu loss |")
+    assert "δ1" in lines[0] and "it/s" in lines[0] and "train time" in lines[0]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results] == ["l1 loss", "hu loss"]
+    for r in results:
+        assert r["metrics"]["count"] == TEST_FRAMES and r["it_per_s"] > 0
+        assert f"{r['metrics']['rms']:.3f}" in table
+    figure = Image.open(out / "figure.png")
+    assert figure.size == (170 + 3 * 160, 4 * 120)        # input, ground truth, two rows; 3 images
+    assert table in capsys.readouterr().out
+    # Started again, finished rows are reused rather than retrained.
+    mtime = os.path.getmtime(out / "l1-loss" / "last.pt")
+    assert main(argv) == 0
+    assert os.path.getmtime(out / "l1-loss" / "last.pt") == mtime
+
+
+def test_builtin_sweeps_and_row_errors(tmp_path):
+    from fastmde.models import variants
+
+    assert set(BUILTIN) == {"table1", "table3", "table4", "table5"}
+    assert [r["loss"] for r in builtin_rows("table3")] == ["l1", "hu", "hu_blurred", "l1_hu", "l1_hu_blurred"]
+    for name in ("table4", "table5"):
+        assert all(r["model"] in variants() for r in builtin_rows(name))
+    with pytest.raises(ValueError, match="unknown sweep"):
+        read_rows("table9")
+    toml = tmp_path / "rows.toml"
+    toml.write_text('[[rows]]\nname = "a"\nlr = 0.001\n\n[[rows]]\nname = "b"\nsize = "64x80"\n')
+    assert read_rows(str(toml)) == [{"name": "a", "lr": 0.001}, {"name": "b", "size": "64x80"}]
+    from fastmde.engine import TrainConfig
+    from fastmde.engine.sweep import row_configs
+
+    with pytest.raises(ValueError, match="row 'x'.*unknown training option"):
+        row_configs(TrainConfig(), [{"name": "x", "lrr": 1}], str(tmp_path))
+
+
+def test_ddp_two_gloo_processes(cache, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", FASTMDE_QUIET="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastmde", "train", "--epochs", "1", "--batch-size", "1", "--val-fraction", "0.4",
+           "--out", str(out), "--no-test", *cli_model_args(), *cli_data_args(cache)]
+    # Its own process group, so that a hang is cleaned up completely (ranks included).
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("DDP training timed out:\n" + stderr[-3000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "world 2" in stderr
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert len(records) == 1                               # only rank 0 writes
+    # 10 frames: 4 held out, 6 trained on by two ranks -> 3 steps each.
+    assert records[0]["step"] == 3
+    # Each rank evaluates half of the validation set; the reduced metrics count all 4 images.
+    assert records[0]["val"]["count"] == 4
+    ckpt = read_checkpoint(str(out / "last.pt"))
+    assert ckpt["sampler"]["world_size"] == 2 and ckpt["step"] == 3
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
