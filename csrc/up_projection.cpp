@@ -151,10 +151,11 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   const int64_t urow = W * k * C;
   const int64_t nbands = (H + BY - 1) / BY;
 
-  // Threads take contiguous runs of (image, band) pairs, so a run carries its interpolated rows
-  // from band to band; the parallel_for calls inside then run inline (one parallel region,
-  // not one per pass: fork/join per pass is slow on a busy machine).
-  at::parallel_for(0, B * nbands, 1, [&](int64_t run_begin, int64_t run_end) {
+  // Bands run one after another, carrying their interpolated rows from band to band; each
+  // pass inside is parallel, and the 1x1 convolution runs at the top level so that oneDNN
+  // threads it itself. (Calling ATen convolutions from several threads of one parallel region
+  // gave wrong results.)
+  const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
    at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
    T* u = ubuf.data_ptr<T>();
    int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
@@ -231,7 +232,8 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
       });
     }
    }
-  });
+  };
+  run_bands(0, B * nbands);
 }
 
 at::Tensor upsample_conv2d_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -284,16 +286,15 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
   const T* g_ptr = g.data_ptr<T>();
   const int64_t gs_b = g.stride(0), gs_c = g.stride(1), gs_y = g.stride(2), gs_x = g.stride(3);
   const int64_t nbands = (h + RB - 1) / RB;
-  // one grad_weight partial per run of bands, added in run order below
-  std::vector<at::Tensor> partials(B * nbands);
-  at::parallel_for(0, B * nbands, 1, [&](int64_t run_begin, int64_t run_end) {
+  // Bands run one after another (see forward_impl): each pass inside is parallel, and the
+  // ATen convolution backward runs at the top level, adding into one grad_weight in band order.
+  const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
    at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
    at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
    at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
    T* G = gbuf.data_ptr<T>();
    T* u = ubuf.data_ptr<T>();
    T* t = tbuf.data_ptr<T>();
-   at::Tensor gW_run = at::zeros_like(gWm);
    for (int64_t band = run_begin; band < run_end; ++band) {
     const int64_t b = band / nbands;
     {
@@ -352,14 +353,11 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
       auto grads = at::convolution_backward(t4, x4, W4, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
                                             {true, true, false});
       gxcl[b].slice(0, r0, r1).copy_(std::get<0>(grads)[0].permute({1, 2, 0}));
-      gW_run.add_(std::get<1>(grads).view({kk * C, Cin}));
+      gWm.add_(std::get<1>(grads).view({kk * C, Cin}));
     }
    }
-   partials[run_begin] = gW_run;
-  });
-  gWm.zero_();
-  for (const auto& part : partials)
-    if (part.defined()) gWm.add_(part);
+  };
+  run_bands(0, B * nbands);
 }
 
 std::tuple<at::Tensor, at::Tensor> upsample_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x,

@@ -177,3 +177,17 @@ def test_bad_input_errors_name_the_problem():
         C.upsample_conv2d_forward(x, torch.randn(2, 4, 3, 3), [8, 8], True)
     with pytest.raises(RuntimeError, match="k odd"):
         C.upsample_conv2d_forward(x, torch.randn(2, 3, 2, 2), [8, 8], True)
+
+
+@pytest.mark.parametrize("cin, cout, h, w", [(64, 128, 16, 24), (48, 96, 20, 13)])
+def test_decoder_sized_channels_are_exact_and_repeatable(cin, cout, h, w):
+    """Channel counts of real decoders, on every thread: a regression test for the ATen
+    convolutions once called from inside a parallel region, which returned garbage."""
+    torch.set_num_threads(max(2, torch.get_num_threads()))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, cin, h, w, generator=g)
+    wt = torch.randn(cout, cin, 3, 3, generator=g) * 0.05
+    compare(x, wt, (2 * h, 2 * w), True, rtol=1e-4)
+    first = torch.autograd.grad(upsample_conv2d_op(x.requires_grad_(), wt, [2 * h, 2 * w], True).sum(), x)[0]
+    again = torch.autograd.grad(upsample_conv2d_op(x, wt, [2 * h, 2 * w], True).sum(), x)[0]
+    assert torch.equal(first, again)
