@@ -128,3 +128,21 @@ def test_upsample_conv2d_matches_reference(align_corners):
     ex, ew = torch.autograd.grad(expected, (x, w), g)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(gx, ex, atol=1e-10) and torch.allclose(gw, ew, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["reference", None])
+def test_ops_ignore_an_enclosing_autocast(backend):
+    """Inside torch.autocast the ops still compute in their inputs' dtypes (the fake kernels
+    promise that), on the reference and on the default backend."""
+    fastmde.set_backend(backend)
+    try:
+        x = torch.randn(1, 3, 4, 5)
+        w = torch.randn(4, 3, 3, 3)
+        pred, target, m = loss_args(requires_grad=False)
+        plain = (upsample_conv2d_op(x, w, [8, 10], True), fastmde.depth_loss(pred, target, mask=m))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = (upsample_conv2d_op(x, w, [8, 10], True), fastmde.depth_loss(pred, target, mask=m))
+        for a, b in zip(plain, auto):
+            assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    finally:
+        fastmde.set_backend(None)

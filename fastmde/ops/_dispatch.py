@@ -21,3 +21,9 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def no_autocast(device: torch.device):
+    """Op implementations compute in their inputs' dtypes: an autocast region around the op
+    must not re-type the ATen calls inside them (the op's output dtype is fixed by its inputs)."""
+    return torch.autocast(device_type=device.type, enabled=False)

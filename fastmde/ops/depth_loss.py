@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..reference.depth_loss import depth_loss_forward_reference
-from ._dispatch import implementation
+from ._dispatch import implementation, no_autocast
 
 
 @torch.library.custom_op("fastmde::depth_loss", mutates_args=())
@@ -32,21 +32,22 @@ def depth_loss_op(
     weights: list[float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     backend, module = implementation("depth_loss", pred.device)
-    if module is None:
-        return depth_loss_forward_reference(
-            pred, target, mask, depth_term, alpha, gradient, normal, blur, tuple(weights)
+    with no_autocast(pred.device):
+        if module is None:
+            return depth_loss_forward_reference(
+                pred, target, mask, depth_term, alpha, gradient, normal, blur, tuple(weights)
+            )
+        return module.depth_loss_forward(
+            pred.contiguous(),
+            target.contiguous(),
+            None if mask is None else mask.contiguous(),
+            depth_term,
+            alpha,
+            gradient,
+            normal,
+            blur,
+            list(weights),
         )
-    return module.depth_loss_forward(
-        pred.contiguous(),
-        target.contiguous(),
-        None if mask is None else mask.contiguous(),
-        depth_term,
-        alpha,
-        gradient,
-        normal,
-        blur,
-        list(weights),
-    )
 
 
 @depth_loss_op.register_fake

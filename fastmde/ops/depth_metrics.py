@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..reference.depth_metrics import depth_metric_sums_reference
-from ._dispatch import implementation
+from ._dispatch import implementation, no_autocast
 
 
 @torch.library.custom_op("fastmde::depth_metric_sums", mutates_args=())
@@ -28,16 +28,17 @@ def depth_metric_sums_op(
     crop: list[int],
 ) -> torch.Tensor:
     backend, module = implementation("depth_metrics", pred.device)
-    if module is None:
-        return depth_metric_sums_reference(pred, target, mask, min_depth, max_depth, tuple(crop))
-    return module.depth_metric_sums(
-        pred.contiguous(),
-        target.contiguous(),
-        None if mask is None else mask.contiguous(),
-        min_depth,
-        max_depth,
-        list(crop),
-    )
+    with no_autocast(pred.device):
+        if module is None:
+            return depth_metric_sums_reference(pred, target, mask, min_depth, max_depth, tuple(crop))
+        return module.depth_metric_sums(
+            pred.contiguous(),
+            target.contiguous(),
+            None if mask is None else mask.contiguous(),
+            min_depth,
+            max_depth,
+            list(crop),
+        )
 
 
 @depth_metric_sums_op.register_fake

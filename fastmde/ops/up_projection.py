@@ -17,7 +17,7 @@ from ..reference.up_projection import (
     upsample_conv2d_backward_reference,
     upsample_conv2d_forward_reference,
 )
-from ._dispatch import implementation, memory_format_of
+from ._dispatch import implementation, memory_format_of, no_autocast
 
 
 @torch.library.custom_op("fastmde::upsample_conv2d", mutates_args=())
@@ -25,10 +25,11 @@ def upsample_conv2d_op(
     x: torch.Tensor, weight: torch.Tensor, size: list[int], align_corners: bool
 ) -> torch.Tensor:
     backend, module = implementation("up_projection", x.device)
-    if module is None:
-        out = upsample_conv2d_forward_reference(x, weight, size, align_corners)
-    else:
-        out = module.upsample_conv2d_forward(x, weight, list(size), align_corners)
+    with no_autocast(x.device):
+        if module is None:
+            out = upsample_conv2d_forward_reference(x, weight, size, align_corners)
+        else:
+            out = module.upsample_conv2d_forward(x, weight, list(size), align_corners)
     return out.contiguous(memory_format=memory_format_of(x))
 
 
@@ -47,10 +48,11 @@ def upsample_conv2d_backward_op(
     align_corners: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     backend, module = implementation("up_projection", x.device)
-    if module is None:
-        grad_x, grad_w = upsample_conv2d_backward_reference(grad_out, x, weight, size, align_corners)
-    else:
-        grad_x, grad_w = module.upsample_conv2d_backward(grad_out, x, weight, list(size), align_corners)
+    with no_autocast(x.device):
+        if module is None:
+            grad_x, grad_w = upsample_conv2d_backward_reference(grad_out, x, weight, size, align_corners)
+        else:
+            grad_x, grad_w = module.upsample_conv2d_backward(grad_out, x, weight, list(size), align_corners)
     return grad_x.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
 
 
