@@ -145,18 +145,18 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   int64_t cap = 1;
   for (int64_t Y0 = 0; Y0 < H; Y0 += BY)
     cap = std::max(cap, rmax[std::min(H, Y0 + BY) - 1] - rmin[Y0] + 1);
-  const at::Tensor W4 = Wm.view({kk * C, Cin, 1, 1});
   T* out_ptr = out.data_ptr<T>();
   const int64_t os_b = out.stride(0), os_c = out.stride(1), os_y = out.stride(2), os_x = out.stride(3);
   const int64_t urow = W * k * C;
   const int64_t nbands = (H + BY - 1) / BY;
 
   // Bands run one after another, carrying their interpolated rows from band to band; each
-  // pass inside is parallel, and the 1x1 convolution runs at the top level so that oneDNN
-  // threads it itself. (Calling ATen convolutions from several threads of one parallel region
-  // gave wrong results.)
+  // pass inside is parallel, and the GEMM runs at the top level so that BLAS threads it
+  // itself. (Calling ATen kernels from several threads of one parallel region gave wrong
+  // results.)
   const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
    at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
+   at::Tensor zbuf = at::empty({cap * w, kk * C}, Wm.options());
    T* u = ubuf.data_ptr<T>();
    int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
    for (int64_t band = run_begin; band < run_end; ++band) {
@@ -180,10 +180,10 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
       have_hi = nhi;
       if (first_new <= nhi) {
         const int64_t nrows = nhi - first_new + 1;
-        // z = x_rows @ Wm^T as a 1x1 convolution on channels_last views: oneDNN serves it
-        // (faster here than the BLAS GEMM) and writes z pixel-major, as the passes below read it
-        at::Tensor xs = xcl[b].slice(0, first_new, nhi + 1).permute({2, 0, 1}).unsqueeze(0);
-        at::Tensor zc = at::conv2d(xs, W4).contiguous(at::MemoryFormat::ChannelsLast);
+        // z = x_rows @ Wm^T: one BLAS GEMM on the (pixels, Cin) rows of x, written pixel-major
+        // into the band's z buffer, as the passes below read it
+        at::Tensor zc = zbuf.narrow(0, 0, nrows * w);
+        at::mm_out(zc, xcl[b].slice(0, first_new, nhi + 1).view({nrows * w, Cin}), Wm.t());
         const T* z = zc.data_ptr<T>();
         const int64_t off = first_new - nlo;
         // horizontal: u[r, X, kh, :] = Σ_kw Σ_c l_c(X') z[r, i_c(X'), kh, kw, :], X' = X + kw - p
@@ -282,12 +282,11 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
     }
     gcap = std::max(gcap, hi - lo + 1);
   }
-  const at::Tensor W4 = Wm.view({kk * C, Cin, 1, 1});
   const T* g_ptr = g.data_ptr<T>();
   const int64_t gs_b = g.stride(0), gs_c = g.stride(1), gs_y = g.stride(2), gs_x = g.stride(3);
   const int64_t nbands = (h + RB - 1) / RB;
   // Bands run one after another (see forward_impl): each pass inside is parallel, and the
-  // ATen convolution backward runs at the top level, adding into one grad_weight in band order.
+  // GEMMs run at the top level, adding into one grad_weight in band order.
   const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
    at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
    at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
@@ -346,14 +345,12 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
           }
         }
       });
-      // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the backward of the forward's 1x1
-      // convolution, on channels_last views
-      at::Tensor t4 = tbuf.narrow(0, 0, nrows * w).view({nrows, w, kk * C}).permute({2, 0, 1}).unsqueeze(0);
-      at::Tensor x4 = xcl[b].slice(0, r0, r1).permute({2, 0, 1}).unsqueeze(0);
-      auto grads = at::convolution_backward(t4, x4, W4, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
-                                            {true, true, false});
-      gxcl[b].slice(0, r0, r1).copy_(std::get<0>(grads)[0].permute({1, 2, 0}));
-      gWm.add_(std::get<1>(grads).view({kk * C, Cin}));
+      // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the forward GEMM's backward, two
+      // BLAS GEMMs writing straight into grad_x's rows and accumulating into grad_Wm
+      const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w);
+      at::Tensor gx_rows = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
+      at::mm_out(gx_rows, t2, Wm);
+      gWm.addmm_(t2.t(), xcl[b].slice(0, r0, r1).view({nrows * w, Cin}));
     }
    }
   };
