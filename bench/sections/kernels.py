@@ -156,5 +156,9 @@ def run(ctx, device: str) -> None:
         bench_up_projection(ctx, device, 16, torch.bfloat16, True, UNET34_DECODER)
         bench_up_projection(ctx, device, 16, torch.float32, False, UNET34_DECODER)
     else:
+        # batch 8 as the loss and metrics rows (a training batch); --full adds batch 1, where
+        # the weights, not the activations, dominate the block's memory
         blocks = UNET34_DECODER if ctx.full else UNET34_DECODER[:2]
-        bench_up_projection(ctx, device, 1, torch.float32, False, blocks)
+        bench_up_projection(ctx, device, 8, torch.float32, False, blocks)
+        if ctx.full:
+            bench_up_projection(ctx, device, 1, torch.float32, False, blocks)
