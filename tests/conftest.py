@@ -26,4 +26,18 @@ def triton_backend():
         _backend.set_backend(None)
 
 
+@pytest.fixture
+def native_backend():
+    """Force the C++ kernels for the test; fails (never skips) when fastmde._C is missing."""
+    from fastmde import _backend
+    from native_kernel_helpers import require_native_extension
+
+    require_native_extension()
+    _backend.set_backend("native")
+    try:
+        yield
+    finally:
+        _backend.set_backend(None)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (realistic shapes)")

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastmde
-from fastmde import _backend
 from fastmde.ops import depth_metric_sums_op
 from fastmde.reference.depth_metrics import (
     CROPS,
@@ -21,12 +20,7 @@ from fastmde.reference.depth_metrics import (
 from native_kernel_helpers import depth_pair, random_mask, require_native_extension
 
 
-@pytest.fixture(autouse=True)
-def native():
-    require_native_extension()
-    _backend.set_backend("native")
-    yield
-    _backend.set_backend(None)
+pytestmark = pytest.mark.usefixtures("native_backend")
 
 
 def assert_sums_close(got, want):

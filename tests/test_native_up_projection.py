@@ -8,18 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastmde
-from fastmde import _backend
 from fastmde.ops import upsample_conv2d_backward_op, upsample_conv2d_op
 from fastmde.reference.up_projection import up_projection_block_reference, upsample_conv2d_reference
 from native_kernel_helpers import require_native_extension
 
 
-@pytest.fixture(autouse=True)
-def native():
-    require_native_extension()
-    _backend.set_backend("native")
-    yield
-    _backend.set_backend(None)
+pytestmark = pytest.mark.usefixtures("native_backend")
 
 
 def compare(x, w, size, align_corners, rtol):

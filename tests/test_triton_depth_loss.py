@@ -8,6 +8,7 @@ from fastmde.ops.depth_loss import depth_loss_op
 from fastmde.reference.depth_loss import PRESETS, depth_loss_forward_reference, depth_loss_terms_reference
 
 from conftest import requires_cuda
+from native_kernel_helpers import loss_kink_pixels
 
 kernels = pytest.importorskip("fastmde.kernels.depth_loss")
 
@@ -33,7 +34,12 @@ def _compare(pred, target, mask, options, weights=(1.0, 0.7, 1.3), rtol=2e-5, at
     assert grad.dtype == pred.dtype and grad.shape == pred.shape
     torch.testing.assert_close(terms.cpu().double(), ref_terms, rtol=rtol, atol=atol)
     scale = ref_grad.abs().max().item() + 1e-12
-    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=rtol, atol=atol * scale * 1e2 if pred.dtype != torch.float64 else 1e-10)
+    grad = grad.cpu().double()
+    if pred.dtype != torch.float64:
+        # pixels next to a tie (an |.| of ~0) may take either one-sided derivative in float32
+        kinks = loss_kink_pixels(pred.cpu(), target.cpu(), None if mask is None else mask.cpu(), options)
+        grad, ref_grad = grad.masked_fill(kinks, 0.0), ref_grad.masked_fill(kinks, 0.0)
+    torch.testing.assert_close(grad, ref_grad, rtol=rtol, atol=atol * scale * 1e2 if pred.dtype != torch.float64 else 1e-10)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
