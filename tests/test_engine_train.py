@@ -145,3 +145,23 @@ def test_time_limit_stops_resumably(cache, tmp_path):
     assert ckpt["step"] == summary["step"] and ckpt["elapsed"] >= 1.0
     # The limit is the run's total: resuming with the same limit stops at once, a larger one continues.
     assert train(tiny_config(cache, out, epochs=50, time_limit=1.0), resume=True)["step"] == summary["step"]
+
+
+def test_epochs_use_full_batches_only(cache, tmp_path, monkeypatch):
+    """A short last batch is dropped (BatchNorm would normalise over its one or two items);
+    data smaller than one batch still trains on its single partial batch."""
+    sizes = []
+    original = Trainer.train_step
+
+    def recording(self, batch):
+        sizes.append(len(batch["image"]))
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    n = len(Trainer(tiny_config(cache, str(tmp_path / "probe"))).train_set)
+    assert n % 3 != 0
+    summary = train(tiny_config(cache, str(tmp_path / "b3"), batch_size=3, epochs=1))
+    assert sizes == [3] * (n // 3) and summary["step"] == n // 3
+    sizes.clear()
+    summary = train(tiny_config(cache, str(tmp_path / "big"), batch_size=n + 5, epochs=1))
+    assert sizes == [n] and summary["step"] == 1

@@ -149,7 +149,12 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self.sampler = D.ResumableDistributedSampler(
             self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
-        self.steps_per_epoch = math.ceil(self.sampler.num_samples / cfg.batch_size)
+        # Full batches only: a last batch of a few items gives BatchNorm noisy batch statistics
+        # (and running averages), and validation often dipped right after an epoch's end. Data
+        # smaller than one batch keeps its single partial batch.
+        self.drop_last = self.sampler.num_samples >= cfg.batch_size
+        self.steps_per_epoch = (self.sampler.num_samples // cfg.batch_size if self.drop_last
+                                else math.ceil(self.sampler.num_samples / cfg.batch_size))
 
     # ------------------------------------------------------------ state
 
@@ -276,7 +281,7 @@ class Trainer:
                 self.sampler.set_start(self.batch_in_epoch * cfg.batch_size)
                 loader = DataLoader(
                     self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=self.workers,
-                    pin_memory=self.device.type == "cuda",
+                    pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
                     generator=torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch))
                 progress.desc = f"epoch {self.epoch + 1}/{cfg.epochs}"
                 epoch_start = time.perf_counter()
