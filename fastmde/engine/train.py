@@ -150,8 +150,7 @@ class Trainer:
         self.sampler = D.ResumableDistributedSampler(
             self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
         # Full batches only: a last batch of a few items gives BatchNorm noisy batch statistics
-        # (and running averages), and validation often dipped right after an epoch's end. Data
-        # smaller than one batch keeps its single partial batch.
+        # (and running averages). Data smaller than one batch keeps its single partial batch.
         self.drop_last = self.sampler.num_samples >= cfg.batch_size
         self.steps_per_epoch = (self.sampler.num_samples // cfg.batch_size if self.drop_last
                                 else math.ceil(self.sampler.num_samples / cfg.batch_size))
