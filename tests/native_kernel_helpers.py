@@ -49,18 +49,16 @@ def loss_kink_pixels(pred, target, mask, preset, tol=1e-4, cos_tol=1e-6):
     differences px - gx and py - gy and 1 - cos of the normals at a pixel q, the latter reaching
     the gradient of q's 3x3 Sobel neighbourhood. Where such a quantity is within float32
     rounding of 0 (``tol`` for the differences of O(1-10) m values, ``cos_tol`` for 1 - cos,
-    which is >= 0 exactly and only changes sign by rounding), float32 rounding decides its sign, and either one-sided derivative is a correct answer, so
-    gradient comparisons leave those pixels out (computed here in float64)."""
+    which is >= 0 exactly and only changes sign by rounding), float32 rounding decides its
+    sign and either one-sided derivative is a correct answer, so gradient comparisons leave
+    those pixels out (computed here in float64)."""
     import torch.nn.functional as F
 
-    from fastmde.reference.depth_loss import PRESETS, gaussian_blur_reference, sobel_reference
+    from fastmde.reference.depth_loss import PRESETS, _sanitise, gaussian_blur_reference, sobel_reference
 
     options = PRESETS[preset] if isinstance(preset, str) else preset
     d = pred.detach().double()
-    y = target.double()
-    finite = torch.isfinite(y)
-    y = torch.where(finite, y, torch.zeros_like(y))
-    valid = finite if mask is None else finite & mask
+    y, valid = _sanitise(target.double(), mask)
     kink = ((d - y).abs() < tol) & valid
     if options["gradient"] or options["normal"]:
         yb = gaussian_blur_reference(y) if options["blur"] else y
