@@ -165,3 +165,79 @@ def test_epochs_use_full_batches_only(cache, tmp_path, monkeypatch):
     sizes.clear()
     summary = train(tiny_config(cache, str(tmp_path / "big"), batch_size=n + 5, epochs=1))
     assert sizes == [n] and summary["step"] == 1
+
+
+def test_weight_average_follows_its_formula():
+    """a <- a + (1 - d_t)(w - a) with d_t = min(decay, (1 + t)/(10 + t)); integer buffers copied."""
+    from fastmde.engine.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for t in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked.add_(1)
+        average.update(model)
+        d = min(0.5, (1 + t) / (10 + t))         # 2/11, 3/12, then the 0.5 cap
+        for k, v in model.state_dict().items():
+            expected[k] = v.clone() if not v.is_floating_point() else expected[k] + (1 - d) * (v - expected[k])
+        for k, v in average.module.state_dict().items():
+            torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert not average.module.training and not any(p.requires_grad for p in average.module.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_lr_factor_follows_its_formula():
+    from fastmde.engine.schedule import lr_factor
+
+    e = 10  # steps per epoch
+    assert [lr_factor(s, steps_per_epoch=e, epochs=3) for s in (0, 29, 500)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, steps_per_epoch=e, epochs=3, warmup=4) for s in (0, 1, 3, 4)] == [0.25, 0.5, 1.0, 1.0]
+    step = dict(steps_per_epoch=e, epochs=9, lr_step=2, lr_gamma=0.5)
+    assert [lr_factor(s, **step) for s in (0, 19, 20, 39, 40)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cos = dict(steps_per_epoch=e, epochs=2, cosine=True)
+    assert lr_factor(0, **cos) == 1.0 and lr_factor(20, **cos) == 0.0 and lr_factor(99, **cos) == 0.0
+    assert lr_factor(10, **cos) == pytest.approx(0.5)
+    assert lr_factor(0, **cos, warmup=2) == 0.5
+    with pytest.raises(ValueError, match="not both"):
+        tiny_config("c", "o", lr_step=1, cosine=True)
+
+
+def test_ema_cosine_warmup_run_scores_the_average_and_resumes_bitwise(uninterrupted, cache, tmp_path):
+    """With --ema: validation and best.pt use the average, last.pt holds both weight sets; with a
+    per-step schedule (warm-up, cosine) too, an interrupted run resumes to the same weights,
+    average and rates bitwise."""
+    from fastmde.engine.checkpoint import build_model_from_checkpoint
+    from fastmde.engine.schedule import lr_factor
+
+    full, cut = str(tmp_path / "ema-full"), str(tmp_path / "ema-cut")
+    options = dict(ema=0.9, cosine=True, warmup=3)
+    summary = train(tiny_config(cache, full, **options))
+    steps_per_epoch = summary["step"] // 2
+    for record in summary["history"]:   # the rate of the next update, after each epoch
+        assert record["lr"] == pytest.approx(1e-3 * lr_factor(record["step"], steps_per_epoch=steps_per_epoch,
+                                                               epochs=2, cosine=True, warmup=3))
+    last = read_checkpoint(os.path.join(full, "last.pt"))
+    assert last["ema"]["updates"] == summary["step"]
+    assert any(not torch.equal(last["model"][k], last["ema"]["model"][k]) for k in last["model"])
+    best = read_checkpoint(os.path.join(full, "best.pt"))
+    assert best["ema"] is None and best["best"]["step"] in {r["step"] for r in summary["history"]}
+    loaded = build_model_from_checkpoint(last).state_dict()
+    assert_same_state(loaded, last["ema"]["model"])    # eval / predict load the average
+
+    train(tiny_config(cache, cut, **options, max_steps=3))
+    train(tiny_config(cache, cut, **options), resume=True)
+    again = read_checkpoint(os.path.join(cut, "last.pt"))
+    assert_same_state(last["ema"]["model"], again["ema"]["model"])
+    assert_same_state(last["model"], again["model"])
+    assert_same_optimizer(last["optimizer"], again["optimizer"])
+    assert last["scheduler"] == again["scheduler"]
+    from fastmde.engine import CheckpointError
+
+    plain_out, _ = uninterrupted
+    with pytest.raises(CheckpointError, match="without --ema"):
+        Trainer(tiny_config(cache, plain_out, ema=0.9), resume=True)

@@ -6,6 +6,7 @@ A fastmde checkpoint is a ``torch.save`` dict::
      "model_spec": {"name", "size", "overrides"},   # enough to rebuild the network
      "config": TrainConfig.to_dict(),
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "ema": {"decay", "updates", "model": averaged state_dict} | None,
      "rng": {"torch", "cuda", "numpy", "python", "augment"},
      "epoch": int, "batch_in_epoch": int, "step": int, "elapsed": float,
      "best": {"metric", "value", "epoch"} | None, "history": [epoch records]}
@@ -182,13 +183,20 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def build_model_from_checkpoint(ckpt: dict):
-    """The network described by ``ckpt["model_spec"]`` with the checkpoint's weights."""
+    """The network described by ``ckpt["model_spec"]`` with the checkpoint's weights.
+
+    A run trained with ``--ema`` keeps the moving average of its weights next to the training
+    weights in ``last.pt``; the average is what validation scored, so it is the one loaded
+    (``best.pt`` holds only the average, as ``model``).
+    """
     from .. import models
 
     spec = ckpt["model_spec"]
     model = models.build(spec["name"], size=tuple(spec["size"]), pretrained=None, **spec.get("overrides", {}))
+    average = ckpt.get("ema")
+    weights = average["model"] if isinstance(average, dict) and "model" in average else ckpt["model"]
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{ckpt.get('path', 'checkpoint')!r}: its weights do not fit model {spec['name']!r}: "

@@ -50,6 +50,9 @@ class TrainConfig:
     lr: float = 1e-4
     lr_step: int | None = None                  # StepLR every N epochs (None = constant)
     lr_gamma: float = 0.1
+    cosine: bool = False                        # cosine decay to 0 over the run's epochs
+    warmup: int = 0                             # linear warm-up over this many steps
+    ema: float | None = None                    # decay of the weights' moving average (None = off)
     seed: int = 0
     augment: bool = True
     # data
@@ -106,6 +109,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}")
+        if self.cosine and self.lr_step:
+            raise ValueError("choose one learning-rate decay: lr_step (step) or cosine, not both")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be a number of steps >= 0, got {self.warmup}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1) such as 0.99, got {self.ema}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
 

@@ -28,6 +28,8 @@ from . import distributed as D
 from .checkpoint import atomic_save, atomic_write_text, capture_rng_states, read_checkpoint, restore_rng_states
 from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig
+from .ema import WeightAverage
+from .schedule import make_scheduler
 from .evaluate import METRIC_ORDER, evaluate, to_images
 from .progress import Progress, format_seconds
 from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
@@ -66,6 +68,11 @@ def unwrap(model):
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Adam's fused kernel (one pass over all parameters; ~8% of a small CPU model's step)."""
+    return device.type in ("cpu", "cuda")
 
 
 def metric_improved(value: float, best: float | None, metric: str) -> bool:
@@ -117,14 +124,24 @@ class Trainer:
         if not self.info.is_main:
             self.train_set, self.val_set, self.test_set = build_datasets(cfg)
 
+        self.sampler = D.ResumableDistributedSampler(
+            self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
+        # Full batches only: a last batch of a few items gives BatchNorm noisy batch statistics
+        # (and running averages). Data smaller than one batch keeps its single partial batch.
+        self.drop_last = self.sampler.num_samples >= cfg.batch_size
+        self.steps_per_epoch = (self.sampler.num_samples // cfg.batch_size if self.drop_last
+                                else math.ceil(self.sampler.num_samples / cfg.batch_size))
+
         model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained, **cfg.extra).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-                          if cfg.lr_step else None)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused_adam_supported(self.device))
+        # The schedule is per step (warm-up, step decay at epoch boundaries, cosine).
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = make_scaler(self.device, self.amp_dtype)
+        # Validation, best.pt and the final test use the averaged weights when --ema is given.
+        self.average = WeightAverage(model, cfg.ema) if cfg.ema else None
         self.loss_fn = make_loss(cfg)
         self.augment = data.Augment().to(self.device) if cfg.augment else None
         self.aug_generator = torch.Generator(device=self.device)
@@ -147,13 +164,6 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.use_compile:
             self.train_model = torch.compile(self.train_model)
-        self.sampler = D.ResumableDistributedSampler(
-            self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
-        # Full batches only: a last batch of a few items gives BatchNorm noisy batch statistics
-        # (and running averages). Data smaller than one batch keeps its single partial batch.
-        self.drop_last = self.sampler.num_samples >= cfg.batch_size
-        self.steps_per_epoch = (self.sampler.num_samples // cfg.batch_size if self.drop_last
-                                else math.ceil(self.sampler.num_samples / cfg.batch_size))
 
     # ------------------------------------------------------------ state
 
@@ -163,8 +173,9 @@ class Trainer:
             "model_spec": self.cfg.model_spec(), "config": self.cfg.to_dict(),
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": None if self.average is None else self.average.state_dict(),
             "rng": capture_rng_states(self.aug_generator),
             "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "start": self.batch_in_epoch * self.cfg.batch_size,
                         "world_size": self.info.world_size},
@@ -175,11 +186,15 @@ class Trainer:
 
     def _load_state(self, ckpt: dict) -> None:
         unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])   # after the scheduler's set-up: keeps the saved lr
+        self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.average is not None:
+            if ckpt.get("ema") is None:
+                raise CheckpointError(f"--resume: {self.last_path!r} was trained without --ema; "
+                                      "resume it without --ema, or start a new run")
+            self.average.load_state_dict(ckpt["ema"])
         restore_rng_states(ckpt["rng"], self.aug_generator)
         saved_world = ckpt.get("sampler", {}).get("world_size", 1)
         if saved_world != self.info.world_size and ckpt["batch_in_epoch"]:
@@ -219,10 +234,17 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return float(loss.detach())
 
+    def eval_model(self):
+        """The weights validation and testing score: the average with --ema, else the model."""
+        return unwrap(self.model) if self.average is None else self.average.module
+
     def validate(self) -> dict:
-        return evaluate(unwrap(self.model), self.val_set, "paper", device=self.device,
+        return evaluate(self.eval_model(), self.val_set, "paper", device=self.device,
                         batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
                         channels_last=self.channels_last, dist_info=self.info, flip=False)
 
@@ -331,8 +353,6 @@ class Trainer:
         values = self.validate()
         record = self._record(values, partial=partial, epoch_time=epoch_time)
         if not partial:
-            if self.scheduler is not None:
-                self.scheduler.step()
             self.epoch += 1
             self.batch_in_epoch = 0
             self.epoch_loss = [0.0, 0]
@@ -353,6 +373,8 @@ class Trainer:
             state = self.state_dict()
             for key in ("optimizer", "scheduler", "scaler", "rng"):
                 state[key] = None
+            if self.average is not None:     # keep only the weights that were scored
+                state["model"], state["ema"] = state["ema"]["model"], None
             state["resumable"] = False
             atomic_save(state, self.best_path)
 
@@ -389,6 +411,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--size", default="x".join(map(str, d.size)), help="internal size HxW (default 288x384)")
     g.add_argument("--pretrained", default=None, help="torchvision-format encoder weights file (.pth)")
     g.add_argument("--encoder", type=int, default=None, help="override the variant's ResNet depth (18, 34, 50, 101)")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="ImageNet mean/std on the input (default: off, as the paper's code)")
     g.add_argument("--loss", default=d.loss, help="loss preset: l1, hu, hu_blurred, l1_hu, l1_hu_blurred")
     g.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None,
                    help="override the preset's ground-truth blur for the gradient/normal terms")
@@ -398,6 +422,11 @@ def add_arguments(parser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
     g.add_argument("--lr-step", type=int, default=None, help="multiply the lr by --lr-gamma every N epochs")
     g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    g.add_argument("--cosine", action="store_true", help="cosine decay of the lr to 0 over --epochs")
+    g.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear lr warm-up over STEPS steps")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate, test and save as best the moving average of the weights "
+                        "with this per-step decay (e.g. 0.99; default off)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="the paper's augmentation (flip, colour, crop, rotation)")
@@ -434,10 +463,21 @@ def add_arguments(parser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def model_overrides(args) -> dict:
+    """The model options given on the command line (stored in the config's ``extra``)."""
+    extra = {}
+    if args.encoder is not None:
+        extra["encoder"] = args.encoder
+    if args.normalize is not None:
+        extra["normalize"] = args.normalize
+    return extra
+
+
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         model=args.model, size=args.size, pretrained=args.pretrained, loss=args.loss, blur=args.blur,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma, cosine=args.cosine,
+        warmup=args.warmup, ema=args.ema,
         seed=args.seed, augment=args.augment, data_format=args.data_format, data=args.data,
         cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
         synthetic_size=args.synthetic_size,
@@ -445,7 +485,7 @@ def config_from_args(args) -> TrainConfig:
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         workers=args.workers, out=args.out, max_steps=args.max_steps, time_limit=args.time_limit,
         save_every=args.save_every, val_every=args.val_every, best_metric=args.best_metric, eval_batch_size=args.eval_batch_size,
-        progress=args.progress, extra={} if args.encoder is None else {"encoder": args.encoder},
+        progress=args.progress, extra=model_overrides(args),
     )
 
 
@@ -453,7 +493,7 @@ def test_best(trainer: Trainer) -> dict | None:
     """Metrics (paper protocol) of the final weights on the test split, or None without one."""
     if trainer.test_set is None:
         return None
-    return evaluate(unwrap(trainer.model), trainer.test_set, "paper", device=trainer.device,
+    return evaluate(trainer.eval_model(), trainer.test_set, "paper", device=trainer.device,
                     batch_size=trainer.cfg.eval_batch_size, workers=trainer.workers,
                     amp_dtype=trainer.amp_dtype, channels_last=trainer.channels_last, dist_info=trainer.info)
 
