@@ -37,8 +37,9 @@ class UpProjection(nn.Module):
     channels, ``x`` first resized bilinearly to ``skip``'s size if they differ (so inputs need
     not be divisible by 32); ``size`` = (H, W) overrides ``scale``.
 
-    The upsample and the two k x k convs that read it (branch and shortcut, weights stacked)
-    are one ``fastmde::upsample_conv2d`` op, so fast backends never write the upsampled tensor.
+    The upsample and each k x k conv that reads it (branch and shortcut) are a
+    ``fastmde::upsample_conv2d`` op, so fast backends never write the upsampled tensor; on
+    GPUs the two convs run as one op with their weights stacked.
     """
 
     def __init__(
@@ -88,9 +89,19 @@ class UpProjection(nn.Module):
             size = (int(x.shape[-2] * self.scale), int(x.shape[-1] * self.scale))
         if self.reduce:
             x = F.relu(self.reduce_bn(self.reduce_conv(x)))
-        weight = torch.cat((self.conv1.weight, self.shortcut_conv.weight), dim=0)
-        both = upsample_conv2d_op(x, weight.to(x.dtype), [int(size[0]), int(size[1])], self.align_corners)
-        branch, shortcut = both.split(self.out_channels, dim=1)
+        size = [int(size[0]), int(size[1])]
+        if x.device.type == "cpu":
+            # One op per conv: measured faster on CPU than one op over the stacked weights at
+            # every U-Net34 decoder shape but the smallest (bench/results/cpu-intel.md): each
+            # call's band buffers are half the size, and its output is contiguous, so at
+            # batch > 1 BatchNorm copies no strided half.
+            branch = upsample_conv2d_op(x, self.conv1.weight.to(x.dtype), size, self.align_corners)
+            shortcut = upsample_conv2d_op(x, self.shortcut_conv.weight.to(x.dtype), size, self.align_corners)
+        else:
+            # GPU: one kernel computes both convs from one load of the upsampled input.
+            weight = torch.cat((self.conv1.weight, self.shortcut_conv.weight), dim=0)
+            both = upsample_conv2d_op(x, weight.to(x.dtype), size, self.align_corners)
+            branch, shortcut = both.split(self.out_channels, dim=1)
         branch = self.bn2(self.conv2(F.relu(self.bn1(branch))))
         return F.relu(branch + self.shortcut_bn(shortcut))
 

@@ -6,7 +6,8 @@ convolution has stride 1, padding k // 2, no bias and weight W (Cout, Cin, k, k)
 
 This is the part of the up-projection block that the kernels fuse: the upsampled tensor
 (4x the input for scale 2) need not exist in memory, and the block's two k x k convolutions
-that read it (the first branch conv and the shortcut) run as one with their weights stacked.
+that read it (the first branch conv and the shortcut) can run as one with their weights
+stacked (the block does so on GPUs; on CPUs one op per conv measured faster).
 BatchNorm and ReLU stay in :class:`fastmde.nn.UpProjection`.
 
 Backward: :math:`\partial x = \mathrm{up}^T(\mathrm{conv}^T(\partial \mathrm{out}, W))`,
