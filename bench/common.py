@@ -57,6 +57,34 @@ def median_time_ms(fn, device: str, *, warmup: int = 2, reps: int = 10, max_seco
     return statistics.median(times)
 
 
+def interleaved_median_ms(fns: dict, device: str, *, warmup: int = 2, rounds: int = 10,
+                          max_seconds: float = 15.0) -> dict:
+    """Median wall time (ms) of each ``fns[name]()``, timed round-robin: one call of each per round.
+
+    On a shared or thermally drifting CPU, timing one implementation after another lets the
+    machine's state change between them (seen here as +-20% between back-to-back runs);
+    alternating them exposes every implementation to the same drift, so their ratios hold
+    even when the absolute times move. CUDA keeps ``median_time_ms`` (do_bench) per function.
+    Stops after ``max_seconds`` of timed rounds (at least 3 rounds)."""
+    if device.startswith("cuda"):
+        return {name: median_time_ms(fn, device) for name, fn in fns.items()}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times = {name: [] for name in fns}
+    start_all = time.perf_counter()
+    for r in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        if r >= 2 and time.perf_counter() - start_all > max_seconds:
+            break
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_memory_bytes(fn, device: str) -> int | None:
     """Peak bytes allocated by torch while ``fn()`` runs, above what was allocated before.
 

@@ -13,7 +13,7 @@ from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
 from fastmde.reference.depth_metrics import depth_metrics_reference, resolve_crop
 from fastmde.reference.up_projection import up_projection_block_reference
 
-from common import median_time_ms, peak_memory_bytes, saved_activation_bytes
+from common import interleaved_median_ms, peak_memory_bytes, saved_activation_bytes
 
 LOSS_PRESET = "hu_blurred"
 
@@ -31,26 +31,40 @@ def _fwd_bwd_rows(ctx, section, what, shape, dtype, device, impls, bytes_moved=N
 
     Throughput is over the forward+backward time (the forward alone when nothing needs a
     gradient); ``measure_saved`` adds the bytes autograd keeps for backward (activation memory)."""
-    times = {}
+    fwds, fwd_bwds, failed = {}, {}, {}
     for name, (forward, inputs) in impls.items():
-        def fwd():
+        def fwd(forward=forward):
             with torch.no_grad():
                 forward()
 
-        def fwd_bwd():
+        def fwd_bwd(forward=forward, inputs=inputs):
             for t in inputs:
                 t.grad = None
             forward().backward()
 
-        try:
-            fwd_ms = median_time_ms(fwd, device)
-            total_ms = median_time_ms(fwd_bwd, device) if inputs else None
-            peak = peak_memory_bytes(fwd_bwd if inputs else fwd, device)
-            saved = saved_activation_bytes(forward) if inputs and measure_saved else None
+        try:   # first calls compile (torch.compile) and surface failures
+            fwd()
+            if inputs:
+                fwd_bwd()
         except Exception as exc:  # e.g. torch.compile unavailable for this device/dtype
+            failed[name] = exc
+            continue
+        fwds[name] = fwd
+        if inputs:
+            fwd_bwds[name] = fwd_bwd
+    # the implementations alternate call by call, so machine drift hits them alike
+    fwd_times = interleaved_median_ms(fwds, device)
+    total_times = interleaved_median_ms(fwd_bwds, device) if fwd_bwds else {}
+    times = {}
+    for name, (forward, inputs) in impls.items():
+        if name in failed:
+            exc = failed[name]
             ctx.add(section=section, what=what, shape=shape, dtype=str(dtype).replace("torch.", ""),
                     impl=name, note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
             continue
+        fwd_ms, total_ms = fwd_times[name], total_times.get(name)
+        peak = peak_memory_bytes(fwd_bwds[name] if inputs else fwds[name], device)
+        saved = saved_activation_bytes(forward) if inputs and measure_saved else None
         times[name] = total_ms if total_ms is not None else fwd_ms
         throughput = None
         if bytes_moved is not None:
