@@ -104,9 +104,10 @@ def test_bfloat16_computes_in_float32():
 
 @pytest.mark.parametrize("reduce,kernel_size", [(True, 3), (False, 5)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_up_projection_block_matches_plain_block(reduce, kernel_size, channels_last):
+@pytest.mark.parametrize("stack_convs", [None, True])   # None: one op per conv on CPU
+def test_up_projection_block_matches_plain_block(reduce, kernel_size, channels_last, stack_convs):
     torch.manual_seed(7)
-    block = fastmde.nn.UpProjection(6, 4, kernel_size=kernel_size, reduce=reduce)
+    block = fastmde.nn.UpProjection(6, 4, kernel_size=kernel_size, reduce=reduce, stack_convs=stack_convs)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt)
     x1 = x.clone().requires_grad_()

@@ -32,6 +32,9 @@ class UpProjection(nn.Module):
         align_corners: of the bilinear upsample (the paper's code uses True).
         second_kernel_size: k of the branch's second conv; defaults to ``kernel_size`` with
             ``reduce`` and to 3 without (Hu et al.'s 5x5/3x3/5x5).
+        stack_convs: run the branch's first conv and the shortcut conv as one op over their
+            stacked weights (True) or as one op each (False); None (default) stacks them on
+            GPUs and not on CPUs, the faster choice measured on each.
 
     ``forward(x, skip=None, size=None)``: ``skip`` (same batch) is concatenated to ``x`` on the
     channels, ``x`` first resized bilinearly to ``skip``'s size if they differ (so inputs need
@@ -52,6 +55,7 @@ class UpProjection(nn.Module):
         scale: float = 2,
         align_corners: bool = True,
         second_kernel_size: int | None = None,
+        stack_convs: bool | None = None,
     ):
         super().__init__()
         if kernel_size % 2 != 1 or kernel_size < 1:
@@ -65,6 +69,7 @@ class UpProjection(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.second_kernel_size = kernel_size, second_kernel_size
         self.reduce, self.scale, self.align_corners = reduce, scale, align_corners
+        self.stack_convs = stack_convs
         mid = out_channels if reduce else in_channels
         if reduce:
             self.reduce_conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
@@ -90,15 +95,16 @@ class UpProjection(nn.Module):
         if self.reduce:
             x = F.relu(self.reduce_bn(self.reduce_conv(x)))
         size = [int(size[0]), int(size[1])]
-        if x.device.type == "cpu":
-            # One op per conv: measured faster on CPU than one op over the stacked weights at
-            # every U-Net34 decoder shape but the smallest (bench/results/cpu-intel.md): each
-            # call's band buffers are half the size, and its output is contiguous, so at
-            # batch > 1 BatchNorm copies no strided half.
+        stack = self.stack_convs if self.stack_convs is not None else x.device.type != "cpu"
+        if not stack:
+            # One op per conv (the CPU default): an A/B at the U-Net34 decoder shapes, batch 1
+            # and 8, found it faster than the stacked op on 6 of 8 and 5% slower on the
+            # smallest batch-1 one: each call's band buffers are half the size, and its output
+            # is contiguous, so at batch > 1 BatchNorm copies no strided half.
             branch = upsample_conv2d_op(x, self.conv1.weight.to(x.dtype), size, self.align_corners)
             shortcut = upsample_conv2d_op(x, self.shortcut_conv.weight.to(x.dtype), size, self.align_corners)
         else:
-            # GPU: one kernel computes both convs from one load of the upsampled input.
+            # (the GPU default) one kernel computes both convs from one load of the input.
             weight = torch.cat((self.conv1.weight, self.shortcut_conv.weight), dim=0)
             both = upsample_conv2d_op(x, weight.to(x.dtype), size, self.align_corners)
             branch, shortcut = both.split(self.out_channels, dim=1)
