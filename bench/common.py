@@ -31,43 +31,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time_ms(fn, device: str, *, warmup: int = 2, reps: int = 10, max_seconds: float = 5.0) -> float:
-    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls (synchronised on CUDA).
-
-    Stops early once ``max_seconds`` of timed runs have passed (at least 3 runs)."""
-    if device.startswith("cuda"):
-        try:
-            import triton.testing
-
-            return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-        except ImportError:
-            pass
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    start_all = time.perf_counter()
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if i >= 2 and time.perf_counter() - start_all > max_seconds:
-            break
-    return statistics.median(times)
-
-
-def interleaved_median_ms(fns: dict, device: str, *, warmup: int = 2, rounds: int = 10,
-                          max_seconds: float = 15.0) -> dict:
-    """Median wall time (ms) of each ``fns[name]()``, timed round-robin: one call of each per round.
-
-    On a shared or thermally drifting CPU, timing one implementation after another lets the
-    machine's state change between them (seen here as +-20% between back-to-back runs);
-    alternating them exposes every implementation to the same drift, so their ratios hold
-    even when the absolute times move. CUDA keeps ``median_time_ms`` (do_bench) per function.
-    Stops after ``max_seconds`` of timed rounds (at least 3 rounds)."""
-    if device.startswith("cuda"):
-        return {name: median_time_ms(fn, device) for name, fn in fns.items()}
+def _round_robin_medians(fns: dict, device: str, warmup: int, rounds: int, max_seconds: float) -> dict:
+    """Median wall time (ms) of each ``fns[name]()`` after ``warmup`` calls each, timed one call
+    of each per round; stops once ``max_seconds`` of timed rounds have passed (at least 3)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -83,6 +49,34 @@ def interleaved_median_ms(fns: dict, device: str, *, warmup: int = 2, rounds: in
         if r >= 2 and time.perf_counter() - start_all > max_seconds:
             break
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def median_time_ms(fn, device: str, *, warmup: int = 2, reps: int = 10, max_seconds: float = 5.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls (synchronised on CUDA).
+
+    Stops early once ``max_seconds`` of timed runs have passed (at least 3 runs)."""
+    if device.startswith("cuda"):
+        try:
+            import triton.testing
+
+            return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        except ImportError:
+            pass
+    return _round_robin_medians({"fn": fn}, device, warmup, reps, max_seconds)["fn"]
+
+
+def interleaved_median_ms(fns: dict, device: str, *, warmup: int = 2, rounds: int = 10,
+                          max_seconds: float = 15.0) -> dict:
+    """Median wall time (ms) of each ``fns[name]()``, timed round-robin: one call of each per round.
+
+    On a shared or thermally drifting CPU, timing one implementation after another lets the
+    machine's state change between them (seen here as +-20% between back-to-back runs);
+    alternating them exposes every implementation to the same drift, so their ratios hold
+    even when the absolute times move. CUDA keeps ``median_time_ms`` (do_bench) per function.
+    Stops after ``max_seconds`` of timed rounds (at least 3 rounds)."""
+    if device.startswith("cuda"):
+        return {name: median_time_ms(fn, device) for name, fn in fns.items()}
+    return _round_robin_medians(fns, device, warmup, rounds, max_seconds)
 
 
 def peak_memory_bytes(fn, device: str) -> int | None:
