@@ -48,7 +48,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 1
     lr: float = 1e-4
-    lr_step: int | None = None                  # StepLR every N epochs (None = constant)
+    lr_step: int | None = None                  # x lr_gamma every N epochs (None = no step decay)
     lr_gamma: float = 0.1
     cosine: bool = False                        # cosine decay to 0 over the run's epochs
     warmup: int = 0                             # linear warm-up over this many steps

@@ -187,7 +187,8 @@ class Trainer:
     def _load_state(self, ckpt: dict) -> None:
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])   # after the scheduler's set-up: keeps the saved lr
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scheduler") is not None:   # None: a constant-rate run saved before the per-step schedule
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.average is not None:
@@ -476,8 +477,8 @@ def model_overrides(args) -> dict:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         model=args.model, size=args.size, pretrained=args.pretrained, loss=args.loss, blur=args.blur,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma, cosine=args.cosine,
-        warmup=args.warmup, ema=args.ema,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
+        cosine=args.cosine, warmup=args.warmup, ema=args.ema,
         seed=args.seed, augment=args.augment, data_format=args.data_format, data=args.data,
         cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
         synthetic_size=args.synthetic_size,
