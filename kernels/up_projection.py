@@ -23,6 +23,16 @@ Backward, recomputing the upsampled input instead of storing it:
   \partial out^{\top} \cdot \mathrm{up}(x)_{shifted}` over the B*H*W pixels, split over pixel
   chunks (split-K) into float32 partials that are added in a fixed order.
 
+BatchNorm folded in (``upsample_conv2d_bn_forward`` / ``_backward``, the op
+``fastmde::upsample_conv2d_bn``): the same kernels with two switches. ``AFFINE`` applies the
+previous BatchNorm and ReLU to every gathered input value, :math:`a = \mathrm{relu}(x s_c + t_c)`
+(zero padding stays zero), in the forward and in the weight gradient's recomputation, so the
+normalised input is never written. ``STATS`` makes each forward program reduce its output tile
+per channel to (sum, squared deviations from the tile mean); :func:`merge_tile_stats` merges the
+tiles in a fixed order into the batch mean and variance the next BatchNorm needs, so its
+statistics cost no pass over the output. Without upsampling (``size`` equal to x's) the kernels
+are a plain k x k conv: the branch's second conv and the 1x1 reduction.
+
 Any H, W; NCHW or channels_last (all kernels take strides); fp32, fp16, bf16 (fp64 too, for
 gradcheck under the interpreter). Offsets are int64.
 """
@@ -47,16 +57,45 @@ def _source_index(dst, in_size, scale, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _affine_params(in_scale_ptr, in_shift_ptr, offs_c, c_ok, BLOCK: tl.constexpr, ACC: tl.constexpr,
+                   AFFINE: tl.constexpr):
+    """(1, BLOCK) scale and shift of the input's BatchNorm for channels ``offs_c`` (AFFINE), else zeros."""
+    if AFFINE:
+        sc = tl.load(in_scale_ptr + offs_c, mask=c_ok, other=0.0).to(ACC)[None, :]
+        sh = tl.load(in_shift_ptr + offs_c, mask=c_ok, other=0.0).to(ACC)[None, :]
+    else:
+        sc = tl.zeros((1, BLOCK), ACC)
+        sh = tl.zeros((1, BLOCK), ACC)
+    return sc, sh
+
+
+@triton.jit
+def _load_input(x_ptr, offs, mask, sc, sh, ACC: tl.constexpr, AFFINE: tl.constexpr):
+    """x at ``offs`` in the accumulator dtype; with AFFINE relu(x * sc + sh), still 0 where
+    ``mask`` is false (padding is zero after the activation, as in the unfused block)."""
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    if AFFINE:
+        v = tl.where(mask, tl.maximum(v * sc + sh, 0.0), 0.0)
+    return v
+
+
+@triton.jit
 def _upsample_conv_kernel(
-    x_ptr, w_ptr, out_ptr,
+    x_ptr, w_ptr, out_ptr, in_scale_ptr, in_shift_ptr, stats_ptr,
     B, Cin, h, w, Cout, H, W,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     scale_h, scale_w,
     KSIZE: tl.constexpr, UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr, AFFINE: tl.constexpr, STATS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[b, n, Y, X] = sum_{c, kh, kw} w[kh, kw, c, n] * in[b, c, Y + kh - P, X + kw - P],
-    in = up(x) (UPSAMPLE) or x itself; zero outside [0, H) x [0, W)."""
+    in = up(a) (UPSAMPLE) or a itself, a = relu(x * in_scale[c] + in_shift[c]) (AFFINE: the
+    previous BatchNorm and ReLU applied while loading) or x; zero outside [0, H) x [0, W).
+
+    STATS: the program also writes, per output channel, the sum of its tile's (rounded) outputs
+    and their squared deviations from the tile mean to ``stats[pid_m, 0 | 1, n]`` (merged on
+    the host in a fixed order: the BatchNorm batch statistics without another pass)."""
     P: tl.constexpr = KSIZE // 2
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -95,32 +134,48 @@ def _upsample_conv_kernel(
                 k_ok = offs_k < Cin
                 a_mask = ok[:, None] & k_ok[None, :]
                 ck = offs_k.to(tl.int64)[None, :] * sxc
+                sc, sh = _affine_params(in_scale_ptr, in_shift_ptr, offs_k, k_ok, BLOCK_K, ACC, AFFINE)
                 if UPSAMPLE:
-                    a = f00 * tl.load(x_ptr + o00[:, None] + ck, mask=a_mask, other=0.0).to(tl.float32)
-                    a += f01 * tl.load(x_ptr + o01[:, None] + ck, mask=a_mask, other=0.0).to(tl.float32)
-                    a += f10 * tl.load(x_ptr + o10[:, None] + ck, mask=a_mask, other=0.0).to(tl.float32)
-                    a += f11 * tl.load(x_ptr + o11[:, None] + ck, mask=a_mask, other=0.0).to(tl.float32)
+                    a = f00 * _load_input(x_ptr, o00[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+                    a += f01 * _load_input(x_ptr, o01[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+                    a += f10 * _load_input(x_ptr, o10[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+                    a += f11 * _load_input(x_ptr, o11[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
                     a = a.to(x_ptr.dtype.element_ty)
+                elif AFFINE:
+                    a = _load_input(x_ptr, o00[:, None] + ck, a_mask, sc, sh, ACC, AFFINE).to(x_ptr.dtype.element_ty)
                 else:
                     a = tl.load(x_ptr + o00[:, None] + ck, mask=a_mask, other=0.0)
                 w_offs = ((kh * KSIZE + kw) * Cin + offs_k)[:, None].to(tl.int64) * Cout + offs_n[None, :]
                 wt = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
                 acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
     o = bb[:, None] * sob + offs_n[None, :].to(tl.int64) * soc + oy.to(tl.int64)[:, None] * soh + ox.to(tl.int64)[:, None] * sow
-    tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    result = acc.to(out_ptr.dtype.element_ty)
+    valid = m_ok[:, None] & n_ok[None, :]
+    tl.store(out_ptr + o, result, mask=valid)
+    if STATS:
+        # Statistics of the values as stored (rounded to the output dtype), as BatchNorm sees them.
+        v = tl.where(valid, result.to(ACC), 0.0)
+        rows = tl.maximum(tl.sum(m_ok.to(ACC), axis=0), 1.0)
+        tile_sum = tl.sum(v, axis=0)
+        dev = tl.where(valid, v - (tile_sum / rows)[None, :], 0.0)
+        stats = stats_ptr + pid_m.to(tl.int64) * 2 * Cout + offs_n
+        tl.store(stats, tile_sum, mask=n_ok)
+        tl.store(stats + Cout, tl.sum(dev * dev, axis=0), mask=n_ok)
 
 
 @triton.jit
 def _weight_grad_kernel(
-    x_ptr, go_ptr, partial_ptr,
+    x_ptr, go_ptr, partial_ptr, in_scale_ptr, in_shift_ptr,
     B, Cin, h, w, Cout, H, W,
     sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
     scale_h, scale_w, pixels_per_split,
-    KSIZE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    KSIZE: tl.constexpr, UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """partial[split, co, ci, kh, kw] = sum over this split's pixels p of
-    go[p, co] * up(x)[p shifted by (kh - P, kw - P), ci]."""
+    go[p, co] * in[p shifted by (kh - P, kw - P), ci], with the forward's ``in``: up(a) or a,
+    a = relu(x * in_scale + in_shift) or x, recomputed while loading."""
     P: tl.constexpr = KSIZE // 2
     pid_co = tl.program_id(0)
     pid_ci = tl.program_id(1)
@@ -135,6 +190,7 @@ def _weight_grad_kernel(
     ci_ok = offs_ci < Cin
     total = B * H * W
     start = split.to(tl.int64) * pixels_per_split
+    sc, sh = _affine_params(in_scale_ptr, in_shift_ptr, offs_ci, ci_ok, BLOCK_CI, ACC, AFFINE)
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), ACC)
     for p0 in range(0, pixels_per_split, BLOCK_P):
         offs_p = start + p0 + tl.arange(0, BLOCK_P)
@@ -148,23 +204,23 @@ def _weight_grad_kernel(
         Y = oy + kh - P
         X = ox + kw - P
         ok = p_ok & (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
-        y0, y1, ly = _source_index(tl.maximum(Y, 0), h, scale_h, ALIGN)
-        x0, x1, lx = _source_index(tl.maximum(X, 0), w, scale_w, ALIGN)
         base = bb * sxb
         cc = offs_ci.to(tl.int64)[None, :] * sxc
         u_mask = ok[:, None] & ci_ok[None, :]
-        u = ((1.0 - ly) * (1.0 - lx))[:, None] * tl.load(
-            x_ptr + (base + y0.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, mask=u_mask, other=0.0
-        ).to(tl.float32)
-        u += ((1.0 - ly) * lx)[:, None] * tl.load(
-            x_ptr + (base + y0.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, mask=u_mask, other=0.0
-        ).to(tl.float32)
-        u += (ly * (1.0 - lx))[:, None] * tl.load(
-            x_ptr + (base + y1.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, mask=u_mask, other=0.0
-        ).to(tl.float32)
-        u += (ly * lx)[:, None] * tl.load(
-            x_ptr + (base + y1.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, mask=u_mask, other=0.0
-        ).to(tl.float32)
+        if UPSAMPLE:
+            y0, y1, ly = _source_index(tl.maximum(Y, 0), h, scale_h, ALIGN)
+            x0, x1, lx = _source_index(tl.maximum(X, 0), w, scale_w, ALIGN)
+            u = ((1.0 - ly) * (1.0 - lx))[:, None] * _load_input(
+                x_ptr, (base + y0.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += ((1.0 - ly) * lx)[:, None] * _load_input(
+                x_ptr, (base + y0.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += (ly * (1.0 - lx))[:, None] * _load_input(
+                x_ptr, (base + y1.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += (ly * lx)[:, None] * _load_input(
+                x_ptr, (base + y1.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+        else:
+            u = _load_input(x_ptr, (base + tl.maximum(Y, 0).to(tl.int64) * sxh + tl.maximum(X, 0).to(tl.int64) * sxw)[:, None] + cc,
+                            u_mask, sc, sh, ACC, AFFINE)
         acc = tl.dot(g, u.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION, out_dtype=ACC)
     out = (
         split.to(tl.int64) * Cout * Cin * KSIZE * KSIZE
@@ -274,8 +330,11 @@ def _check(x, weight, size):
         raise ValueError(f"size must be two positive integers, got {size}")
 
 
-def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize):
-    """Launch the implicit GEMM: ``out`` (B, cout, H, W) from ``inp`` with (k, k, Cin, Cout) weights."""
+def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize, in_scale=None, in_shift=None, stats=False):
+    """Launch the implicit GEMM: ``out`` (B, cout, H, W) from ``inp`` with (k, k, Cin, Cout)
+    weights; with ``in_scale``/``in_shift`` the input is relu(inp * scale + shift) per channel.
+    With ``stats`` returns the (programs, 2, cout) per-tile sums and squared deviations and the
+    tile height, else None."""
     B, Cin, h, w = inp.shape
     H, W = out.shape[-2:]
     precision, acc = _dot_config(inp.dtype)
@@ -284,14 +343,41 @@ def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize):
     else:
         bm, bn, bk, warps, stages = 32, 16, 16, 4, 1
     grid = (triton.cdiv(B * H * W, bm), triton.cdiv(cout, bn))
+    partial = None
+    if stats:
+        partial = torch.empty((grid[0], 2, cout), dtype=_stats_dtype(inp.dtype), device=inp.device)
+    affine = in_scale is not None
     _upsample_conv_kernel[grid](
-        inp, weight_kkio, out, B, Cin, h, w, cout, H, W,
+        inp, weight_kkio, out,
+        in_scale if affine else inp, in_shift if affine else inp, partial if stats else out,
+        B, Cin, h, w, cout, H, W,
         *inp.stride(), *out.stride(),
         _scale(h, H, align_corners), _scale(w, W, align_corners),
         KSIZE=ksize, UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc,
+        AFFINE=affine, STATS=bool(stats),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )
-    return out
+    return (partial, bm) if stats else None
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def merge_tile_stats(partial: torch.Tensor, total: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-channel (mean, biased variance) of ``total`` rows from per-tile (sum, M2) partials.
+
+    Tile i holds :math:`n_i` rows (``tile`` each, the last one the rest), their sum :math:`s_i`
+    and :math:`M2_i = \sum (v - s_i/n_i)^2`. Chan et al.'s merge, in a fixed order:
+    :math:`\mu = \sum s_i / N`, :math:`\sigma^2 = (\sum M2_i + \sum n_i (s_i/n_i - \mu)^2) / N`
+    (no catastrophic cancellation, unlike :math:`E[v^2] - \mu^2`)."""
+    programs = partial.shape[0]
+    rows = torch.full((programs,), float(tile), dtype=partial.dtype, device=partial.device)
+    rows[-1] = total - tile * (programs - 1)
+    sums, m2 = partial[:, 0], partial[:, 1]
+    mean = sums.sum(0) / total
+    spread = (rows[:, None] * (sums / rows[:, None] - mean) ** 2).sum(0)
+    return mean, (m2.sum(0) + spread) / total
 
 
 def upsample_conv2d_forward(x, weight, size, align_corners):
@@ -303,11 +389,60 @@ def upsample_conv2d_forward(x, weight, size, align_corners):
     out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
     if out.numel() == 0:
         return out
-    return _conv(x, weight.permute(2, 3, 1, 0).contiguous(), cout, out, True, align_corners, k)
+    _conv(x, weight.permute(2, 3, 1, 0).contiguous(), cout, out, True, align_corners, k)
+    return out
+
+
+def _check_affine(x, in_scale, in_shift):
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("in_scale and in_shift must be given together (or neither)")
+    if in_scale is not None:
+        for name, t in (("in_scale", in_scale), ("in_shift", in_shift)):
+            if t.shape != (x.shape[1],) or t.device != x.device:
+                raise ValueError(f"{name} must be ({x.shape[1]},) on {x.device}, got {tuple(t.shape)} on {t.device}")
+
+
+def upsample_conv2d_bn_forward(x, in_scale, in_shift, weight, size, align_corners):
+    """(out, mean, var): out = conv_kxk(up(a), W), a = relu(x * in_scale + in_shift) per channel
+    (or x when both are None), ``up`` skipped when ``size`` is x's size; mean and biased var of
+    out per channel over (B, H, W), in float32 (float64 for float64), from the conv's epilogue."""
+    _check(x, weight, size)
+    _check_affine(x, in_scale, in_shift)
+    B, Cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    H, W = int(size[0]), int(size[1])
+    out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    stats_dtype = _stats_dtype(x.dtype)
+    if out.numel() == 0:
+        nan = torch.full((cout,), float("nan"), dtype=stats_dtype, device=x.device)
+        return out, nan, nan.clone()
+    if in_scale is not None:
+        in_scale, in_shift = in_scale.to(stats_dtype).contiguous(), in_shift.to(stats_dtype).contiguous()
+    partial, tile = _conv(x, weight.permute(2, 3, 1, 0).contiguous(), cout, out, (h, w) != (H, W), align_corners, k,
+                          in_scale, in_shift, stats=True)
+    mean, var = merge_tile_stats(partial, B * H * W, tile)
+    return out, mean, var
 
 
 def upsample_conv2d_backward(grad_out, x, weight, size, align_corners):
     """(grad_x, grad_weight) of :func:`upsample_conv2d_forward`, recomputing up(x)."""
+    return _backward(grad_out, x, None, None, weight, size, align_corners, upsample=True)
+
+
+def upsample_conv2d_bn_backward(grad_out, x, in_scale, in_shift, weight, size, align_corners):
+    """(grad_a, grad_weight) of :func:`upsample_conv2d_bn_forward`'s ``out`` for the total
+    gradient ``grad_out`` of out: grad_a with respect to the activated input a (x's shape),
+    the weight gradient recomputing up(a) from x. The affine + ReLU's own backward is
+    elementwise and left to the op."""
+    _check_affine(x, in_scale, in_shift)
+    if in_scale is not None:
+        dtype = _stats_dtype(x.dtype)
+        in_scale, in_shift = in_scale.to(dtype).contiguous(), in_shift.to(dtype).contiguous()
+    upsample = tuple(x.shape[-2:]) != (int(size[0]), int(size[1]))
+    return _backward(grad_out, x, in_scale, in_shift, weight, size, align_corners, upsample=upsample)
+
+
+def _backward(grad_out, x, in_scale, in_shift, weight, size, align_corners, *, upsample):
     _check(x, weight, size)
     B, Cin, h, w = x.shape
     cout, _, k, _ = weight.shape
@@ -320,21 +455,24 @@ def upsample_conv2d_backward(grad_out, x, weight, size, align_corners):
     if grad_out.numel() == 0 or x.numel() == 0:
         return grad_x.zero_(), torch.zeros_like(weight, memory_format=torch.contiguous_format)
     precision, acc = _dot_config(x.dtype)
-    acc_torch = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_torch = _stats_dtype(x.dtype)
 
     # grad_x, step 1: g_u = conv(grad_out, W^T flipped) at the upsampled size (float32)
     w_t = weight.flip(2, 3).permute(2, 3, 0, 1).contiguous()  # (k, k, Cout, Cin)
-    gu = torch.empty((B, Cin, H, W), dtype=acc_torch, device=x.device, memory_format=fmt)
-    _conv(grad_out, w_t, Cin, gu, False, align_corners, k)
-    # step 2: the bilinear adjoint as a gather
     sh, sw = _scale(h, H, align_corners), _scale(w, W, align_corners)
-    bp, bc = (64, 32) if x.is_cuda else (32, 16)
-    _bilinear_adjoint_kernel[(triton.cdiv(B * h * w, bp), triton.cdiv(Cin, bc))](
-        gu, grad_x, B, Cin, h, w, H, W, *gu.stride(), *grad_x.stride(),
-        sh, sw, 1.0 / sh if sh > 0 else 0.0, 1.0 / sw if sw > 0 else 0.0,
-        ALIGN=bool(align_corners), WIN_H=_window(h, H, sh), WIN_W=_window(w, W, sw),
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=4,
-    )
+    if upsample:
+        gu = torch.empty((B, Cin, H, W), dtype=acc_torch, device=x.device, memory_format=fmt)
+        _conv(grad_out, w_t, Cin, gu, False, align_corners, k)
+        # step 2: the bilinear adjoint as a gather
+        bp, bc = (64, 32) if x.is_cuda else (32, 16)
+        _bilinear_adjoint_kernel[(triton.cdiv(B * h * w, bp), triton.cdiv(Cin, bc))](
+            gu, grad_x, B, Cin, h, w, H, W, *gu.stride(), *grad_x.stride(),
+            sh, sw, 1.0 / sh if sh > 0 else 0.0, 1.0 / sw if sw > 0 else 0.0,
+            ALIGN=bool(align_corners), WIN_H=_window(h, H, sh), WIN_W=_window(w, W, sw),
+            BLOCK_P=bp, BLOCK_C=bc, num_warps=4,
+        )
+    else:  # no upsample: the transposed conv is the whole input gradient
+        _conv(grad_out, w_t, Cin, grad_x, False, align_corners, k)
 
     # grad_weight: per tap an implicit GEMM over B*H*W pixels, split-K, fixed-order reduce
     if x.is_cuda:
@@ -350,14 +488,22 @@ def upsample_conv2d_backward(grad_out, x, weight, size, align_corners):
     per_split = triton.cdiv(triton.cdiv(total, splits), bpix) * bpix
     splits = triton.cdiv(total, per_split)
     partials = torch.empty((splits, cout, Cin, k, k), dtype=acc_torch, device=x.device)
+    affine = in_scale is not None
     _weight_grad_kernel[(triton.cdiv(cout, bco), triton.cdiv(Cin, bci), k * k * splits)](
-        x, grad_out, partials, B, Cin, h, w, cout, H, W,
+        x, grad_out, partials, in_scale if affine else x, in_shift if affine else x,
+        B, Cin, h, w, cout, H, W,
         *x.stride(), *grad_out.stride(), sh, sw, per_split,
-        KSIZE=k, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc,
+        KSIZE=k, UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc, AFFINE=affine,
         BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_P=bpix, num_warps=warps, num_stages=stages,
     )
     grad_w = partials.sum(dim=0).to(weight.dtype)
     return grad_x, grad_w
 
 
-__all__ = ["upsample_conv2d_backward", "upsample_conv2d_forward"]
+__all__ = [
+    "merge_tile_stats",
+    "upsample_conv2d_backward",
+    "upsample_conv2d_bn_backward",
+    "upsample_conv2d_bn_forward",
+    "upsample_conv2d_forward",
+]

@@ -2,10 +2,13 @@
 from .depth_loss import depth_loss_op
 from .depth_metrics import depth_metric_sums_op
 from .up_projection import upsample_conv2d_backward_op, upsample_conv2d_op
+from .up_projection_bn import upsample_conv2d_bn_backward_op, upsample_conv2d_bn_op
 
 __all__ = [
     "depth_loss_op",
     "depth_metric_sums_op",
     "upsample_conv2d_backward_op",
+    "upsample_conv2d_bn_backward_op",
+    "upsample_conv2d_bn_op",
     "upsample_conv2d_op",
 ]

@@ -55,6 +55,33 @@ def upsample_conv2d_backward_reference(
         return grad_x, grad_w
 
 
+def activate_reference(x: torch.Tensor, in_scale, in_shift) -> torch.Tensor:
+    """relu(x * in_scale + in_shift) per channel (computed in the scale's dtype, returned in x's),
+    or x itself when no scale is given: the previous BatchNorm and ReLU of a fused stage."""
+    if in_scale is None:
+        return x
+    return F.relu(x.to(in_scale.dtype) * in_scale[:, None, None] + in_shift[:, None, None]).to(x.dtype)
+
+
+def upsample_conv2d_bn_reference(x, in_scale, in_shift, weight, size, align_corners):
+    r"""Differentiable plain form of ``fastmde::upsample_conv2d_bn``: a stage of the block with
+    its BatchNorms folded in.
+
+    :math:`a = \mathrm{relu}(x \cdot s_c + t_c)` (or :math:`a = x` without ``in_scale``),
+    :math:`\mathrm{out} = \mathrm{conv}_{k\times k}(\mathrm{up}(a))` (no upsample when
+    ``size`` is x's size), and per output channel c the batch statistics the next BatchNorm
+    needs: :math:`\mu_c = \mathrm{mean}_{b,y,x}\,\mathrm{out}`,
+    :math:`\sigma^2_c = \mathrm{mean}_{b,y,x}(\mathrm{out} - \mu_c)^2` (biased), in float32
+    (float64 for float64 input). Returns (out, mean, var)."""
+    a = activate_reference(x, in_scale, in_shift)
+    if tuple(size) != tuple(a.shape[-2:]):
+        a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    out = F.conv2d(a, weight, padding=weight.shape[-1] // 2)
+    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(out.to(stats_dtype), dim=(0, 2, 3), unbiased=False)
+    return out, mean, var
+
+
 def up_projection_block_reference(block, x: torch.Tensor, skip=None, size=None) -> torch.Tensor:
     """``fastmde.nn.UpProjection``'s forward written the plain way (upsampled tensor
     materialised, branch and shortcut convs separate), with ``block``'s parameters."""

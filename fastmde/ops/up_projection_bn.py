@@ -1,0 +1,151 @@
+"""``fastmde::upsample_conv2d_bn``: a stage of the up-projection block with BatchNorm folded in.
+
+Schema: ``upsample_conv2d_bn(x, in_scale?, in_shift?, weight, size[2], align_corners)
+-> (out, mean, var)``: the previous BatchNorm's affine and ReLU applied to ``x`` while loading
+(``in_scale``/``in_shift``, (Cin,), or neither), the bilinear upsample to ``size`` (none when
+``size`` is x's size), the k x k conv, and the per-channel batch mean and biased variance of
+``out`` that the next BatchNorm needs, in float32 (float64 for float64 input). Spec:
+``upsample_conv2d_bn_reference`` in ``fastmde/reference/up_projection.py``.
+
+Chaining stages (:class:`fastmde.nn.UpProjection` with ``fuse_batchnorm``) means a BatchNorm
+output or ReLU output is never written or saved: each conv reads its predecessor's raw output
+and normalises it on the fly, and its own statistics come from its epilogue, not another pass.
+
+Backward: the total gradient of ``out`` is
+:math:`g = \\partial out + \\partial\\mu / N + \\partial\\sigma^2 \\cdot 2 (out - \\mu) / N`
+(N = B*H*W); the op ``upsample_conv2d_bn_backward(g, x, in_scale?, in_shift?, weight, size,
+align_corners) -> (grad_a, grad_weight)`` gives the gradient of the activated input
+:math:`a = \\mathrm{relu}(x s + t)` (recomputed, not stored) and of the weight; the affine +
+ReLU's backward is elementwise: :math:`\\partial x = \\partial a \\cdot s \\cdot [xs+t > 0]`,
+:math:`\\partial s = \\sum \\partial a \\cdot x \\cdot [\\cdot]`, :math:`\\partial t = \\sum \\partial a \\cdot [\\cdot]`.
+
+Implementations: the Triton kernels (``kernels/up_projection.py``:
+``upsample_conv2d_bn_forward`` / ``_backward``, statistics from the conv's epilogue) where the
+backend is Triton; elsewhere the op composes the activation, the ``fastmde::upsample_conv2d``
+implementation (C++ or reference; a plain conv at equal size) and ``torch.var_mean``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..reference.up_projection import (
+    activate_reference,
+    upsample_conv2d_backward_reference,
+    upsample_conv2d_forward_reference,
+)
+from ._dispatch import implementation, memory_format_of, no_autocast
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _same_size(x: torch.Tensor, size) -> bool:
+    return tuple(x.shape[-2:]) == (int(size[0]), int(size[1]))
+
+
+@torch.library.custom_op("fastmde::upsample_conv2d_bn", mutates_args=())
+def upsample_conv2d_bn_op(
+    x: torch.Tensor,
+    in_scale: Optional[torch.Tensor],
+    in_shift: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    size: list[int],
+    align_corners: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("upsample_conv2d_bn: in_scale and in_shift must be given together (or neither)")
+    backend, module = implementation("up_projection", x.device)
+    fmt = memory_format_of(x)
+    with no_autocast(x.device):
+        if hasattr(module, "upsample_conv2d_bn_forward"):
+            out, mean, var = module.upsample_conv2d_bn_forward(x, in_scale, in_shift, weight, list(size), align_corners)
+        else:
+            a = activate_reference(x, in_scale, in_shift)
+            if _same_size(a, size):
+                out = F.conv2d(a, weight, padding=weight.shape[-1] // 2)
+            elif module is None:
+                out = upsample_conv2d_forward_reference(a, weight, size, align_corners)
+            else:
+                out = module.upsample_conv2d_forward(a, weight, list(size), align_corners)
+            var, mean = torch.var_mean(out.to(_stats_dtype(x)), dim=(0, 2, 3), unbiased=False)
+    return out.contiguous(memory_format=fmt), mean, var
+
+
+@upsample_conv2d_bn_op.register_fake
+def _(x, in_scale, in_shift, weight, size, align_corners):
+    out = x.new_empty((x.shape[0], weight.shape[0], size[0], size[1])).contiguous(memory_format=memory_format_of(x))
+    stats = x.new_empty((weight.shape[0],), dtype=_stats_dtype(x))
+    return out, stats, stats.clone()
+
+
+@torch.library.custom_op("fastmde::upsample_conv2d_bn_backward", mutates_args=())
+def upsample_conv2d_bn_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    in_scale: Optional[torch.Tensor],
+    in_shift: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    size: list[int],
+    align_corners: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    backend, module = implementation("up_projection", x.device)
+    with no_autocast(x.device):
+        if hasattr(module, "upsample_conv2d_bn_backward"):
+            grad_a, grad_w = module.upsample_conv2d_bn_backward(
+                grad_out, x, in_scale, in_shift, weight, list(size), align_corners)
+        else:
+            a = activate_reference(x, in_scale, in_shift)
+            if _same_size(a, size):
+                pad = weight.shape[-1] // 2
+                grad_a, grad_w, _ = torch.ops.aten.convolution_backward(
+                    grad_out.to(a.dtype), a, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                    [True, True, False])
+            elif module is None:
+                grad_a, grad_w = upsample_conv2d_backward_reference(grad_out.to(a.dtype), a, weight, size, align_corners)
+            else:
+                grad_a, grad_w = module.upsample_conv2d_backward(grad_out.to(a.dtype), a, weight, list(size), align_corners)
+    return grad_a.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
+
+
+@upsample_conv2d_bn_backward_op.register_fake
+def _(grad_out, x, in_scale, in_shift, weight, size, align_corners):
+    return torch.empty_like(x, memory_format=memory_format_of(x)), torch.empty_like(
+        weight, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, in_scale, in_shift, weight, size, align_corners = inputs
+    out, mean, _ = output
+    ctx.save_for_backward(x, in_scale, in_shift, weight, out, mean)
+    ctx.size, ctx.align_corners = size, align_corners
+
+
+def _backward(ctx, grad_out, grad_mean, grad_var):
+    x, in_scale, in_shift, weight, out, mean = ctx.saved_tensors
+    n = max(out.numel() // max(out.shape[1], 1), 1)
+    total = torch.zeros_like(out) if grad_out is None else grad_out
+    if grad_mean is not None or grad_var is not None:
+        # d mean / d out = 1/N, d var / d out = 2 (out - mean) / N, per channel
+        total = total.to(mean.dtype)
+        if grad_mean is not None:
+            total = total + (grad_mean / n)[:, None, None]
+        if grad_var is not None:
+            total = total + (2.0 / n) * grad_var[:, None, None] * (out.to(mean.dtype) - mean[:, None, None])
+    grad_a, grad_w = upsample_conv2d_bn_backward_op(
+        total.to(x.dtype), x, in_scale, in_shift, weight, ctx.size, ctx.align_corners)
+    if in_scale is None:
+        return grad_a, None, None, grad_w, None, None
+    # a = relu(x s + t): the gradient passes where x s + t > 0
+    live = (x.to(in_scale.dtype) * in_scale[:, None, None] + in_shift[:, None, None]) > 0
+    grad_pre = grad_a.to(in_scale.dtype) * live
+    grad_x = (grad_pre * in_scale[:, None, None]).to(x.dtype)
+    grad_scale = (grad_pre * x.to(in_scale.dtype)).sum(dim=(0, 2, 3))
+    grad_shift = grad_pre.sum(dim=(0, 2, 3))
+    return grad_x, grad_scale, grad_shift, grad_w, None, None
+
+
+upsample_conv2d_bn_op.register_autograd(_backward, setup_context=_setup_context)
