@@ -1,12 +1,13 @@
 // Fused depth loss (fastmde/reference/depth_loss.py is the spec): one pass over row tiles of
 // prediction and ground truth computes the blurred ground truth, both Sobel gradients, the
-// normals, the three loss terms and d total / d pred (through the Sobel adjoint) together.
+// normals, the three loss terms, N and d (N total) / d pred (through the Sobel adjoint) together
+// (the op's backward applies 1/N, so N needs no pass of its own).
 //
 // A tile of rows [r0, r1) of one image needs pred and the (blurred) ground truth on rows
 // [r0-2, r1+2) (Sobel of rows r0-1..r1, whose derivatives the adjoint spreads back onto the
 // tile), so the 2-row halo is recomputed by neighbouring tiles instead of being stored.
 // Loss sums: per tile in double, reduced in tile order, so the value does not depend on the
-// thread count. N (valid pixels of the batch) comes from a cheap counting pre-pass.
+// thread count. N (valid pixels of the batch) is counted per tile in the same pass.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -67,18 +68,18 @@ void validity_row(const scalar_t* y, const bool* mask, int64_t W, T* m) {
 
 template <typename T>
 struct RowParams {
-  T alpha, w0, w1, w2, inv_n;
+  T alpha, w0, w1, w2;
 };
 
 // Sobel of pred (rows da, db, dc) and of the ground truth (ya, yb, yc), all read at columns
-// q-1..q+1 (one zero column of padding each side). Writes d total / d(ĝx, ĝy) into ox, oy and
+// q-1..q+1 (one zero column of padding each side). Writes d (N total) / d(ĝx, ĝy) into ox, oy and
 // adds the row's gradient and normal sums (unscaled) to sg, sn.
 template <typename T, bool GRAD, bool NORMAL>
 void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restrict dc,
                const T* __restrict ya, const T* __restrict yb, const T* __restrict yc,
                const T* __restrict m, T* __restrict ox, T* __restrict oy, int64_t W,
                const RowParams<T>& rp, T& sg_out, T& sn_out) {
-  const T alpha = rp.alpha, w1 = rp.w1, w2 = rp.w2, inv_n = rp.inv_n;
+  const T alpha = rp.alpha, w1 = rp.w1, w2 = rp.w2;
   T sg = T(0), sn = T(0);
 #pragma omp simd reduction(+ : sg, sn)
   for (int64_t q = 0; q < W; ++q) {
@@ -106,9 +107,8 @@ void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restri
       ax += s * (gx * inv_pg - c_np2 * px);
       ay += s * (gy * inv_pg - c_np2 * py);
     }
-    const T scale = mq * inv_n;
-    ox[q] = ax * scale;
-    oy[q] = ay * scale;
+    ox[q] = ax * mq;
+    oy[q] = ay * mq;
   }
   sg_out = sg;
   sn_out = sn;
@@ -118,7 +118,7 @@ void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restri
 template <typename T, bool LOG>
 T depth_row(const T* __restrict d, const T* __restrict y, const T* __restrict m, T* __restrict g,
             int64_t W, const RowParams<T>& rp) {
-  const T alpha = rp.alpha, scale = rp.w0 * rp.inv_n;
+  const T alpha = rp.alpha, scale = rp.w0;
   T sd = T(0);
 #pragma omp simd reduction(+ : sd)
   for (int64_t q = 0; q < W; ++q) {
@@ -211,9 +211,9 @@ struct LossKernel {
     for (int64_t q = hi; q < W; ++q) border(q);
   }
 
-  // Sums (depth, gradient, normal) of one tile; writes grad on rows [r0, r1).
+  // Sums (depth, gradient, normal, valid pixels) of one tile; writes grad on rows [r0, r1).
   template <bool GRAD, bool NORMAL, bool LOG>
-  std::array<double, 3> tile(int64_t b, int64_t r0, int64_t r1) const {
+  std::array<double, 4> tile(int64_t b, int64_t r0, int64_t r1) const {
     constexpr bool SOBEL = GRAD || NORMAL;
     const int64_t Wp = W + 2;
     const int64_t rows = r1 - r0;
@@ -260,7 +260,10 @@ struct LossKernel {
         }
       }
     }
+    int64_t count = 0;
     for (int64_t i = r0; i < r1; ++i) {
+      const T* m = mbuf.data() + (i - r0 + 1) * W;
+      for (int64_t q = 0; q < W; ++q) count += static_cast<int64_t>(m[q]);
       sanitised_row(b, i, row.data());
       s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
                                                        mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
@@ -273,10 +276,10 @@ struct LossKernel {
 #pragma omp simd
       for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
     }
-    return {s_depth, s_grad, s_norm};
+    return {s_depth, s_grad, s_norm, static_cast<double>(count)};
   }
 
-  std::array<double, 3> run_tile(int64_t b, int64_t r0, int64_t r1) const {
+  std::array<double, 4> run_tile(int64_t b, int64_t r0, int64_t r1) const {
     const bool lg = opt.log_depth;
     if (opt.gradient && opt.normal)
       return lg ? tile<true, true, true>(b, r0, r1) : tile<true, true, false>(b, r0, r1);
@@ -286,7 +289,7 @@ struct LossKernel {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& mask_in,
     const std::string& depth_term, double alpha, bool gradient, bool normal, bool blur,
     const std::vector<double>& weights) {
@@ -313,9 +316,10 @@ std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
   const auto cdtype = is_double ? at::kDouble : at::kFloat;
   at::Tensor grad = at::empty_like(pred);
   at::Tensor terms = at::zeros({4}, pred.options().dtype(cdtype));
+  at::Tensor count = at::zeros({}, pred.options().dtype(cdtype));
   if (pred.numel() == 0) {
     grad.zero_();
-    return {terms, grad};
+    return {terms, grad, count};
   }
   const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
   const int64_t ntiles = B * tiles_per_image;
@@ -325,27 +329,6 @@ std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* p = pred.data_ptr<scalar_t>();
     const scalar_t* t = target.data_ptr<scalar_t>();
-    // N: valid pixels of the batch
-    std::vector<int64_t> counts(ntiles, 0);
-    at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
-        const int64_t r1 = std::min(H, r0 + kTileRows);
-        std::vector<T> m(W);
-        int64_t c = 0;
-        for (int64_t i = r0; i < r1; ++i) {
-          validity_row(t + (b * H + i) * W, mask_ptr ? mask_ptr + (b * H + i) * W : nullptr, W, m.data());
-          for (int64_t q = 0; q < W; ++q) c += static_cast<int64_t>(m[q]);
-        }
-        counts[tile] = c;
-      }
-    });
-    int64_t n = 0;
-    for (int64_t c : counts) n += c;
-    if (n == 0) {
-      grad.zero_();
-      return;
-    }
     LossKernel<scalar_t, T> kernel;
     kernel.pred = p;
     kernel.target = t;
@@ -357,34 +340,35 @@ std::tuple<at::Tensor, at::Tensor> depth_loss_forward(
     kernel.opt = LossOptions{depth_term == "log", gradient, normal, blur, alpha,
                              weights[0], weights[1], weights[2]};
     kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
-                             static_cast<T>(weights[2]), static_cast<T>(1.0 / static_cast<double>(n))};
+                             static_cast<T>(weights[2])};
     const auto gw = gaussian_weights();
     for (int k = 0; k < 7; ++k) kernel.gw[k] = static_cast<T>(gw[k]);
-    std::vector<std::array<double, 3>> sums(ntiles);
+    std::vector<std::array<double, 4>> sums(ntiles);
     at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
         sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
       }
     });
-    double s[3] = {0.0, 0.0, 0.0};
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
     for (const auto& v : sums)
-      for (int k = 0; k < 3; ++k) s[k] += v[k];
-    const double inv = 1.0 / static_cast<double>(n);
+      for (int k = 0; k < 4; ++k) s[k] += v[k];
+    count.fill_(s[3]);
+    const double inv = 1.0 / std::max(s[3], 1.0);
     const double depth = s[0] * inv;
     const double grad_term = gradient ? s[1] * inv : 0.0;
     const double normal_term = normal ? s[2] * inv : 0.0;
     const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
     terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
   });
-  return {terms, grad};
+  return {terms, grad, count};
 }
 
 }  // namespace
 
 void register_depth_loss(pybind11::module_& m) {
   m.def("depth_loss_forward", &depth_loss_forward,
-        "Fused depth loss: (terms [depth, gradient, normal, total], d total / d pred)",
+        "Fused depth loss: (terms [depth, gradient, normal, total], d (N total) / d pred, N)",
         pybind11::arg("pred"), pybind11::arg("target"), pybind11::arg("mask"),
         pybind11::arg("depth_term"), pybind11::arg("alpha"), pybind11::arg("gradient"),
         pybind11::arg("normal"), pybind11::arg("blur"), pybind11::arg("weights"));

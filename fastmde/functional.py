@@ -62,7 +62,7 @@ def depth_loss_terms(
             "depth_loss: target requires grad, but the loss is differentiable with respect to "
             "pred only; pass target.detach()"
         )
-    terms, _ = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
+    terms, _, _ = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
     return {
         "total": terms[3],
         "depth": terms[0].detach(),

@@ -1,4 +1,4 @@
-r"""Fused depth loss (Hu et al.) in Triton: the loss terms and d total / d pred in one pass.
+r"""Fused depth loss (Hu et al.) in Triton: the loss terms, N and d (N total) / d pred in one pass.
 
 Spec: ``fastmde/reference/depth_loss.py`` (read its docstring for the exact semantics:
 sanitised ground truth, reflect-101 folding of the 7x7 blur, sign(0) = 0, N = valid pixels).
@@ -27,10 +27,14 @@ gradient. Halos: the adjoint needs the Sobel derivatives one pixel out, those ne
 vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``1, 1``
 without (reflect folding never moves an index by more than the tap offset).
 
-Determinism: the gradient scales by 1/N, N the batch's valid-pixel count, so a small first
-kernel counts valid pixels (per-program integer partials); the main kernel writes per-program
-partial sums of the three unnormalised terms, and both are reduced in a fixed order on the
-device (no atomics, no host synchronisation). Compute is float32 (float64 for float64 input).
+One pass: the gradient written is that of the unnormalised total (the op's contract; its
+backward applies 1/N while scaling by the incoming gradient), so N, the batch's valid-pixel
+count, is only needed for the terms and is counted in the same pass. DRAM traffic is one read
+of pred and target (and mask) and one write of the gradient: 12 bytes per pixel in float32.
+
+Determinism: each program writes partial sums of the three unnormalised terms and an integer
+count of its valid pixels; they are reduced in a fixed order on the device (no atomics, no
+host synchronisation). Compute is float32 (float64 for float64 input).
 """
 from __future__ import annotations
 
@@ -39,22 +43,6 @@ import triton
 import triton.language as tl
 
 from fastmde.reference.depth_loss import BLUR_KERNEL_SIZE, BLUR_SIGMA, DEPTH_TERMS, gaussian_weights_1d
-
-_COUNT_BLOCK = 4096
-
-
-@triton.jit
-def _valid_count_kernel(target_ptr, mask_ptr, partial_ptr, numel, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
-    """partial[pid] = number of valid pixels (finite target, mask true) in this block."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    y = tl.load(target_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    valid = ok & (y == y) & (tl.abs(y) < float("inf"))
-    if HAS_MASK:
-        valid = valid & (tl.load(mask_ptr + offs, mask=ok, other=0) != 0)
-    tl.store(partial_ptr + pid, tl.sum(valid.to(tl.int32), axis=0))
-
 
 @triton.jit
 def _reflect(i, n):
@@ -95,7 +83,7 @@ def _load_block(ptr, i, j, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 @triton.jit
 def _depth_loss_kernel(
-    pred_ptr, target_ptr, mask_ptr, grad_ptr, inv_n_ptr, partial_ptr, scratch_ptr,
+    pred_ptr, target_ptr, mask_ptr, grad_ptr, partial_ptr, count_ptr, scratch_ptr,
     H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
     alpha, w0, w1, w2, g0, g1, g2, g3,
     DEPTH_LOG: tl.constexpr, GRADIENT: tl.constexpr, NORMAL: tl.constexpr, BLUR: tl.constexpr,
@@ -112,10 +100,10 @@ def _depth_loss_kernel(
     s_a = scratch  # V, then dL/d(Sobel_x pred)
     s_b = scratch + BLOCK_H * BLOCK_W  # blurred target
     s_c = scratch + 2 * BLOCK_H * BLOCK_W  # dL/d(Sobel_y pred)
-    inv_n = tl.load(inv_n_ptr).to(CDT)
     acc_depth = tl.zeros((BLOCK_H, BLOCK_W), CDT)
     acc_grad = tl.zeros((BLOCK_H, BLOCK_W), CDT)
     acc_normal = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+    acc_count = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
     interior = (i >= HALO_H) & (i < HALO_H + OUT_H) & (j >= HALO_W) & (j < HALO_W + OUT_W)
 
     for step in range(0, tiles_per_program):
@@ -165,13 +153,14 @@ def _depth_loss_kernel(
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + base + R * W + C, mask=in_image, other=0) != 0)
         m = valid.to(CDT)
+        acc_count += (valid & interior).to(tl.int32)
         e = d - y
         if DEPTH_LOG:
             acc_depth += tl.where(valid & interior, tl.log(tl.abs(e) + alpha), 0.0)
-            grad = w0 * m * _sign(e) / (tl.abs(e) + alpha) * inv_n
+            grad = w0 * m * _sign(e) / (tl.abs(e) + alpha)
         else:
             acc_depth += tl.where(valid & interior, tl.abs(e), 0.0)
-            grad = w0 * m * _sign(e) * inv_n
+            grad = w0 * m * _sign(e)
         if GRADIENT or NORMAL:
             d_mm = _load_pred(pred_ptr, base, R - 1, C - 1, H, W, CDT)
             d_m0 = _load_pred(pred_ptr, base, R - 1, C, H, W, CDT)
@@ -211,14 +200,14 @@ def _depth_loss_kernel(
                 acc_grad += tl.where(
                     valid & interior, tl.log(tl.abs(ex) + alpha) + tl.log(tl.abs(ey) + alpha), 0.0
                 )
-                d_px += w1 * m * _sign(ex) / (tl.abs(ex) + alpha) * inv_n
-                d_py += w1 * m * _sign(ey) / (tl.abs(ey) + alpha) * inv_n
+                d_px += w1 * m * _sign(ex) / (tl.abs(ex) + alpha)
+                d_py += w1 * m * _sign(ey) / (tl.abs(ey) + alpha)
             if NORMAL:
                 norm_p2 = px * px + py * py + 1.0
                 inv_pg = 1.0 / (tl.sqrt(norm_p2) * tl.sqrt(gx * gx + gy * gy + 1.0))
                 cos = (px * gx + py * gy + 1.0) * inv_pg
                 acc_normal += tl.where(valid & interior, tl.abs(1.0 - cos), 0.0)
-                s = -w2 * m * _sign(1.0 - cos) * inv_n
+                s = -w2 * m * _sign(1.0 - cos)
                 d_px += s * (gx * inv_pg - cos * px / norm_p2)
                 d_py += s * (gy * inv_pg - cos * py / norm_p2)
             tl.store(s_a + i * BLOCK_W + j, d_px)
@@ -245,6 +234,7 @@ def _depth_loss_kernel(
     tl.store(out + 0, tl.sum(tl.sum(acc_depth, axis=1), axis=0))
     tl.store(out + 1, tl.sum(tl.sum(acc_grad, axis=1), axis=0))
     tl.store(out + 2, tl.sum(tl.sum(acc_normal, axis=1), axis=0))
+    tl.store(count_ptr + pid, tl.sum(tl.sum(acc_count, axis=1), axis=0))
 
 
 def _num_programs_cap(device: torch.device) -> int:
@@ -271,9 +261,10 @@ def _check(pred, target, mask, depth_term, weights):
 
 
 def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
-    """Terms (4,) [depth, gradient, normal, total] and ``grad_pred`` = d total / d pred.
+    """Terms (4,) [depth, gradient, normal, total], ``grad_sum`` = d (N total) / d pred and
+    N (0-dim), the valid-pixel count.
 
-    Contiguous (B, H, W) inputs; terms are float32 (float64 for float64 ``pred``), the
+    Contiguous (B, H, W) inputs; terms and N are float32 (float64 for float64 ``pred``), the
     gradient is shaped and typed like ``pred``.
     """
     _check(pred, target, mask, depth_term, weights)
@@ -284,12 +275,6 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
     numel = pred.numel()
     mask_u8 = None if mask is None else mask.contiguous().view(torch.uint8)
     dummy_mask = mask_u8 if mask_u8 is not None else torch.empty(1, dtype=torch.uint8, device=device)
-
-    # N: valid-pixel count (per-program integer partials, summed on the device)
-    n_blocks = max(triton.cdiv(numel, _COUNT_BLOCK), 1)
-    counts = torch.empty(n_blocks, dtype=torch.int32, device=device)
-    _valid_count_kernel[(n_blocks,)](target, dummy_mask, counts, numel, HAS_MASK=mask is not None, BLOCK=_COUNT_BLOCK)
-    inv_n = 1.0 / counts.sum(dtype=torch.int64).clamp_min(1).to(cdtype)
 
     grad = torch.empty_like(pred, memory_format=torch.contiguous_format)
     stencil = gradient or normal
@@ -307,11 +292,12 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
     nprog = max(min(num_tiles, _num_programs_cap(device)), 1)
     tiles_per_program = triton.cdiv(num_tiles, nprog)
     partials = torch.empty((nprog, 3), dtype=cdtype, device=device)
+    counts = torch.empty(nprog, dtype=torch.int32, device=device)
     scratch = torch.empty(nprog * 3 * block_h * block_w if stencil else 1, dtype=cdtype, device=device)
     g = [float(v) for v in gaussian_weights_1d(BLUR_KERNEL_SIZE, BLUR_SIGMA)]
     w0, w1, w2 = (float(v) for v in weights)
     _depth_loss_kernel[(nprog,)](
-        pred, target, dummy_mask, grad, inv_n, partials, scratch,
+        pred, target, dummy_mask, grad, partials, counts, scratch,
         H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
         float(alpha), w0, w1, w2, g[3], g[2], g[1], g[0],
         DEPTH_LOG=depth_term == "log", GRADIENT=bool(gradient), NORMAL=bool(normal), BLUR=bool(blur),
@@ -320,14 +306,15 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
         num_warps=4,
     )
     # fixed-order reduction of the per-program partials (in float64), then 1/N and the weights
-    sums = partials.to(torch.float64).sum(dim=0) * inv_n.to(torch.float64)
+    count = counts.sum(dtype=torch.int64)
+    sums = partials.to(torch.float64).sum(dim=0) / count.clamp_min(1).to(torch.float64)
     if not gradient:
         sums[1] = 0.0
     if not normal:
         sums[2] = 0.0
     total = w0 * sums[0] + w1 * sums[1] + w2 * sums[2]
     terms = torch.cat((sums, total[None])).to(cdtype)
-    return terms, grad
+    return terms, grad, count.to(cdtype)
 
 
 __all__ = ["depth_loss_forward"]

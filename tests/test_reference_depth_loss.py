@@ -92,12 +92,14 @@ def test_analytic_gradient_matches_autograd(b, h, w, preset, use_mask, seed):
     weights = (1.0, 0.7, 1.3)
     terms = depth_loss_terms_reference(pred, target, mask, weights=weights, **PRESETS[preset])
     (expected_grad,) = torch.autograd.grad(terms["total"], pred)
-    values, grad = depth_loss_forward_reference(
+    values, grad_sum, count = depth_loss_forward_reference(
         pred.detach(), target, mask, alpha=0.5, weights=weights, **PRESETS[preset]
     )
     expected_values = torch.stack([terms[k] for k in ("depth", "gradient", "normal", "total")])
     assert torch.allclose(values, expected_values.detach(), rtol=1e-12, atol=1e-12)
-    assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert count.item() == (b * h * w if mask is None else mask.sum().item())
+    # grad_sum is the gradient of N * total
+    assert torch.allclose(grad_sum / count.clamp_min(1), expected_grad, rtol=1e-10, atol=1e-12)
 
 
 @settings(max_examples=20, deadline=None)
@@ -116,24 +118,24 @@ def test_non_finite_ground_truth_is_left_out():
     target = torch.full((1, 5, 5), 1.0, dtype=torch.float64)
     target[0, 2, 2] = float("nan")
     target[0, 0, 4] = float("inf")
-    values, grad = depth_loss_forward_reference(pred, target, None, "l1", 0.5, True, True, True, (1, 1, 1))
-    assert torch.isfinite(values).all() and torch.isfinite(grad).all()
+    values, grad, count = depth_loss_forward_reference(pred, target, None, "l1", 0.5, True, True, True, (1, 1, 1))
+    assert torch.isfinite(values).all() and torch.isfinite(grad).all() and count.item() == 23
     clean = torch.where(torch.isfinite(target), target, torch.zeros_like(target))
     mask = torch.isfinite(target)
-    expected, expected_grad = depth_loss_forward_reference(pred, clean, mask, "l1", 0.5, True, True, True, (1, 1, 1))
+    expected, expected_grad, _ = depth_loss_forward_reference(pred, clean, mask, "l1", 0.5, True, True, True, (1, 1, 1))
     assert torch.equal(values, expected) and torch.equal(grad, expected_grad)
 
 
 def test_all_invalid_mask_gives_zero_loss_and_gradient():
     pred = torch.rand(2, 6, 7, dtype=torch.float64)
     mask = torch.zeros(2, 6, 7, dtype=torch.bool)
-    values, grad = depth_loss_forward_reference(pred, pred + 1, mask, "log", 0.5, True, True, True, (1, 1, 1))
-    assert torch.count_nonzero(values) == 0 and torch.count_nonzero(grad) == 0
+    values, grad, count = depth_loss_forward_reference(pred, pred + 1, mask, "log", 0.5, True, True, True, (1, 1, 1))
+    assert torch.count_nonzero(values) == 0 and torch.count_nonzero(grad) == 0 and count.item() == 0
 
 
 def test_half_inputs_compute_in_float32():
     pred = torch.rand(1, 8, 8).to(torch.bfloat16)
     terms = depth_loss_terms_reference(pred, pred + 1)
     assert terms["total"].dtype == torch.float32
-    values, grad = depth_loss_forward_reference(pred, pred + 1, None, "log", 0.5, True, True, False, (1, 1, 1))
-    assert values.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    values, grad, count = depth_loss_forward_reference(pred, pred + 1, None, "log", 0.5, True, True, False, (1, 1, 1))
+    assert values.dtype == count.dtype == torch.float32 and grad.dtype == torch.bfloat16

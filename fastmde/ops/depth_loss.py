@@ -1,9 +1,13 @@
 """``fastmde::depth_loss``: the fused depth loss op (forward computes the gradient).
 
 Schema: ``depth_loss(pred, target, mask?, depth_term, alpha, gradient, normal, blur, weights)
--> (terms, grad_pred)`` on (B, H, W) maps. ``terms`` is (4,) [depth, gradient, normal, total]
-in float32 (float64 for float64 input); ``grad_pred`` = d total / d pred, like ``pred``.
-Backward only scales ``grad_pred`` by the incoming gradient of ``total``.
+-> (terms, grad_sum, count)`` on (B, H, W) maps. ``terms`` is (4,) [depth, gradient, normal,
+total] in float32 (float64 for float64 input); ``grad_sum`` = d (N total) / d pred, like
+``pred``, and ``count`` = N (valid pixels), 0-dim. The kernels count N in the same pass that
+writes the gradient (the gradient needs no 1/N then, so no counting pre-pass); backward
+applies it while scaling by the incoming gradient of ``total``:
+``grad_pred = grad_sum * grad_total / max(N, 1)``. (Unnormalised, a float16 gradient also
+keeps its precision: 1/N alone is below float16's normal range for a batch of NYU frames.)
 
 Implementations: ``fastmde/reference/depth_loss.py`` (spec), ``csrc/depth_loss.cpp``
 (``_C.depth_loss_forward``), ``kernels/depth_loss.py`` (``depth_loss_forward``); all take the
@@ -30,7 +34,7 @@ def depth_loss_op(
     normal: bool,
     blur: bool,
     weights: list[float],
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     backend, module = implementation("depth_loss", pred.device)
     with no_autocast(pred.device):
         if module is None:
@@ -53,17 +57,21 @@ def depth_loss_op(
 @depth_loss_op.register_fake
 def _(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
     compute = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    return pred.new_empty((4,), dtype=compute), torch.empty_like(pred, memory_format=torch.contiguous_format)
+    return (pred.new_empty((4,), dtype=compute), torch.empty_like(pred, memory_format=torch.contiguous_format),
+            pred.new_empty((), dtype=compute))
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+    _, grad_sum, count = output
+    ctx.save_for_backward(grad_sum, count)
 
 
-def _backward(ctx, grad_terms, grad_grad_pred):
-    (grad_pred,) = ctx.saved_tensors
+def _backward(ctx, grad_terms, grad_grad_sum, grad_count):
+    grad_sum, count = ctx.saved_tensors
     # Only the total (terms[3]) is differentiable; the other terms are returned detached.
-    return grad_pred * grad_terms[3].to(grad_pred.dtype), None, None, None, None, None, None, None, None
+    scale = grad_terms[3] / count.clamp_min(1.0)
+    grad_pred = (grad_sum.to(scale.dtype) * scale).to(grad_sum.dtype)
+    return grad_pred, None, None, None, None, None, None, None, None
 
 
 depth_loss_op.register_autograd(_backward, setup_context=_setup_context)

@@ -23,7 +23,9 @@ computed in float32; the loss is float32 then (float64 stays float64).
 
 Two functions: :func:`depth_loss_terms_reference` is plain differentiable PyTorch (the oracle
 of the tests); :func:`depth_loss_forward_reference` returns the terms together with the
-analytic gradient of the total with respect to ``pred``, the contract of every fused kernel.
+analytic gradient with respect to ``pred`` of the *unnormalised* total :math:`N \cdot total`
+and N itself, the contract of every fused kernel: N is then counted in the same pass as the
+gradient (no counting pre-pass) and the op's backward applies 1/N in the scaling it does anyway.
 """
 from __future__ import annotations
 
@@ -160,16 +162,18 @@ def depth_loss_forward_reference(
     normal: bool,
     blur: bool,
     weights: tuple[float, float, float],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Terms and the gradient of the total w.r.t. ``pred``, by the analytic formulas.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Terms, the gradient of the unnormalised total w.r.t. ``pred``, and N, by the analytic formulas.
 
-    Returns ``terms`` (4,) = [depth, gradient, normal, total] in the compute dtype and
-    ``grad_pred`` shaped and typed like ``pred``. With :math:`m` the validity, per pixel:
+    Returns ``terms`` (4,) = [depth, gradient, normal, total] in the compute dtype,
+    ``grad_sum`` = :math:`\\partial (N \\cdot total) / \\partial D` shaped and typed like ``pred``
+    (so d total / d pred = grad_sum / max(N, 1)), and ``count`` = N, a 0-dim tensor in the
+    compute dtype. With :math:`m` the validity, per pixel:
 
-    * depth: :math:`w_0 m\\,\\mathrm{sgn}(e)/(|e|+α)/N` (log) or :math:`w_0 m\\,\\mathrm{sgn}(e)/N` (l1), e = D - Y
-    * gradient: :math:`\\partial/\\partial \\hat g_x = w_1 m\\,\\mathrm{sgn}(e_x)/(|e_x|+α)/N`, likewise y
+    * depth: :math:`w_0 m\\,\\mathrm{sgn}(e)/(|e|+α)` (log) or :math:`w_0 m\\,\\mathrm{sgn}(e)` (l1), e = D - Y
+    * gradient: :math:`\\partial/\\partial \\hat g_x = w_1 m\\,\\mathrm{sgn}(e_x)/(|e_x|+α)`, likewise y
     * normal: with :math:`c = \\cos(\\hat n, n)`, :math:`\\partial/\\partial \\hat g_x =
-      -w_2 m\\,\\mathrm{sgn}(1-c)\\,(g_x/(|\\hat n||n|) - c\\,\\hat g_x/|\\hat n|^2)/N`
+      -w_2 m\\,\\mathrm{sgn}(1-c)\\,(g_x/(|\\hat n||n|) - c\\,\\hat g_x/|\\hat n|^2)`
     * then :math:`\\partial L/\\partial D \\mathrel{+}= \\mathrm{Sobel}_x^T(\\cdot) + \\mathrm{Sobel}_y^T(\\cdot)`
       (the adjoint of a zero-padded cross-correlation is a transposed convolution).
     """
@@ -186,10 +190,10 @@ def depth_loss_forward_reference(
         abs_e = e.abs()
         if depth_term == "log":
             depth = (torch.log(abs_e + alpha) * m).sum() * inv_n
-            grad = w0 * m * torch.sign(e) / (abs_e + alpha) * inv_n
+            grad = w0 * m * torch.sign(e) / (abs_e + alpha)
         elif depth_term == "l1":
             depth = (abs_e * m).sum() * inv_n
-            grad = w0 * m * torch.sign(e) * inv_n
+            grad = w0 * m * torch.sign(e)
         else:
             raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
         grad_term = torch.zeros((), dtype=cdtype, device=d.device)
@@ -205,8 +209,8 @@ def depth_loss_forward_reference(
                 grad_term = (
                     (torch.log(ex.abs() + alpha) * m).sum() + (torch.log(ey.abs() + alpha) * m).sum()
                 ) * inv_n
-                d_px = d_px + w1 * m * torch.sign(ex) / (ex.abs() + alpha) * inv_n
-                d_py = d_py + w1 * m * torch.sign(ey) / (ey.abs() + alpha) * inv_n
+                d_px = d_px + w1 * m * torch.sign(ex) / (ex.abs() + alpha)
+                d_py = d_py + w1 * m * torch.sign(ey) / (ey.abs() + alpha)
             if normal:
                 norm_p2 = px * px + py * py + 1.0
                 norm_p = torch.sqrt(norm_p2)
@@ -214,11 +218,11 @@ def depth_loss_forward_reference(
                 inv_pg = 1.0 / (norm_p * norm_g)
                 cos = (px * gx + py * gy + 1.0) * inv_pg
                 normal_term = ((1.0 - cos).abs() * m).sum() * inv_n
-                s = -w2 * m * torch.sign(1.0 - cos) * inv_n
+                s = -w2 * m * torch.sign(1.0 - cos)
                 d_px = d_px + s * (gx * inv_pg - cos * px / norm_p2)
                 d_py = d_py + s * (gy * inv_pg - cos * py / norm_p2)
             k = torch.tensor((SOBEL_X, SOBEL_Y), dtype=cdtype, device=d.device)[:, None]
             grad = grad + F.conv_transpose2d(torch.stack((d_px, d_py), dim=1), k, padding=1)[:, 0]
         total = w0 * depth + w1 * grad_term + w2 * normal_term
         terms = torch.stack((depth, grad_term, normal_term, total))
-        return terms, grad.to(pred.dtype)
+        return terms, grad.to(pred.dtype), count
