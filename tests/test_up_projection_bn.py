@@ -6,6 +6,8 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastmde
 from fastmde import _backend
@@ -91,6 +93,35 @@ def test_kernel_forward_backward_match_reference(kernels, case, affine, dtype):
     assert grad_a.dtype == dtype and grad_a.stride() == x.stride() and grad_w.shape == w.shape
     assert _rel_err(grad_a, a.grad) < TOL[dtype]
     assert _rel_err(grad_w, w_ref.grad) < TOL[dtype]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    b=st.integers(1, 2), cin=st.integers(1, 5), h=st.integers(1, 5), w=st.integers(1, 5), cout=st.integers(1, 5),
+    k=st.sampled_from([1, 3, 5]), grow=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    affine=st.booleans(), align=st.booleans(), seed=st.integers(0, 2**31 - 1),
+)
+def test_kernel_random_shapes(kernels, b, cin, h, w, cout, k, grow, affine, align, seed):
+    """Random shapes, sizes (equal: plain conv; larger: upsampled), kernels and affines, float32:
+    out, mean, var, grad_a and grad_weight against the float64 reference."""
+    size = [h + grow[0], w + grow[1]]
+    x, s, t, weight, _ = _inputs((b, cin, h, w, cout, k, size), affine, torch.float32, False, seed)
+    out, mean, var = kernels.upsample_conv2d_bn_forward(x, s, t, weight, size, align)
+    x64, w64 = x.double().cpu(), weight.double().cpu()
+    s64, t64 = (None, None) if s is None else (s.double().cpu(), t.double().cpu())
+    ref, ref_mean, ref_var = upsample_conv2d_bn_reference(x64, s64, t64, w64, size, align)
+    assert _rel_err(out, ref) < 1e-5
+    # means and variances near 0 are judged on the output's scale
+    scale = ref.abs().max().item() + 1e-12
+    assert (mean.double().cpu() - ref_mean).abs().max().item() < 1e-5 * scale
+    assert (var.double().cpu() - ref_var).abs().max().item() < 1e-5 * scale ** 2
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    grad_a, grad_w = kernels.upsample_conv2d_bn_backward(grad_out, x, s, t, weight, size, align)
+    a = activate_reference(x64, s64, t64).detach().requires_grad_()
+    w_ref = w64.clone().requires_grad_()
+    up = a if size == [h, w] else F.interpolate(a, size=size, mode="bilinear", align_corners=align)
+    F.conv2d(up, w_ref, padding=k // 2).backward(grad_out.double().cpu())
+    assert _rel_err(grad_a, a.grad) < 1e-5 and _rel_err(grad_w, w_ref.grad) < 1e-5
 
 
 def test_tile_statistics_merge_matches_var_mean(kernels):
