@@ -187,3 +187,25 @@ def test_affine_grid_matches_torch(h, w):
                          torch.rand(5, generator=g) * 0.2 - 0.1, torch.rand(5, generator=g) * 10 - 5, h, w)
     torch.testing.assert_close(affine_grid(theta, h, w), F.affine_grid(theta, [5, 1, h, w], align_corners=False),
                                atol=1e-6, rtol=0)
+
+
+def test_from_parts_turns_on_only_the_named_transforms():
+    image, depth = _batch(b=8, seed=3)
+    flip_only = Augment.from_parts(["flip"])
+    assert (flip_only.flip, flip_only.color, flip_only.crop, flip_only.rotate) == (0.5, None, 0.0, 0.0)
+    out_i, out_d = flip_only(image, depth, generator=torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out_i[k], image[k].flip(-1)) for k in range(8)]
+    for k in range(8):  # each item exactly itself or its mirror, image and depth alike
+        want_i, want_d = (image[k].flip(-1), depth[k].flip(-1)) if flipped[k] else (image[k], depth[k])
+        assert torch.equal(out_i[k], want_i) and torch.equal(out_d[k], want_d)
+    assert 0 < sum(flipped) < 8
+    every = Augment.from_parts("rotate,crop,color,flip")
+    paper = Augment()
+    assert (every.flip, every.color, every.crop, every.rotate) == (paper.flip, paper.color, paper.crop, paper.rotate)
+    assert Augment.from_parts(["crop"]).crop == paper.crop and Augment.from_parts(["crop"]).flip == 0.0
+
+
+@pytest.mark.parametrize("parts", ["flip,zoom", "", [], ["Flip"]])
+def test_from_parts_rejects_unknown_or_no_parts(parts):
+    with pytest.raises(ValueError, match="flip, color, crop, rotate"):
+        Augment.from_parts(parts)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine_helpers import synthetic_cache, tiny_config
-from fastmde.engine import read_checkpoint, train
+from fastmde.engine import TrainConfig, read_checkpoint, train
 from fastmde.engine.train import Trainer
 
 
@@ -145,6 +145,22 @@ def test_time_limit_stops_resumably(cache, tmp_path):
     assert ckpt["step"] == summary["step"] and ckpt["elapsed"] >= 1.0
     # The limit is the run's total: resuming with the same limit stops at once, a larger one continues.
     assert train(tiny_config(cache, out, epochs=50, time_limit=1.0), resume=True)["step"] == summary["step"]
+
+
+def test_augment_parts_reach_the_trainer_and_survive_the_checkpoint(cache, tmp_path):
+    from fastmde.cli import build_parser
+    from fastmde.engine.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--augment-parts", "rotate, flip", "--out", str(tmp_path / "x")])
+    cfg = config_from_args(args)
+    assert cfg.augment_parts == ("flip", "rotate")
+    assert TrainConfig.from_dict(cfg.to_dict()).augment_parts == ("flip", "rotate")
+    trainer = Trainer(tiny_config(cache, str(tmp_path / "flip"), augment_parts=["flip"]))
+    aug = trainer.augment
+    assert (aug.flip, aug.color, aug.crop, aug.rotate) == (0.5, None, 0.0, 0.0)
+    assert Trainer(tiny_config(cache, str(tmp_path / "none"), augment=False)).augment is None
+    with pytest.raises(ValueError, match="augment_parts|augmentation parts"):
+        TrainConfig(augment_parts="flip,zoom")
 
 
 def test_epochs_use_full_batches_only(cache, tmp_path, monkeypatch):

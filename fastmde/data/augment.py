@@ -81,6 +81,18 @@ def affine_theta(scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, angle_
     return theta
 
 
+def parse_parts(value) -> tuple[str, ...]:
+    """``"flip,color"`` or a list -> ("flip", "color"): names from :attr:`Augment.PARTS`, each
+    once, in that order; an unknown name or an empty list is a ValueError."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(p) for p in value]
+    parts = [p for p in parts if p]
+    unknown = sorted(set(parts) - set(Augment.PARTS))
+    if unknown or not parts:
+        raise ValueError(f"augmentation parts must name one or more of {', '.join(Augment.PARTS)} "
+                         f"(use --no-augment for none); got {value!r}")
+    return tuple(p for p in Augment.PARTS if p in parts)
+
+
 class Augment(nn.Module):
     """The training augmentation of the paper, batched: ``image, depth = Augment()(image, depth, generator)``.
 
@@ -109,6 +121,20 @@ class Augment(nn.Module):
         if rotate < 0:
             raise ValueError(f"rotate must be >= 0 degrees, got {rotate}")
         self.flip, self.color, self.crop, self.rotate = float(flip), color, float(crop), float(rotate)
+
+    #: the four transforms by name, as ``fastmde train --augment-parts`` lists them
+    PARTS = ("flip", "color", "crop", "rotate")
+
+    @classmethod
+    def from_parts(cls, parts) -> "Augment":
+        """The paper's augmentation with only the named transforms on (defaults for those).
+
+        ``Augment.from_parts(["flip"])`` flips half the batch and leaves colour, scale and
+        angle alone: the crop changes the apparent size of the scene (a scale cue for absolute
+        depth) and is the first to drop when a run is short of data rather than of variety."""
+        on = {name: name in parse_parts(parts) for name in cls.PARTS}
+        return cls(flip=0.5 if on["flip"] else 0.0, color=(0.6, 1.4) if on["color"] else None,
+                   crop=0.2 if on["crop"] else 0.0, rotate=5.0 if on["rotate"] else 0.0)
 
     def extra_repr(self) -> str:
         return f"flip={self.flip}, color={self.color}, crop={self.crop}, rotate={self.rotate}"

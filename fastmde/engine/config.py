@@ -10,6 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ..data.augment import Augment, parse_parts
+
 DATA_FORMATS = ("synthetic", "labeled", "frames", "csv")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 SWITCH_CHOICES = ("auto", "on", "off")
@@ -55,6 +57,7 @@ class TrainConfig:
     ema: float | None = None                    # decay of the weights' moving average (None = off)
     seed: int = 0
     augment: bool = True
+    augment_parts: tuple[str, ...] = Augment.PARTS  # which of the paper's transforms (with augment)
     # data
     data_format: str = "synthetic"
     data: str | None = None                     # path (None with synthetic = the cache)
@@ -85,6 +88,7 @@ class TrainConfig:
     def __post_init__(self):
         self.size = parse_size(self.size)
         self.synthetic_size = parse_size(self.synthetic_size)
+        self.augment_parts = parse_parts(self.augment_parts)
         if self.data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
         if self.data_format != "synthetic" and not self.data:
@@ -122,6 +126,7 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["size"] = list(self.size)
         out["synthetic_size"] = list(self.synthetic_size)
+        out["augment_parts"] = list(self.augment_parts)
         return out
 
     @classmethod

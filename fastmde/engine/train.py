@@ -143,7 +143,7 @@ class Trainer:
         # Validation, best.pt and the final test use the averaged weights when --ema is given.
         self.average = WeightAverage(model, cfg.ema) if cfg.ema else None
         self.loss_fn = make_loss(cfg)
-        self.augment = data.Augment().to(self.device) if cfg.augment else None
+        self.augment = data.Augment.from_parts(cfg.augment_parts).to(self.device) if cfg.augment else None
         self.aug_generator = torch.Generator(device=self.device)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -431,6 +431,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="the paper's augmentation (flip, colour, crop, rotation)")
+    g.add_argument("--augment-parts", default=",".join(d.augment_parts), metavar="PARTS",
+                   help="which transforms --augment applies, comma-separated from "
+                        "flip,color,crop,rotate (default: all four)")
     g = parser.add_argument_group("data")
     g.add_argument("--data-format", default=d.data_format, choices=DATA_FORMATS)
     g.add_argument("--data", default=None, help="dataset path (.mat file or directory); default: synthetic cache")
@@ -479,7 +482,7 @@ def config_from_args(args) -> TrainConfig:
         model=args.model, size=args.size, pretrained=args.pretrained, loss=args.loss, blur=args.blur,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         cosine=args.cosine, warmup=args.warmup, ema=args.ema,
-        seed=args.seed, augment=args.augment, data_format=args.data_format, data=args.data,
+        seed=args.seed, augment=args.augment, augment_parts=args.augment_parts, data_format=args.data_format, data=args.data,
         cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
         synthetic_size=args.synthetic_size,
         val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
