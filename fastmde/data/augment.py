@@ -122,19 +122,19 @@ class Augment(nn.Module):
             raise ValueError(f"rotate must be >= 0 degrees, got {rotate}")
         self.flip, self.color, self.crop, self.rotate = float(flip), color, float(crop), float(rotate)
 
+    #: each transform by name, with the constructor argument that turns it off
+    _OFF = {"flip": 0.0, "color": None, "crop": 0.0, "rotate": 0.0}
     #: the four transforms by name, as ``fastmde train --augment-parts`` lists them
-    PARTS = ("flip", "color", "crop", "rotate")
+    PARTS = tuple(_OFF)
 
     @classmethod
     def from_parts(cls, parts) -> "Augment":
-        """The paper's augmentation with only the named transforms on (defaults for those).
+        """The paper's augmentation with only the named transforms on (at their defaults).
 
         ``Augment.from_parts(["flip"])`` flips half the batch and leaves colour, scale and
-        angle alone: the crop changes the apparent size of the scene (a scale cue for absolute
-        depth) and is the first to drop when a run is short of data rather than of variety."""
-        on = {name: name in parse_parts(parts) for name in cls.PARTS}
-        return cls(flip=0.5 if on["flip"] else 0.0, color=(0.6, 1.4) if on["color"] else None,
-                   crop=0.2 if on["crop"] else 0.0, rotate=5.0 if on["rotate"] else 0.0)
+        angle alone (the crop, for one, changes the apparent size of the scene)."""
+        parts = parse_parts(parts)
+        return cls(**{name: off for name, off in cls._OFF.items() if name not in parts})
 
     def extra_repr(self) -> str:
         return f"flip={self.flip}, color={self.color}, crop={self.crop}, rotate={self.rotate}"
