@@ -91,8 +91,10 @@ def test_frames_layout_read_by_nyuframes(tmp_path):
     ref = SyntheticScenes(5, seed=1, size=SMALL, frames_per_scene=2, noise=True)
     for i in range(5):
         assert torch.equal(train[i]["image"], ref[i]["image"]) and torch.equal(train[i]["depth"], ref[i]["depth"])
-    ref_val = SyntheticScenes(2, seed=1, size=SMALL, split="val", frames_per_scene=2, noise=False)
-    assert torch.equal(val[1]["depth"], ref_val[1]["depth"]) and (val[1]["depth"] > 0).all()  # val: clean depth
+    # val: clean depth, every frame a room of its own
+    ref_val = SyntheticScenes(2, seed=1, size=SMALL, split="val", frames_per_scene=1, noise=False)
+    assert torch.equal(val[1]["depth"], ref_val[1]["depth"]) and (val[1]["depth"] > 0).all()
+    assert not torch.equal(val[1]["depth"], SyntheticScenes(2, seed=1, size=SMALL, split="val", frames_per_scene=2)[1]["depth"])
     assert (train[0]["depth"] == 0).any()  # train: raw depth with holes
     tr, va = train_val_split(train, fraction=0.2, seed=0, by_scene=True)
     assert {train.scenes[i] for i in tr.indices}.isdisjoint({train.scenes[i] for i in va.indices})
@@ -123,7 +125,12 @@ def test_default_root_cached_once(tmp_path, monkeypatch):
     stamp = os.path.getmtime(os.path.join(root, "val", "official", "00000.h5"))
     assert default_synthetic_root(train=3, val=1, size=SMALL) == root
     assert os.path.getmtime(os.path.join(root, "val", "official", "00000.h5")) == stamp
-    assert [p for p in os.listdir(tmp_path / "cache")] == [os.path.basename(root)]
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(root)]
+    assert os.path.basename(root) == "synthetic-v2-60x80-train3-views4-val1-seed0"
+    one_view = default_synthetic_root(train=3, val=1, size=SMALL, views=1, progress=False)
+    assert one_view != root and len(set(NYUFrames(one_view, "train", size=SMALL).scenes)) == 3
+    with pytest.raises(ValueError, match="views"):
+        default_synthetic_root(train=3, val=1, size=SMALL, views=0)
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(root).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700

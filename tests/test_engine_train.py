@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -221,6 +222,35 @@ def test_lr_factor_follows_its_formula():
     assert lr_factor(0, **cos, warmup=2) == 0.5
     with pytest.raises(ValueError, match="not both"):
         tiny_config("c", "o", lr_step=1, cosine=True)
+
+
+def test_cosine_under_a_time_limit_follows_the_clock_and_ends_at_zero():
+    """With --time-limit the cosine's progress is the larger of the step and time fractions."""
+    from fastmde.engine.schedule import lr_factor, make_scheduler
+
+    cos = dict(steps_per_epoch=10, epochs=4, cosine=True)
+    assert lr_factor(0, **cos, time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_factor(20, **cos, time_fraction=0.1) == pytest.approx(0.5)   # the epochs end first
+    assert lr_factor(1, **cos, time_fraction=1.7) == 0.0                   # past the limit: stays at 0
+    assert lr_factor(0, **cos, time_fraction=0.5, warmup=2) == pytest.approx(0.25)
+
+    now = [0.0]
+    cfg = tiny_config("c", "o", cosine=True, time_limit=200.0, epochs=100)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=10, clock=lambda: now[0])
+    rates = []
+    for t in (50.0, 100.0, 150.0, 200.0):
+        now[0] = t
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * max(s / 1000, t / 200)))
+                for s, t in zip((1, 2, 3, 4), (50.0, 100.0, 150.0, 200.0))]
+    assert rates == pytest.approx(expected) and rates[-1] == 0.0
+    # without a time limit the clock is ignored: the schedule is a function of the step alone
+    plain = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
+                           tiny_config("c", "o", cosine=True, epochs=100), steps_per_epoch=10, clock=lambda: 1e9)
+    assert plain.get_last_lr() == [1e-3]
 
 
 def test_ema_cosine_warmup_run_scores_the_average_and_resumes_bitwise(uninterrupted, cache, tmp_path):

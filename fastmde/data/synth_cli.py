@@ -11,7 +11,9 @@ def add_arguments(parser) -> None:
                         help="frames: train/<scene>/NNNNN.h5 + val/official/NNNNN.h5 (NYUFrames); "
                              "labeled: nyu_depth_v2_labeled.mat + test_indices.txt (NYULabeled)")
     parser.add_argument("--size", default="480x640", help="frame size HxW (default 480x640)")
-    parser.add_argument("--frames-per-scene", type=int, default=4, help="views per room (default 4)")
+    parser.add_argument("--frames-per-scene", type=int, default=4, help="views per training room (default 4)")
+    parser.add_argument("--val-frames-per-scene", type=int, default=1,
+                        help="views per held-out room (default 1: every validation frame is its own room)")
     parser.add_argument("--noise", action="store_true", help="Kinect-like depth noise and holes")
 
 
@@ -26,7 +28,8 @@ def run(args) -> int:
         raise SystemExit(f"fastmde synth: --size must be HxW, e.g. 480x640, got {args.size!r}") from None
     start = time.perf_counter()
     write_synthetic_dataset(args.out, train=args.train, val=args.val, seed=args.seed, layout=args.layout,
-                            size=(h, w), frames_per_scene=args.frames_per_scene, noise=args.noise, progress=True)
+                            size=(h, w), frames_per_scene=args.frames_per_scene, noise=args.noise, progress=True,
+                            val_frames_per_scene=args.val_frames_per_scene)
     n = args.train + args.val
     dt = time.perf_counter() - start
     print(f"wrote {n} frames ({args.layout} layout) to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.1f} frames/s)")

@@ -563,6 +563,7 @@ def write_synthetic_dataset(
     frames_per_scene: int = 4,
     noise: bool = False,
     progress: bool = False,
+    val_frames_per_scene: int = 1,
 ) -> str:
     """Render a synthetic dataset into ``out_dir`` in a real NYU layout; returns ``out_dir``.
 
@@ -572,7 +573,9 @@ def write_synthetic_dataset(
     images first and the ``val`` ones last (``depths`` clean, ``rawDepths`` noisy if ``noise``)
     and ``test_indices.txt`` (1-based indices of the val images), read by
     ``NYULabeled(path, split=..., test_indices=<out_dir>/test_indices.txt)``.
-    Validation scenes come from a separate stream, so they share no scene with training.
+    Validation scenes come from a separate stream, so they share no scene with training, and
+    by default every validation frame is a room of its own (``val_frames_per_scene=1``): the
+    frames of a held-out score are independent samples, not views of a few rooms.
     """
     from .writers import LabeledMatWriter, write_frame_h5, write_index_file
 
@@ -580,6 +583,9 @@ def write_synthetic_dataset(
         raise ValueError(f"layout must be 'frames' or 'labeled', got {layout!r}")
     if train < 0 or val < 0 or train + val == 0:
         raise ValueError(f"need train >= 0, val >= 0 and at least one frame, got train={train}, val={val}")
+    if frames_per_scene < 1 or val_frames_per_scene < 1:
+        raise ValueError(f"frames per scene must be >= 1, got {frames_per_scene} (train) and "
+                         f"{val_frames_per_scene} (val)")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     size = parse_size(size)
@@ -589,7 +595,8 @@ def write_synthetic_dataset(
         for k, (split, i) in enumerate(jobs):
             if progress and (k % 100 == 0 or k == len(jobs) - 1):
                 print(f"synth: {k + 1}/{len(jobs)} frames", flush=True)
-            yield split, i, render_frame(seed, i, split, size, frames_per_scene, noise)
+            views = frames_per_scene if split == "train" else val_frames_per_scene
+            yield split, i, render_frame(seed, i, split, size, views, noise)
 
     if layout == "frames":
         for split, i, (rgb, depth, raw) in frames():
@@ -613,11 +620,13 @@ def default_cache_dir() -> str:
 
 
 def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, seed: int = 0,
-                           size=NYU_SIZE, progress: bool = True) -> str:
+                           size=NYU_SIZE, progress: bool = True, views: int = 4) -> str:
     """The built-in dataset: a synthetic per-frame HDF5 tree, rendered once and cached.
 
-    Lives at ``<cache_dir>/synthetic-v1-<H>x<W>-train<N>-val<M>-seed<S>`` (``cache_dir`` defaults to
-    :func:`default_cache_dir`); read it with ``NYUFrames(root, "train" | "val", size=size)``.
+    ``train`` frames, ``views`` of each training room, and ``val`` held-out frames, each of its
+    own room. Lives at ``<cache_dir>/synthetic-v2-<H>x<W>-train<N>-views<V>-val<M>-seed<S>``
+    (``cache_dir`` defaults to :func:`default_cache_dir`); read it with
+    ``NYUFrames(root, "train" | "val", size=size)``.
     It is written into a temporary directory beside it and renamed into place, so a
     half-written dataset is never seen (and concurrent callers agree on one copy)."""
     import shutil
@@ -627,13 +636,17 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
 
     h, w = parse_size(size)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = os.path.join(cache_dir, f"synthetic-v1-{h}x{w}-train{int(train)}-val{int(val)}-seed{int(seed)}")
+    if int(views) < 1:
+        raise ValueError(f"views (frames per training room) must be >= 1, got {views}")
+    name = f"synthetic-v2-{h}x{w}-train{int(train)}-views{int(views)}-val{int(val)}-seed{int(seed)}"
+    root = os.path.join(cache_dir, name)
     if os.path.isdir(root):
         return root
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=cache_dir)
     try:
-        write_synthetic_dataset(tmp, train=train, val=val, seed=seed, layout="frames", size=(h, w), progress=progress)
+        write_synthetic_dataset(tmp, train=train, val=val, seed=seed, layout="frames", size=(h, w),
+                                frames_per_scene=int(views), progress=progress)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         try:
             os.rename(tmp, root)

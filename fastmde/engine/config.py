@@ -52,7 +52,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_step: int | None = None                  # x lr_gamma every N epochs (None = no step decay)
     lr_gamma: float = 0.1
-    cosine: bool = False                        # cosine decay to 0 over the run's epochs
+    cosine: bool = False                        # cosine decay to 0 over the epochs or the time limit
     warmup: int = 0                             # linear warm-up over this many steps
     ema: float | None = None                    # decay of the weights' moving average (None = off)
     seed: int = 0
@@ -65,6 +65,7 @@ class TrainConfig:
     synthetic_train: int = 400
     synthetic_val: int = 40
     synthetic_size: tuple[int, int] = (480, 640)  # frame size of the generated synthetic data
+    synthetic_views: int = 4                    # synthetic training frames per room
     val_fraction: float = 0.03
     val_by_scene: bool = False
     limit_train: int | None = None              # use only the first N training items
@@ -119,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"warmup must be a number of steps >= 0, got {self.warmup}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) such as 0.99, got {self.ema}")
+        if self.synthetic_views < 1:
+            raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
 

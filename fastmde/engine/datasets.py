@@ -17,14 +17,14 @@ def test_split_name(data_format: str) -> str:
 
 
 def open_split(data_format: str, path: str | None, split: str, *, cache_dir=None,
-               synthetic_train: int = 400, synthetic_val: int = 40, synthetic_size=(480, 640)):
+               synthetic_train: int = 400, synthetic_val: int = 40, synthetic_size=(480, 640), synthetic_views: int = 4):
     """One split ("train" or the format's test split name) of a dataset."""
     from .. import data
 
     if data_format == "synthetic":
         size = tuple(synthetic_size)
         root = path or data.default_synthetic_root(cache_dir=cache_dir, train=synthetic_train, val=synthetic_val,
-                                                   size=size)
+                                                   size=size, views=synthetic_views)
         return data.NYUFrames(root, split=split, size=size)
     if data_format == "frames":
         return data.NYUFrames(path, split=split)
@@ -40,7 +40,7 @@ def build_datasets(cfg):
     from .. import data
 
     options = dict(cache_dir=cfg.cache_dir, synthetic_train=cfg.synthetic_train, synthetic_val=cfg.synthetic_val,
-                   synthetic_size=cfg.synthetic_size)
+                   synthetic_size=cfg.synthetic_size, synthetic_views=cfg.synthetic_views)
     full = open_split(cfg.data_format, cfg.data, "train", **options)
     if cfg.limit_train is not None and cfg.limit_train < len(full):
         full = Subset(full, list(range(cfg.limit_train)))

@@ -100,7 +100,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
                          synthetic_train=cfg.get("synthetic_train", 400), synthetic_val=cfg.get("synthetic_val", 40),
-                         synthetic_size=cfg.get("synthetic_size", (480, 640)))
+                         synthetic_size=cfg.get("synthetic_size", (480, 640)),
+                         synthetic_views=cfg.get("synthetic_views", 4))
     model = build_model_from_checkpoint(ckpt).to(device)
     protocol = get_protocol(args.protocol)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,

@@ -137,8 +137,11 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused_adam_supported(self.device))
-        # The schedule is per step (warm-up, step decay at epoch boundaries, cosine).
-        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.elapsed, self.train_time = 0.0, 0.0   # elapsed: wall time of earlier invocations
+        self._loop_start = None
+        # The schedule is per step (warm-up, step decay at epoch boundaries, cosine; the cosine
+        # also follows the clock when there is a time limit).
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch, clock=self.elapsed_now)
         self.scaler = make_scaler(self.device, self.amp_dtype)
         # Validation, best.pt and the final test use the averaged weights when --ema is given.
         self.average = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -147,8 +150,6 @@ class Trainer:
         self.aug_generator = torch.Generator(device=self.device)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.elapsed, self.train_time = 0.0, 0.0   # elapsed: wall time of earlier invocations
-        self._loop_start = None
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
         self.best = None
         self.history: list[dict] = []
@@ -423,7 +424,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
     g.add_argument("--lr-step", type=int, default=None, help="multiply the lr by --lr-gamma every N epochs")
     g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
-    g.add_argument("--cosine", action="store_true", help="cosine decay of the lr to 0 over --epochs")
+    g.add_argument("--cosine", action="store_true", help="cosine decay of the lr to 0 over --epochs, or over --time-limit if that ends first")
     g.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear lr warm-up over STEPS steps")
     g.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate, test and save as best the moving average of the weights "
@@ -440,6 +441,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated once")
     g.add_argument("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic training scenes")
     g.add_argument("--synthetic-val", type=int, default=d.synthetic_val, help="held-out synthetic test scenes")
+    g.add_argument("--synthetic-views", type=int, default=d.synthetic_views,
+                   help="synthetic training frames per room (default 4; held-out frames are one per room)")
     g.add_argument("--synthetic-size", default="480x640", help="frame size HxW of the synthetic data (NYU: 480x640)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation hold-out (default 0.03)")
     g.add_argument("--val-by-scene", action="store_true", help="hold out whole scenes (per-frame layout)")
@@ -484,6 +487,7 @@ def config_from_args(args) -> TrainConfig:
         cosine=args.cosine, warmup=args.warmup, ema=args.ema,
         seed=args.seed, augment=args.augment, augment_parts=args.augment_parts, data_format=args.data_format, data=args.data,
         cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
+        synthetic_views=args.synthetic_views,
         synthetic_size=args.synthetic_size,
         val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
