@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.cropped_conv import TapCroppedConv2d
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,7 +44,10 @@ class CheckpointMismatchError(ValueError):
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    # 3x3 convs skip the taps that only see padding: on the last stage's 1x1 maps (small
+    # internal sizes) they are matrix products; elsewhere the plain convolution runs.
+    conv = TapCroppedConv2d if k > 1 else nn.Conv2d
+    return conv(cin, cout, k, stride=stride, padding=k // 2, bias=False)
 
 
 def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
