@@ -148,6 +148,19 @@ def test_time_limit_stops_resumably(cache, tmp_path):
     assert train(tiny_config(cache, out, epochs=50, time_limit=1.0), resume=True)["step"] == summary["step"]
 
 
+def test_cosine_with_a_time_limit_ends_the_run_near_zero_rate(cache, tmp_path):
+    """The trainer drives the cosine with its clock: a run stopped by --time-limit far short of
+    its epochs ends at a rate near 0 (the step count alone would leave it near the peak)."""
+    out = str(tmp_path / "timed-cosine")
+    summary = train(tiny_config(cache, out, epochs=200, time_limit=3.0, cosine=True, val_every=2))
+    assert summary["stopped"] == "time_limit"
+    steps_per_epoch = Trainer(tiny_config(cache, str(tmp_path / "probe"))).steps_per_epoch
+    assert summary["step"] < 0.1 * 200 * steps_per_epoch       # step-only cosine factor > 0.97 here
+    rates = [r["lr"] for r in summary["history"]]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.1 * 1e-3
+    assert read_checkpoint(os.path.join(out, "last.pt"))["elapsed"] >= 3.0
+
+
 def test_augment_parts_reach_the_trainer_and_survive_the_checkpoint(cache, tmp_path):
     from fastmde.cli import build_parser
     from fastmde.engine.train import config_from_args
