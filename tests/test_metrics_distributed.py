@@ -1,6 +1,7 @@
 """DepthMetrics all-reduces its state: two gloo processes agree with one process on all data."""
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,17 @@ def _worker(rank, world, port, out_path):
         dist.destroy_process_group()
 
 
+def _worker_exiting_at_once(rank, world, port, out_path):
+    """``_worker``, then leave without the interpreter's teardown: torch 2.13 sometimes aborts a
+    gloo rank there ("terminate called without an active exception"), after the results are
+    written and the group destroyed (about 1 run in 12 on a 2-core VM), which is not what this
+    test is about. An exception still fails the run: it propagates before the exit."""
+    _worker(rank, world, port, out_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,7 +54,7 @@ def _free_port():
 
 def test_two_processes_reduce_to_the_single_process_result(tmp_path):
     out = str(tmp_path / "metrics")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker_exiting_at_once, args=(2, _free_port(), out), nprocs=2, join=True)
     pred, target = _data()
     for rank in (0, 1):
         got = torch.load(f"{out}.{rank}")
