@@ -41,3 +41,42 @@ def native_backend():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (realistic shapes)")
+
+
+# --- One contract per hot path -------------------------------------------------------------
+# Each hot path's test module (test_depth_loss.py, test_depth_metrics.py, test_up_projection.py)
+# runs the same named checks over every implementation this machine has, through these fixtures.
+
+BACKEND_PARAMS = ["reference", "native", "triton"]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request):
+    """Force one implementation (``reference``, ``native``, ``triton``) for the test and yield its
+    name. ``native`` fails (never skips) when fastmde._C is missing; ``triton`` runs CPU tensors
+    under the interpreter where no GPU exists."""
+    from fastmde import _backend
+
+    name = request.param
+    if name == "native":
+        from native_kernel_helpers import require_native_extension
+
+        require_native_extension()
+    _backend.set_backend(name)
+    try:
+        yield name
+    finally:
+        _backend.set_backend(None)
+
+
+@pytest.fixture
+def device(backend):
+    """Where the forced backend's tensors live: CUDA for Triton on a GPU machine, else the CPU."""
+    if backend == "triton" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@pytest.fixture(params=[torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def dtype(request):
+    return request.param
