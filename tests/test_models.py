@@ -133,6 +133,24 @@ def test_hu_layers_match_design():
         HuModel(50, original=True, kernel_size=3)
 
 
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("reduce", [False, True])
+def test_hu_mff_fusion_conv_is_5x5_for_every_kernel_size(k, reduce):
+    # The authors' code (CS231A-FinalProject models.py, class MFF) and Hu et al.'s
+    # (models/modules.py, class MFF) fuse the four 16-channel maps with a fixed 5x5 conv; k
+    # changes the up-projections and the refinement only.
+    with torch.device("meta"):
+        net = HuModel(34, kernel_size=k, reduce=reduce)
+    fusion = net.mff_conv[0]
+    assert (fusion.in_channels, fusion.out_channels, fusion.kernel_size, fusion.padding) == (64, 64, (5, 5), (2, 2))
+    assert all(b.kernel_size == k for b in (net.up1, net.up4, *net.mff_up))
+    assert all(c.kernel_size == (k, k) for c in net.refine.modules() if isinstance(c, torch.nn.Conv2d))
+    # and it keeps the map's size (padding 2), at an odd size too
+    net = HuModel(34, kernel_size=k, reduce=reduce).eval()
+    with torch.no_grad():
+        assert tuple(net(_image(37, 53)).shape) == (1, 1, 37, 53)
+
+
 class _Probe(torch.nn.Module):
     """Records its input and returns its first channel as 'depth' (at half size if asked)."""
 

@@ -7,12 +7,16 @@ With encoder channels bc = (bc0, bc1, bc2, bc3) and kernel size k::
     D:   up1 UpProj bc3 -> bc3/2 to block3's size, up2 -> bc3/4 to block2's size,
          up3 -> bc3/8 to block1's size, up4 bc3/8 -> bc3/8 to the input size (x4)
     MFF: UpProj(block_i, 16) to D's output size for i = 1..4 (x4, x8, x16, x32),
-         cat (64) -> k x k conv 64->64 -> BN -> ReLU
+         cat (64) -> 5x5 conv 64->64 -> BN -> ReLU   (5x5 whatever k: see below)
     R:   cat(D, MFF) (bc3/8 + 64 = bc0 + 64 channels) ->
          k x k conv -> BN -> ReLU -> k x k conv -> BN -> ReLU -> k x k conv -> 1 (bias)
 
 The paper's text describes four refinement convolutions; its code (and Hu et al.'s) has the
-three above, which is what is built here.
+three above, which is what is built here. The MFF fusion convolution is 5x5 for every
+``kernel_size``: in the paper authors' code (thatcherfreeman/CS231A-FinalProject, models.py,
+class ``MFF``) and in Hu et al.'s (models/modules.py, class ``MFF``) it is a fixed 5x5 conv
+while ``ksize`` changes only the up-projections and the refinement; following the code lets
+their checkpoints load (see :mod:`fastmde.models.external`).
 
 ``original=True`` is Hu et al.'s model as published: a 1x1 conv bc3 -> bc3/2 -> BN -> ReLU
 before D, so D runs bc3/2 -> bc3/4 -> bc3/8 -> bc3/16 -> bc3/32, its last block only x2 (to the
@@ -37,6 +41,7 @@ from ..nn.up_projection import UpProjection
 from .resnet import ResNetEncoder
 
 MFF_CHANNELS = 16  # per encoder block; 4 blocks -> 64
+MFF_FUSION_KERNEL = 5  # the fusion conv after the concatenation: 5x5 in both codebases, whatever k
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -48,7 +53,8 @@ class HuModel(nn.Module):
 
     Args:
         encoder: ResNet depth (18, 34, 50, 101).
-        kernel_size: k of every decoder, MFF and refinement convolution (3 or 5).
+        kernel_size: k of every up-projection (decoder and MFF) and refinement convolution
+            (3 or 5); the MFF fusion convolution is 5x5 whatever k (as in the authors' code).
         reduce: the paper's 1x1 reduction in each up-projection.
         original: Hu et al.'s published model (5x5, no 1x1 in the blocks, 1x1 entry conv,
             half-resolution output); ``kernel_size`` must then be 5 and ``reduce`` False.
@@ -89,7 +95,7 @@ class HuModel(nn.Module):
         self.up4 = UpProjection(widths[3], widths[4], **block)
         self.mff_up = nn.ModuleList(UpProjection(c, MFF_CHANNELS, **block) for c in bc)
         mff = 4 * MFF_CHANNELS
-        self.mff_conv = _conv_bn_relu(mff, mff, k)
+        self.mff_conv = _conv_bn_relu(mff, mff, MFF_FUSION_KERNEL)
         width = widths[4] + mff
         self.refine = nn.Sequential(
             _conv_bn_relu(width, width, k),
