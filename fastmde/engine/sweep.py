@@ -161,6 +161,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     from .checkpoint import atomic_write_text, build_model_from_checkpoint, read_checkpoint
     from .datasets import build_datasets
     from .evaluate import evaluate
+    from .paper import beside_sweep
     from .predict import predict_images
     from .speed import resolve_amp, resolve_device
     from .train import Trainer
@@ -200,6 +201,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
         results.append(result)
         log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_ORDER))
     table = markdown_table(results, base.epochs, protocol)
+    table += beside_sweep(rows, results)   # the paper's rows under ours (table1/3/4/5 only)
     table_path = os.path.join(out_dir, "table.md")
     atomic_write_text(table, table_path)
     atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
