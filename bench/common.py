@@ -200,7 +200,7 @@ def fmt(value, digits=2) -> str:
 COLUMNS = (
     ("section", "section"), ("what", "what"), ("shape", "shape"), ("dtype", "dtype"),
     ("layout", "layout"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
-    ("total_ms", "fwd+bwd ms"), ("vs_eager", "x eager"), ("vs_compile", "x compile"),
+    ("total_ms", "fwd+bwd ms"), ("vs_eager", "x eager"), ("vs_compile", "x compile"), ("paper_x", "paper x"),
     ("throughput", "throughput"), ("peak_mb", "peak MB"), ("saved_mb", "saved for bwd MB"),
     ("note", "note"),
 )
@@ -242,6 +242,8 @@ def write_results(rows: list[dict], env: dict, out_dir: str, tag: str) -> tuple[
     for section in dict.fromkeys(r["section"] for r in rows):
         section_rows = [r for r in rows if r["section"] == section]
         notes.append(f"## {section}\n\n" + markdown_table(section_rows) + "\n")
+        if env.get("notes", {}).get(section):   # a section's NOTE, printed under its table
+            notes.append(env["notes"][section] + "\n")
     for path, text in (
         (json_path, json.dumps(payload, indent=1)),
         (md_path, "\n".join(header) + "\n".join(notes)),

@@ -2,8 +2,9 @@
 
 The default is a quick pass (a few minutes on a 2-core CPU) over every section on every device
 present; ``--full`` runs every row. Each section lives in ``bench/sections/<name>.py`` and
-defines ``run(ctx, device)``, adding rows with ``ctx.add(...)``. The table is printed and
-written to ``bench/results/<device-name>.json`` and ``.md`` (device name, versions, date).
+defines ``run(ctx, device)``, adding rows with ``ctx.add(...)``, and optionally ``NOTE``, a
+paragraph printed under its table. The table is printed and written to
+``bench/results/<device-name>.json`` and ``.md`` (device name, versions, date).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,10 +61,15 @@ def main(argv=None) -> int:
         print(f"# fastmde bench on {env['device_name']} | torch {env['torch']} | triton {env['triton']} | "
               f"{'full' if args.full else 'quick'} | sections {','.join(sections)}", flush=True)
         print(f"# backends: {env['backends']}", flush=True)
+        env["notes"] = {}
         for name in sections:
             start = time.perf_counter()
             print(f"\n## {name} ({device})", flush=True)
-            importlib.import_module(f"sections.{name}").run(ctx, device)
+            module = importlib.import_module(f"sections.{name}")
+            module.run(ctx, device)
+            if getattr(module, "NOTE", None):   # printed under the section's table, here and in the .md
+                env["notes"][name] = module.NOTE
+                print(textwrap.fill(module.NOTE, 100), flush=True)
             print(f"## {name} took {time.perf_counter() - start:.0f} s", flush=True)
         if not args.no_write and ctx.rows:
             tag = args.tag or slug(("cuda-" if device.startswith("cuda") else "cpu-") + env["device_name"].split("(")[0])

@@ -9,10 +9,12 @@ A training step is what the paper times: forward, L1 loss against a target at th
 - intermediate resolution (the paper's Table 2): the U-Net (``unet34-k3-1x1``) at each
   internal size 640x480, 512x384, 384x288, 256x192, 128x96, speedup over the 640x480 row.
 
-The ``x eager`` column holds those speedups (the baseline row reads 1.00); the note gives the
-network's forward MACs and the speedup they alone would predict. The paper's own
-figures would sit in the note column; they were not available when this section was written,
-so the note says so instead of quoting a number. Quick mode runs a subset with few steps;
+The ``x eager`` column holds those speedups (the baseline row reads 1.00) and ``paper x`` the
+paper's for the same row (Table 4: T4 GPU; Table 2: CPU; from :mod:`fastmde.engine.paper`);
+the note gives the network's forward MACs, the speedup they alone would predict, and the
+achieved training TFLOP/s here and, from the paper's it/s, on its T4 (2 FLOP per MAC, backward
+about twice the forward). Why the paper's GPU speed-ups are so much larger than CPU ones is in
+:data:`NOTE` (printed under the table). Quick mode runs a subset with few steps;
 ``FASTMDE_BENCH_MODELS=name,name`` picks the architecture rows (a full grid run takes the better
 part of an hour on a 2-core CPU: the ResNet50 variants cost up to 1.6 TMAC per image).
 """
@@ -23,15 +25,16 @@ import os
 import torch
 
 import fastmde.models as M
+from fastmde.engine import paper
 
 from common import median_time_ms
 
 INPUT = (480, 640)
 TABLE4_SIZE = (288, 384)
-TABLE2_MODEL = "unet34-k3-1x1"
-TABLE4_BASELINE = "hu50"
+TABLE2_MODEL = paper.TABLE2_MODEL
+TABLE4_BASELINE = paper.TABLE4_BASELINE
 TABLE2_SIZES = [(480, 640), (384, 512), (288, 384), (192, 256), (96, 128)]  # HxW
-PAPER = "paper figure not available"
+NOTE = paper.SPEED_NOTE
 
 QUICK_TABLE4 = [TABLE4_BASELINE, TABLE2_MODEL]
 QUICK_TABLE2 = [(480, 640), (288, 384), (96, 128)]
@@ -78,13 +81,14 @@ def run(ctx, device: str) -> None:
             cache[key] = train_step_ms(name, size, device, full=ctx.full)
         return cache[key]
 
-    def add(what, name, size, ms, base_ms, base_label, base_macs):
-        macs = gmacs(name, size)
+    def add(what, name, size, base_ms, base_label, base_macs, paper_x, paper_note):
+        ms, macs = timed(name, size), gmacs(name, size)
         ctx.add(
             section="models", what=what, shape=f"1x3x{INPUT[0]}x{INPUT[1]} @ {_wh(size)}",
             dtype="float32", layout="NCHW", impl="eager", total_ms=ms,
-            throughput=f"{1000.0 / ms:.2f} it/s", vs_eager=base_ms / ms,
-            note=f"speedup vs {base_label}; {macs:.1f} GMAC fwd, MAC ratio {base_macs / macs:.2f}; {PAPER}",
+            throughput=f"{1000.0 / ms:.2f} it/s", vs_eager=base_ms / ms, paper_x=paper_x,
+            note=(f"speedup vs {base_label}; {macs:.1f} GMAC fwd, MAC ratio {base_macs / macs:.2f}; "
+                  f"{paper.training_tflops(1000.0 / ms, macs):.3f} TFLOP/s here; {paper_note}"),
         )
 
     table4 = list(M.variants()) if ctx.full else QUICK_TABLE4
@@ -97,10 +101,18 @@ def run(ctx, device: str) -> None:
     table4 = [TABLE4_BASELINE] + [n for n in table4 if n != TABLE4_BASELINE]
     base, base_macs = timed(TABLE4_BASELINE, TABLE4_SIZE), gmacs(TABLE4_BASELINE, TABLE4_SIZE)
     for name in table4:
-        add(f"train step {name}", name, TABLE4_SIZE, timed(name, TABLE4_SIZE), base, TABLE4_BASELINE, base_macs)
+        row = paper.table4_row(name, TABLE4_SIZE)
+        if row is None:
+            paper_x, paper_note = None, "not in the paper's Table 4"
+        else:
+            label, _, _, its, paper_x = row
+            paper_note = (f"paper Table 4 ({label}): {its} it/s on a T4, "
+                          f"{paper.training_tflops(its, gmacs(name, TABLE4_SIZE)):.2f} TFLOP/s")
+        add(f"train step {name}", name, TABLE4_SIZE, base, TABLE4_BASELINE, base_macs, paper_x, paper_note)
 
     sizes = TABLE2_SIZES if ctx.full else QUICK_TABLE2
     base, base_macs = timed(TABLE2_MODEL, TABLE2_SIZES[0]), gmacs(TABLE2_MODEL, TABLE2_SIZES[0])
     for size in sizes:
-        add(f"train step {TABLE2_MODEL} internal {_wh(size)}", TABLE2_MODEL, size, timed(TABLE2_MODEL, size),
-            base, f"{_wh(TABLE2_SIZES[0])}", base_macs)
+        label, paper_x = paper.TABLE2[tuple(size)]
+        add(f"train step {TABLE2_MODEL} internal {_wh(size)}", TABLE2_MODEL, size, base, _wh(TABLE2_SIZES[0]),
+            base_macs, paper_x, f"paper Table 2 ({label}): {paper_x}x on a CPU")
