@@ -1,91 +1,84 @@
-"""``train`` section: throughput of one training step (augment, forward, loss, backward, Adam).
+"""``train`` section: throughput of the trainer's own training step.
 
-The default model (``unet34-k3-1x1`` at the paper's 288x384 internal size; 96x128 in the quick
-CPU pass) on synthetic 480x640 frames rendered beforehand, with each speed option of
-``fastmde train`` alone and together: float32 eager, channels_last, bf16 (CUDA: also fp16)
-autocast, and torch.compile (CUDA, or ``--full``). ``vs_eager`` is the speedup over the
-float32 eager step measured in the same run; ``throughput`` is images per second.
+Each row builds a :class:`fastmde.engine.Trainer` from a :class:`fastmde.engine.TrainConfig`
+and times :meth:`Trainer.train_step` on one batch: the step ``fastmde train`` runs (augment on
+the device, forward under the configured autocast, the depth loss with the validity mask,
+backward, the trainer's Adam, the learning-rate schedule), so any change to the trainer shows
+here. The data are synthetic 480x640 frames written once into a temporary folder in the
+per-frame NYU layout and read by the trainer's own reader. The model is the default
+``unet34-k3-1x1`` with the ``hu_blurred`` loss at the paper's 288x384 internal size (96x128 in
+the quick CPU pass), with each speed option of ``fastmde train`` alone and together: float32
+eager, ``--channels-last on``, ``--amp bf16`` (CUDA: also fp16), and ``--compile on`` (CUDA, or
+``--full``). ``vs_eager`` is the speedup over the float32 eager step measured in the same run;
+``throughput`` is images per second.
 """
 from __future__ import annotations
 
+import tempfile
+
 import torch
+from torch.utils.data import default_collate
 
 from common import median_time_ms
 
 MODEL = "unet34-k3-1x1"
+LOSS = "hu_blurred"
 
 
-def _batch(device: str, batch: int):
-    from fastmde.data import SyntheticScenes
+def write_frames(root: str, batch: int) -> None:
+    """``batch`` training frames (one room each) plus the held-out frames a Trainer expects."""
+    from fastmde.data import write_synthetic_dataset
 
-    frames = SyntheticScenes(batch, seed=0)
-    items = [frames[i] for i in range(batch)]
-    images = torch.stack([it["image"] for it in items]).to(device)
-    depth = torch.stack([it["depth"] for it in items]).to(device)
-    return images, depth
+    # batch + 1 training frames: the trainer holds one out for validation (val_fraction).
+    write_synthetic_dataset(root, train=batch + 1, val=1, layout="frames", frames_per_scene=1)
 
 
-def _step_fn(device: str, size, images, depth, *, amp_dtype, channels_last: bool, compile_model: bool):
-    from fastmde import data, models
-    from fastmde.engine.speed import autocast, make_scaler
-    from fastmde.nn import DepthLoss
+def make_trainer(root: str, out: str, device: str, size, batch: int, *, amp: str, channels_last: bool,
+                 compile_model: bool):
+    """A Trainer of ``MODEL`` on the frames in ``root``, and one batch of its training set."""
+    from fastmde.engine import Trainer, TrainConfig
 
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = models.build(MODEL, size=size).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = make_scaler(dev, amp_dtype)
-    loss_fn = DepthLoss("hu_blurred")
-    augment = data.Augment().to(dev)
-    generator = torch.Generator(device=dev).manual_seed(0)
-
-    def step():
-        x, d = augment(images, depth, generator=generator)
-        x = x.float()
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, amp_dtype):
-            pred = net(x)
-        loss = loss_fn(pred.float(), d, mask=d > 0)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return step
+    cfg = TrainConfig(
+        model=MODEL, size=size, loss=LOSS, batch_size=batch, seed=0, data_format="frames", data=root,
+        val_fraction=1 / (batch + 1), device=device, amp=amp, channels_last="on" if channels_last else "off",
+        compile="on" if compile_model else "off", workers=0, out=out, progress=False,
+    )
+    trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
+    trainer.train_model.train()
+    batch_items = default_collate([trainer.train_set[i] for i in range(batch)])
+    return trainer, batch_items
 
 
 def run(ctx, device: str) -> None:
     cuda = device.startswith("cuda")
     size = (288, 384) if (cuda or ctx.full) else (96, 128)
     batch = 8 if cuda else 2
-    images, depth = _batch(device, batch)
-    options = [("fp32", None, False, False), ("fp32 channels_last", None, True, False),
-               ("bf16 autocast", torch.bfloat16, False, False),
-               ("bf16 autocast + channels_last", torch.bfloat16, True, False)]
+    options = [("fp32", "none", False, False), ("fp32 channels_last", "none", True, False),
+               ("bf16 autocast", "bf16", False, False), ("bf16 autocast + channels_last", "bf16", True, False)]
     if cuda:
-        options.append(("fp16 autocast + channels_last", torch.float16, True, False))
+        options.append(("fp16 autocast + channels_last", "fp16", True, False))
     if cuda or ctx.full:
-        options.append(("bf16 + channels_last + compile", torch.bfloat16, True, True))
+        options.append(("bf16 + channels_last + compile", "bf16", True, True))
     base_ms = None
-    for label, amp_dtype, channels_last, compile_model in options:
-        what = f"train step {MODEL} @ {size[0]}x{size[1]}"
-        shape = f"{batch}x3x480x640"
-        try:
-            step = _step_fn(device, size, images, depth, amp_dtype=amp_dtype, channels_last=channels_last,
-                            compile_model=compile_model)
-            total_ms = median_time_ms(step, device, warmup=2 if not compile_model else 3, reps=5,
-                                      max_seconds=20.0)
-        except Exception as exc:
-            ctx.add(section="train", what=what, shape=shape, impl=label,
-                    note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
-            continue
-        if base_ms is None:
-            base_ms = total_ms
-        ctx.add(section="train", what=what, shape=shape,
-                dtype="bf16" if amp_dtype is torch.bfloat16 else "fp16" if amp_dtype is torch.float16 else "float32",
-                layout="channels_last" if channels_last else "NCHW", impl=label, total_ms=total_ms,
-                vs_eager=base_ms / total_ms, throughput=f"{batch / (total_ms * 1e-3):.2f} img/s")
+    with tempfile.TemporaryDirectory(prefix="fastmde-bench-train-") as root:
+        write_frames(root, batch)
+        for label, amp, channels_last, compile_model in options:
+            what = f"Trainer.train_step {MODEL} @ {size[0]}x{size[1]}"
+            shape = f"{batch}x3x480x640"
+            try:
+                trainer, items = make_trainer(root, f"{root}/run", device, size, batch, amp=amp,
+                                              channels_last=channels_last, compile_model=compile_model)
+                total_ms = median_time_ms(lambda: trainer.train_step(items), device,
+                                          warmup=3 if compile_model else 2, reps=5, max_seconds=20.0)
+            except Exception as exc:
+                ctx.add(section="train", what=what, shape=shape, impl=label,
+                        note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
+                continue
+            if base_ms is None:
+                base_ms = total_ms
+            ctx.add(section="train", what=what, shape=shape, dtype="float32" if amp == "none" else amp,
+                    layout="channels_last" if channels_last else "NCHW", impl=label, total_ms=total_ms,
+                    vs_eager=base_ms / total_ms, throughput=f"{batch / (total_ms * 1e-3):.2f} img/s")
+            del trainer
+            if cuda:
+                torch.cuda.empty_cache()
