@@ -224,8 +224,9 @@ def slug(text: str) -> str:
 
 
 def write_results(rows: list[dict], env: dict, out_dir: str, tag: str) -> tuple[str, str]:
-    """Write ``<out_dir>/<tag>.json`` and ``.md`` atomically; returns both paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write ``<out_dir>/<tag>.json`` and ``.md`` atomically (``fastmde._atomic``); returns both paths."""
+    from fastmde._atomic import atomic_write_text
+
     json_path = os.path.join(out_dir, f"{tag}.json")
     md_path = os.path.join(out_dir, f"{tag}.md")
     payload = {"environment": env, "rows": rows}
@@ -248,8 +249,5 @@ def write_results(rows: list[dict], env: dict, out_dir: str, tag: str) -> tuple[
         (json_path, json.dumps(payload, indent=1)),
         (md_path, "\n".join(header) + "\n".join(notes)),
     ):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(text, path)
     return json_path, md_path

@@ -1,8 +1,9 @@
 """The ``fastmde`` command (also ``python -m fastmde``).
 
 Each sub-command lives in its own module that defines ``add_arguments(parser)`` and
-``run(args) -> int``; ``COMMANDS`` maps names to those modules (imported only when used, so
-``fastmde info`` stays fast).
+``run(args) -> int``; ``COMMANDS`` maps names to those modules. ``main`` imports only the
+module of the command being run (so ``fastmde info`` does not load the training engine);
+``fastmde --help`` lists every command from ``COMMANDS`` without importing any.
 """
 from __future__ import annotations
 
@@ -20,20 +21,30 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The ``fastmde`` parser; the options of ``commands`` (names; None = all) are filled in.
+
+    Every command is listed (``fastmde --help`` shows them all), but only the modules of
+    ``commands`` are imported to add their options and ``run``.
+    """
+    wanted = set(COMMANDS) if commands is None else set(commands)
     parser = argparse.ArgumentParser(prog="fastmde", description="Fast monocular depth estimation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        if name in wanted:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first argument that is not an option (the top level takes only -h).
+    name = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([name] if name in COMMANDS else [])
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -142,3 +142,49 @@ def test_up_projection_size_and_skip_resizing():
         block(torch.randn(1, 5, 5, 6))
     with pytest.raises(ValueError, match="kernel_size"):
         fastmde.nn.UpProjection(8, 4, kernel_size=4)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _python(code: str):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+
+
+HEAVY = ("fastmde.engine", "fastmde.data", "fastmde.models")
+REPORT_HEAVY = ("import sys; print('HEAVY', sorted(m for m in sys.modules if m.startswith(%r)))" % (HEAVY,))
+
+
+def test_info_command_imports_no_engine_data_or_model_module():
+    out = _python("from fastmde.cli import main; rc = main(['info']); " + REPORT_HEAVY)
+    assert out.returncode == 0, out.stderr
+    assert "depth_loss" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout.splitlines()[-1]
+
+
+def test_help_lists_every_command_without_importing_them():
+    from fastmde.cli import COMMANDS
+
+    out = _python("from fastmde.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" + REPORT_HEAVY)
+    assert out.returncode == 0, out.stderr
+    for name, (_, help_text) in COMMANDS.items():
+        assert name in out.stdout and help_text.split()[0] in out.stdout
+    assert "HEAVY []" in out.stdout
+
+
+def test_a_command_gets_its_own_options_and_the_full_parser_has_all():
+    from fastmde.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--no-such-option"])
+    full = build_parser()
+    assert full.parse_args(["eval", "--checkpoint", "x.pt"]).checkpoint == "x.pt"
+    assert full.parse_args(["predict", "a.png", "--checkpoint", "c", "--out", "o"]).images == ["a.png"]
+    assert full.parse_args(["synth", "--out", "o"]).layout == "frames"
+    assert build_parser([]).parse_args(["info"]).command == "info"   # listed even when not built
+    assert main([]) == 2

@@ -246,6 +246,63 @@ def test_csv_full_size_jpeg(tmp_path):
     assert torch.equal(item["depth"], torch.full((1, 480, 640), 2.5))
 
 
+# The EXIF Orientation tag (0x0112): the stored pixels -> the picture as shown (EXIF 2.32, Table 14).
+SHOWN = {
+    1: lambda s: s,
+    2: lambda s: s[:, ::-1],              # mirrored left-right
+    3: lambda s: s[::-1, ::-1],           # turned 180 degrees
+    4: lambda s: s[::-1, :],              # mirrored top-bottom
+    5: lambda s: s.swapaxes(0, 1),        # mirrored about the main diagonal
+    6: lambda s: np.rot90(s, -1),         # stored turned 90 degrees anticlockwise: shown turned clockwise
+    7: lambda s: s[::-1, ::-1].swapaxes(0, 1),  # mirrored about the other diagonal
+    8: lambda s: np.rot90(s, 1),          # shown turned anticlockwise
+}
+
+
+def _save_with_orientation(path, array, orientation):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(array)).save(path, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_decode_image_shows_the_picture_as_its_exif_orientation_says(tmp_path, orientation):
+    from fastmde.data._common import decode_image
+
+    stored = pattern_image(5, 8).transpose(1, 2, 0)          # (H, W, 3), every pixel distinct
+    _save_with_orientation(tmp_path / "p.png", stored, orientation)
+    np.testing.assert_array_equal(decode_image(tmp_path / "p.png"), SHOWN[orientation](stored).transpose(2, 0, 1))
+    depth16 = (np.arange(40, dtype=np.uint16).reshape(5, 8) * 250)
+    _save_with_orientation(tmp_path / "d.png", depth16, orientation)
+    np.testing.assert_array_equal(decode_image(tmp_path / "d.png", rgb=False), SHOWN[orientation](depth16))
+
+
+def test_csv_reads_photos_as_shown(tmp_path):
+    """A photo stored sideways with Orientation=6 (and its depth map likewise) reads upright."""
+    h, w = SMALL
+    rgb, depth = pattern_image(h, w), np.arange(h * w, dtype=np.uint16).reshape(h, w) * 7
+    write_csv_layout(tmp_path, "test", [rgb], [depth])
+    ds = NYUCsv(tmp_path, "test", size=SMALL)
+    rgb_path, depth_path = (os.path.join(tmp_path, p) for p in ds.pairs[0])
+    _save_with_orientation(rgb_path, np.rot90(rgb.transpose(1, 2, 0), 1), 6)     # stored (w, h)
+    _save_with_orientation(depth_path, np.rot90(depth, 1), 6)
+    _check_item(ds[0], rgb, depth.astype(np.float32) / np.float32(1000.0))
+
+
+def test_decode_image_errors_name_the_file(tmp_path):
+    from fastmde.data._common import decode_image
+
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        decode_image(tmp_path / "nope.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(DataFormatError, match="bad.jpg: cannot be decoded as an image"):
+        decode_image(tmp_path / "bad.jpg")
+    with pytest.raises(DataFormatError, match="is a directory"):
+        decode_image(tmp_path)
+
+
 def test_csv_errors_name_the_file(tmp_path):
     h, w = SMALL
     with pytest.raises(FileNotFoundError, match="nyu2_train.csv"):

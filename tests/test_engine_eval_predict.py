@@ -12,7 +12,6 @@ import fastmde
 from engine_helpers import synthetic_cache, tiny_config
 from fastmde.cli import main
 from fastmde.engine import CheckpointError, read_checkpoint, train
-from fastmde.engine.checkpoint import atomic_save
 from fastmde.engine.datasets import open_split
 from fastmde.engine.protocols import PROTOCOLS
 
@@ -93,8 +92,111 @@ def test_predict_rejects_missing_and_unreadable_inputs(run_dir, tmp_path):
         main(["predict", str(tmp_path / "nope.png"), "--checkpoint", out, "--out", str(tmp_path / "p")])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="bad.png: cannot be decoded as an image"):
         main(["predict", str(bad), "--checkpoint", out, "--out", str(tmp_path / "p")])
+    assert not os.path.exists(tmp_path / "p")
+
+
+def _direct_depth(model, image_hwc: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(np.ascontiguousarray(image_hwc)).permute(2, 0, 1)[None].float())[0, 0].numpy()
+
+
+def test_predict_sees_photos_as_shown(run_dir, tmp_path, capsys):
+    """A JPEG stored 40 rows x 60 columns with EXIF Orientation=6 is shown 60 x 40: its depth map
+    is 60 x 40 and predicted on the upright pixels."""
+    from PIL import Image
+
+    out, _ = run_dir
+    stored = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6          # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    pred_dir = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "photo.jpg"), "--checkpoint", out, "--out", str(pred_dir),
+                 "--device", "cpu"]) == 0
+    assert "wrote 1 depth maps" in capsys.readouterr().err
+    with Image.open(tmp_path / "photo.jpg") as im:        # the decoded stored pixels, not turned
+        decoded = np.asarray(im.convert("RGB"))
+    assert decoded.shape == (40, 60, 3)
+    upright = np.rot90(decoded, -1)                       # turned clockwise: 60 rows x 40 columns
+    depth = np.load(pred_dir / "photo.npy")
+    assert depth.shape == (60, 40)
+    model = fastmde.load(out)
+    np.testing.assert_allclose(depth, _direct_depth(model, upright), rtol=1e-4, atol=1e-5)
+    with Image.open(pred_dir / "photo.png") as png:
+        assert png.size == (40, 60) and not png.getexif().get(0x0112)   # (width, height), shown as stored
+
+
+def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkeypatch, capsys):
+    """``x/a.png y/a.png a_1.png``: three inputs, three results, each under its own relative path."""
+    from PIL import Image
+
+    out, _ = run_dir
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(2)
+    images = {}
+    for rel in ("x/a.png", "y/a.png", "a_1.png"):
+        os.makedirs(os.path.dirname(rel) or ".", exist_ok=True)
+        images[rel] = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(images[rel]).save(rel)
+    assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred",
+                 "--device", "cpu"]) == 0
+    assert "wrote 3 depth maps" in capsys.readouterr().err
+    written = sorted(os.path.relpath(os.path.join(d, f), "pred") for d, _, fs in os.walk("pred") for f in fs)
+    assert written == ["a_1.npy", "a_1.png", "x/a.npy", "x/a.png", "y/a.npy", "y/a.png"]
+    model = fastmde.load(out)
+    for rel, image in images.items():
+        depth = np.load(os.path.join("pred", os.path.splitext(rel)[0] + ".npy"))
+        np.testing.assert_allclose(depth, _direct_depth(model, image), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.load("pred/x/a.npy"), np.load("pred/y/a.npy"))
+
+    # A second run into the same folder refuses before writing anything, unless told to replace.
+    stamp = os.path.getmtime("pred/x/a.npy")
+    with pytest.raises(FileExistsError, match="a.*already exists.*--overwrite"):
+        main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu"])
+    assert os.path.getmtime("pred/x/a.npy") == stamp
+    capsys.readouterr()
+    assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu",
+                 "--overwrite"]) == 0
+    assert "wrote 3 depth maps (.png, .npy) to pred, replacing 6 existing files" in capsys.readouterr().err
+    assert sorted(os.listdir("pred")) == ["a_1.npy", "a_1.png", "x", "y"]
+
+
+def test_predict_refuses_names_that_would_collide(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out, _ = run_dir
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    pred = tmp_path / "pred"
+    with pytest.raises(ValueError, match=r"a\.jpg.*a\.png.*both be written as a\.png / a\.npy.*nothing was written"):
+        main(["predict", str(folder), "--checkpoint", out, "--out", str(pred), "--device", "cpu"])
+    assert not pred.exists()
+    # One file named twice (a folder and a file in it) is predicted once, and said so.
+    assert main(["predict", str(folder / "b.png"), str(folder / "b.png"), "--checkpoint", out, "--out", str(pred),
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "1 input(s) named twice" in err and "wrote 1 depth maps" in err
+    assert sorted(os.listdir(pred)) == ["b.npy", "b.png"]
+    # A result that would replace an input image is refused even with --overwrite.
+    with pytest.raises(ValueError, match="would replace the input image"):
+        main(["predict", str(folder / "b.png"), "--checkpoint", out, "--out", str(folder), "--device", "cpu",
+              "--overwrite"])
+    assert sorted(os.listdir(folder)) == ["a.jpg", "a.png", "b.png"]
+
+
+def test_output_stems_mirror_paths_below_the_common_folder():
+    from fastmde.engine.predict import output_stems
+
+    assert output_stems(["photos/a.jpg", "photos/b.jpg"]) == ["a", "b"]
+    assert output_stems(["x/a.png", "y/a.png", "a_1.png"]) == ["x/a", "y/a", "a_1"]
+    assert output_stems(["/d/p/x/a.png", "/d/p/y/z/a.png"]) == ["x/a", "y/z/a"]
+    assert output_stems(["one.jpeg"]) == ["one"]
+    with pytest.raises(ValueError, match="both be written"):
+        output_stems(["x/a.png", "x/a.JPG"])
 
 
 class ForeignThing:
@@ -150,20 +252,3 @@ def test_missing_checkpoint_and_mismatched_weights(run_dir, tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="do not fit model"):
         fastmde.load(path)
-
-
-def test_atomic_save_never_leaves_half_a_file(tmp_path, monkeypatch):
-    path = str(tmp_path / "ckpt.pt")
-    atomic_save({"a": torch.ones(3)}, path)
-    real_save = torch.save
-
-    def failing_save(obj, f, *args, **kwargs):
-        f.write(b"partial bytes")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"a": torch.zeros(3)}, path)
-    monkeypatch.setattr(torch, "save", real_save)
-    assert os.listdir(tmp_path) == ["ckpt.pt"]           # no temporary file left behind
-    assert torch.equal(torch.load(path)["a"], torch.ones(3))  # the old checkpoint is intact

@@ -1,4 +1,5 @@
-"""Shared pieces of the NYU readers: the error type, array checks, lazy per-process HDF5 handles."""
+"""Shared pieces of the NYU readers: the error type, array checks, lazy per-process HDF5 handles,
+and the one image decoder (used by the readers and by ``fastmde predict``)."""
 from __future__ import annotations
 
 import os
@@ -105,6 +106,41 @@ class LazyHDF5:
         self.path = state["path"]
         self._file = None
         self._pid = None
+
+
+def decode_image(path, *, rgb: bool = True) -> np.ndarray:
+    """An image file as the user sees it: the EXIF orientation applied, then decoded.
+
+    Cameras store a photo's pixels as the sensor read them and record how to turn them in the
+    EXIF ``Orientation`` tag (0x0112); viewers apply it, and so does this decoder
+    (``PIL.ImageOps.exif_transpose``), so a JPEG stored 640 wide and 480 high with
+    Orientation=6 decodes to 640 rows and 480 columns, upright. Files without the tag are
+    returned as stored.
+
+    Args:
+        path: a JPEG, PNG, BMP, TIFF, WebP, PPM, ... file.
+        rgb: True: uint8 (3, H, W), RGB (palette, grey and alpha images converted);
+            False: the stored values as a numpy array (H, W) or (H, W, C) in the file's own
+            dtype (e.g. uint16 for 16-bit PNGs), for depth maps.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataFormatError: a folder, or a file that cannot be decoded as an image (the message
+            names the file).
+    """
+    from PIL import Image, ImageOps
+
+    path = require_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            array = np.asarray(img.convert("RGB") if rgb else img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
+    if rgb:
+        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.uint8)
+    return array
 
 
 def make_item(image: np.ndarray, depth: np.ndarray) -> dict:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from torch.utils.data import Dataset
 
-from ._common import NYU_SIZE, DataFormatError, make_item, parse_size, require_file
+from ._common import NYU_SIZE, DataFormatError, decode_image, make_item, parse_size, require_file
 
 #: depth PNG encodings: 8-bit ``v / 255 * 10`` metres (train) and 16-bit millimetres (test)
 ENCODINGS = ("png8", "png16mm")
@@ -16,41 +16,21 @@ ENCODINGS = ("png8", "png16mm")
 def decode_depth_png(path, encoding: str) -> np.ndarray:
     """Depth in metres (float32, 0 = invalid) from a depth PNG.
 
-    ``"png8"``: 8-bit, ``d = v / 255 * 10``. ``"png16mm"``: 16-bit millimetres, ``d = v / 1000``."""
-    from PIL import Image
-
-    path = require_file(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            v = np.asarray(img)
-    except (OSError, SyntaxError) as exc:
-        raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
+    ``"png8"``: 8-bit, ``d = v / 255 * 10``. ``"png16mm"``: 16-bit millimetres, ``d = v / 1000``.
+    Decoded by :func:`decode_image`, so an EXIF orientation turns the depth map like its photo."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    v = decode_image(path, rgb=False)
+    path = os.fspath(path)
     if v.ndim != 2:
-        raise DataFormatError(f"{path}: depth image has mode {mode} with shape {v.shape}, expected one channel")
+        raise DataFormatError(f"{path}: depth image has shape {v.shape}, expected one channel")
     if encoding == "png8":
         if v.dtype != np.uint8:
-            raise DataFormatError(f"{path}: depth PNG is {v.dtype} (mode {mode}), expected 8-bit for encoding 'png8'")
+            raise DataFormatError(f"{path}: depth PNG is {v.dtype}, expected 8-bit for encoding 'png8'")
         return v.astype(np.float32) * np.float32(10.0 / 255.0)
-    if encoding == "png16mm":
-        if v.dtype not in (np.uint16, np.int32, np.uint32):
-            raise DataFormatError(f"{path}: depth PNG is {v.dtype} (mode {mode}), expected 16-bit for encoding 'png16mm'")
-        return v.astype(np.float32) / np.float32(1000.0)
-    raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-
-
-def decode_rgb(path) -> np.ndarray:
-    """uint8 (3, H, W) from a JPEG / PNG file."""
-    from PIL import Image
-
-    path = require_file(path)
-    try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError) as exc:
-        raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
-    return rgb.transpose(2, 0, 1)
+    if v.dtype not in (np.uint16, np.int32, np.uint32):
+        raise DataFormatError(f"{path}: depth PNG is {v.dtype}, expected 16-bit for encoding 'png16mm'")
+    return v.astype(np.float32) / np.float32(1000.0)
 
 
 class NYUCsv(Dataset):
@@ -101,7 +81,7 @@ class NYUCsv(Dataset):
         rgb_rel, depth_rel = self.pairs[i]
         rgb_path = os.path.join(self.root, rgb_rel)
         depth_path = os.path.join(self.root, depth_rel)
-        rgb = decode_rgb(rgb_path)
+        rgb = decode_image(rgb_path)
         depth = decode_depth_png(depth_path, self.encoding)
         h, w = self.size
         if rgb.shape != (3, h, w):

@@ -627,12 +627,10 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
     own room. Lives at ``<cache_dir>/synthetic-v2-<H>x<W>-train<N>-views<V>-val<M>-seed<S>``
     (``cache_dir`` defaults to :func:`default_cache_dir`); read it with
     ``NYUFrames(root, "train" | "val", size=size)``.
-    It is written into a temporary directory beside it and renamed into place, so a
-    half-written dataset is never seen (and concurrent callers agree on one copy)."""
-    import shutil
-    import tempfile
-
-    from .writers import _umask
+    It is written into a uniquely named temporary directory beside it and renamed into place
+    (:func:`fastmde._atomic.atomic_directory`), so a half-written dataset is never seen and
+    concurrent callers agree on one copy."""
+    from .._atomic import atomic_directory
 
     h, w = parse_size(size)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -642,18 +640,7 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
     root = os.path.join(cache_dir, name)
     if os.path.isdir(root):
         return root
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=cache_dir)
-    try:
+    with atomic_directory(root) as tmp:
         write_synthetic_dataset(tmp, train=train, val=val, seed=seed, layout="frames", size=(h, w),
                                 frames_per_scene=int(views), progress=progress)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not os.path.isdir(root):  # not a lost race: a real failure
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -1,34 +1,17 @@
 """Writers of the NYU-Depth-v2 file layouts, used for the synthetic dataset and for tests.
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never
-leaves half a file under a final name."""
+Every file is written through :mod:`fastmde._atomic` (a uniquely named temporary file beside
+it, fsynced and renamed into place), so an interrupted run never leaves half a file under a
+final name and two runs writing into one folder do not collide."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from .._atomic import atomic_path, atomic_write
+
 MAT_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 1970 HDF5 schema 1.00 ."
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def finish(tmp: str, path: str, mode: int = 0o666) -> None:
-    """Give ``tmp`` the permissions a plain ``open`` would (mkstemp makes it 0600), rename it to ``path``."""
-    os.chmod(tmp, mode & ~_umask())
-    os.replace(tmp, path)
-
-
-def _tmp_path(path: str) -> str:
-    d, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
-    os.close(fd)
-    return tmp
 
 
 def write_frame_h5(path, rgb: np.ndarray, depth: np.ndarray, compression: str | None = None) -> None:
@@ -41,17 +24,9 @@ def write_frame_h5(path, rgb: np.ndarray, depth: np.ndarray, compression: str | 
         raise ValueError(f"rgb must be uint8 (3, H, W), got {rgb.dtype} {rgb.shape}")
     if depth.shape != rgb.shape[1:]:
         raise ValueError(f"depth must be (H, W) = {rgb.shape[1:]}, got {depth.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("rgb", data=rgb, compression=compression)
-            f.create_dataset("depth", data=depth, compression=compression)
-        finish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("rgb", data=rgb, compression=compression)
+        f.create_dataset("depth", data=depth, compression=compression)
 
 
 class LabeledMatWriter:
@@ -65,9 +40,13 @@ class LabeledMatWriter:
         self.path = os.fspath(path)
         self.count = int(count)
         h, w = size
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.tmp = _tmp_path(self.path)
-        self.f = h5py.File(self.tmp, "w", userblock_size=512)
+        self._atomic = atomic_path(self.path)
+        self.tmp = self._atomic.__enter__()
+        try:
+            self.f = h5py.File(self.tmp, "w", userblock_size=512)
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.images = self.f.create_dataset("images", (count, 3, w, h), np.uint8, chunks=(1, 3, w, h))
         self.depths = self.f.create_dataset("depths", (count, w, h), np.float32, chunks=(1, w, h))
         self.raw = self.f.create_dataset("rawDepths", (count, w, h), np.float32, chunks=(1, w, h))
@@ -85,23 +64,23 @@ class LabeledMatWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None and self.n != self.count:
-            os.remove(self.tmp)
-            raise ValueError(f"{self.path}: only {self.n} of {self.count} images were written")
-        if exc_type is not None:
-            os.remove(self.tmp)
-            return False
-        with open(self.tmp, "r+b") as f:  # MATLAB's 128-byte header: text, subsystem offset, version, endianness
-            f.write(MAT_HEADER[:116].ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
-        finish(self.tmp, self.path)
+        try:
+            self.f.close()
+            if exc_type is None and self.n != self.count:
+                raise ValueError(f"{self.path}: only {self.n} of {self.count} images were written")
+            if exc_type is None:
+                with open(self.tmp, "r+b") as f:  # MATLAB's 128-byte header: text, subsystem offset, version, endianness
+                    f.write(MAT_HEADER[:116].ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
+        except BaseException as error:  # the temporary file goes, the error propagates
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        # renames into place on success; removes the temporary file when the block raised
+        self._atomic.__exit__(exc_type, exc, tb)
         return False
 
 
 def write_index_file(path, indices, comment: str = "") -> None:
-    tmp = _tmp_path(path)
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         if comment:
             f.write(f"# {comment}\n")
         f.writelines(f"{int(i)}\n" for i in indices)
-    finish(tmp, path)

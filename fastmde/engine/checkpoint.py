@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_write
 
 FORMAT = "fastmde-checkpoint"
 VERSION = 1
@@ -32,48 +33,12 @@ class CheckpointError(ValueError):
     """The file is not a (compatible) fastmde checkpoint."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``.
-
-    Readers see either the old complete file or the new complete file, never half of one,
-    even when the process is killed mid-write.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`fastmde._atomic.atomic_write` (temporary file beside
+    ``path``, fsync, ``os.replace``): readers see the old complete checkpoint or the new one,
+    never half of one, even when the process is killed mid-write."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # ---------------------------------------------------------------- RNG states (plain values only)

@@ -10,27 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
+from .inference import predict_depth, to_images
 from .protocols import PROTOCOLS, get_protocol
-from .speed import autocast
 
 METRIC_ORDER = ("rms", "rel", "log10", "delta1", "delta2", "delta3")
-
-
-def to_images(batch_images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float 0-255 on ``device``."""
-    images = batch_images.to(device, non_blocking=True).float()
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
-def predict_depth(model, images: torch.Tensor, *, amp_dtype=None, flip: bool = False) -> torch.Tensor:
-    """(B, 1, H, W) float32 depth; with ``flip`` the mean with the mirrored image's prediction."""
-    with autocast(images.device, amp_dtype):
-        pred = model(images).float()
-        if flip:
-            pred = 0.5 * (pred + model(images.flip(-1)).float().flip(-1))
-    return pred
 
 
 @torch.no_grad()
@@ -64,10 +47,6 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
     return {k: float(v) for k, v in values.items()}
 
 
-def format_metrics(values: dict) -> str:
-    return "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER if k in values)
-
-
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
@@ -88,6 +67,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from .._atomic import atomic_write_text
     from .checkpoint import build_model_from_checkpoint, read_checkpoint
     from .datasets import open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
@@ -114,8 +94,6 @@ def run(args) -> int:
     print(" | ".join(f"{k:>7}" for k in METRIC_ORDER))
     print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_ORDER))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(ckpt["path"])), f"eval-{protocol.name}.json")
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

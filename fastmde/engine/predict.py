@@ -1,4 +1,12 @@
-"""``fastmde predict``: depth maps for image files, as colourised PNGs and metres (.npy)."""
+"""``fastmde predict``: depth maps for image files, as colourised PNGs and metres (.npy).
+
+Photos are read as shown (EXIF orientation applied), so a depth map lines up with the photo
+in any viewer. Output names mirror each input's path below the inputs' common folder
+(``fastmde predict x/a.png y/a.png a_1.png --out d`` writes ``d/x/a.*``, ``d/y/a.*`` and
+``d/a_1.*``); two inputs that would still share a name, a result that would replace an
+input, or a result already in ``--out`` (without ``--overwrite``) are refused before anything
+is written. Every file is written atomically; the count printed is the count written.
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +14,10 @@ import sys
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_path, atomic_write
+from ..data._common import decode_image
+from .inference import predict_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -34,24 +46,30 @@ def colourise(depth: np.ndarray, lo: float | None = None, hi: float | None = Non
     return rgb
 
 
-def read_image(path: str) -> torch.Tensor:
-    """An image file -> uint8 (3, H, W) RGB."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(path) -> torch.Tensor:
+    """An image file as the user sees it (EXIF orientation applied) -> uint8 (3, H, W) RGB.
 
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read {path!r} as an image: {exc}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    Uses the readers' decoder, :func:`fastmde.data._common.decode_image`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        fastmde.data.DataFormatError (a ValueError): not a decodable image; names the file.
+    """
+    return torch.from_numpy(decode_image(path))
 
 
 def expand_inputs(inputs) -> list[str]:
-    """Files as given; directories -> their image files, sorted."""
+    """Files as given; directories -> their image files (not recursive), sorted.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: a directory holds no image file.
+    """
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
             if not found:
                 raise ValueError(f"directory {item!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             paths.extend(found)
@@ -62,66 +80,98 @@ def expand_inputs(inputs) -> list[str]:
     return paths
 
 
-def output_stems(paths: list[str]) -> list[str]:
-    """File stems, made unique (``a``, ``a_1``, ...) when two inputs share a name."""
-    seen: dict[str, int] = {}
-    stems = []
+def unique_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """``(kept, dropped)``: the inputs with second mentions of one file (same real path) dropped."""
+    seen: set[str] = set()
+    kept, dropped = [], []
     for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n}")
+        key = os.path.normcase(os.path.realpath(p))
+        (dropped if key in seen else kept).append(p)
+        seen.add(key)
+    return kept, dropped
+
+
+def output_stems(paths: list[str]) -> list[str]:
+    """Output names (without extension) that mirror each input's path below the inputs' common folder.
+
+    ``photos/a.jpg photos/b.jpg`` -> ``a``, ``b``; ``x/a.png y/a.png a_1.png`` -> ``x/a``,
+    ``y/a``, ``a_1``; a single folder or file -> its images' own names. Two different inputs
+    that still share a name (``x/a.jpg`` and ``x/a.png``) are refused, before anything is
+    written.
+
+    Raises:
+        ValueError: two inputs map to one output name; the message names both.
+    """
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    base = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    stems = [os.path.splitext(os.path.relpath(a, base))[0] for a in absolute]
+    owner: dict[str, str] = {}
+    for path, stem in zip(paths, stems):
+        key = os.path.normcase(stem)
+        if key in owner:
+            raise ValueError(f"inputs {owner[key]!r} and {path!r} would both be written as {stem}.png / {stem}.npy; "
+                             "rename one or predict them in separate runs (nothing was written)")
+        owner[key] = path
     return stems
 
 
-@torch.no_grad()
-def predict_images(model, images: list[torch.Tensor], *, device="cpu", batch_size: int = 4, amp_dtype=None):
-    """Depth (H, W) float32 numpy arrays for uint8 (3, H, W) images; same-size images are batched."""
-    from .evaluate import predict_depth
-
-    device = torch.device(device)
-    model.eval()
-    out: list[np.ndarray | None] = [None] * len(images)
-    by_size: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images):
-        by_size.setdefault(tuple(im.shape), []).append(i)
-    for indices in by_size.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            batch = torch.stack([images[i] for i in chunk]).to(device).float()
-            pred = predict_depth(model, batch, amp_dtype=amp_dtype)
-            for i, p in zip(chunk, pred[:, 0].cpu().numpy()):
-                out[i] = p.astype(np.float32)
-    return out
-
-
 def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo=None, hi=None) -> tuple[str, str]:
-    """``<stem>.npy`` (metres) and ``<stem>.png`` (colourised), each written atomically."""
+    """``<out_dir>/<stem>.npy`` (float32 metres) and ``<stem>.png`` (Turbo colours), each written
+    atomically (:mod:`fastmde._atomic`); ``stem`` may hold sub-folders. Returns both paths."""
     from PIL import Image
 
-    os.makedirs(out_dir, exist_ok=True)
     npy_path, png_path = os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + ".png")
-    tmp = os.path.join(out_dir, f".{stem}.npy.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(npy_path, "wb") as f:
         np.save(f, depth)
-    os.replace(tmp, npy_path)
-    tmp = os.path.join(out_dir, f".{stem}.png.tmp")
-    Image.fromarray(colourise(depth, lo, hi)).save(tmp, format="PNG")
-    os.replace(tmp, png_path)
+    with atomic_path(png_path) as tmp:
+        Image.fromarray(colourise(depth, lo, hi)).save(tmp, format="PNG")
     return png_path, npy_path
 
 
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
-    parser.add_argument("images", nargs="+", help="image files or directories of images")
+    parser.add_argument("images", nargs="+", help="image files or directories of images (EXIF orientation applied)")
     parser.add_argument("--checkpoint", required=True, help="fastmde checkpoint (or a run directory)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output directory; results mirror the inputs' paths below their common folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results already in --out (default: refuse before writing anything)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
     parser.add_argument("--min-depth", type=float, default=None, help="colour scale start (default: per image)")
     parser.add_argument("--max-depth", type=float, default=None, help="colour scale end (default: per image)")
+
+
+def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False) -> tuple[list[str], int]:
+    """Output stems for ``paths`` and how many existing result files they replace.
+
+    Checked before anything is written: unique names (:func:`output_stems`), no result that
+    would replace one of the input images, and no existing result unless ``overwrite``.
+
+    Raises:
+        ValueError: two inputs share an output name, or an output is one of the inputs.
+        FileExistsError: a result exists and ``overwrite`` is False; names the file.
+    """
+    stems = output_stems(paths)
+    inputs = {os.path.normcase(os.path.realpath(p)): p for p in paths}
+    existing = 0
+    for stem in stems:
+        for ext in (".png", ".npy"):
+            target = os.path.join(out_dir, stem + ext)
+            key = os.path.normcase(os.path.realpath(target))
+            if key in inputs:
+                raise ValueError(f"the result {target!r} would replace the input image {inputs[key]!r}; "
+                                 "choose another --out (nothing was written)")
+            if os.path.lexists(target):
+                if not overwrite:
+                    raise FileExistsError(f"{target!r} already exists (an earlier run?); pass --overwrite to "
+                                          "replace results, or choose another --out (nothing was written)")
+                existing += 1
+    return stems, existing
 
 
 def run(args) -> int:
@@ -130,17 +180,27 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
-    paths = expand_inputs(args.images)
+    paths, duplicates = unique_inputs(expand_inputs(args.images))
+    stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite)
+    if duplicates:
+        print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
+              file=sys.stderr)
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     amp_dtype = resolve_amp(args.amp, device)
-    stems = output_stems(paths)
-    # Read and predict in chunks so that memory stays bounded for long lists.
-    chunk = max(args.batch_size * 8, 32)
-    for start in range(0, len(paths), chunk):
-        images = [read_image(p) for p in paths[start:start + chunk]]
-        depths = predict_images(model, images, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
-        for stem, depth in zip(stems[start:start + chunk], depths):
-            write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth)
-    print(f"wrote {len(paths)} depth maps (.png, .npy) to {args.out}", file=sys.stderr)
+    written = 0
+    try:
+        # Read and predict in chunks so that memory stays bounded for long lists.
+        chunk = max(args.batch_size * 8, 32)
+        for start in range(0, len(paths), chunk):
+            images = [read_image(p) for p in paths[start:start + chunk]]
+            depths = predict_images(model, images, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
+            for stem, depth in zip(stems[start:start + chunk], depths):
+                write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth)
+                written += 1
+    except BaseException:
+        print(f"predict: stopped after writing {written} of {len(paths)} depth maps to {args.out}", file=sys.stderr)
+        raise
+    note = f", replacing {replaced} existing files" if replaced else ""
+    print(f"wrote {written} depth maps (.png, .npy) to {args.out}{note}", file=sys.stderr)
     return 0

@@ -130,6 +130,7 @@ def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *
     import numpy as np
     from PIL import Image, ImageDraw
 
+    from .._atomic import atomic_path
     from .predict import colourise
 
     th, tw = tile
@@ -150,19 +151,19 @@ def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *
             canvas.paste(tile_image, (label_w + j * tw, i * th))
     for i, (label, _) in enumerate(all_rows):
         draw.text((6, i * th + th // 2 - 6), label[:26], fill="black")
-    tmp = path + ".tmp"
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: str = "paper",
               figure_images: int = 4, log=print) -> dict:
     """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}."""
-    from .checkpoint import atomic_write_text, build_model_from_checkpoint, read_checkpoint
+    from .._atomic import atomic_write_text
+    from .checkpoint import build_model_from_checkpoint, read_checkpoint
     from .datasets import build_datasets
     from .evaluate import evaluate
     from .paper import beside_sweep
-    from .predict import predict_images
+    from .inference import predict_images
     from .speed import resolve_amp, resolve_device
     from .train import Trainer
 

@@ -25,12 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed as D
-from .checkpoint import atomic_save, atomic_write_text, capture_rng_states, read_checkpoint, restore_rng_states
+from .._atomic import atomic_write_text
+from .checkpoint import atomic_save, capture_rng_states, read_checkpoint, restore_rng_states
 from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig
 from .ema import WeightAverage
 from .schedule import make_scheduler
-from .evaluate import METRIC_ORDER, evaluate, to_images
+from .evaluate import METRIC_ORDER, evaluate
+from .inference import to_images
 from .progress import Progress, format_seconds
 from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
 

@@ -1,0 +1,192 @@
+"""Atomic file writes: a reader sees the old complete file or the new complete file, never half.
+
+Every file fastmde writes (checkpoints, evaluation and sweep results, predicted depth maps,
+the NYU-layout data writers, the synthetic cache, the benchmark tables) goes through this
+module. The recipe, for ``path``:
+
+1. create a temporary file in the same folder (so the final rename never crosses a file
+   system) under a unique name ``.<name>.<random>.tmp``: hidden, recognisable (a leftover
+   from a killed process ends in ``.tmp``), and never shared by two writers into one folder;
+2. the caller writes it, through a file object (``torch.save``, ``numpy.save``, text), or by
+   name for libraries that open files themselves (h5py; Pillow with an explicit ``format=``,
+   since the temporary name has no image extension);
+3. flush and ``fsync`` the data, then ``os.replace`` it onto ``path`` (atomic on POSIX and
+   Windows);
+4. on any error (including ``KeyboardInterrupt``) the temporary file is removed and ``path``
+   is left as it was.
+
+The temporary file is created with ``os.open(..., O_CREAT | O_EXCL, 0o666)``, so the kernel
+applies the process umask exactly as a plain ``open(path, "w")`` would: the final file gets
+``0o666 & ~umask`` (``tempfile.mkstemp`` would create it 0600, and reading the umask back
+means changing it process-wide for a moment). Folders made by :func:`atomic_directory` get
+``0o777 & ~umask`` the same way.
+
+The rename itself is not followed by an ``fsync`` of the folder: after a power cut the folder
+may still show the old file, but never a partial one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+
+__all__ = ["atomic_directory", "atomic_path", "atomic_write", "atomic_write_text"]
+
+_ATTEMPTS = 100
+
+
+def _temporary_name(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+
+
+def _create_temporary(path: str) -> tuple[int, str]:
+    """A new empty file beside ``path`` (mode ``0o666 & ~umask``), as ``(fd, name)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(_ATTEMPTS):
+        tmp = _temporary_name(path)
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name beside it after {_ATTEMPTS} attempts")
+
+
+def _target(path) -> str:
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, cannot write a file there")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def _remove(tmp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _fsync_file(name: str) -> None:
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", *, encoding: str | None = None, newline: str | None = None,
+                 fsync: bool = True):
+    """Write ``path`` atomically through a file object.
+
+    ``mode`` is ``"wb"`` (bytes) or ``"w"`` (text, ``encoding`` default UTF-8). The folder is
+    created if missing. On a clean exit the data is flushed, fsynced (unless ``fsync=False``)
+    and renamed onto ``path``; on an exception the temporary file is removed, ``path`` keeps
+    its old content, and the exception propagates.
+
+    Example::
+
+        with atomic_write("runs/x/last.pt") as f:
+            torch.save(state, f)
+
+    Raises:
+        ValueError: ``mode`` is not ``"w"`` or ``"wb"``.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' (text) or 'wb' (bytes), got {mode!r}")
+    path = _target(path)
+    fd, tmp = _create_temporary(path)
+    try:
+        if mode == "w":
+            f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline=newline)
+        else:
+            f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        _remove(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, fsync: bool = True):
+    """Write ``path`` atomically through a temporary file name, for writers that open by name.
+
+    Yields the name of an empty temporary file beside ``path``; the caller writes it
+    (``h5py.File(tmp, "w")``, ``image.save(tmp, format="PNG")``), then a
+    clean exit fsyncs it and renames it onto ``path``. On an exception the temporary file is
+    removed and ``path`` is left as it was. The caller must close what it opened before the
+    block ends.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        FileNotFoundError: the writer removed the temporary file without recreating it.
+    """
+    path = _target(path)
+    fd, tmp = _create_temporary(path)
+    os.close(fd)
+    try:
+        yield tmp
+        if not os.path.exists(tmp):
+            raise FileNotFoundError(f"{tmp}: the temporary file for {path} disappeared before the rename")
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Build a folder under a temporary name beside ``path`` and rename it into place.
+
+    Yields the temporary folder (mode ``0o777 & ~umask``). On a clean exit it is renamed to
+    ``path``; if ``path`` appeared meanwhile (another process built the same thing first),
+    the existing folder is kept and the temporary one removed, so concurrent builders agree on
+    one copy. On an exception the temporary folder is removed. The files inside should be
+    written with :func:`atomic_write` / :func:`atomic_path` (or fsynced) for the result to
+    survive a power cut.
+
+    Raises:
+        FileExistsError: ``path`` exists and is not a folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(_ATTEMPTS):
+        tmp = _temporary_name(path)
+        try:
+            os.mkdir(tmp, 0o777)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path}: no free temporary name beside it after {_ATTEMPTS} attempts")
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not os.path.isdir(path):  # not a lost race: a real failure
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
