@@ -38,7 +38,8 @@ class NYUCsv(Dataset):
 
     Paths in the CSV are relative to ``root`` (as in ``nyu_data.zip``: ``data/nyu2_train/...``).
     Train depth is an 8-bit PNG (``v / 255 * 10`` m), test depth a 16-bit PNG in millimetres;
-    0 is invalid in both.
+    0 is invalid in both. Images are read as shown (:func:`~fastmde.data._common.decode_image`
+    applies an EXIF orientation tag, to the photo and to its depth map alike).
 
     Args:
         root: the directory that holds ``data/``.
@@ -85,7 +86,8 @@ class NYUCsv(Dataset):
         depth = decode_depth_png(depth_path, self.encoding)
         h, w = self.size
         if rgb.shape != (3, h, w):
-            raise DataFormatError(f"{rgb_path}: image is {rgb.shape[2]}x{rgb.shape[1]}, expected {w}x{h}")
+            raise DataFormatError(f"{rgb_path}: image is {rgb.shape[2]}x{rgb.shape[1]} as shown (EXIF orientation "
+                                  f"applied), expected {w}x{h}")
         if depth.shape != (h, w):
             raise DataFormatError(f"{depth_path}: depth image is {depth.shape[1]}x{depth.shape[0]}, expected {w}x{h}")
         return make_item(rgb, depth)
