@@ -28,12 +28,18 @@ HOT_PATHS = ("depth_loss", "depth_metrics", "up_projection")
 BACKENDS = ("reference", "native", "triton")
 
 # Functions each implementation module must define for a hot path to count as available.
+# The Triton up-projection also folds BatchNorm into its convs (``fastmde::upsample_conv2d_bn``);
+# elsewhere that op runs the reference stage over the device's ``upsample_conv2d``.
 NATIVE_ENTRY_POINTS = {
     "depth_loss": ("depth_loss_forward",),
     "depth_metrics": ("depth_metric_sums",),
     "up_projection": ("upsample_conv2d_forward", "upsample_conv2d_backward"),
 }
-TRITON_ENTRY_POINTS = NATIVE_ENTRY_POINTS
+TRITON_ENTRY_POINTS = {
+    **NATIVE_ENTRY_POINTS,
+    "up_projection": NATIVE_ENTRY_POINTS["up_projection"]
+    + ("upsample_conv2d_bn_forward", "upsample_conv2d_bn_backward"),
+}
 
 
 class BackendUnavailableError(RuntimeError):

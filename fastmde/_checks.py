@@ -57,3 +57,17 @@ def as_depth_maps(
         if mask3.dtype != torch.bool:
             mask3 = mask3 != 0
     return pred3, target3, mask3
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the hot paths accumulate and return statistics in: float64 stays float64, every
+    other floating dtype (float32, float16, bfloat16) computes in float32 (DESIGN.md §2)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` is laid out so (and not also plain contiguous), else contiguous:
+    the layout the ops give their outputs and input gradients."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

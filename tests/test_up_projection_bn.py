@@ -243,7 +243,7 @@ def test_fused_block_matches_plain_block(any_backend, reduce, stack, momentum):
 
 def test_fused_block_default_follows_the_backend(monkeypatch):
     """fuse_batchnorm=None: fused where the up-projection runs on Triton, plain elsewhere."""
-    import fastmde.nn.up_projection as module
+    import fastmde.ops.up_projection_block as module
 
     calls = []
     real = module.upsample_conv2d_bn_op

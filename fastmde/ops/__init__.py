@@ -2,13 +2,17 @@
 from .depth_loss import depth_loss_op
 from .depth_metrics import depth_metric_sums_op
 from .up_projection import upsample_conv2d_backward_op, upsample_conv2d_op
-from .up_projection_bn import upsample_conv2d_bn_backward_op, upsample_conv2d_bn_op
+from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn_backward_op, upsample_conv2d_bn_op
+from .up_projection_block import UpProjectionLayers, up_projection
 
 __all__ = [
+    "UpProjectionLayers",
+    "batchnorm_add_relu",
     "depth_loss_op",
     "depth_metric_sums_op",
     "upsample_conv2d_backward_op",
     "upsample_conv2d_bn_backward_op",
     "upsample_conv2d_bn_op",
     "upsample_conv2d_op",
+    "up_projection",
 ]

@@ -1,4 +1,4 @@
-"""Helpers shared by the op files: pick the implementation module for a call, memory formats."""
+"""Helpers shared by the op files: pick the implementation module for a call, keep autocast out."""
 from __future__ import annotations
 
 import torch
@@ -14,13 +14,6 @@ def implementation(hot_path: str, device: torch.device):
     if backend == "triton":
         return backend, _backend.triton_module(hot_path)
     return backend, None
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is laid out so (and not also plain contiguous), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def no_autocast(device: torch.device):

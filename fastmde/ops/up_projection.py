@@ -7,29 +7,38 @@ Outputs keep the memory format of ``x`` (channels_last in, channels_last out).
 
 Implementations: ``fastmde/reference/up_projection.py`` (spec), ``csrc/up_projection.cpp``
 (``_C.upsample_conv2d_forward`` / ``_backward``), ``kernels/up_projection.py`` (same names);
-all take the op's arguments in order.
+all take the op's arguments in order. The block built on it is
+``fastmde/ops/up_projection_block.py``; the BatchNorm-folded stages are
+``fastmde/ops/up_projection_bn.py``.
 """
 from __future__ import annotations
 
 import torch
 
+from .._checks import memory_format_of
 from ..reference.up_projection import (
     upsample_conv2d_backward_reference,
     upsample_conv2d_forward_reference,
 )
-from ._dispatch import implementation, memory_format_of, no_autocast
+from ._dispatch import implementation, no_autocast
+
+
+def upsample_conv2d_kernels(device: torch.device):
+    """(forward, backward) functions serving ``fastmde::upsample_conv2d`` on ``device``: the
+    chosen implementation's (C++ on CPUs, Triton on GPUs) or the reference's."""
+    _, module = implementation("up_projection", device)
+    if module is None:
+        return upsample_conv2d_forward_reference, upsample_conv2d_backward_reference
+    return module.upsample_conv2d_forward, module.upsample_conv2d_backward
 
 
 @torch.library.custom_op("fastmde::upsample_conv2d", mutates_args=())
 def upsample_conv2d_op(
     x: torch.Tensor, weight: torch.Tensor, size: list[int], align_corners: bool
 ) -> torch.Tensor:
-    backend, module = implementation("up_projection", x.device)
+    forward, _ = upsample_conv2d_kernels(x.device)
     with no_autocast(x.device):
-        if module is None:
-            out = upsample_conv2d_forward_reference(x, weight, size, align_corners)
-        else:
-            out = module.upsample_conv2d_forward(x, weight, list(size), align_corners)
+        out = forward(x, weight, list(size), align_corners)
     return out.contiguous(memory_format=memory_format_of(x))
 
 
@@ -47,12 +56,9 @@ def upsample_conv2d_backward_op(
     size: list[int],
     align_corners: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    backend, module = implementation("up_projection", x.device)
+    _, backward = upsample_conv2d_kernels(x.device)
     with no_autocast(x.device):
-        if module is None:
-            grad_x, grad_w = upsample_conv2d_backward_reference(grad_out, x, weight, size, align_corners)
-        else:
-            grad_x, grad_w = module.upsample_conv2d_backward(grad_out, x, weight, list(size), align_corners)
+        grad_x, grad_w = backward(grad_out, x, weight, list(size), align_corners)
     return grad_x.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
 
 

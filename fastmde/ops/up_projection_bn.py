@@ -7,9 +7,10 @@ Schema: ``upsample_conv2d_bn(x, in_scale?, in_shift?, weight, size[2], align_cor
 ``out`` that the next BatchNorm needs, in float32 (float64 for float64 input). Spec:
 ``upsample_conv2d_bn_reference`` in ``fastmde/reference/up_projection.py``.
 
-Chaining stages (:class:`fastmde.nn.UpProjection` with ``fuse_batchnorm``) means a BatchNorm
-output or ReLU output is never written or saved: each conv reads its predecessor's raw output
-and normalises it on the fly, and its own statistics come from its epilogue, not another pass.
+Chaining stages (``fastmde/ops/up_projection_block.py`` with ``fuse_batchnorm``) means a
+BatchNorm output or ReLU output is never written or saved: each conv reads its predecessor's
+raw output and normalises it on the fly, and its own statistics come from its epilogue, not
+another pass. The chain ends in :func:`batchnorm_add_relu`.
 
 Backward: the total gradient of ``out`` is
 :math:`g = \\partial out + \\partial\\mu / N + \\partial\\sigma^2 \\cdot 2 (out - \\mu) / N`
@@ -21,8 +22,9 @@ ReLU's backward is elementwise: :math:`\\partial x = \\partial a \\cdot s \\cdot
 
 Implementations: the Triton kernels (``kernels/up_projection.py``:
 ``upsample_conv2d_bn_forward`` / ``_backward``, statistics from the conv's epilogue) where the
-backend is Triton; elsewhere the op composes the activation, the ``fastmde::upsample_conv2d``
-implementation (C++ or reference; a plain conv at equal size) and ``torch.var_mean``.
+backend is Triton; elsewhere the reference stage
+(``upsample_conv2d_bn_forward_reference`` / ``_backward_reference``) over the device's
+``fastmde::upsample_conv2d`` implementation (C++ or reference).
 """
 from __future__ import annotations
 
@@ -31,20 +33,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._checks import compute_dtype, memory_format_of
 from ..reference.up_projection import (
-    activate_reference,
-    upsample_conv2d_backward_reference,
-    upsample_conv2d_forward_reference,
+    affine_reference,
+    batchnorm_add_reference,
+    batchnorm_add_relu_reference,
+    upsample_conv2d_bn_backward_reference,
+    upsample_conv2d_bn_forward_reference,
 )
-from ._dispatch import implementation, memory_format_of, no_autocast
-
-
-def _stats_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _same_size(x: torch.Tensor, size) -> bool:
-    return tuple(x.shape[-2:]) == (int(size[0]), int(size[1]))
+from ._dispatch import implementation, no_autocast
+from .up_projection import upsample_conv2d_kernels
 
 
 @torch.library.custom_op("fastmde::upsample_conv2d_bn", mutates_args=())
@@ -59,26 +57,20 @@ def upsample_conv2d_bn_op(
     if (in_scale is None) != (in_shift is None):
         raise ValueError("upsample_conv2d_bn: in_scale and in_shift must be given together (or neither)")
     backend, module = implementation("up_projection", x.device)
-    fmt = memory_format_of(x)
     with no_autocast(x.device):
-        if hasattr(module, "upsample_conv2d_bn_forward"):
+        if backend == "triton":
             out, mean, var = module.upsample_conv2d_bn_forward(x, in_scale, in_shift, weight, list(size), align_corners)
         else:
-            a = activate_reference(x, in_scale, in_shift)
-            if _same_size(a, size):
-                out = F.conv2d(a, weight, padding=weight.shape[-1] // 2)
-            elif module is None:
-                out = upsample_conv2d_forward_reference(a, weight, size, align_corners)
-            else:
-                out = module.upsample_conv2d_forward(a, weight, list(size), align_corners)
-            var, mean = torch.var_mean(out.to(_stats_dtype(x)), dim=(0, 2, 3), unbiased=False)
-    return out.contiguous(memory_format=fmt), mean, var
+            forward, _ = upsample_conv2d_kernels(x.device)
+            out, mean, var = upsample_conv2d_bn_forward_reference(
+                x, in_scale, in_shift, weight, size, align_corners, forward)
+    return out.contiguous(memory_format=memory_format_of(x)), mean, var
 
 
 @upsample_conv2d_bn_op.register_fake
 def _(x, in_scale, in_shift, weight, size, align_corners):
     out = x.new_empty((x.shape[0], weight.shape[0], size[0], size[1])).contiguous(memory_format=memory_format_of(x))
-    stats = x.new_empty((weight.shape[0],), dtype=_stats_dtype(x))
+    stats = x.new_empty((weight.shape[0],), dtype=compute_dtype(x.dtype))
     return out, stats, stats.clone()
 
 
@@ -94,20 +86,13 @@ def upsample_conv2d_bn_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     backend, module = implementation("up_projection", x.device)
     with no_autocast(x.device):
-        if hasattr(module, "upsample_conv2d_bn_backward"):
+        if backend == "triton":
             grad_a, grad_w = module.upsample_conv2d_bn_backward(
                 grad_out, x, in_scale, in_shift, weight, list(size), align_corners)
         else:
-            a = activate_reference(x, in_scale, in_shift)
-            if _same_size(a, size):
-                pad = weight.shape[-1] // 2
-                grad_a, grad_w, _ = torch.ops.aten.convolution_backward(
-                    grad_out.to(a.dtype), a, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
-                    [True, True, False])
-            elif module is None:
-                grad_a, grad_w = upsample_conv2d_backward_reference(grad_out.to(a.dtype), a, weight, size, align_corners)
-            else:
-                grad_a, grad_w = module.upsample_conv2d_backward(grad_out.to(a.dtype), a, weight, list(size), align_corners)
+            _, backward = upsample_conv2d_kernels(x.device)
+            grad_a, grad_w = upsample_conv2d_bn_backward_reference(
+                grad_out, x, in_scale, in_shift, weight, size, align_corners, backward)
     return grad_a.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
 
 
@@ -140,7 +125,7 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
     if in_scale is None:
         return grad_a, None, None, grad_w, None, None
     # a = relu(x s + t): the gradient passes where x s + t > 0
-    live = (x.to(in_scale.dtype) * in_scale[:, None, None] + in_shift[:, None, None]) > 0
+    live = affine_reference(x, in_scale, in_shift) > 0
     grad_pre = grad_a.to(in_scale.dtype) * live
     grad_x = (grad_pre * in_scale[:, None, None]).to(x.dtype)
     grad_scale = (grad_pre * x.to(in_scale.dtype)).sum(dim=(0, 2, 3))
@@ -149,3 +134,30 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
 
 
 upsample_conv2d_bn_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _BatchNormAddReLU(torch.autograd.Function):
+    """``batchnorm_add_relu_reference`` saving only its inputs: the ReLU's mask is recomputed in
+    backward from u and v, which the stages keep anyway, instead of keeping the output."""
+
+    @staticmethod
+    def forward(ctx, u, scale_u, shift_u, v, scale_v, shift_v):
+        ctx.save_for_backward(u, scale_u, shift_u, v, scale_v, shift_v)
+        return batchnorm_add_relu_reference(u, scale_u, shift_u, v, scale_v, shift_v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, scale_u, shift_u, v, scale_v, shift_v = ctx.saved_tensors
+        g = grad * (batchnorm_add_reference(u, scale_u, shift_u, v, scale_v, shift_v) > 0)
+        dims = (0, 2, 3)
+        return (
+            (g * scale_u[:, None, None]).to(u.dtype), (g * u).sum(dims), g.sum(dims),
+            (g * scale_v[:, None, None]).to(v.dtype), (g * v).sum(dims), g.sum(dims),
+        )
+
+
+def batchnorm_add_relu(u, scale_u, shift_u, v, scale_v, shift_v) -> torch.Tensor:
+    r"""The fused block's end: :math:`\mathrm{relu}(u s_u + t_u + v s_v + t_v)` per channel
+    (u, v (B, C, H, W); scales and shifts (C,), float32 or float64), in the scales' dtype;
+    differentiable in all six, keeping only its inputs for backward."""
+    return _BatchNormAddReLU.apply(u, scale_u, shift_u, v, scale_v, shift_v)

@@ -1,0 +1,117 @@
+"""The up-projection block over the ``fastmde::`` ops, and where its path is chosen.
+
+:func:`up_projection` runs ``[conv -> BN -> ReLU ->] up -> {conv1 -> BN -> ReLU -> conv2 -> BN}
++ {shortcut conv -> BN} -> ReLU`` (DESIGN.md §3; spec: ``up_projection_block_reference`` in
+``fastmde/reference/up_projection.py``) with the parameters and buffers of the block's own
+``nn.Conv2d`` / ``nn.BatchNorm2d`` modules (:class:`UpProjectionLayers`), so
+``fastmde.nn.UpProjection`` and blocks adopted by ``fastmde.patch`` run the same code. Two
+choices, both taken here from the device and the backend:
+
+* ``stack_convs``: the branch's first conv and the shortcut conv as one ``upsample_conv2d`` over
+  their stacked weights (one load of the input for both; the GPU default) or one op each (the
+  CPU default: an A/B at the U-Net34 decoder shapes, batch 1 and 8, found it faster on 6 of 8
+  and 5% slower on the smallest batch-1 one: each call's band buffers are half the size, and
+  its output is contiguous, so at batch > 1 BatchNorm copies no strided half).
+* ``fuse_batchnorm``: the block as chained ``upsample_conv2d_bn`` stages: each BatchNorm's
+  statistics come from its conv's epilogue and its normalisation + ReLU is applied while the
+  next conv loads, so no BatchNorm or ReLU output is written or saved for backward (3 maps of
+  the upsampled size kept instead of 5). Default: where the up-projection runs on the Triton
+  kernels; elsewhere the plain path (ATen's BatchNorm) is the one measured faster.
+
+Both paths give the same values, gradients and BatchNorm running statistics (momentum, or a
+cumulative average with ``momentum=None``) as the plain block.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _backend
+from ..reference.up_projection import batchnorm_affine_reference
+from .up_projection import upsample_conv2d_op
+from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn_op
+
+
+class UpProjectionLayers(NamedTuple):
+    """The modules of one up-projection block (their weights and buffers are read at each call).
+
+    ``conv1``/``bn1``: the branch's first conv (reads the upsampled input) and BatchNorm;
+    ``conv2``/``bn2``: the branch's second conv and BatchNorm; ``shortcut_conv``/``shortcut_bn``:
+    the shortcut (reads the upsampled input); ``reduce_conv``/``reduce_bn`` (optional): the
+    conv -> BN -> ReLU before the upsample (the paper's 1x1 reduction). Every conv: stride 1,
+    padding k // 2, no bias, k odd."""
+
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    conv2: nn.Conv2d
+    bn2: nn.BatchNorm2d
+    shortcut_conv: nn.Conv2d
+    shortcut_bn: nn.BatchNorm2d
+    reduce_conv: Optional[nn.Conv2d] = None
+    reduce_bn: Optional[nn.BatchNorm2d] = None
+
+
+def up_projection(
+    x: torch.Tensor,
+    layers: UpProjectionLayers,
+    size,
+    align_corners: bool,
+    *,
+    stack_convs: bool | None = None,
+    fuse_batchnorm: bool | None = None,
+) -> torch.Tensor:
+    """The block's output (B, Cout, H, W) for ``x`` (B, Cin, h, w) upsampled to ``size`` = (H, W)
+    (bilinear, ``align_corners``); ``stack_convs`` / ``fuse_batchnorm``: None chooses by
+    device and backend (see the module docstring). The branch's first conv and the shortcut
+    are stacked only when their kernel sizes match."""
+    size = [int(size[0]), int(size[1])]
+    stack = stack_convs if stack_convs is not None else x.device.type != "cpu"
+    stack = stack and layers.conv1.weight.shape[-1] == layers.shortcut_conv.weight.shape[-1]
+    fuse = fuse_batchnorm
+    if fuse is None:
+        fuse = _backend.choose("up_projection", x.device.type) == "triton"
+    if fuse:
+        return _fused(x, layers, size, align_corners, stack)
+    return _plain(x, layers, size, align_corners, stack)
+
+
+def _plain(x, layers: UpProjectionLayers, size, align_corners, stack):
+    """ATen's conv and BatchNorm around the ``upsample_conv2d`` op(s)."""
+    if layers.reduce_conv is not None:
+        x = F.relu(layers.reduce_bn(layers.reduce_conv(x)))
+    if stack:
+        weight = torch.cat((layers.conv1.weight, layers.shortcut_conv.weight), dim=0)
+        both = upsample_conv2d_op(x, weight.to(x.dtype), size, align_corners)
+        branch, shortcut = both.split([layers.conv1.weight.shape[0], layers.shortcut_conv.weight.shape[0]], dim=1)
+    else:
+        branch = upsample_conv2d_op(x, layers.conv1.weight.to(x.dtype), size, align_corners)
+        shortcut = upsample_conv2d_op(x, layers.shortcut_conv.weight.to(x.dtype), size, align_corners)
+    branch = layers.bn2(layers.conv2(F.relu(layers.bn1(branch))))
+    return F.relu(branch + layers.shortcut_bn(shortcut))
+
+
+def _fused(x, layers: UpProjectionLayers, size, align_corners, stack):
+    """Chained ``upsample_conv2d_bn`` stages: each reads its predecessor's raw conv output and
+    that BatchNorm's (scale, shift)."""
+    dtype, ac = x.dtype, align_corners
+    scale = shift = None
+    if layers.reduce_conv is not None:
+        x, mean, var = upsample_conv2d_bn_op(x, None, None, layers.reduce_conv.weight.to(dtype), list(x.shape[-2:]), ac)
+        scale, shift = batchnorm_affine_reference(layers.reduce_bn, mean, var, x.shape)
+    if stack:
+        c = layers.conv1.weight.shape[0]
+        weight = torch.cat((layers.conv1.weight, layers.shortcut_conv.weight), dim=0).to(dtype)
+        both, mean, var = upsample_conv2d_bn_op(x, scale, shift, weight, size, ac)
+        branch, shortcut = both.split([c, both.shape[1] - c], dim=1)
+        stats1, stats_s = (mean[:c], var[:c]), (mean[c:], var[c:])
+    else:
+        branch, *stats1 = upsample_conv2d_bn_op(x, scale, shift, layers.conv1.weight.to(dtype), size, ac)
+        shortcut, *stats_s = upsample_conv2d_bn_op(x, scale, shift, layers.shortcut_conv.weight.to(dtype), size, ac)
+    scale1, shift1 = batchnorm_affine_reference(layers.bn1, *stats1, branch.shape)
+    scale_s, shift_s = batchnorm_affine_reference(layers.shortcut_bn, *stats_s, shortcut.shape)
+    branch, mean2, var2 = upsample_conv2d_bn_op(branch, scale1, shift1, layers.conv2.weight.to(dtype), size, ac)
+    scale2, shift2 = batchnorm_affine_reference(layers.bn2, mean2, var2, branch.shape)
+    return batchnorm_add_relu(branch, scale2, shift2, shortcut, scale_s, shift_s).to(dtype)
