@@ -13,7 +13,7 @@ TRAIN_FRAMES, TEST_FRAMES = 10, 4
 def tiny_config(cache_dir: str, out: str, **changes) -> TrainConfig:
     """The smallest model variant (ResNet18 encoder, 3x3 kernels, 1x1 reduction) on a few frames."""
     options = dict(
-        model="unet34-k3-1x1", extra={"encoder": 18}, size=MODEL_SIZE, loss="hu_blurred",
+        model="unet34-k3-1x1", encoder=18, size=MODEL_SIZE, loss="hu_blurred",
         epochs=2, batch_size=2, lr=1e-3, seed=3, data_format="synthetic", cache_dir=cache_dir,
         synthetic_train=TRAIN_FRAMES, synthetic_val=TEST_FRAMES, synthetic_size=FRAME_SIZE,
         val_fraction=0.2, device="cpu", amp="none", workers=0, out=out, progress=False,

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from engine_helpers import TEST_FRAMES, cli_data_args, cli_model_args, synthetic_cache
+from engine_helpers import TEST_FRAMES, cli_data_args, cli_model_args, synthetic_cache, tiny_config
 from fastmde.cli import main
 from fastmde.engine import read_checkpoint
 from fastmde.engine.sweep import BUILTIN, builtin_rows, read_rows
@@ -47,6 +47,69 @@ def test_sweep_writes_table_and_figure(cache, tmp_path, capsys):
     mtime = os.path.getmtime(out / "l1-loss" / "last.pt")
     assert main(argv) == 0
     assert os.path.getmtime(out / "l1-loss" / "last.pt") == mtime
+
+
+def test_sweep_with_ema_scores_the_average_in_table_and_figure(cache, tmp_path, monkeypatch):
+    """One model per row, in the table and in the figure: with --ema the weights' average (what
+    validation scores and `fastmde eval` loads), not the raw weights."""
+    import torch
+
+    from fastmde.engine import sweep
+    from fastmde.engine.checkpoint import build_model_from_checkpoint
+    from fastmde.engine.evaluate import evaluate
+    from fastmde.engine.inference import predict_images
+
+    drawn = {}
+    monkeypatch.setattr(sweep, "make_figure", lambda images, gt, rows, path: drawn.update(rows))
+    out = tmp_path / "ema"
+    base = tiny_config(cache, str(out), ema=0.5, epochs=1, batch_size=4)
+    result = sweep.run_sweep(base, [{"name": "avg"}], str(out), figure_images=2, log=lambda text: None)
+    ckpt = read_checkpoint(str(out / "avg" / "last.pt"))
+    average = build_model_from_checkpoint(ckpt)
+    raw = build_model_from_checkpoint({**ckpt, "ema": None})
+    from fastmde.engine.datasets import build_datasets
+
+    _, _, test_set = build_datasets(base)
+    # (1e-6: the CPU kernels' multithreaded sums may round the last bit differently run to run)
+    scored = result["rows"][0]["metrics"]
+    assert scored == pytest.approx(evaluate(average, test_set, "paper", batch_size=4), rel=1e-6)
+    raw_rms = evaluate(raw, test_set, "paper", batch_size=4)["rms"]
+    assert abs(scored["rms"] - raw_rms) > 1e-3 * raw_rms                # the test can tell them apart
+    images = [test_set[i]["image"] for i in range(2)]
+    for got, want, other in zip(drawn["avg"], predict_images(average, images), predict_images(raw, images)):
+        torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(torch.from_numpy(got), torch.from_numpy(other), rtol=1e-3, atol=1e-3)
+
+
+def test_sweep_reuses_a_row_only_with_the_same_options(cache, tmp_path):
+    from fastmde.engine.sweep import run_sweep
+
+    out = tmp_path / "reuse"
+    base = tiny_config(cache, str(out), epochs=1, batch_size=4)
+    logs = []
+    run_sweep(base, [{"name": "a"}], str(out), figure_images=1, log=logs.append)
+    mtime = os.path.getmtime(out / "a" / "last.pt")
+    logs.clear()
+    run_sweep(base.replace(progress=False, workers=0), [{"name": "a"}], str(out), figure_images=1, log=logs.append)
+    assert os.path.getmtime(out / "a" / "last.pt") == mtime and any("reusing" in line for line in logs)
+    logs.clear()
+    run_sweep(base, [{"name": "a"}], str(out), protocol="hu", figure_images=1, log=logs.append)
+    assert os.path.getmtime(out / "a" / "last.pt") == mtime                        # scored again only
+    assert any("scoring under 'hu'" in line for line in logs)
+    assert json.loads((out / "a" / "result.json").read_text())["protocol"] == "hu"
+    logs.clear()
+    run_sweep(base, [{"name": "a", "lr": 5e-4}], str(out), protocol="hu", figure_images=1, log=logs.append)
+    assert any("--lr 0.001 (saved) -> 0.0005 (now)" in line and "training again" in line for line in logs)
+    assert json.loads((out / "a" / "result.json").read_text())["config"]["lr"] == 5e-4
+
+
+def test_sweep_checks_every_row_before_training(cache, tmp_path):
+    from fastmde.engine.sweep import run_sweep
+
+    base = tiny_config(cache, str(tmp_path / "s"), batch_size=1)
+    with pytest.raises(ValueError, match="sweep row 'tiny'.*--size 24x32 cannot train at --batch-size 1"):
+        run_sweep(base, [{"name": "ok"}, {"name": "tiny", "size": "24x32"}], str(tmp_path / "s"))
+    assert not os.path.exists(tmp_path / "s" / "ok")
 
 
 def test_builtin_sweeps_and_row_errors(tmp_path):

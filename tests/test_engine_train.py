@@ -133,8 +133,14 @@ def test_run_directory_guard_and_resume_errors(uninterrupted, cache, tmp_path):
         Trainer(tiny_config(cache, str(tmp_path / "empty")), resume=True)
     from fastmde.engine import CheckpointError
 
-    with pytest.raises(CheckpointError, match="holds model"):
+    with pytest.raises(CheckpointError, match=r"--size 32x48 \(saved\) -> 64x64 \(now\)"):
         Trainer(tiny_config(cache, full_out, size=(64, 64)), resume=True)
+    # every option that may not change is named, with both values
+    with pytest.raises(CheckpointError) as info:
+        Trainer(tiny_config(cache, full_out, loss="l1", seed=9, encoder=34), resume=True)
+    for part in ("--encoder 18 (saved) -> 34 (now)", "--loss hu_blurred (saved) -> l1 (now)",
+                 "--seed 3 (saved) -> 9 (now)"):
+        assert part in str(info.value)
 
 
 def test_time_limit_stops_resumably(cache, tmp_path):
@@ -298,5 +304,197 @@ def test_ema_cosine_warmup_run_scores_the_average_and_resumes_bitwise(uninterrup
     from fastmde.engine import CheckpointError
 
     plain_out, _ = uninterrupted
-    with pytest.raises(CheckpointError, match="without --ema"):
+    with pytest.raises(CheckpointError, match=r"--ema None \(saved\) -> 0.9 \(now\)"):
         Trainer(tiny_config(cache, plain_out, ema=0.9), resume=True)
+
+
+# ---------------------------------------------------------------- options defined once
+
+def _example_values(f, default):
+    """Values unlike the default for option ``f``, from its type and choices (a new option is
+    covered without editing this test)."""
+    import typing
+
+    from fastmde.engine.config import TrainConfig, choices_of
+
+    choices = choices_of(f)
+    if choices is not None:
+        return [c for c in choices if c != default]
+    kind = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(kind) is not tuple else kind
+    if base is bool:
+        return [not default] if default is not None else [True, False]
+    if base is int:
+        return [v for v in (2, 3, 7) if v != default]
+    if base is float:
+        return [v for v in (0.5, 0.25, 0.9, 2.5) if v != default]
+    if typing.get_origin(kind) is tuple and typing.get_args(kind) == (int, int):
+        return [(40, 56)]
+    if typing.get_origin(kind) is tuple:
+        return [tuple(default[:1])]
+    return ["some/path-or-name"]
+
+
+def test_every_option_reaches_the_config_and_survives_save_load(tmp_path):
+    """For every TrainConfig field on the command line: a non-default value typed as a user
+    would reaches the config, and the config survives to_dict -> JSON -> from_dict."""
+    import dataclasses
+
+    from fastmde.cli import build_parser
+    from fastmde.engine.config import config_from_args, default_of, fields, flag_of, option_text
+
+    parser = build_parser()
+    context = ["--data", str(tmp_path / "data")]     # formats other than synthetic need a path
+    cli_fields = [f for f in fields() if f.metadata["cli"]]
+    assert len(cli_fields) >= 40         # the loop below really covers the option list
+    assert {f.name for f in fields()} - {f.name for f in cli_fields} == {"extra"}
+    for f in cli_fields:
+        default = default_of(f.name)
+        reached = None
+        for value in _example_values(f, default):
+            if isinstance(value, bool):
+                argv = [flag_of(f) if value else "--no-" + flag_of(f)[2:]]
+            else:
+                argv = [flag_of(f), option_text(value)]
+            extra = [] if f.name == "data" else context
+            try:
+                cfg = config_from_args(parser.parse_args(["train", *extra, *argv]))
+            except ValueError:
+                continue          # e.g. a value the option's own check refuses; try the next
+            expected = TrainConfig(**{**({} if f.name == "data" else {"data": context[1]}), f.name: value})
+            assert getattr(cfg, f.name) == getattr(expected, f.name) != default, f.name
+            reached = cfg
+            break
+        assert reached is not None, f"no example value of {f.name} reached the config from the command line"
+        again = TrainConfig.from_dict(json.loads(json.dumps(reached.to_dict())))
+        assert dataclasses.astuple(again) == dataclasses.astuple(reached), f.name
+    # defaults: the parser's and the dataclass's agree (one definition)
+    cfg = config_from_args(parser.parse_args(["train"]))
+    assert cfg == TrainConfig()
+
+
+def test_encoder_in_extra_is_the_encoder_option():
+    """Configurations saved before --encoder / --normalize were options keep them in ``extra``."""
+    old = TrainConfig(extra={"encoder": 18, "normalize": True, "kernel_size": 5})
+    assert (old.encoder, old.normalize, old.extra) == (18, True, {"kernel_size": 5})
+    assert old.model_spec()["overrides"] == {"kernel_size": 5, "encoder": 18, "normalize": True}
+    with pytest.raises(ValueError, match="encoder is given twice"):
+        TrainConfig(encoder=34, extra={"encoder": 18})
+    with pytest.raises(ValueError, match="model must be one of"):
+        TrainConfig(model="unet99")
+
+
+# ---------------------------------------------------------------- configurations checked early
+
+@pytest.mark.parametrize("model, size, smallest", [
+    ("unet34-k3-1x1", "24x32", "27x36"), ("unet34-k3", "16x16", "33x33"), ("hu34", "16x16", "33x33")])
+def test_untrainable_size_is_refused_before_data_is_built(model, size, smallest, tmp_path, monkeypatch):
+    """At batch 1 a 1x1 deepest map (ResNet: stride 32) gives BatchNorm one value per channel."""
+    from fastmde.cli import main
+    from fastmde.engine import datasets
+
+    def no_data(cfg):
+        raise AssertionError("the data was built before the configuration was checked")
+
+    monkeypatch.setattr(datasets, "build_datasets", no_data)
+    with pytest.raises(ValueError) as info:
+        main(["train", "--model", model, "--size", size, "--out", str(tmp_path / "x"), "--device", "cpu"])
+    message = str(info.value)
+    assert f"--size {size}" in message and "--batch-size 1" in message and "1x1" in message
+    assert f"--size {smallest}" in message and "stride 32" in message and "--batch-size 2" in message
+    from fastmde.engine.train import check_trainable
+
+    check_trainable(TrainConfig(model=model, size=size, batch_size=2))      # two images: fine
+    h, w = (int(v) for v in smallest.split("x"))
+    check_trainable(TrainConfig(model=model, size=(h, w)))                  # the suggestion trains
+    g = math.gcd(h, w)
+    with pytest.raises(ValueError):             # the next smaller size of that aspect ratio does not
+        check_trainable(TrainConfig(model=model, size=(h - h // g, w - w // g)))
+
+
+# ---------------------------------------------------------------- resumes that change options
+
+def _record_rates(monkeypatch):
+    rates = []
+    original = Trainer.train_step
+
+    def recording(self, batch):
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    return rates
+
+
+def test_resume_with_a_new_learning_rate_trains_at_it(cache, tmp_path, monkeypatch):
+    out = str(tmp_path / "lr")
+    rates = _record_rates(monkeypatch)
+    train(tiny_config(cache, out, lr=1e-3, max_steps=1))
+    logs = []
+    trainer = Trainer(tiny_config(cache, out, lr=1e-5, max_steps=3), resume=True, log=logs.append)
+    trainer.fit()
+    assert rates == [1e-3, 1e-5, 1e-5]
+    assert any("--lr 0.001 (saved) -> 1e-05 (now)" in line for line in logs)
+    last = read_checkpoint(os.path.join(out, "last.pt"))
+    assert last["config"]["lr"] == 1e-5 and last["optimizer"]["param_groups"][0]["lr"] == 1e-5
+    assert last["option_changes"] == [{"step": 1, "changes": {"lr": [1e-3, 1e-5], "max_steps": [1, 3]}}]
+
+
+def test_resume_with_a_new_schedule_follows_it_from_there(cache, tmp_path, monkeypatch):
+    from fastmde.engine.schedule import lr_factor
+
+    out = str(tmp_path / "cos")
+    rates = _record_rates(monkeypatch)
+    train(tiny_config(cache, out, max_steps=2))
+    Trainer(tiny_config(cache, out, cosine=True, max_steps=4), resume=True).fit()
+    expected = [1e-3 * lr_factor(s, steps_per_epoch=4, epochs=2, cosine=True) for s in (2, 3)]
+    assert rates[:2] == [1e-3, 1e-3] and rates[2:] == pytest.approx(expected)
+
+
+def test_resume_at_another_batch_size_sees_every_item_once(cache, tmp_path, monkeypatch):
+    """Six items at batch 2, stopped after 2 steps, resumed at batch 3: the position is kept in
+    samples, so the epoch's last two items are trained on (one batch of 2) and none twice."""
+    seen = []
+    original = Trainer.train_step
+
+    def recording(self, batch):
+        seen.extend(batch["image"].clone())
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    options = dict(limit_train=8, val_fraction=0.25, augment=False, epochs=1)
+    out = str(tmp_path / "batch")
+    first = Trainer(tiny_config(cache, out, batch_size=2, max_steps=2, **options))
+    items = [first.train_set[i]["image"] for i in range(len(first.train_set))]
+    assert len(items) == 6
+    first.fit()
+    resumed = Trainer(tiny_config(cache, out, batch_size=3, **options), resume=True)
+    summary = resumed.fit()
+    assert summary["step"] == 3 and len(seen) == 6
+    matches = [[i for i, item in enumerate(items) if torch.equal(item, image)] for image in seen]
+    assert sorted(m[0] for m in matches) == list(range(6))
+    last = read_checkpoint(os.path.join(out, "last.pt"))
+    assert last["config"]["batch_size"] == 3 and (last["epoch"], last["sampler"]["start"]) == (1, 0)
+
+
+# ---------------------------------------------------------------- --init-from
+
+def test_init_from_copies_the_weights_not_the_optimizer(uninterrupted, cache, tmp_path):
+    full_out, _ = uninterrupted
+    source = read_checkpoint(os.path.join(full_out, "last.pt"))
+    trainer = Trainer(tiny_config(cache, str(tmp_path / "init"), init_from=os.path.join(full_out, "last.pt")))
+    assert_same_state(trainer.model.state_dict(), source["model"])
+    assert trainer.optimizer.state_dict()["state"] == {} and trainer.step == 0
+    summary = trainer.fit()
+    assert summary["config"]["init_from"] == os.path.join(full_out, "last.pt")
+    from fastmde.engine import CheckpointError
+
+    with pytest.raises(CheckpointError, match="holds a unet34-k3-1x1 model, but --model is unet34-k3"):
+        Trainer(tiny_config(cache, str(tmp_path / "other"), model="unet34-k3",
+                            init_from=os.path.join(full_out, "last.pt")))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Trainer(tiny_config(cache, str(tmp_path / "deeper"), encoder=34,
+                            init_from=os.path.join(full_out, "last.pt")))
+    with pytest.raises(ValueError, match="choose one initialisation"):
+        tiny_config(cache, "o", init_from="a.pt", pretrained="b.pth")

@@ -1,109 +1,181 @@
-"""``TrainConfig``: every option of a training run, as one serialisable record.
+"""``TrainConfig``: every option of a training run, defined once, as one serialisable record.
 
-The same record is built from the command line (``fastmde train``), from a sweep row, or in
-Python, and is stored inside every checkpoint so that a model can be rebuilt and a run resumed
-without the original command line.
+Each option is one dataclass field declared with :func:`option`: its name, type (the
+annotation), default, choices, help text and command-line group, and two rules:
+
+* ``on_resume``: what ``--resume`` does when the option differs from the saved run's:
+  ``"apply"`` (the learning rate and schedule, the epochs, limits, logging, speed options: the
+  new value is used from the resume on, and the change is logged and recorded),
+  ``"convert"`` (the batch size: the position within the epoch is kept in samples) or
+  ``"fixed"`` (model, size, loss, data, seed...: the resume is refused, naming the option and
+  both values);
+* ``result``: whether the option changes what a run produces (a sweep reuses a finished row
+  only when every such option matches).
+
+Everything else derives from the fields: ``fastmde train``'s argument list
+(:func:`add_arguments`), :func:`config_from_args`, the configuration saved in checkpoints
+(:meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict`), the sweep's rows (field names),
+the comparison on resume (:func:`compare_configs`), and the choices and defaults that ``fastmde
+eval`` / ``predict`` / ``sweep`` share. Adding an option means adding one field here.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 
+from .._text import format_size, parse_size
 from ..data.augment import Augment, parse_parts
 
 DATA_FORMATS = ("synthetic", "labeled", "frames", "csv")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 SWITCH_CHOICES = ("auto", "on", "off")
+ENCODER_DEPTHS = (18, 34, 50, 101)
 BEST_METRICS = {  # metric -> True when higher is better
     "rms": False, "rel": False, "log10": False, "delta1": True, "delta2": True, "delta3": True,
 }
+RESUME_RULES = ("apply", "convert", "fixed")
 
 
-def parse_size(text) -> tuple[int, int]:
-    """``"288x384"`` (H x W), ``"288,384"`` or a pair -> (288, 384)."""
-    if isinstance(text, (tuple, list)):
-        parts = list(text)
-    else:
-        parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        height, width = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be HxW such as 288x384, got {text!r}") from None
-    if height < 8 or width < 8:
-        raise ValueError(f"size must be at least 8x8, got {height}x{width}")
-    return height, width
+def model_names() -> tuple[str, ...]:
+    """The model variants ``--model`` accepts (``fastmde.models.variants()``)."""
+    from ..models import variants
+
+    return tuple(variants())
+
+
+def loss_presets() -> tuple[str, ...]:
+    """The loss presets ``--loss`` accepts (the paper's Table 3)."""
+    from ..reference.depth_loss import PRESETS
+
+    return tuple(PRESETS)
+
+
+def option(default, help: str, *, group: str, choices=None, flag: str | None = None, metavar: str | None = None,
+           unset: str | None = None, on_resume: str = "fixed", result: bool = True, cli: bool = True):
+    """One training option: a dataclass field carrying its command-line and resume rules.
+
+    ``choices`` is a tuple or a function returning one (evaluated when used); ``unset`` says
+    what a ``None`` default means in the help; ``flag`` overrides ``--<name-with-dashes>``;
+    ``cli=False`` keeps an option off the command line (Python and sweep rows only)."""
+    if on_resume not in RESUME_RULES:
+        raise ValueError(f"on_resume must be one of {RESUME_RULES}, got {on_resume!r}")
+    metadata = dict(help=help, group=group, choices=choices, flag=flag, metavar=metavar, unset=unset,
+                    on_resume=on_resume, result=result, cli=cli)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+MODEL, OPTIM, DATA, SPEED, RUN = "model and loss", "optimisation", "data", "speed", "run"
 
 
 @dataclass
 class TrainConfig:
     """Options of one training run (the defaults are the paper's recipe where it has one)."""
 
-    # model
-    model: str = "unet34-k3-1x1"
-    size: tuple[int, int] = (288, 384)          # internal (network) resolution H, W
-    pretrained: str | None = None               # torchvision-format encoder state dict
-    # loss
-    loss: str = "hu_blurred"
-    blur: bool | None = None                    # override the preset's blur
+    # model and loss
+    model: str = option("unet34-k3-1x1", "model variant: one of fastmde.models.variants() (`fastmde info` "
+                                         "lists them)", group=MODEL, choices=model_names, metavar="NAME")
+    size: tuple[int, int] = option((288, 384), "internal (network) size HxW; the input is area-resized to it",
+                                   group=MODEL)
+    encoder: int | None = option(None, "override the variant's ResNet depth", group=MODEL, choices=ENCODER_DEPTHS,
+                                 unset="the variant's")
+    normalize: bool | None = option(None, "ImageNet mean/std on the input", group=MODEL,
+                                    unset="off, as the paper's code")
+    pretrained: str | None = option(None, "torchvision-format encoder weights file (.pth)", group=MODEL,
+                                    unset="random initialisation")
+    init_from: str | None = option(
+        None, "initialise the whole model from this checkpoint (a fastmde run, or the paper authors' or Hu et "
+              "al.'s); the optimiser starts afresh (--resume continues a run instead)", group=MODEL, metavar="PATH",
+        unset="none")
+    loss: str = option("hu_blurred", "loss preset (the paper's Table 3)", group=MODEL, choices=loss_presets)
+    blur: bool | None = option(None, "override the preset's ground-truth blur for the gradient/normal terms",
+                               group=MODEL, unset="the preset's")
+    extra: dict = option({}, "further model overrides passed to fastmde.models.build (kernel_size, reduce, ...)",
+                         group=MODEL, cli=False)
     # optimisation
-    epochs: int = 3
-    batch_size: int = 1
-    lr: float = 1e-4
-    lr_step: int | None = None                  # x lr_gamma every N epochs (None = no step decay)
-    lr_gamma: float = 0.1
-    cosine: bool = False                        # cosine decay to 0 over the epochs or the time limit
-    warmup: int = 0                             # linear warm-up over this many steps
-    ema: float | None = None                    # decay of the weights' moving average (None = off)
-    seed: int = 0
-    augment: bool = True
-    augment_parts: tuple[str, ...] = Augment.PARTS  # which of the paper's transforms (with augment)
+    epochs: int = option(3, "training epochs", group=OPTIM, on_resume="apply")
+    batch_size: int = option(1, "images per step (per process under DDP)", group=OPTIM, on_resume="convert")
+    lr: float = option(1e-4, "Adam learning rate", group=OPTIM, on_resume="apply")
+    lr_step: int | None = option(None, "multiply the lr by --lr-gamma every N epochs", group=OPTIM, metavar="N",
+                                 unset="no step decay", on_resume="apply")
+    lr_gamma: float = option(0.1, "factor of the --lr-step decay", group=OPTIM, on_resume="apply")
+    cosine: bool = option(False, "cosine decay of the lr to 0 over --epochs, or over --time-limit if that ends "
+                                 "first", group=OPTIM, on_resume="apply")
+    warmup: int = option(0, "linear lr warm-up over STEPS steps", group=OPTIM, metavar="STEPS", on_resume="apply")
+    ema: float | None = option(None, "validate, test and save as best the moving average of the weights with "
+                                     "this per-step decay (e.g. 0.99)", group=OPTIM, metavar="DECAY", unset="off")
+    seed: int = option(0, "seed of the data order, the hold-out and the augmentation", group=OPTIM)
+    augment: bool = option(True, "the paper's augmentation (flip, colour, crop, rotation)", group=OPTIM)
+    augment_parts: tuple[str, ...] = option(
+        Augment.PARTS, "which transforms --augment applies, comma-separated from " + ",".join(Augment.PARTS),
+        group=OPTIM, metavar="PARTS")
     # data
-    data_format: str = "synthetic"
-    data: str | None = None                     # path (None with synthetic = the cache)
-    cache_dir: str | None = None
-    synthetic_train: int = 400
-    synthetic_val: int = 40
-    synthetic_size: tuple[int, int] = (480, 640)  # frame size of the generated synthetic data
-    synthetic_views: int = 4                    # synthetic training frames per room
-    val_fraction: float = 0.03
-    val_by_scene: bool = False
-    limit_train: int | None = None              # use only the first N training items
+    data_format: str = option("synthetic", "dataset format", group=DATA, choices=DATA_FORMATS)
+    data: str | None = option(None, "dataset path (.mat file or directory)", group=DATA, unset="the synthetic cache")
+    cache_dir: str | None = option(None, "where the synthetic dataset is generated once", group=DATA,
+                                   unset="fastmde's cache folder", on_resume="apply", result=False)
+    synthetic_train: int = option(400, "synthetic training frames", group=DATA)
+    synthetic_val: int = option(40, "held-out synthetic test frames (one room each)", group=DATA)
+    synthetic_size: tuple[int, int] = option((480, 640), "frame size HxW of the synthetic data (NYU: 480x640)",
+                                             group=DATA)
+    synthetic_views: int = option(4, "synthetic training frames per room (held-out frames are one per room)",
+                                  group=DATA)
+    val_fraction: float = option(0.03, "validation hold-out of the training split", group=DATA)
+    val_by_scene: bool = option(False, "hold out whole scenes (per-frame layout)", group=DATA)
+    limit_train: int | None = option(None, "use only the first N training items", group=DATA, metavar="N",
+                                     unset="all")
     # speed
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: str = "auto"
-    compile: str = "auto"
-    workers: int = -1                           # -1 = auto
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", group=SPEED, on_resume="apply", result=False)
+    amp: str = option("auto", "autocast dtype (auto: bf16 on CUDA, none on CPU)", group=SPEED, choices=AMP_CHOICES,
+                      on_resume="apply")
+    channels_last: str = option("auto", "channels_last memory format (auto: on CUDA)", group=SPEED,
+                                choices=SWITCH_CHOICES, on_resume="apply", result=False)
+    compile: str = option("auto", "torch.compile the model (auto: off)", group=SPEED, choices=SWITCH_CHOICES,
+                          on_resume="apply", result=False)
+    workers: int = option(-1, "data loader workers (-1: auto)", group=SPEED, on_resume="apply", result=False)
     # run control
-    out: str = "runs/train"
-    max_steps: int | None = None                # stop after this global step (resumable)
-    time_limit: float | None = None             # seconds of training wall time (resumable)
-    save_every: int | None = None               # also checkpoint every N steps
-    val_every: int | None = None                # also validate (and checkpoint) every N steps
-    best_metric: str = "delta1"
-    eval_batch_size: int = 4
-    progress: bool = True
-    extra: dict = field(default_factory=dict)   # model overrides passed to models.build
+    out: str = option("runs/train", "run directory: checkpoints, log.jsonl, summary.json", group=RUN,
+                      on_resume="apply", result=False)
+    max_steps: int | None = option(None, "stop (resumably) after this many steps in all", group=RUN, metavar="N",
+                                   unset="no limit", on_resume="apply")
+    time_limit: float | None = option(None, "stop (resumably) after this many seconds of training, validation "
+                                            "included", group=RUN, metavar="SECONDS", unset="no limit",
+                                      on_resume="apply")
+    save_every: int | None = option(None, "also checkpoint every N steps", group=RUN, metavar="N", unset="per epoch",
+                                    on_resume="apply", result=False)
+    val_every: int | None = option(None, "also validate (and checkpoint) every N steps, for a denser validation "
+                                         "curve", group=RUN, metavar="N", unset="per epoch", on_resume="apply",
+                                   result=False)
+    best_metric: str = option("delta1", "validation metric that chooses best.pt", group=RUN,
+                              choices=tuple(sorted(BEST_METRICS)), result=False)
+    eval_batch_size: int = option(4, "images per batch in validation and testing", group=RUN, on_resume="apply",
+                                  result=False)
+    progress: bool = option(True, "progress bar", group=RUN, on_resume="apply", result=False)
 
     def __post_init__(self):
-        self.size = parse_size(self.size)
-        self.synthetic_size = parse_size(self.synthetic_size)
+        self.size = parse_size(self.size, what="size", minimum=8)
+        self.synthetic_size = parse_size(self.synthetic_size, what="synthetic_size", minimum=8)
         self.augment_parts = parse_parts(self.augment_parts)
-        if self.data_format not in DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
+        self.extra = dict(self.extra or {})
+        # --encoder / --normalize are options of their own; configurations saved before they were
+        # (and Python callers) may carry them in ``extra``: one canonical place.
+        for name in ("encoder", "normalize"):
+            if name in self.extra:
+                value = self.extra.pop(name)
+                if getattr(self, name) is not None and getattr(self, name) != value:
+                    raise ValueError(f"{name} is given twice, as {getattr(self, name)!r} and extra[{name!r}] = {value!r}")
+                setattr(self, name, value)
+        for f in fields():
+            choices = choices_of(f)
+            value = getattr(self, f.name)
+            if choices is not None and value is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
         if self.data_format != "synthetic" and not self.data:
             raise ValueError(f"data_format {self.data_format!r} needs a data path (--data)")
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        for name in ("channels_last", "compile"):
-            value = getattr(self, name)
-            if isinstance(value, bool):
-                setattr(self, name, "on" if value else "off")
-            elif value not in SWITCH_CHOICES:
-                raise ValueError(f"{name} must be one of {SWITCH_CHOICES}, got {value!r}")
-        if self.best_metric not in BEST_METRICS:
-            raise ValueError(f"best_metric must be one of {sorted(BEST_METRICS)}, got {self.best_metric!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("epochs, batch_size and eval_batch_size must be positive")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -120,16 +192,21 @@ class TrainConfig:
             raise ValueError(f"warmup must be a number of steps >= 0, got {self.warmup}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) such as 0.99, got {self.ema}")
+        if self.synthetic_train < 1 or self.synthetic_val < 1:
+            raise ValueError("synthetic_train and synthetic_val must be positive numbers of rooms")
         if self.synthetic_views < 1:
             raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
+        if self.init_from is not None and self.pretrained is not None:
+            raise ValueError("choose one initialisation: init_from (the whole model) or pretrained (the encoder)")
 
     def to_dict(self) -> dict:
+        """Plain JSON values (sizes and parts as lists): the configuration saved in checkpoints."""
         out = dataclasses.asdict(self)
-        out["size"] = list(self.size)
-        out["synthetic_size"] = list(self.synthetic_size)
-        out["augment_parts"] = list(self.augment_parts)
+        for name, value in out.items():
+            if isinstance(value, tuple):
+                out[name] = list(value)
         return out
 
     @classmethod
@@ -143,6 +220,138 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    def model_overrides(self) -> dict:
+        """The keyword overrides of ``fastmde.models.build`` (``--encoder``, ``--normalize``, ``extra``)."""
+        overrides = dict(self.extra)
+        for name in ("encoder", "normalize"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
+        return overrides
+
     def model_spec(self) -> dict:
         """What ``fastmde.models.build`` needs to rebuild the network (stored in checkpoints)."""
-        return {"name": self.model, "size": list(self.size), "overrides": dict(self.extra)}
+        return {"name": self.model, "size": list(self.size), "overrides": self.model_overrides()}
+
+
+# ---------------------------------------------------------------- derived from the fields
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(TrainConfig)
+
+
+def choices_of(f: dataclasses.Field):
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def default_of(name: str):
+    """The default value of option ``name`` (e.g. for another command that shares it)."""
+    f = next((f for f in fields() if f.name == name), None)
+    if f is None:
+        raise KeyError(f"no training option {name!r}")
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def option_text(value) -> str:
+    """An option's value as it is typed on the command line (sizes ``HxW``, lists comma-separated)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return format_size(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _base_type(annotation):
+    """``int | None`` -> int; ``tuple[int, int]`` -> tuple; plain types unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return tuple
+    if args and origin is not None and origin is not tuple:
+        return args[0]
+    return annotation
+
+
+def add_option(parser, name: str, **changes) -> argparse.Action:
+    """Add option ``name``'s command-line argument to ``parser``, as ``fastmde train`` has it.
+
+    Another command that shares an option (``fastmde eval --amp``, ``--device``...) calls this,
+    so that choices and defaults have one definition; ``changes`` override argparse keywords
+    (e.g. ``default=None, help=...``)."""
+    f = next((f for f in fields() if f.name == name), None)
+    if f is None:
+        raise KeyError(f"no training option {name!r}")
+    return _add(parser, f, **changes)
+
+
+def _add(parser, f: dataclasses.Field, **changes) -> argparse.Action:
+    kind = _base_type(typing.get_type_hints(TrainConfig)[f.name])
+    meta = f.metadata
+    default = default_of(f.name)
+    kwargs = dict(dest=f.name, default=None if default is None else
+                  (option_text(default) if kind is tuple else default), metavar=meta.get("metavar"))
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = {int: int, float: float}.get(kind, str)
+        kwargs["choices"] = choices_of(f)
+    kwargs.update(changes)
+    help_text = kwargs.pop("help", meta["help"])
+    if help_text and "%(default)" not in help_text:
+        if kwargs.get("default") is None:
+            help_text += f" (default: {meta.get('unset') or 'none'})" if "default" not in changes else ""
+        else:
+            help_text += " (default: %(default)s)"
+    kwargs["help"] = help_text
+    if kwargs.get("metavar") is None:
+        kwargs.pop("metavar")
+    return parser.add_argument(flag_of(f), **kwargs)
+
+
+def add_arguments(parser) -> None:
+    """Every command-line training option, in its group (one loop over the fields)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields():
+        if not f.metadata.get("cli", True):
+            continue
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        _add(groups[group], f)
+
+
+def config_from_args(args) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed command-line arguments (options absent keep their default)."""
+    given = {f.name: getattr(args, f.name) for f in fields() if f.metadata.get("cli", True) and hasattr(args, f.name)}
+    return TrainConfig(**given)
+
+
+# ---------------------------------------------------------------- comparing two configurations
+
+def compare_configs(saved: TrainConfig, new: TrainConfig) -> dict[str, list[tuple[str, object, object]]]:
+    """The options that differ between two configurations, by resume rule.
+
+    Returns ``{"apply": [...], "convert": [...], "fixed": [...]}``, each a list of
+    ``(name, saved value, new value)``; values compared in their saved (JSON) form."""
+    a, b = saved.to_dict(), new.to_dict()
+    out: dict[str, list] = {rule: [] for rule in RESUME_RULES}
+    for f in fields():
+        if a[f.name] != b[f.name]:
+            out[f.metadata["on_resume"]].append((f.name, a[f.name], b[f.name]))
+    return out
+
+
+def result_differences(saved: TrainConfig, new: TrainConfig) -> list[tuple[str, object, object]]:
+    """The options that change a run's result (``result=True``) and differ: ``(name, saved, new)``."""
+    a, b = saved.to_dict(), new.to_dict()
+    return [(f.name, a[f.name], b[f.name]) for f in fields() if f.metadata["result"] and a[f.name] != b[f.name]]
+
+
+def describe_differences(differences, *, old: str = "saved", new: str = "now") -> str:
+    """``"lr 0.001 (saved) -> 1e-05 (now), epochs ..."`` with command-line names and values."""
+    return ", ".join(f"{flag_of(next(f for f in fields() if f.name == name))} {option_text(a)} ({old}) -> "
+                     f"{option_text(b)} ({new})" for name, a, b in differences)

@@ -79,22 +79,30 @@ class ResumableDistributedSampler(DistributedSampler):
     """A ``DistributedSampler`` (shuffled by ``seed + epoch``) that can start mid-epoch.
 
     The order of an epoch depends only on (seed, epoch, rank, world size), so a resumed run
-    sees exactly the batches the interrupted one would have; ``set_start(k)`` skips this rank's
-    first k samples of the current epoch. Works with one process too (rank 0 of 1).
+    sees exactly the batches the interrupted one would have; ``set_range(start, stop)`` yields
+    only samples ``start`` to ``stop`` (exclusive; None = the end) of this rank's order for the
+    current epoch: the trainer skips what an interrupted epoch already trained on, and stops
+    where the epoch's full batches end. Works with one process too (rank 0 of 1).
     """
 
     def __init__(self, dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.start = 0
+        self.start, self.stop = 0, None
+
+    def set_range(self, start: int, stop: int | None = None) -> None:
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"sampler range must have 0 <= start <= stop, got {start}, {stop}")
+        self.start, self.stop = int(start), None if stop is None else int(stop)
 
     def set_start(self, start: int) -> None:
-        self.start = int(start)
+        self.set_range(start, self.stop)
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        return iter(list(super().__iter__())[self.start:self.stop])
 
     def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
+        stop = self.num_samples if self.stop is None else min(self.stop, self.num_samples)
+        return max(0, stop - self.start)
 
 
 class ShardSampler(Sampler):

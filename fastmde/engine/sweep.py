@@ -20,21 +20,29 @@ or from a built-in list named after the paper's tables (``--configs table1|table
   3x3 kernels, the 1x1 reduction (``unet50-k5`` -> ``unet34-k5`` -> ``unet34-k3`` ->
   ``unet34-k3-1x1``).
 
-Rows whose run directory already holds a finished ``result.json`` are not retrained
-(a sweep can be interrupted and started again).
+A row's keys are :class:`~fastmde.engine.config.TrainConfig` option names (``batch_size`` or
+``batch-size``), with values as on the command line (``"size": "64x80"``).
+
+Rows whose run directory already holds a finished ``result.json`` trained with the same
+options (every option that changes a result, see ``TrainConfig``) are not retrained (a sweep
+can be interrupted and started again); a row whose saved options differ is trained again, and a
+result scored under another protocol is scored again, each said in the log.
+
+Every row is scored, in the table and in the figure, by one model: the one its ``last.pt``
+loads (:func:`scored_model`: the weights' moving average with ``--ema``, as validation scores).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 
-from .config import TrainConfig
-from .evaluate import METRIC_ORDER
+from .._text import PAPER_SIZES, format_size, slug
+from .config import TrainConfig, describe_differences, result_differences
+from ..reference.depth_metrics import METRIC_NAMES
 
-TABLE1_SIZES = ("480x640", "384x512", "288x384", "192x256", "96x128")
+TABLE1_SIZES = tuple(format_size(size) for size in PAPER_SIZES.values())   # HxW, largest first
 TABLE3_LOSSES = ("l1", "hu", "hu_blurred", "l1_hu", "l1_hu_blurred")
 TABLE4_MODELS = ("hu50", "unet50-k5")
 TABLE5_MODELS = ("unet50-k5", "unet34-k5", "unet34-k3", "unet34-k3-1x1")
@@ -82,15 +90,11 @@ def read_rows(source: str) -> list[dict]:
     return rows
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "row"
-
-
 def row_configs(base: TrainConfig, rows: list[dict], out_dir: str) -> list[tuple[str, TrainConfig]]:
     """(name, config) per row; errors name the row with the bad option."""
     result, names = [], set()
     for i, row in enumerate(rows):
-        row = dict(row)
+        row = {str(key).replace("-", "_"): value for key, value in row.items()}
         name = str(row.pop("name", None) or ", ".join(f"{k}={v}" for k, v in row.items()) or f"row{i}")
         if name in names:
             raise ValueError(f"sweep: two rows are named {name!r}")
@@ -105,6 +109,34 @@ def row_configs(base: TrainConfig, rows: list[dict], out_dir: str) -> list[tuple
     return result
 
 
+def scored_model(run_dir: str, device):
+    """The model a sweep row is scored by, in the table and in the figure: its ``last.pt`` as
+    ``fastmde eval`` loads it (the moving average of the weights when trained with ``--ema``)."""
+    from .checkpoint import build_model_from_checkpoint, read_checkpoint
+
+    return build_model_from_checkpoint(read_checkpoint(os.path.join(run_dir, "last.pt"))).to(device)
+
+
+def reusable_result(name: str, cfg: TrainConfig, log) -> dict | None:
+    """The row's saved ``result.json`` if it was trained with the same options, else None (logged)."""
+    path = os.path.join(cfg.out, "result.json")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(cfg.out, "last.pt")):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    try:
+        differences = result_differences(TrainConfig.from_dict(result["config"]), cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        log(f"sweep: {name}: {path} holds no readable configuration ({exc}): training again")
+        return None
+    if differences:
+        log(f"sweep: {name}: {path} was trained with other options ({describe_differences(differences)}): "
+            "training again")
+        return None
+    log(f"sweep: {name}: reusing {path}")
+    return result
+
+
 def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
     lines = [
         f"Each row trained for {epochs} epoch(s); metrics on the test split under the `{protocol}` protocol.",
@@ -116,7 +148,7 @@ def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
         m, c = r["metrics"], r["config"]
         lines.append(
             f"| {r['name']} | {c['model']} | {c['size'][0]}x{c['size'][1]} | {c['loss']} | "
-            + " | ".join(f"{m[k]:.3f}" for k in METRIC_ORDER)
+            + " | ".join(f"{m[k]:.3f}" for k in METRIC_NAMES)
             + f" | {r['train_s']:.1f} s | {r['it_per_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -159,15 +191,21 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
               figure_images: int = 4, log=print) -> dict:
     """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}."""
     from .._atomic import atomic_write_text
-    from .checkpoint import build_model_from_checkpoint, read_checkpoint
     from .datasets import build_datasets
     from .evaluate import evaluate
-    from .paper import beside_sweep
     from .inference import predict_images
-    from .speed import resolve_amp, resolve_device
+    from .paper import beside_sweep
+    from .speed import resolve_amp, resolve_device, resolve_workers
     from .train import Trainer
 
+    from .train import check_trainable
+
     configs = row_configs(base, rows, out_dir)
+    for name, cfg in configs:     # every row checked before anything is trained
+        try:
+            check_trainable(cfg)
+        except ValueError as exc:
+            raise ValueError(f"sweep row {name!r}: {exc}") from None
     os.makedirs(out_dir, exist_ok=True)
     results, predictions = [], []
     _, _, test_set = build_datasets(base)
@@ -178,29 +216,28 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     device = resolve_device(base.device)
     for name, cfg in configs:
         result_path = os.path.join(cfg.out, "result.json")
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                result = json.load(f)
-            log(f"sweep: {name}: reusing {result_path}")
-        else:
+        result = reusable_result(name, cfg, log)
+        amp_dtype = resolve_amp(cfg.amp, device)
+        if result is None:
             log(f"sweep: {name}: training {cfg.epochs} epoch(s)")
             start = time.perf_counter()
             trainer = Trainer(cfg, overwrite=True)
             summary = trainer.fit()
-            model = trainer.model
-            metrics = evaluate(model, test_set, protocol, device=trainer.device, batch_size=cfg.eval_batch_size,
-                               workers=trainer.workers, amp_dtype=trainer.amp_dtype)
-            result = {"name": name, "config": cfg.to_dict(), "metrics": metrics, "train_s": summary["train_s"],
+            result = {"name": name, "config": cfg.to_dict(), "metrics": None, "train_s": summary["train_s"],
                       "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start,
-                      "steps": summary["step"], "protocol": protocol}
+                      "steps": summary["step"], "protocol": None}
+        model = scored_model(cfg.out, device)
+        if result["protocol"] != protocol:
+            if result["protocol"] is not None:
+                log(f"sweep: {name}: scored under protocol {result['protocol']!r} before: scoring under {protocol!r}")
+            result["metrics"] = evaluate(model, test_set, protocol, device=device, batch_size=cfg.eval_batch_size,
+                                         workers=resolve_workers(cfg.workers, device), amp_dtype=amp_dtype)
+            result["protocol"] = protocol
             atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
-        ckpt = read_checkpoint(os.path.join(cfg.out, "last.pt"))
-        model = build_model_from_checkpoint(ckpt).to(device)
-        depths = predict_images(model, [item["image"] for item in fig_items], device=device,
-                                amp_dtype=resolve_amp(cfg.amp, device))
+        depths = predict_images(model, [item["image"] for item in fig_items], device=device, amp_dtype=amp_dtype)
         predictions.append((name, depths))
         results.append(result)
-        log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_ORDER))
+        log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_NAMES))
     table = markdown_table(results, base.epochs, protocol)
     table += beside_sweep(rows, results)   # the paper's rows under ours (table1/3/4/5 only)
     table_path = os.path.join(out_dir, "table.md")
@@ -215,18 +252,20 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
-    from .train import add_arguments as add_train_arguments
+    from .config import add_arguments as add_config_arguments
+    from .protocols import PROTOCOLS
 
     parser.add_argument("--configs", required=True,
                         help="table1, table3, table4, table5 (the paper's lists) or a .json/.toml file of rows")
-    parser.add_argument("--protocol", default="paper", choices=("paper", "hu", "bts", "densedepth"))
-    parser.add_argument("--figure-images", type=int, default=4, help="test images in the figure")
-    add_train_arguments(parser)
+    parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
+                        help="metric protocol of the table (default: %(default)s)")
+    parser.add_argument("--figure-images", type=int, default=4, help="test images in the figure (default: %(default)s)")
+    add_config_arguments(parser)
     parser.set_defaults(out="runs/sweep")
 
 
 def run(args) -> int:
-    from .train import config_from_args
+    from .config import config_from_args
 
     base = config_from_args(args)
     rows = read_rows(args.configs)

@@ -13,6 +13,7 @@ epoch, and one marked ``partial`` when a run stops mid-epoch), ``summary.json``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,10 +29,11 @@ from . import distributed as D
 from .._atomic import atomic_write_text
 from .checkpoint import atomic_save, capture_rng_states, read_checkpoint, restore_rng_states
 from .checkpoint import FORMAT, VERSION, CheckpointError
-from .config import BEST_METRICS, TrainConfig
+from .config import BEST_METRICS, TrainConfig, compare_configs, config_from_args, describe_differences
 from .ema import WeightAverage
 from .schedule import make_scheduler
-from .evaluate import METRIC_ORDER, evaluate
+from ..reference.depth_metrics import METRIC_NAMES
+from .evaluate import evaluate
 from .inference import to_images
 from .progress import Progress, format_seconds
 from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
@@ -83,6 +85,108 @@ def metric_improved(value: float, best: float | None, metric: str) -> bool:
     return value > best if BEST_METRICS[metric] else value < best
 
 
+# ---------------------------------------------------------------- checks before a run starts
+
+#: options the learning-rate schedule reads: a resume that changes one restarts the curve from there
+SCHEDULE_OPTIONS = frozenset({"lr", "lr_step", "lr_gamma", "cosine", "warmup", "epochs", "time_limit", "batch_size"})
+
+
+@functools.lru_cache(maxsize=None)
+def _total_stride(model: str, overrides: tuple) -> int:
+    """Input side / side of the smallest map any BatchNorm of the model sees (ResNet encoders: 32).
+
+    Measured on the meta device (shapes only, no weights, no time): a probe image's smallest
+    BatchNorm input."""
+    from .. import models
+
+    probe = 512
+    with torch.device("meta"):
+        net = models.build(model, size=(probe, probe), **dict(overrides)).eval()
+    sides = []
+    hooks = [m.register_forward_pre_hook(lambda module, inputs: sides.append(min(inputs[0].shape[-2:])))
+             for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    try:
+        with torch.no_grad():
+            net(torch.empty(1, 3, probe, probe, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return probe // min(sides) if sides else 1
+
+
+def deepest_map(cfg: TrainConfig) -> tuple[int, tuple[int, int]]:
+    """(total stride s, (ceil(H / s), ceil(W / s))): the model's smallest BatchNorm map at ``cfg.size``."""
+    stride = _total_stride(cfg.model, tuple(sorted(cfg.model_overrides().items())))
+    return stride, (-(-cfg.size[0] // stride), -(-cfg.size[1] // stride))
+
+
+def smallest_trainable_batch(cfg: TrainConfig) -> int:
+    """1, or 2 where the deepest map is 1x1 (BatchNorm needs more than one value per channel)."""
+    _, (h, w) = deepest_map(cfg)
+    return 1 if h * w > 1 else 2
+
+
+def check_trainable(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Refuse (ValueError naming ``--size`` and ``--batch-size``) a configuration whose training
+    step BatchNorm cannot take: batch x the deepest map's H x W must exceed 1 in every process
+    (each of the ``world_size`` processes normalises its own batch of ``batch_size`` images)."""
+    stride, (h, w) = deepest_map(cfg)
+    if cfg.batch_size * h * w > 1:
+        return
+    height, width = cfg.size
+    g = math.gcd(height, width)
+    unit_h, unit_w = height // g, width // g
+    m = 1
+    while not ((m * unit_h > stride or m * unit_w > stride) and min(m * unit_h, m * unit_w) >= 8):
+        m += 1
+    keep_height = f"{height}x{max(width, stride + 1)}" if height <= stride else None
+    raise ValueError(
+        f"--size {height}x{width} cannot train at --batch-size {cfg.batch_size}: the deepest feature map of "
+        f"{cfg.model} (total stride {stride}) is {h}x{w} there, and BatchNorm needs more than one value per "
+        f"channel in each process's batch ({cfg.batch_size} image(s) in each of {world_size} process(es)). "
+        f"The smallest size of this aspect ratio that trains at batch {cfg.batch_size} is "
+        f"--size {m * unit_h}x{m * unit_w}" + (f" (keeping the height: --size {keep_height})" if keep_height else "")
+        + f"; any size with a side above {stride} works, or use --batch-size 2"
+    )
+
+
+def resume_differences(ckpt: dict, cfg: TrainConfig, path: str) -> list[tuple[str, object, object]]:
+    """The options that differ from the saved run and may change: ``(name, saved, new)``.
+
+    Raises :class:`CheckpointError` naming every option that may not change (model, size, loss,
+    data, seed, ...) with both values."""
+    try:
+        saved = TrainConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"--resume: {path!r} holds no readable training configuration ({exc})") from None
+    differences = compare_configs(saved, cfg)
+    if differences["fixed"]:
+        raise CheckpointError(
+            f"--resume: {path!r} was trained with other options that cannot change mid-run: "
+            + describe_differences(differences["fixed"])
+            + "; resume with the saved values, or start a new run (another --out, or --overwrite)")
+    return differences["apply"] + differences["convert"]
+
+
+def init_weights_from(model, path: str, variant: str) -> None:
+    """Copy every weight of the model in checkpoint ``path`` (anything ``fastmde.load`` reads) into
+    ``model``, a fresh ``variant``; the optimiser state is not touched (that is ``--resume``)."""
+    from .. import load
+
+    loaded = load(path)
+    source = getattr(loaded, "fastmde_variant", None)
+    if source is None:
+        source = read_checkpoint(path)["model_spec"]["name"]
+    if source != variant:
+        raise CheckpointError(f"--init-from {path!r} holds a {source} model, but --model is {variant}: "
+                              f"pass --model {source}, or a checkpoint of {variant}")
+    try:
+        unwrap(model).load_state_dict(loaded.state_dict())
+    except RuntimeError as exc:
+        raise CheckpointError(f"--init-from {path!r}: its {source} weights do not fit this run's model "
+                              f"(do --encoder / the model overrides differ?): {str(exc).splitlines()[0]}") from None
+
+
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` trains."""
 
@@ -103,16 +207,14 @@ class Trainer:
         self.best_path = os.path.join(cfg.out, "best.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
 
-        resume_ckpt = None
+        # Configurations that cannot train are refused before any data is built.
+        check_trainable(cfg, self.info.world_size)
+        resume_ckpt, self.resume_changes = None, {}
         if resume:
             if not os.path.exists(self.last_path):
                 raise FileNotFoundError(f"--resume: no checkpoint to resume in {cfg.out!r} (expected last.pt)")
             resume_ckpt = read_checkpoint(self.last_path)
-            saved = resume_ckpt["model_spec"]
-            if saved != cfg.model_spec():
-                raise CheckpointError(
-                    f"--resume: {self.last_path!r} holds model {saved}, but this run asks for {cfg.model_spec()}"
-                )
+            self.resume_changes = resume_differences(resume_ckpt, cfg, self.last_path)
         elif self.info.is_main and os.path.exists(self.last_path) and not overwrite:
             raise FileExistsError(
                 f"{cfg.out!r} already holds a run (last.pt): pass --resume to continue it or --overwrite to start again"
@@ -130,11 +232,18 @@ class Trainer:
             self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
         # Full batches only: a last batch of a few items gives BatchNorm noisy batch statistics
         # (and running averages). Data smaller than one batch keeps its single partial batch.
-        self.drop_last = self.sampler.num_samples >= cfg.batch_size
-        self.steps_per_epoch = (self.sampler.num_samples // cfg.batch_size if self.drop_last
-                                else math.ceil(self.sampler.num_samples / cfg.batch_size))
+        # An epoch trains on the first ``items_per_epoch`` items of its order (per process); the
+        # position within it is counted in samples, so a resume at another batch size trains on
+        # exactly the items the epoch has left.
+        n = self.sampler.num_samples
+        self.items_per_epoch = n // cfg.batch_size * cfg.batch_size if n >= cfg.batch_size else n
+        self.steps_per_epoch = math.ceil(self.items_per_epoch / cfg.batch_size)
 
-        model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained, **cfg.extra).to(self.device)
+        model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained,
+                             **cfg.model_overrides()).to(self.device)
+        if cfg.init_from is not None:
+            init_weights_from(model, cfg.init_from, cfg.model)
+            self.log(f"initialised {cfg.model} from {cfg.init_from}")
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -152,12 +261,20 @@ class Trainer:
         self.aug_generator = torch.Generator(device=self.device)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.samples_in_epoch, self.epoch_items = 0, self.items_per_epoch   # this epoch, per process
+        self.option_changes: list[dict] = []     # options changed by resumes: {"step", "changes"}
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
         self.best = None
         self.history: list[dict] = []
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
-            self.log(f"resumed {self.last_path} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+            self.log(f"resumed {self.last_path} at epoch {self.epoch + 1}, sample {self.samples_in_epoch} of "
+                     f"{self.epoch_items}, step {self.step}")
+            if self.resume_changes:
+                self.log("resume: options changed from the saved run, applied from here: "
+                         + describe_differences(self.resume_changes))
+                self.option_changes.append({"step": self.step, "changes": {
+                    name: [old, new] for name, old, new in self.resume_changes}})
 
         self.train_model = model
         if self.info.distributed:
@@ -180,9 +297,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": None if self.average is None else self.average.state_dict(),
             "rng": capture_rng_states(self.aug_generator),
-            "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "start": self.batch_in_epoch * self.cfg.batch_size,
-                        "world_size": self.info.world_size},
+            "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "start": self.samples_in_epoch,
+                        "stop": self.epoch_items, "world_size": self.info.world_size},
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "option_changes": self.option_changes,
             "elapsed": self.elapsed_now(), "train_time": self.train_time, "epoch_loss": list(self.epoch_loss),
             "best": self.best, "history": self.history,
         }
@@ -208,6 +326,39 @@ class Trainer:
         self.elapsed, self.train_time = ckpt.get("elapsed", 0.0), ckpt.get("train_time", 0.0)
         self.epoch_loss = list(ckpt.get("epoch_loss", [0.0, 0]))
         self.best, self.history = ckpt.get("best"), list(ckpt.get("history", []))
+        self.option_changes = list(ckpt.get("option_changes", []))
+        self._restore_position(ckpt)
+        if {name for name, _, _ in self.resume_changes} & SCHEDULE_OPTIONS:
+            self._restart_schedule()
+
+    def _restore_position(self, ckpt: dict) -> None:
+        """The position within the epoch, in samples (per process), whatever the batch size now."""
+        saved_batch = int(ckpt.get("config", {}).get("batch_size", self.cfg.batch_size))
+        sampler = ckpt.get("sampler", {})
+        self.samples_in_epoch = int(sampler.get("start", self.batch_in_epoch * saved_batch))
+        if self.samples_in_epoch == 0:
+            self.epoch_items = self.items_per_epoch
+            return
+        n = self.sampler.num_samples   # checkpoints before "stop": the saved batch size's full batches
+        self.epoch_items = int(sampler.get("stop", n // saved_batch * saved_batch if n >= saved_batch else n))
+        left = (self.epoch_items - self.samples_in_epoch) % self.cfg.batch_size
+        if left and saved_batch != self.cfg.batch_size and smallest_trainable_batch(self.cfg) > left:
+            self.epoch_items -= left
+            self.log(f"resume: the last {left} item(s) of this epoch are skipped: a batch of {left} cannot train "
+                     f"{self.cfg.model} at {self.cfg.size[0]}x{self.cfg.size[1]} (BatchNorm)")
+
+    def _restart_schedule(self) -> None:
+        """Resumed with another rate or schedule: the new curve from the current position on.
+
+        A changed batch size keeps the schedule's position in epochs (step counts are per batch)."""
+        if any(name == "batch_size" for name, _, _ in self.resume_changes):
+            self.scheduler.last_epoch = (self.epoch * self.steps_per_epoch
+                                         + self.samples_in_epoch // self.cfg.batch_size)
+        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def elapsed_now(self) -> float:
         """Wall time of the run so far (all invocations; validation and checkpoints included)."""
@@ -264,12 +415,12 @@ class Trainer:
     def _record(self, values: dict, *, partial: bool, epoch_time: float) -> dict:
         mean_loss = D.all_reduce_mean(self.epoch_loss[0] / max(self.epoch_loss[1], 1), self.info, self.device)
         record = {
-            "epoch": self.epoch + (self.batch_in_epoch / self.steps_per_epoch if partial else 1),
+            "epoch": self.epoch + (self.samples_in_epoch / self.epoch_items if partial else 1),
             "step": self.step, "partial": partial, "train_loss": mean_loss,
             "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed_now(), 2),
             "train_s": round(self.train_time, 2),
             "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
-            "val": {k: values[k] for k in (*METRIC_ORDER, "count")},
+            "val": {k: values[k] for k in (*METRIC_NAMES, "count")},
         }
         return record
 
@@ -303,10 +454,10 @@ class Trainer:
                     self.save()
                     break
                 self.sampler.set_epoch(self.epoch)
-                self.sampler.set_start(self.batch_in_epoch * cfg.batch_size)
+                self.sampler.set_range(self.samples_in_epoch, self.epoch_items)
                 loader = DataLoader(
                     self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=self.workers,
-                    pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
+                    pin_memory=self.device.type == "cuda",
                     generator=torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch))
                 progress.desc = f"epoch {self.epoch + 1}/{cfg.epochs}"
                 epoch_start = time.perf_counter()
@@ -316,6 +467,7 @@ class Trainer:
                     loss = self.train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
+                    self.samples_in_epoch += len(batch["image"])
                     self.epoch_loss[0] += loss
                     self.epoch_loss[1] += 1
                     now = time.perf_counter()
@@ -325,14 +477,14 @@ class Trainer:
                     if cfg.save_every and self.step % cfg.save_every == 0 and not stop_reason:
                         self._checkpoint_now(loop_start)
                     if (cfg.val_every and self.step % cfg.val_every == 0 and not stop_reason
-                            and self.batch_in_epoch < self.steps_per_epoch):
+                            and self.samples_in_epoch < self.epoch_items):
                         self._end_epoch(loop_start, partial=True, epoch_time=0.0)   # a mid-epoch point
                         self.train_model.train()
                     if stop_reason:
                         break
                     t0 = time.perf_counter()
                 progress.update(self.step, self.epoch_loss[0] / max(self.epoch_loss[1], 1), force=True)
-                partial = self.batch_in_epoch < self.steps_per_epoch
+                partial = self.samples_in_epoch < self.epoch_items
                 self._end_epoch(loop_start, partial=partial, epoch_time=time.perf_counter() - epoch_start)
         except KeyboardInterrupt:
             progress.close()
@@ -358,7 +510,8 @@ class Trainer:
         record = self._record(values, partial=partial, epoch_time=epoch_time)
         if not partial:
             self.epoch += 1
-            self.batch_in_epoch = 0
+            self.batch_in_epoch = self.samples_in_epoch = 0
+            self.epoch_items = self.items_per_epoch
             self.epoch_loss = [0.0, 0]
         self.history.append(record)
         improved = metric_improved(values[self.cfg.best_metric],
@@ -370,7 +523,7 @@ class Trainer:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.log(f"epoch {record['epoch']:.2f} step {self.step} loss {record['train_loss']:.4f} | val "
-                     + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER))
+                     + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES))
         self.save()
         if improved and self.info.is_main:
             # best.pt is for evaluation and prediction: the weights without optimiser and RNG state.
@@ -384,12 +537,12 @@ class Trainer:
 
 
 def format_history(history: list[dict]) -> str:
-    header = f"{'epoch':>6} {'step':>6} {'loss':>8} " + " ".join(f"{k:>7}" for k in METRIC_ORDER) + f" {'time':>8}"
+    header = f"{'epoch':>6} {'step':>6} {'loss':>8} " + " ".join(f"{k:>7}" for k in METRIC_NAMES) + f" {'time':>8}"
     lines = [header]
     for r in history:
         v = r["val"]
         lines.append(f"{r['epoch']:6.2f} {r['step']:6d} {r['train_loss']:8.4f} "
-                     + " ".join(f"{v[k]:7.4f}" for k in METRIC_ORDER) + f" {format_seconds(r['elapsed_s']):>8}")
+                     + " ".join(f"{v[k]:7.4f}" for k in METRIC_NAMES) + f" {format_seconds(r['elapsed_s']):>8}")
     return "\n".join(lines)
 
 
@@ -405,98 +558,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
+    """``fastmde train``'s arguments: every :class:`TrainConfig` option, then the command's own."""
     import argparse
 
-    from .config import AMP_CHOICES, DATA_FORMATS
+    from .config import add_arguments as add_config_arguments
 
-    d = TrainConfig()
-    g = parser.add_argument_group("model and loss")
-    g.add_argument("--model", default=d.model, help=f"model variant (fastmde.models.variants(); default {d.model})")
-    g.add_argument("--size", default="x".join(map(str, d.size)), help="internal size HxW (default 288x384)")
-    g.add_argument("--pretrained", default=None, help="torchvision-format encoder weights file (.pth)")
-    g.add_argument("--encoder", type=int, default=None, help="override the variant's ResNet depth (18, 34, 50, 101)")
-    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="ImageNet mean/std on the input (default: off, as the paper's code)")
-    g.add_argument("--loss", default=d.loss, help="loss preset: l1, hu, hu_blurred, l1_hu, l1_hu_blurred")
-    g.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None,
-                   help="override the preset's ground-truth blur for the gradient/normal terms")
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
-    g.add_argument("--lr-step", type=int, default=None, help="multiply the lr by --lr-gamma every N epochs")
-    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
-    g.add_argument("--cosine", action="store_true", help="cosine decay of the lr to 0 over --epochs, or over --time-limit if that ends first")
-    g.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear lr warm-up over STEPS steps")
-    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                   help="validate, test and save as best the moving average of the weights "
-                        "with this per-step decay (e.g. 0.99; default off)")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="the paper's augmentation (flip, colour, crop, rotation)")
-    g.add_argument("--augment-parts", default=",".join(d.augment_parts), metavar="PARTS",
-                   help="which transforms --augment applies, comma-separated from "
-                        "flip,color,crop,rotate (default: all four)")
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-format", default=d.data_format, choices=DATA_FORMATS)
-    g.add_argument("--data", default=None, help="dataset path (.mat file or directory); default: synthetic cache")
-    g.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated once")
-    g.add_argument("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic training scenes")
-    g.add_argument("--synthetic-val", type=int, default=d.synthetic_val, help="held-out synthetic test scenes")
-    g.add_argument("--synthetic-views", type=int, default=d.synthetic_views,
-                   help="synthetic training frames per room (default 4; held-out frames are one per room)")
-    g.add_argument("--synthetic-size", default="480x640", help="frame size HxW of the synthetic data (NYU: 480x640)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation hold-out (default 0.03)")
-    g.add_argument("--val-by-scene", action="store_true", help="hold out whole scenes (per-frame layout)")
-    g.add_argument("--limit-train", type=int, default=None, help="use only the first N training items")
-    g = parser.add_argument_group("speed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="autocast dtype (auto: bf16 on CUDA, none on CPU)")
-    g.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
-    g.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
-    g.add_argument("--workers", type=int, default=-1, help="data loader workers (-1: auto)")
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", default=d.out, help="run directory: checkpoints, log.jsonl, summary.json")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    add_config_arguments(parser)
+    g = parser.add_argument_group("this command")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from last.pt (options that may change are applied and logged)")
     g.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
-    g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in all")
-    g.add_argument("--time-limit", type=float, default=None,
-                   help="stop (resumably) after this many seconds of training, validation included")
-    g.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
-    g.add_argument("--val-every", type=int, default=None,
-                   help="also validate (and checkpoint) every N steps, for a denser validation curve")
-    g.add_argument("--best-metric", default=d.best_metric, choices=sorted(BEST_METRICS))
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     g.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate on the test split (synthetic: held-out scenes) at the end")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def model_overrides(args) -> dict:
-    """The model options given on the command line (stored in the config's ``extra``)."""
-    extra = {}
-    if args.encoder is not None:
-        extra["encoder"] = args.encoder
-    if args.normalize is not None:
-        extra["normalize"] = args.normalize
-    return extra
-
-
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(
-        model=args.model, size=args.size, pretrained=args.pretrained, loss=args.loss, blur=args.blur,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
-        cosine=args.cosine, warmup=args.warmup, ema=args.ema,
-        seed=args.seed, augment=args.augment, augment_parts=args.augment_parts, data_format=args.data_format, data=args.data,
-        cache_dir=args.cache_dir, synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
-        synthetic_views=args.synthetic_views,
-        synthetic_size=args.synthetic_size,
-        val_fraction=args.val_fraction, val_by_scene=args.val_by_scene, limit_train=args.limit_train,
-        device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-        workers=args.workers, out=args.out, max_steps=args.max_steps, time_limit=args.time_limit,
-        save_every=args.save_every, val_every=args.val_every, best_metric=args.best_metric, eval_batch_size=args.eval_batch_size,
-        progress=args.progress, extra=model_overrides(args),
-    )
+                   help="evaluate on the test split (synthetic: held-out scenes) at the end (default: %(default)s)")
 
 
 def test_best(trainer: Trainer) -> dict | None:
@@ -520,7 +593,7 @@ def run(args) -> int:
             values = test_best(trainer)
             if values is not None and trainer.info.is_main:
                 print(f"test ({len(trainer.test_set)} held-out items, paper protocol, final weights): "
-                      + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_ORDER), flush=True)
+                      + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
                 summary["test"] = values
                 atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
     finally:

@@ -1,0 +1,55 @@
+"""Text forms shared by the command line, the models, the engine and the bench (one copy each).
+
+* :func:`parse_size` / :func:`format_size`: an image size as ``"HxW"`` (rows x columns), e.g.
+  ``"288x384"``; also accepted: ``"288,384"`` and a pair ``(288, 384)``.
+* :data:`PAPER_SIZES`: the five intermediate resolutions of the paper's Table 1 / Table 2, by the
+  paper's own names (width x height, as it prints them) -> (H, W), largest first.
+* :func:`slug`: a label made safe as a file or directory name (``"l1 loss"`` -> ``"l1-loss"``).
+"""
+from __future__ import annotations
+
+import re
+
+#: The paper's named internal sizes (Freeman & Tilney-Volk, Tables 1 and 2: "640x480" ...
+#: "128x96", width x height) -> (H, W).
+PAPER_SIZES = {
+    "640x480": (480, 640),
+    "512x384": (384, 512),
+    "384x288": (288, 384),
+    "256x192": (192, 256),
+    "128x96": (96, 128),
+}
+
+
+def parse_size(size, *, what: str = "size", minimum: int = 1) -> tuple[int, int]:
+    """(H, W) from ``"HxW"`` (``"288x384"``), ``"H,W"`` or a pair; each side >= ``minimum``.
+
+    Raises ``ValueError`` naming ``what`` for anything else (a single number, three parts,
+    non-integers, a side below ``minimum``)."""
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").replace(",", "x").split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{what} must be HxW such as 288x384, got {size!r}")
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        parts = list(size)
+    else:
+        raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}")
+    try:
+        height, width = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}") from None
+    if height < minimum or width < minimum:
+        raise ValueError(f"{what} must be at least {minimum}x{minimum}, got {height}x{width}")
+    return height, width
+
+
+def format_size(size) -> str:
+    """(288, 384) -> ``"288x384"`` (H x W)."""
+    height, width = parse_size(size)
+    return f"{height}x{width}"
+
+
+def slug(text: str) -> str:
+    """``text`` as a file name: runs of characters other than letters, digits, ``.``, ``_``, ``-``
+    become one ``-``; never empty (``"row"``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "row"
