@@ -219,8 +219,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+from fastmde._text import slug  # noqa: E402,F401  (file names: one rule for the bench and the sweep)
 
 
 def write_results(rows: list[dict], env: dict, out_dir: str, tag: str) -> tuple[str, str]:

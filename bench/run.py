@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                 print(textwrap.fill(module.NOTE, 100), flush=True)
             print(f"## {name} took {time.perf_counter() - start:.0f} s", flush=True)
         if not args.no_write and ctx.rows:
-            tag = args.tag or slug(("cuda-" if device.startswith("cuda") else "cpu-") + env["device_name"].split("(")[0])
+            tag = args.tag or slug((("cuda-" if device.startswith("cuda") else "cpu-") + env["device_name"].split("(")[0]).lower())
             paths = write_results(ctx.rows, env, args.out_dir, tag + ("" if args.full else "-quick"))
             print(f"\nwrote {paths[0]} and {paths[1]}")
     return 0

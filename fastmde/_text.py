@@ -21,11 +21,14 @@ PAPER_SIZES = {
 }
 
 
-def parse_size(size, *, what: str = "size", minimum: int = 1) -> tuple[int, int]:
-    """(H, W) from ``"HxW"`` (``"288x384"``), ``"H,W"`` or a pair; each side >= ``minimum``.
+def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool = False) -> tuple[int, int] | None:
+    """(H, W) from ``"HxW"`` (``"288x384"``), ``"H,W"`` or a pair; each side >= ``minimum``
+    (``None`` stays ``None`` with ``allow_none``).
 
     Raises ``ValueError`` naming ``what`` for anything else (a single number, three parts,
     non-integers, a side below ``minimum``)."""
+    if size is None and allow_none:
+        return None
     if isinstance(size, str):
         parts = size.lower().replace(" ", "").replace(",", "x").split("x")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):

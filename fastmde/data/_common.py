@@ -7,6 +7,8 @@ import os
 import numpy as np
 import torch
 
+from .._text import parse_size  # noqa: F401  (the readers' sizes: one HxW rule)
+
 #: NYU-Depth-v2 frame size (rows, columns).
 NYU_SIZE = (480, 640)
 
@@ -15,15 +17,6 @@ class DataFormatError(ValueError):
     """A data file is missing a key, or has the wrong shape or dtype, or cannot be decoded.
 
     The message always names the file and what is wrong with it."""
-
-
-def parse_size(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        raise ValueError(f"size must be (height, width), got {size!r}")
-    h, w = (int(s) for s in size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive (height, width), got {size!r}")
-    return h, w
 
 
 def check_array(path, key: str, array, shape: tuple, kinds: str, kind_name: str) -> None:

@@ -20,10 +20,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
+    from .._text import parse_size
     from .synthetic import write_synthetic_dataset
 
     try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        h, w = parse_size(args.size, what="--size")
     except ValueError:
         raise SystemExit(f"fastmde synth: --size must be HxW, e.g. 480x640, got {args.size!r}") from None
     start = time.perf_counter()

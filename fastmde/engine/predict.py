@@ -133,15 +133,17 @@ def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo=None, hi=
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
+    from .config import AMP_CHOICES, default_of   # the choices and defaults `fastmde train` has
+
     parser.add_argument("images", nargs="+", help="image files or directories of images (EXIF orientation applied)")
     parser.add_argument("--checkpoint", required=True, help="fastmde checkpoint (or a run directory)")
     parser.add_argument("--out", required=True,
                         help="output directory; results mirror the inputs' paths below their common folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace results already in --out (default: refuse before writing anything)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
+    parser.add_argument("--batch-size", type=int, default=default_of("eval_batch_size"))
+    parser.add_argument("--device", default=default_of("device"))
+    parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
     parser.add_argument("--min-depth", type=float, default=None, help="colour scale start (default: per image)")
     parser.add_argument("--max-depth", type=float, default=None, help="colour scale end (default: per image)")
 

@@ -21,32 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAPER_SIZES = {
-    "640x480": (480, 640),
-    "512x384": (384, 512),
-    "384x288": (288, 384),
-    "256x192": (192, 256),
-    "128x96": (96, 128),
-}
-
-
-def parse_size(size) -> tuple[int, int] | None:
-    """(H, W) from a pair, ``"HxW"`` or ``None``; positive integers only."""
-    if size is None:
-        return None
-    if isinstance(size, str):
-        parts = size.lower().replace(" ", "").split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"size must look like 'HxW' (e.g. '288x384'), got {size!r}")
-        size = (int(parts[0]), int(parts[1]))
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be (H, W), 'HxW' or None, got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {(h, w)}")
-    return h, w
-
+from .._text import PAPER_SIZES, parse_size  # noqa: F401  (PAPER_SIZES: re-exported)
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-downscale ``x`` to ``size`` (bilinear where a dimension grows); identity if equal."""
@@ -73,7 +48,7 @@ class IntermediateResolution(nn.Module):
     def __init__(self, net: nn.Module, size=(288, 384)):
         super().__init__()
         self.net = net
-        self.size = parse_size(size)
+        self.size = parse_size(size, allow_none=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
