@@ -112,6 +112,22 @@ def test_sweep_checks_every_row_before_training(cache, tmp_path):
     assert not os.path.exists(tmp_path / "s" / "ok")
 
 
+def test_sweep_table_shows_every_option_the_rows_vary():
+    from fastmde.engine import TrainConfig
+    from fastmde.engine.sweep import markdown_table, row_configs
+
+    rows = [{"name": "fast", "lr": 1e-3, "batch-size": 2, "workers": 2}, {"name": "slow", "lr": 1e-4}]
+    configs = row_configs(TrainConfig(), rows, "out")
+    assert configs[0][1].batch_size == 2                      # command-line spellings work in rows
+    metrics = dict(rms=1.0, rel=0.5, log10=0.25, delta1=0.1, delta2=0.2, delta3=0.3)
+    results = [dict(name=n, config=c.to_dict(), metrics=metrics, train_s=1.0, it_per_s=2.0) for n, c in configs]
+    lines = [line for line in markdown_table(results, 3, "paper").splitlines() if line.startswith("| ")]
+    # workers and out differ too, but do not change a result: not columns
+    assert lines[0].startswith("| configuration | model | size | loss | --batch-size | --lr | RMS |")
+    assert lines[1].startswith("| fast | unet34-k3-1x1 | 288x384 | hu_blurred | 2 | 0.001 | 1.000 |")
+    assert lines[2].startswith("| slow | unet34-k3-1x1 | 288x384 | hu_blurred | 1 | 0.0001 | 1.000 |")
+
+
 def test_builtin_sweeps_and_row_errors(tmp_path):
     from fastmde.models import variants
 

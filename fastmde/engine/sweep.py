@@ -137,17 +137,35 @@ def reusable_result(name: str, cfg: TrainConfig, log) -> dict | None:
     return result
 
 
+def varied_options(results: list[dict]) -> list[str]:
+    """The options, besides model, size and loss, whose values differ between the rows (in the
+    order of ``TrainConfig``'s fields; only those that change a result)."""
+    from .config import fields
+
+    shown = {"model", "size", "loss"}
+    return [f.name for f in fields() if f.name not in shown and f.metadata["result"]
+            and len({json.dumps(r["config"].get(f.name), sort_keys=True) for r in results}) > 1]
+
+
 def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
+    """The sweep's table: model, size, loss and every other option the rows vary, then the metrics."""
+    from .config import fields, flag_of, option_text
+
+    varied = varied_options(results)
+    flags = {f.name: flag_of(f) for f in fields()}
+    titles = ["configuration", "model", "size", "loss", *(flags[name] for name in varied),
+              "RMS", "REL", "log10", "δ1", "δ2", "δ3", "train time", "it/s"]
     lines = [
         f"Each row trained for {epochs} epoch(s); metrics on the test split under the `{protocol}` protocol.",
         "",
-        "| configuration | model | size | loss | RMS | REL | log10 | δ1 | δ2 | δ3 | train time | it/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(titles) + " |",
+        "|" + "---|" * len(titles),
     ]
     for r in results:
         m, c = r["metrics"], r["config"]
         lines.append(
-            f"| {r['name']} | {c['model']} | {c['size'][0]}x{c['size'][1]} | {c['loss']} | "
+            f"| {r['name']} | {c['model']} | {option_text(c['size'])} | {c['loss']} | "
+            + "".join(f"{option_text(c.get(name))} | " for name in varied)
             + " | ".join(f"{m[k]:.3f}" for k in METRIC_NAMES)
             + f" | {r['train_s']:.1f} s | {r['it_per_s']:.2f} |"
         )

@@ -7,6 +7,19 @@ generator is re-seeded from (seed, step, rank) before every step, so a run resum
 checkpoint taken mid-epoch continues with exactly the batches, augmentations and updates the
 uninterrupted run would have made: on CPU the final weights are bitwise identical.
 
+Resuming with changed options (``--resume``; :func:`resume_differences`). Every option is
+compared with the configuration saved in ``last.pt``, by the rule its ``TrainConfig`` field
+declares: the learning rate, the schedule, the epochs, the limits, logging and speed options
+are applied from the resume on (the rate curve restarts from the current position with the new
+values; the change is logged and kept in the checkpoint's ``option_changes``); the batch size
+is converted (the position within the epoch is kept in samples, so the epoch's remaining items
+are each trained on once, the last batch possibly shorter); anything else (model, size, loss,
+data, seed, augmentation, ``--ema``) is refused with an error naming each option and both
+values. The saved configuration is always the one that ran last.
+
+Before any data is built, :func:`check_trainable` refuses a (model, size, batch size) that
+BatchNorm cannot train (a 1x1 deepest map at batch 1), naming the smallest size that can.
+
 Files in ``cfg.out`` (rank 0 only): ``last.pt`` (every epoch, every ``save_every`` steps and
 when stopped), ``best.pt`` (best validation ``best_metric``), ``log.jsonl`` (one record per
 epoch, and one marked ``partial`` when a run stops mid-epoch), ``summary.json``.
