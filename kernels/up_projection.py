@@ -79,13 +79,21 @@ def _load_input(x_ptr, offs, mask, sc, sh, ACC: tl.constexpr, AFFINE: tl.constex
     return v
 
 
-@triton.jit
+# Sizes that change from layer to layer (batch, spatial sizes, the kernel size, the adjoint's
+# windows) are runtime values: specialising on their value or divisibility would buy nothing
+# (they index pixels, not contiguous memory) and would multiply the compiled variants. Strides
+# and channel counts stay specialised: a unit channel stride (channels_last) or a multiple of
+# 16 is what lets a load vectorise.
+_RUNTIME_SIZES = ["B", "h", "w", "H", "W", "KSIZE"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME_SIZES)
 def _upsample_conv_kernel(
     x_ptr, w_ptr, out_ptr, in_scale_ptr, in_shift_ptr, stats_ptr,
-    B, Cin, h, w, Cout, H, W,
+    B, Cin, h, w, Cout, H, W, KSIZE,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     scale_h, scale_w,
-    KSIZE: tl.constexpr, UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACC: tl.constexpr, AFFINE: tl.constexpr, STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -93,10 +101,14 @@ def _upsample_conv_kernel(
     in = up(a) (UPSAMPLE) or a itself, a = relu(x * in_scale[c] + in_shift[c]) (AFFINE: the
     previous BatchNorm and ReLU applied while loading) or x; zero outside [0, H) x [0, W).
 
+    The reduction runs as one loop over (tap, channel block) pairs, K = k*k*Cin: the tap's
+    source rows, columns and bilinear weights are recomputed per step (a few integer ops per
+    row), so nothing per tap stays live across the loop and the body is compiled once.
+
     STATS: the program also writes, per output channel, the sum of its tile's (rounded) outputs
     and their squared deviations from the tile mean to ``stats[pid_m, 0 | 1, n]`` (merged on
     the host in a fixed order: the BatchNorm batch statistics without another pass)."""
-    P: tl.constexpr = KSIZE // 2
+    P = KSIZE // 2
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -109,45 +121,42 @@ def _upsample_conv_kernel(
     ox = (rem % W).to(tl.int32)
     x_base = bb * sxb
     acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
-    for kh in tl.static_range(KSIZE):
+    chunks = tl.cdiv(Cin, BLOCK_K)
+    for step in range(0, KSIZE * KSIZE * chunks):
+        tap = step // chunks
+        c0 = (step - tap * chunks) * BLOCK_K
+        kh = tap // KSIZE
+        kw = tap - kh * KSIZE
         Y = oy + (kh - P)
-        y_ok = (Y >= 0) & (Y < H)
+        X = ox + (kw - P)
+        ok = m_ok & (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
+        offs_k = c0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < Cin
+        a_mask = ok[:, None] & k_ok[None, :]
+        ck = offs_k.to(tl.int64)[None, :] * sxc
+        sc, sh = _affine_params(in_scale_ptr, in_shift_ptr, offs_k, k_ok, BLOCK_K, ACC, AFFINE)
         if UPSAMPLE:
             y0, y1, ly = _source_index(tl.maximum(Y, 0), h, scale_h, ALIGN)
-        for kw in tl.static_range(KSIZE):
-            X = ox + (kw - P)
-            ok = m_ok & y_ok & (X >= 0) & (X < W)
-            if UPSAMPLE:
-                x0, x1, lx = _source_index(tl.maximum(X, 0), w, scale_w, ALIGN)
-                o00 = x_base + y0.to(tl.int64) * sxh + x0.to(tl.int64) * sxw
-                o01 = x_base + y0.to(tl.int64) * sxh + x1.to(tl.int64) * sxw
-                o10 = x_base + y1.to(tl.int64) * sxh + x0.to(tl.int64) * sxw
-                o11 = x_base + y1.to(tl.int64) * sxh + x1.to(tl.int64) * sxw
-                f00 = ((1.0 - ly) * (1.0 - lx))[:, None]
-                f01 = ((1.0 - ly) * lx)[:, None]
-                f10 = (ly * (1.0 - lx))[:, None]
-                f11 = (ly * lx)[:, None]
+            x0, x1, lx = _source_index(tl.maximum(X, 0), w, scale_w, ALIGN)
+            r0 = x_base + y0.to(tl.int64) * sxh
+            r1 = x_base + y1.to(tl.int64) * sxh
+            c0o = x0.to(tl.int64) * sxw
+            c1o = x1.to(tl.int64) * sxw
+            a = ((1.0 - ly) * (1.0 - lx))[:, None] * _load_input(
+                x_ptr, (r0 + c0o)[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+            a += ((1.0 - ly) * lx)[:, None] * _load_input(x_ptr, (r0 + c1o)[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+            a += (ly * (1.0 - lx))[:, None] * _load_input(x_ptr, (r1 + c0o)[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+            a += (ly * lx)[:, None] * _load_input(x_ptr, (r1 + c1o)[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
+            a = a.to(x_ptr.dtype.element_ty)
+        else:
+            o = x_base + tl.maximum(Y, 0).to(tl.int64) * sxh + tl.maximum(X, 0).to(tl.int64) * sxw
+            if AFFINE:
+                a = _load_input(x_ptr, o[:, None] + ck, a_mask, sc, sh, ACC, AFFINE).to(x_ptr.dtype.element_ty)
             else:
-                o00 = x_base + Y.to(tl.int64) * sxh + X.to(tl.int64) * sxw
-            for c0 in range(0, Cin, BLOCK_K):
-                offs_k = c0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < Cin
-                a_mask = ok[:, None] & k_ok[None, :]
-                ck = offs_k.to(tl.int64)[None, :] * sxc
-                sc, sh = _affine_params(in_scale_ptr, in_shift_ptr, offs_k, k_ok, BLOCK_K, ACC, AFFINE)
-                if UPSAMPLE:
-                    a = f00 * _load_input(x_ptr, o00[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
-                    a += f01 * _load_input(x_ptr, o01[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
-                    a += f10 * _load_input(x_ptr, o10[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
-                    a += f11 * _load_input(x_ptr, o11[:, None] + ck, a_mask, sc, sh, ACC, AFFINE)
-                    a = a.to(x_ptr.dtype.element_ty)
-                elif AFFINE:
-                    a = _load_input(x_ptr, o00[:, None] + ck, a_mask, sc, sh, ACC, AFFINE).to(x_ptr.dtype.element_ty)
-                else:
-                    a = tl.load(x_ptr + o00[:, None] + ck, mask=a_mask, other=0.0)
-                w_offs = ((kh * KSIZE + kw) * Cin + offs_k)[:, None].to(tl.int64) * Cout + offs_n[None, :]
-                wt = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
+                a = tl.load(x_ptr + o[:, None] + ck, mask=a_mask, other=0.0)
+        w_offs = (tap * Cin + offs_k)[:, None].to(tl.int64) * Cout + offs_n[None, :]
+        wt = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
     o = bb[:, None] * sob + offs_n[None, :].to(tl.int64) * soc + oy.to(tl.int64)[:, None] * soh + ox.to(tl.int64)[:, None] * sow
     result = acc.to(out_ptr.dtype.element_ty)
     valid = m_ok[:, None] & n_ok[None, :]
@@ -163,20 +172,20 @@ def _upsample_conv_kernel(
         tl.store(stats + Cout, tl.sum(dev * dev, axis=0), mask=n_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_SIZES)
 def _weight_grad_kernel(
     x_ptr, go_ptr, partial_ptr, in_scale_ptr, in_shift_ptr,
-    B, Cin, h, w, Cout, H, W,
+    B, Cin, h, w, Cout, H, W, KSIZE,
     sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
     scale_h, scale_w, pixels_per_split,
-    KSIZE: tl.constexpr, UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPSAMPLE: tl.constexpr, ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACC: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """partial[split, co, ci, kh, kw] = sum over this split's pixels p of
     go[p, co] * in[p shifted by (kh - P, kw - P), ci], with the forward's ``in``: up(a) or a,
     a = relu(x * in_scale + in_shift) or x, recomputed while loading."""
-    P: tl.constexpr = KSIZE // 2
+    P = KSIZE // 2
     pid_co = tl.program_id(0)
     pid_ci = tl.program_id(1)
     pid_z = tl.program_id(2)
@@ -191,6 +200,7 @@ def _weight_grad_kernel(
     total = B * H * W
     start = split.to(tl.int64) * pixels_per_split
     sc, sh = _affine_params(in_scale_ptr, in_shift_ptr, offs_ci, ci_ok, BLOCK_CI, ACC, AFFINE)
+    cc = offs_ci.to(tl.int64)[None, :] * sxc
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), ACC)
     for p0 in range(0, pixels_per_split, BLOCK_P):
         offs_p = start + p0 + tl.arange(0, BLOCK_P)
@@ -205,19 +215,18 @@ def _weight_grad_kernel(
         X = ox + kw - P
         ok = p_ok & (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
         base = bb * sxb
-        cc = offs_ci.to(tl.int64)[None, :] * sxc
         u_mask = ok[:, None] & ci_ok[None, :]
         if UPSAMPLE:
             y0, y1, ly = _source_index(tl.maximum(Y, 0), h, scale_h, ALIGN)
             x0, x1, lx = _source_index(tl.maximum(X, 0), w, scale_w, ALIGN)
-            u = ((1.0 - ly) * (1.0 - lx))[:, None] * _load_input(
-                x_ptr, (base + y0.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
-            u += ((1.0 - ly) * lx)[:, None] * _load_input(
-                x_ptr, (base + y0.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
-            u += (ly * (1.0 - lx))[:, None] * _load_input(
-                x_ptr, (base + y1.to(tl.int64) * sxh + x0.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
-            u += (ly * lx)[:, None] * _load_input(
-                x_ptr, (base + y1.to(tl.int64) * sxh + x1.to(tl.int64) * sxw)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            r0 = base + y0.to(tl.int64) * sxh
+            r1 = base + y1.to(tl.int64) * sxh
+            c0o = x0.to(tl.int64) * sxw
+            c1o = x1.to(tl.int64) * sxw
+            u = ((1.0 - ly) * (1.0 - lx))[:, None] * _load_input(x_ptr, (r0 + c0o)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += ((1.0 - ly) * lx)[:, None] * _load_input(x_ptr, (r0 + c1o)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += (ly * (1.0 - lx))[:, None] * _load_input(x_ptr, (r1 + c0o)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
+            u += (ly * lx)[:, None] * _load_input(x_ptr, (r1 + c1o)[:, None] + cc, u_mask, sc, sh, ACC, AFFINE)
         else:
             u = _load_input(x_ptr, (base + tl.maximum(Y, 0).to(tl.int64) * sxh + tl.maximum(X, 0).to(tl.int64) * sxw)[:, None] + cc,
                             u_mask, sc, sh, ACC, AFFINE)
@@ -230,20 +239,21 @@ def _weight_grad_kernel(
     tl.store(partial_ptr + out, acc, mask=co_ok[:, None] & ci_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "h", "w", "H", "W", "WIN_H", "WIN_W"])
 def _bilinear_adjoint_kernel(
     gu_ptr, gx_ptr,
     B, C, h, w, H, W,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw,
-    scale_h, scale_w, inv_h, inv_w,
-    ALIGN: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    scale_h, scale_w, inv_h, inv_w, WIN_H, WIN_W,
+    ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """grad_x[b, c, i, j] = sum over output (Y, X) of wy(Y -> i) * wx(X -> j) * gu[b, c, Y, X].
 
     For input row i only output rows Y with i0(Y) in {i - 1, i} contribute; they lie in a
     window of WIN_H rows starting near the inverse map of i - 1 (likewise for columns), and the
     weights are recomputed with the forward's exact formula, so the window need only cover them.
+    The window is walked by a runtime loop (one load of a pixels x channels tile per output
+    pixel, skipped where its weight is zero): nothing is indexed at run time in registers.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -266,22 +276,23 @@ def _bilinear_adjoint_kernel(
     g_base = bb * sgb
     cg = offs_c.to(tl.int64)[None, :] * sgc
     acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for ty in tl.static_range(WIN_H):
+    for t in range(0, WIN_H * WIN_W):
+        ty = t // WIN_W
+        tx = t - ty * WIN_W
         Y = y_start + ty
         y0, y1, ly = _source_index(Y, h, scale_h, ALIGN)
         wy = tl.where(y0 == iy, 1.0 - ly, 0.0) + tl.where(y1 == iy, ly, 0.0)
         wy = tl.where(Y < H, wy, 0.0)
-        for tx in tl.static_range(WIN_W):
-            X = x_start + tx
-            x0, x1, lx = _source_index(X, w, scale_w, ALIGN)
-            wx = tl.where(x0 == ix, 1.0 - lx, 0.0) + tl.where(x1 == ix, lx, 0.0)
-            wgt = wy * tl.where(X < W, wx, 0.0)
-            use = p_ok & (wgt != 0.0)
-            g = tl.load(
-                gu_ptr + (g_base + Y.to(tl.int64) * sgh + X.to(tl.int64) * sgw)[:, None] + cg,
-                mask=use[:, None] & c_ok[None, :], other=0.0,
-            ).to(tl.float32)
-            acc += wgt[:, None] * g
+        X = x_start + tx
+        x0, x1, lx = _source_index(X, w, scale_w, ALIGN)
+        wx = tl.where(x0 == ix, 1.0 - lx, 0.0) + tl.where(x1 == ix, lx, 0.0)
+        wgt = wy * tl.where(X < W, wx, 0.0)
+        use = p_ok & (wgt != 0.0)
+        g = tl.load(
+            gu_ptr + (g_base + Y.to(tl.int64) * sgh + X.to(tl.int64) * sgw)[:, None] + cg,
+            mask=use[:, None] & c_ok[None, :], other=0.0,
+        ).to(tl.float32)
+        acc += wgt[:, None] * g
     o = (bb * sxb + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw)[:, None] + offs_c.to(tl.int64)[None, :] * sxc
     tl.store(gx_ptr + o, acc.to(gx_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
@@ -330,6 +341,38 @@ def _check(x, weight, size):
         raise ValueError(f"size must be two positive integers, got {size}")
 
 
+def _conv_config(dtype: torch.dtype, cout: int, cuda: bool):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the implicit GEMM. On CUDA, checked by
+    bench/compile_check.py for sm_90 and sm_80 (no spills; wgmma/mma for fp16/bf16)."""
+    if not cuda:
+        return 32, 16, 16, 4, 1  # the interpreter: small tiles, several programs
+    if dtype in (torch.float16, torch.bfloat16):
+        return 128, 64 if cout <= 64 else 128, 32, 8, 3
+    return 64, 64, 32, 4, 2  # fp32: IEEE products on the FMA units, operands in registers
+
+
+def _weight_grad_config(dtype: torch.dtype, cuda: bool):
+    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of the weight-gradient GEMM (see _conv_config)."""
+    if not cuda:
+        return 16, 16, 32, 4, 1
+    if dtype in (torch.float16, torch.bfloat16):
+        return 64, 64, 64, 4, 3
+    return 64, 64, 32, 8, 2  # fp32 (IEEE, FMA): 8 warps share the operand tiles, no spills
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """The kernels' working layout: channels innermost. (They take any strides, but with pixels
+    innermost the per-pixel index vectors and the NCHW store of a GEMM tile need about twice the
+    registers and spill: see bench/results/compile-sm90.md.) A no-op for channels_last input."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``t`` with the canonical strides of ``fmt`` (a copy only when they differ)."""
+    r = torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+    return t if r.stride() == t.stride() else r.copy_(t)
+
+
 def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize, in_scale=None, in_shift=None, stats=False):
     """Launch the implicit GEMM: ``out`` (B, cout, H, W) from ``inp`` with (k, k, Cin, Cout)
     weights; with ``in_scale``/``in_shift`` the input is relu(inp * scale + shift) per channel.
@@ -338,10 +381,7 @@ def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize, in_scale=
     B, Cin, h, w = inp.shape
     H, W = out.shape[-2:]
     precision, acc = _dot_config(inp.dtype)
-    if inp.is_cuda:
-        bm, bn, bk, warps, stages = 128, 64 if cout <= 64 else 128, 32, 8, 3
-    else:
-        bm, bn, bk, warps, stages = 32, 16, 16, 4, 1
+    bm, bn, bk, warps, stages = _conv_config(inp.dtype, cout, inp.is_cuda)
     grid = (triton.cdiv(B * H * W, bm), triton.cdiv(cout, bn))
     partial = None
     if stats:
@@ -350,10 +390,10 @@ def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize, in_scale=
     _upsample_conv_kernel[grid](
         inp, weight_kkio, out,
         in_scale if affine else inp, in_shift if affine else inp, partial if stats else out,
-        B, Cin, h, w, cout, H, W,
+        B, Cin, h, w, cout, H, W, ksize,
         *inp.stride(), *out.stride(),
         _scale(h, H, align_corners), _scale(w, W, align_corners),
-        KSIZE=ksize, UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc,
+        UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc,
         AFFINE=affine, STATS=bool(stats),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )
@@ -386,11 +426,12 @@ def upsample_conv2d_forward(x, weight, size, align_corners):
     B, Cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     H, W = int(size[0]), int(size[1])
-    out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    fmt = _memory_format(x)
+    out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     if out.numel() == 0:
-        return out
-    _conv(x, weight.permute(2, 3, 1, 0).contiguous(), cout, out, True, align_corners, k)
-    return out
+        return _in_format(out, fmt)
+    _conv(_channels_last(x), weight.permute(2, 3, 1, 0).contiguous(), cout, out, True, align_corners, k)
+    return _in_format(out, fmt)
 
 
 def _check_affine(x, in_scale, in_shift):
@@ -411,17 +452,18 @@ def upsample_conv2d_bn_forward(x, in_scale, in_shift, weight, size, align_corner
     B, Cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     H, W = int(size[0]), int(size[1])
-    out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    fmt = _memory_format(x)
+    out = torch.empty((B, cout, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     stats_dtype = _stats_dtype(x.dtype)
     if out.numel() == 0:
         nan = torch.full((cout,), float("nan"), dtype=stats_dtype, device=x.device)
-        return out, nan, nan.clone()
+        return _in_format(out, fmt), nan, nan.clone()
     if in_scale is not None:
         in_scale, in_shift = in_scale.to(stats_dtype).contiguous(), in_shift.to(stats_dtype).contiguous()
-    partial, tile = _conv(x, weight.permute(2, 3, 1, 0).contiguous(), cout, out, (h, w) != (H, W), align_corners, k,
-                          in_scale, in_shift, stats=True)
+    partial, tile = _conv(_channels_last(x), weight.permute(2, 3, 1, 0).contiguous(), cout, out, (h, w) != (H, W),
+                          align_corners, k, in_scale, in_shift, stats=True)
     mean, var = merge_tile_stats(partial, B * H * W, tile)
-    return out, mean, var
+    return _in_format(out, fmt), mean, var
 
 
 def upsample_conv2d_backward(grad_out, x, weight, size, align_corners):
@@ -449,11 +491,12 @@ def _backward(grad_out, x, in_scale, in_shift, weight, size, align_corners, *, u
     H, W = int(size[0]), int(size[1])
     if tuple(grad_out.shape) != (B, cout, H, W):
         raise ValueError(f"grad_out must be {(B, cout, H, W)}, got {tuple(grad_out.shape)}")
-    grad_out = grad_out.to(x.dtype)
     fmt = _memory_format(x)
-    grad_x = torch.empty_like(x, memory_format=fmt)
     if grad_out.numel() == 0 or x.numel() == 0:
-        return grad_x.zero_(), torch.zeros_like(weight, memory_format=torch.contiguous_format)
+        return torch.zeros_like(x, memory_format=fmt), torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    grad_out = _channels_last(grad_out.to(x.dtype))
+    x = _channels_last(x)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
     precision, acc = _dot_config(x.dtype)
     acc_torch = _stats_dtype(x.dtype)
 
@@ -461,26 +504,24 @@ def _backward(grad_out, x, in_scale, in_shift, weight, size, align_corners, *, u
     w_t = weight.flip(2, 3).permute(2, 3, 0, 1).contiguous()  # (k, k, Cout, Cin)
     sh, sw = _scale(h, H, align_corners), _scale(w, W, align_corners)
     if upsample:
-        gu = torch.empty((B, Cin, H, W), dtype=acc_torch, device=x.device, memory_format=fmt)
+        gu = torch.empty((B, Cin, H, W), dtype=acc_torch, device=x.device, memory_format=torch.channels_last)
         _conv(grad_out, w_t, Cin, gu, False, align_corners, k)
         # step 2: the bilinear adjoint as a gather
         bp, bc = (64, 32) if x.is_cuda else (32, 16)
         _bilinear_adjoint_kernel[(triton.cdiv(B * h * w, bp), triton.cdiv(Cin, bc))](
             gu, grad_x, B, Cin, h, w, H, W, *gu.stride(), *grad_x.stride(),
-            sh, sw, 1.0 / sh if sh > 0 else 0.0, 1.0 / sw if sw > 0 else 0.0,
-            ALIGN=bool(align_corners), WIN_H=_window(h, H, sh), WIN_W=_window(w, W, sw),
-            BLOCK_P=bp, BLOCK_C=bc, num_warps=4,
+            sh, sw, 1.0 / sh if sh > 0 else 0.0, 1.0 / sw if sw > 0 else 0.0, _window(h, H, sh), _window(w, W, sw),
+            ALIGN=bool(align_corners), BLOCK_P=bp, BLOCK_C=bc, num_warps=4,
         )
     else:  # no upsample: the transposed conv is the whole input gradient
         _conv(grad_out, w_t, Cin, grad_x, False, align_corners, k)
 
     # grad_weight: per tap an implicit GEMM over B*H*W pixels, split-K, fixed-order reduce
+    bco, bci, bpix, warps, stages = _weight_grad_config(x.dtype, x.is_cuda)
     if x.is_cuda:
-        bco, bci, bpix, warps, stages = 64, 64, 64, 4, 3
         programs = triton.cdiv(cout, bco) * triton.cdiv(Cin, bci) * k * k
         target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
     else:
-        bco, bci, bpix, warps, stages = 16, 16, 32, 4, 1
         programs = triton.cdiv(cout, bco) * triton.cdiv(Cin, bci) * k * k
         target = programs * 2  # the interpreter: exercise split-K with two splits
     total = B * H * W
@@ -491,13 +532,13 @@ def _backward(grad_out, x, in_scale, in_shift, weight, size, align_corners, *, u
     affine = in_scale is not None
     _weight_grad_kernel[(triton.cdiv(cout, bco), triton.cdiv(Cin, bci), k * k * splits)](
         x, grad_out, partials, in_scale if affine else x, in_shift if affine else x,
-        B, Cin, h, w, cout, H, W,
+        B, Cin, h, w, cout, H, W, k,
         *x.stride(), *grad_out.stride(), sh, sw, per_split,
-        KSIZE=k, UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc, AFFINE=affine,
+        UPSAMPLE=upsample, ALIGN=bool(align_corners), DOT_PRECISION=precision, ACC=acc, AFFINE=affine,
         BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_P=bpix, num_warps=warps, num_stages=stages,
     )
     grad_w = partials.sum(dim=0).to(weight.dtype)
-    return grad_x, grad_w
+    return _in_format(grad_x, fmt), grad_w
 
 
 __all__ = [
