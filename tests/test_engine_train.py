@@ -413,6 +413,14 @@ def test_untrainable_size_is_refused_before_data_is_built(model, size, smallest,
         check_trainable(TrainConfig(model=model, size=(h - h // g, w - w // g)))
 
 
+def test_too_few_items_per_process_for_the_batch_norm_is_refused(cache, tmp_path):
+    """The per-process batch can be smaller than --batch-size when the data is: one item per
+    process at a 1x1 deepest map cannot train either (checked once the data is known)."""
+    with pytest.raises(ValueError, match="gets 1 training item.*--batch-size 2.*--size 24x32"):
+        Trainer(tiny_config(cache, str(tmp_path / "one"), size=(24, 32), limit_train=2, val_fraction=0.5))
+    Trainer(tiny_config(cache, str(tmp_path / "two"), size=(24, 32), limit_train=4, val_fraction=0.5))
+
+
 # ---------------------------------------------------------------- resumes that change options
 
 def _record_rates(monkeypatch):

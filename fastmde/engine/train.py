@@ -251,6 +251,12 @@ class Trainer:
         n = self.sampler.num_samples
         self.items_per_epoch = n // cfg.batch_size * cfg.batch_size if n >= cfg.batch_size else n
         self.steps_per_epoch = math.ceil(self.items_per_epoch / cfg.batch_size)
+        if self.items_per_epoch < cfg.batch_size and self.items_per_epoch < smallest_trainable_batch(cfg):
+            raise ValueError(
+                f"each of the {self.info.world_size} process(es) gets {self.items_per_epoch} training item(s) per "
+                f"epoch, one batch smaller than --batch-size {cfg.batch_size}, and {cfg.model} at --size "
+                f"{cfg.size[0]}x{cfg.size[1]} cannot train on a batch of {self.items_per_epoch} (BatchNorm at its "
+                "1x1 deepest map): use more training data or fewer processes")
 
         model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained,
                              **cfg.model_overrides()).to(self.device)
