@@ -324,6 +324,8 @@ def main(argv=None) -> dict:
         args.steps = 3 if args.small else 10
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.dtype == "float64" and torch.device(args.device).type != "cpu":
+        parser.error("--dtype float64 runs on the CPU only (fastmde's GPU kernels take float32, float16, bfloat16)")
     input_size = tuple(int(v) for v in args.input.split("x"))
     size = tuple(int(v) for v in args.size.split("x"))
     device = torch.device(args.device)
