@@ -7,7 +7,16 @@ compiled against the torch in the environment, so the build must not run in an i
   -O3, OpenMP for ``at::parallel_for``). If it cannot be built, the install goes on without it
   and ``import fastmde`` falls back to the PyTorch reference with a warning.
   ``FASTMDE_NO_EXTENSION=1`` skips it; ``FASTMDE_PORTABLE=1`` drops ``-march=native``.
-* the top-level ``kernels/`` directory is installed as ``fastmde.kernels``.
+* the top-level ``kernels/`` directory is installed as ``fastmde.kernels`` by
+  ``package_dir={"fastmde.kernels": "kernels"}``, with no import-time tricks in fastmde:
+  a normal install (wheel, ``pip install .``) copies ``kernels/*.py`` into
+  ``site-packages/fastmde/kernels/``; an editable install (``pip install -e .``, setuptools >= 64,
+  PEP 660) cannot express that mapping with a plain path entry, so setuptools writes a finder
+  (``__editable___fastmde_*_finder.py``, loaded by a ``.pth`` file) whose static mapping
+  ``{"fastmde": "<repo>/fastmde", "fastmde.kernels": "<repo>/kernels"}`` imports the package
+  and the kernels from the checkout (edits apply at once; a new top-level file needs a
+  reinstall). Run from a checkout that is not installed, ``fastmde.kernels`` is absent and
+  ``fastmde.backends()`` reports Triton unavailable (install it, as above).
 """
 import glob
 import os

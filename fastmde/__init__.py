@@ -8,23 +8,24 @@ Public API::
     fastmde.nn.DepthLoss, fastmde.nn.DepthMetrics, fastmde.nn.UpProjection
     fastmde.backends()                                         # which kernel serves what
     fastmde.load("runs/train/best.pt", device="cpu")           # a trained model, ready to run
+    fastmde.patch(model)                                       # fused up-projections in any depth model
 """
-from . import _backend
-
-_backend.install_kernels_package()
-
-from . import nn, ops, reference  # noqa: E402
-from ._backend import BackendUnavailableError, backends, set_backend  # noqa: E402
-from .functional import depth_loss, depth_loss_terms, depth_metric_sums, depth_metrics  # noqa: E402
+from . import nn, ops, reference
+from ._backend import BackendUnavailableError, backends, set_backend
+from .functional import depth_loss, depth_loss_terms, depth_metric_sums, depth_metrics
+from .patch import PatchReport, patch, unpatch
 
 __version__ = "0.1.0"
 
 
 def load(checkpoint, device="cpu"):
-    """A ready model (eval mode, on ``device``) from a fastmde checkpoint or run directory.
+    """A ready model (eval mode, on ``device``) from a fastmde checkpoint, a run directory, or
+    a checkpoint of the paper authors' code or of Hu et al.'s code (recognised from its key
+    names; see ``fastmde.models.from_external``).
 
-    The model maps (B, 3, H, W) float images in 0-255 to (B, 1, H, W) depth in metres. A file
-    that is not a fastmde checkpoint raises ``fastmde.engine.CheckpointError``.
+    The model maps (B, 3, H, W) float images in 0-255 to (B, 1, H, W) depth in metres; its
+    ``fastmde_variant`` and ``fastmde_spec`` attributes name the variant it is (see
+    ``fastmde.engine.checkpoint.load``). Any other file raises ``fastmde.engine.CheckpointError``.
     """
     from .engine.checkpoint import load as _load
 
@@ -39,6 +40,9 @@ __all__ = [
     "depth_metric_sums",
     "depth_metrics",
     "load",
+    "PatchReport",
+    "patch",
+    "unpatch",
     "nn",
     "ops",
     "reference",

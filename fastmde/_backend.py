@@ -17,11 +17,8 @@ implementation that is unavailable raises ``BackendUnavailableError`` naming the
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-import sys
 import warnings
-from pathlib import Path
 from types import ModuleType
 
 HOT_PATHS = ("depth_loss", "depth_metrics", "up_projection")
@@ -191,29 +188,6 @@ def backends(devices: tuple[str, ...] | None = None) -> dict[str, dict[str, str]
             except BackendUnavailableError as exc:
                 table[hot_path][device_type] = f"unavailable: {exc}"
     return table
-
-
-def install_kernels_package() -> None:
-    """Make ``fastmde.kernels`` importable when running from a source checkout.
-
-    ``setup.py`` installs the top-level ``kernels/`` directory as ``fastmde.kernels``; in a
-    source checkout (tests run with the repository root on ``sys.path``) there is no
-    ``fastmde/kernels`` directory, so the package is loaded from ``../kernels``.
-    """
-    if "fastmde.kernels" in sys.modules:
-        return
-    package_dir = Path(__file__).resolve().parent
-    if (package_dir / "kernels" / "__init__.py").exists():
-        return  # installed layout: the normal import system finds it
-    source = package_dir.parent / "kernels" / "__init__.py"
-    if not source.exists():
-        return
-    spec = importlib.util.spec_from_file_location(
-        "fastmde.kernels", source, submodule_search_locations=[str(source.parent)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fastmde.kernels"] = module
-    spec.loader.exec_module(module)
 
 
 _forced = _read_env()
