@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from torch.utils.data import Subset
 
+from .config import default_of
+
 
 def test_split_name(data_format: str) -> str:
     return {"synthetic": "val", "frames": "val", "csv": "test", "labeled": "test"}[data_format]
 
 
 def open_split(data_format: str, path: str | None, split: str, *, cache_dir=None,
-               synthetic_train: int = 400, synthetic_val: int = 40, synthetic_size=(480, 640), synthetic_views: int = 4):
-    """One split ("train" or the format's test split name) of a dataset."""
+               synthetic_train: int = default_of("synthetic_train"), synthetic_val: int = default_of("synthetic_val"),
+               synthetic_size=default_of("synthetic_size"), synthetic_views: int = default_of("synthetic_views")):
+    """One split ("train" or the format's test split name) of a dataset (the synthetic options'
+    defaults are ``TrainConfig``'s)."""
     from .. import data
 
     if data_format == "synthetic":
