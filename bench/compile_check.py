@@ -278,8 +278,28 @@ def metrics_call(B, H, W, dtype, mask, crop):
     def launch():
         pred, target = cuda_tensor((B, H, W), dtype), cuda_tensor((B, H, W), dtype)
         m = cuda_tensor((B, H, W), torch.bool) if mask else None
-        depth_metrics.depth_metric_sums(pred, target, m, 1e-3, 10.0, resolve_crop(crop, H, W))
+        _call_by_name(depth_metrics.depth_metric_sums, dict(
+            pred=pred, target=target, mask=m, min_depth=1e-3, max_depth=10.0, crop=resolve_crop(crop, H, W),
+            **METRIC_RULES))
     return launch
+
+
+# The comparison rules of the project's default protocol (the launcher's optional switches; each
+# choice is a constexpr, so a protocol with other rules compiles its own variant).
+METRIC_RULES = dict(min_inclusive=False, max_inclusive=True, pred_min=1e-3, pred_max=10.0, nan_prediction=1e-3,
+                    delta_inclusive=False, rel_by_prediction=False, log10_nonfinite_zero=False)
+
+
+def _call_by_name(fn, values: dict):
+    """Call a launcher with the values its parameters name (values it does not take are dropped;
+    a parameter with no value and no default is an error naming it)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    missing = [n for n, p in params.items() if n not in values and p.default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"compile_check has no value for {fn.__name__}'s parameters {missing}: add them to its call")
+    return fn(**{n: values[n] for n in params if n in values})
 
 
 def upproj_call(B, cin, cout, h, w, H, W, k, dtype, channels_last, bn, affine=True, backward=True):

@@ -33,14 +33,27 @@ tiles in a fixed order into the batch mean and variance the next BatchNorm needs
 statistics cost no pass over the output. Without upsampling (``size`` equal to x's) the kernels
 are a plain k x k conv: the branch's second conv and the 1x1 reduction.
 
-Any H, W; NCHW or channels_last (all kernels take strides); fp32, fp16, bf16 (fp64 too, for
-gradcheck under the interpreter). Offsets are int64.
+Any H, W; NCHW or channels_last; fp32, fp16, bf16 (fp64 too, for gradcheck under the
+interpreter). Offsets are int64. The kernels take strides, but the launchers run them on
+channels_last tensors (an NCHW input is copied once and the results are returned in x's
+layout): with channels innermost every gather and store is contiguous along the GEMM's K or N
+axis, and the compile check (``bench/compile_check.py``, sm_90 and sm_80) finds the NCHW
+variants at 255 registers with spills.
+
+Compile cost: sizes (batch, spatial sizes, k, the adjoint's windows) are runtime arguments
+(``do_not_specialize``) and every tap loop is a runtime loop, so one compiled variant serves
+k = 1, 3, 5 and every layer of a network; only dtype, the switches, the unit channel stride and
+the tile shape select a variant. Tiles per dtype: fp16/bf16 128 x 64|128 x 32 with 8 warps (the
+GEMMs on wgmma on sm_90, mma on sm_80), fp32 64 x 64 x 32 (IEEE products on the FMA units).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from fastmde._checks import compute_dtype as _stats_dtype
+from fastmde._checks import memory_format_of as _memory_format
 
 
 @triton.jit
@@ -312,12 +325,6 @@ def _window(in_size: int, out_size: int, scale: float) -> int:
     return min(out_size + 2, int(2.0 / scale) + 4)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _dot_config(dtype: torch.dtype):
     """(tl.dot input precision, accumulator dtype) for an input dtype."""
     if dtype == torch.float64:
@@ -348,7 +355,7 @@ def _conv_config(dtype: torch.dtype, cout: int, cuda: bool):
         return 32, 16, 16, 4, 1  # the interpreter: small tiles, several programs
     if dtype in (torch.float16, torch.bfloat16):
         return 128, 64 if cout <= 64 else 128, 32, 8, 3
-    return 64, 64, 32, 4, 2  # fp32: IEEE products on the FMA units, operands in registers
+    return 64, 64, 32, 8, 2  # fp32: IEEE products on the FMA units, operands in registers
 
 
 def _weight_grad_config(dtype: torch.dtype, cuda: bool):
@@ -356,7 +363,7 @@ def _weight_grad_config(dtype: torch.dtype, cuda: bool):
     if not cuda:
         return 16, 16, 32, 4, 1
     if dtype in (torch.float16, torch.bfloat16):
-        return 64, 64, 64, 4, 3
+        return 64, 64, 64, 8, 3
     return 64, 64, 32, 8, 2  # fp32 (IEEE, FMA): 8 warps share the operand tiles, no spills
 
 
@@ -398,10 +405,6 @@ def _conv(inp, weight_kkio, cout, out, upsample, align_corners, ksize, in_scale=
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )
     return (partial, bm) if stats else None
-
-
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def merge_tile_stats(partial: torch.Tensor, total: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
