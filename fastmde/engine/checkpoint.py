@@ -84,8 +84,10 @@ def _describe_foreign(obj) -> str:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return (f"a plain state_dict ({len(obj)} tensors, e.g. {next(iter(obj))!r}), not a fastmde "
                     "checkpoint: build the network with fastmde.models.build(...) and call "
-                    "load_state_dict on it, or pass it to `fastmde train --pretrained` if it is "
-                    "an encoder's weights")
+                    "load_state_dict on it (fastmde.models.from_external(path, source='fastmde', "
+                    "size=...) infers the variant), or pass it to `fastmde train --pretrained` if "
+                    "it is an encoder's weights; checkpoints of the paper authors' code and of Hu "
+                    "et al.'s code are recognised by their key names")
         if obj.get("format") not in (None, FORMAT):
             return f"a file of format {obj.get('format')!r}"
         for key, what in _FOREIGN_HINTS.items():
@@ -98,8 +100,8 @@ def _describe_foreign(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
-def read_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load and validate a fastmde checkpoint; raise :class:`CheckpointError` for anything else."""
+def _resolve(path) -> str:
+    """The file to read: ``path`` itself, or a run directory's best.pt (else last.pt)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -110,6 +112,12 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         if not os.path.exists(candidate):
             raise CheckpointError(f"{path!r} is a directory without best.pt or last.pt")
         path = candidate
+    return path
+
+
+def _read_file(path: str, map_location):
+    """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for what is not a file of
+    tensors and plain values."""
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (legacy files start with a pickle protocol byte, 0x80).
@@ -119,7 +127,7 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
             f"(neither a torch.save zip archive nor a pickle; first bytes {head!r})"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         # weights_only refuses pickled code (foreign checkpoints with custom classes) as well as
         # files that are not PyTorch archives at all; say which.
@@ -132,6 +140,9 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(
             f"{path!r} is not a fastmde checkpoint: it cannot be read as a PyTorch file ({message[:200]})"
         ) from None
+
+
+def _validate(obj, path: str) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a fastmde checkpoint: it is {_describe_foreign(obj)}")
     version = obj.get("version")
@@ -145,6 +156,29 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
             raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: no {key!r} entry")
     obj["path"] = path
     return obj
+
+
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load and validate a fastmde checkpoint; raise :class:`CheckpointError` for anything else."""
+    path = _resolve(path)
+    return _validate(_read_file(path, map_location), path)
+
+
+def external_source(obj) -> str | None:
+    """``"freeman2021"`` or ``"hu2019"`` when ``obj`` (a loaded file) is a checkpoint of the paper
+    authors' code or of Hu et al.'s code (recognised from its key names, see
+    :mod:`fastmde.models.external`), else None. fastmde checkpoints and plain fastmde state
+    dicts are not external (a plain state dict does not record the internal size or the input
+    normalisation; :func:`fastmde.models.from_external` takes one with ``source="fastmde"``)."""
+    from ..models import external
+
+    if not isinstance(obj, dict) or obj.get("format") == FORMAT:
+        return None
+    try:
+        source = external.recognise(external.unwrap(obj))
+    except external.ExternalCheckpointError:
+        return None
+    return source if source in ("freeman2021", "hu2019") else None
 
 
 def build_model_from_checkpoint(ckpt: dict):
@@ -171,12 +205,48 @@ def build_model_from_checkpoint(ckpt: dict):
 
 
 def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
-    """A ready model from a fastmde checkpoint file (or a run directory: its best.pt).
+    """A ready model from a fastmde checkpoint file, a run directory (its best.pt, else
+    last.pt), or a checkpoint of the paper authors' code or of Hu et al.'s code (recognised
+    from its key names and loaded by :func:`fastmde.models.from_external`).
 
     The model takes (B, 3, H, W) float images in 0-255 at any size and returns (B, 1, H, W)
-    depth in metres; it is moved to ``device`` and put in eval mode.
+    depth in metres; it is moved to ``device`` and put in eval mode (``eval_mode=False``:
+    training mode). Attributes say what was loaded:
+
+    - ``fastmde_variant``: the variant name (``fastmde.models.variants()``);
+    - ``fastmde_spec``: ``{"name", "size", "overrides"}``; ``fastmde.models.build(spec["name"],
+      size=spec["size"], **spec["overrides"])`` is a model the loaded ``state_dict()`` loads into
+      strictly (what ``train --init-from`` needs);
+    - ``fastmde_source``: ``{"source": "fastmde" | "freeman2021" | "hu2019", ...}`` (for an
+      external file also what its model expects as input and returns, see
+      :mod:`fastmde.models.external`);
+    - ``fastmde_config``: the saved training configuration (``{}`` for an external file);
+    - ``fastmde_checkpoint``: the file read.
+
+    Raises FileNotFoundError for a missing path and :class:`CheckpointError` for a file that
+    is neither (naming what it is, or, for an external checkpoint that fits no variant, the
+    closest variant and the keys that differ).
     """
-    ckpt = read_checkpoint(checkpoint, map_location="cpu")
-    model = build_model_from_checkpoint(ckpt).to(device)
+    from ..models import external
+
+    path = _resolve(checkpoint)
+    obj = _read_file(path, "cpu")
+    if external_source(obj) is not None:
+        try:
+            model = external.from_external(obj)
+        except external.ExternalCheckpointError as exc:
+            raise CheckpointError(f"{path!r}: {exc}") from None
+        model.fastmde_config = {}
+    else:
+        ckpt = _validate(obj, path)
+        model = build_model_from_checkpoint(ckpt)
+        spec = ckpt["model_spec"]
+        model.fastmde_variant = spec["name"]
+        model.fastmde_spec = {"name": spec["name"], "size": spec.get("size"),
+                              "overrides": dict(spec.get("overrides", {}))}
+        model.fastmde_source = {"source": "fastmde"}
+        model.fastmde_config = dict(ckpt.get("config") or {})
+    model.fastmde_checkpoint = path
+    model.to(device)
     model.train(not eval_mode)
     return model

@@ -50,7 +50,9 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="fastmde checkpoint (or a run directory: its best.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help=("fastmde checkpoint, run directory (its best.pt), or a checkpoint of "
+                             "the paper authors' or Hu et al.'s code"))
     parser.add_argument("--data-format", default=None, choices=("synthetic", "labeled", "frames", "csv"),
                         help="default: the format the checkpoint was trained on")
     parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
@@ -68,12 +70,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from .._atomic import atomic_write_text
-    from .checkpoint import build_model_from_checkpoint, read_checkpoint
+    from .checkpoint import load
     from .datasets import open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
 
-    ckpt = read_checkpoint(args.checkpoint)
-    cfg = ckpt.get("config", {})
+    # a fastmde checkpoint, a run directory, or a checkpoint of the paper authors' or Hu et al.'s code
+    model = load(args.checkpoint, device="cpu")
+    cfg = model.fastmde_config
     data_format = args.data_format or cfg.get("data_format", "synthetic")
     data_path = args.data if args.data is not None else (cfg.get("data") if data_format == cfg.get("data_format") else None)
     split = args.split or test_split_name(data_format)
@@ -82,18 +85,18 @@ def run(args) -> int:
                          synthetic_train=cfg.get("synthetic_train", 400), synthetic_val=cfg.get("synthetic_val", 40),
                          synthetic_size=cfg.get("synthetic_size", (480, 640)),
                          synthetic_views=cfg.get("synthetic_views", 4))
-    model = build_model_from_checkpoint(ckpt).to(device)
+    model = model.to(device)
     protocol = get_protocol(args.protocol)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
                       workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device),
                       flip=args.flip)
-    result = {"checkpoint": ckpt["path"], "model": ckpt["model_spec"]["name"], "data_format": data_format,
+    result = {"checkpoint": model.fastmde_checkpoint, "model": model.fastmde_variant, "data_format": data_format,
               "data": data_path, "split": split, "items": len(dataset), "protocol": protocol.to_dict(),
               "metrics": values}
     print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
     print(" | ".join(f"{k:>7}" for k in METRIC_ORDER))
     print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_ORDER))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(ckpt["path"])), f"eval-{protocol.name}.json")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(model.fastmde_checkpoint)), f"eval-{protocol.name}.json")
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

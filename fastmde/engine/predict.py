@@ -136,7 +136,9 @@ def add_arguments(parser) -> None:
     from .config import AMP_CHOICES, default_of   # the choices and defaults `fastmde train` has
 
     parser.add_argument("images", nargs="+", help="image files or directories of images (EXIF orientation applied)")
-    parser.add_argument("--checkpoint", required=True, help="fastmde checkpoint (or a run directory)")
+    parser.add_argument("--checkpoint", required=True,
+                        help=("fastmde checkpoint, run directory, or a checkpoint of "
+                             "the paper authors' or Hu et al.'s code"))
     parser.add_argument("--out", required=True,
                         help="output directory; results mirror the inputs' paths below their common folder")
     parser.add_argument("--overwrite", action="store_true",

@@ -8,6 +8,7 @@ wrapper, and the named variants of the paper's architecture tables.
     model = fastmde.models.build("unet50-k5", pretrained="resnet50.pth", normalize=True)
     fastmde.models.variants()                                      # name -> description/config
     print(fastmde.models.describe_model("unet34-k3", "288x384"))   # parameters and MACs
+    model = fastmde.models.from_external("Hu34_best_val.checkpoint")  # another project's weights
 
 Names: ``<arch><depth>-k<k>[-1x1]`` with arch ``unet`` (the paper's U-Net) or ``hu`` (the
 paper's slimmed Hu et al. model), depth 34 or 50, k 3 or 5, ``-1x1`` for the paper's 1x1
@@ -18,12 +19,16 @@ Other encoders (18, 101) via ``build(name, encoder=18)``.
 
 A built model takes a (B, 3, H, W) float image in 0-255 (convert uint8 first) and returns
 (B, 1, H, W) depth in metres at the input's size, whatever H, W.
+
+:func:`from_external` loads checkpoints of the paper authors' code and of Hu et al.'s code
+into these variants (see :mod:`fastmde.models.external`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .external import ExternalCheckpointError, from_external
 from .hu import HuModel
 from .resnet import CheckpointMismatchError, ResNetEncoder, load_checkpoint
 from .resolution import PAPER_SIZES, IntermediateResolution, parse_size
@@ -168,6 +173,7 @@ def describe_model(name: str, size_str="288x384") -> str:
 
 __all__ = [
     "CheckpointMismatchError",
+    "ExternalCheckpointError",
     "HuModel",
     "IntermediateResolution",
     "PAPER_SIZES",
@@ -177,6 +183,7 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "describe_model",
+    "from_external",
     "load_checkpoint",
     "parse_size",
     "variants",

@@ -114,8 +114,13 @@ class ResNetEncoder(nn.Module):
         kind, layers = DEPTHS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth, self.normalize = depth, bool(normalize)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        # float64 constants, cast to the input's dtype where used: a float64 input is normalised
+        # with float64 values (as Hu et al.'s float64 reference would), float32 with the
+        # correctly rounded ones
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1) * 255,
+                             persistent=False)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
