@@ -1,13 +1,17 @@
 // Fused depth loss (fastmde/reference/depth_loss.py is the spec): one pass over row tiles of
 // prediction and ground truth computes the blurred ground truth, both Sobel gradients, the
-// normals, the three loss terms, N and d (N total) / d pred (through the Sobel adjoint) together
-// (the op's backward applies 1/N, so N needs no pass of its own).
+// normals, the three loss terms, the counts N_d (valid pixels) and N_s (pixels whose whole
+// ground-truth stencil is valid) and the unnormalised gradients d (N_d w0 depth) / d pred and
+// d (N_s (w1 gradient + w2 normal)) / d pred (through the Sobel adjoint) together (the op's
+// backward applies 1/N_d and 1/N_s, so the counts need no pass of their own).
 //
 // A tile of rows [r0, r1) of one image needs pred and the (blurred) ground truth on rows
 // [r0-2, r1+2) (Sobel of rows r0-1..r1, whose derivatives the adjoint spreads back onto the
-// tile), so the 2-row halo is recomputed by neighbouring tiles instead of being stored.
+// tile), and the validity on rows [r0-1-h, r1+1+h) for the stencil validity of rows r0-1..r1
+// (an erosion of the validity by the stencil's half-width h: 1, or 4 with the blur); the halos
+// are recomputed by neighbouring tiles instead of being stored.
 // Loss sums: per tile in double, reduced in tile order, so the value does not depend on the
-// thread count. N (valid pixels of the batch) is counted per tile in the same pass.
+// thread count. The counts are taken per tile in the same pass.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -33,18 +37,20 @@ inline int64_t reflect101(int64_t i, int64_t n) {
   return i >= n ? period - i : i;
 }
 
-// 1-D Gaussian weights as the reference builds them: float32 values normalised by ATen's own
-// float32 sum (a hand-written sum can round differently in the last bit).
-std::array<float, 7> gaussian_weights() {
-  std::vector<float> raw(7);
+// 1-D Gaussian weights as the reference builds them: values in T (float, or double for float64
+// input) normalised by ATen's own sum in T (a hand-written sum can round differently in the
+// last bit).
+template <typename T>
+std::array<T, 7> gaussian_weights() {
+  std::vector<T> raw(7);
   for (int i = 0; i < 7; ++i) {
     const double d = i - kBlurRadius;
-    raw[i] = static_cast<float>(std::exp(-(d * d) / (2.0 * 1.4 * 1.4)));
+    raw[i] = static_cast<T>(std::exp(-(d * d) / (2.0 * 1.4 * 1.4)));
   }
-  const at::Tensor w = at::tensor(raw, at::kFloat);
+  const at::Tensor w = at::tensor(raw, c10::CppTypeToScalarType<T>::value);
   const at::Tensor normalised = (w / w.sum()).contiguous();
-  std::array<float, 7> out{};
-  for (int i = 0; i < 7; ++i) out[i] = normalised.data_ptr<float>()[i];
+  std::array<T, 7> out{};
+  for (int i = 0; i < 7; ++i) out[i] = normalised.data_ptr<T>()[i];
   return out;
 }
 
@@ -66,14 +72,27 @@ void validity_row(const scalar_t* y, const bool* mask, int64_t W, T* m) {
   }
 }
 
+// Horizontal erosion of one row of 0/1 values: out[q] = min(v[q-h..q+h]) over the columns
+// inside the image (``padded`` holds v at [h, h+W) and 1 in the h columns each side).
+template <typename T>
+void erode_row(const T* __restrict padded, T* __restrict out, int64_t W, int h) {
+#pragma omp simd
+  for (int64_t q = 0; q < W; ++q) {
+    T s = padded[q];
+    for (int k = 1; k <= 2 * h; ++k) s = std::min(s, padded[q + k]);
+    out[q] = s;
+  }
+}
+
 template <typename T>
 struct RowParams {
   T alpha, w0, w1, w2;
 };
 
 // Sobel of pred (rows da, db, dc) and of the ground truth (ya, yb, yc), all read at columns
-// q-1..q+1 (one zero column of padding each side). Writes d (N total) / d(ĝx, ĝy) into ox, oy and
-// adds the row's gradient and normal sums (unscaled) to sg, sn.
+// q-1..q+1 (one zero column of padding each side); m is the stencil validity. Writes
+// d (N_s (w1 gradient + w2 normal)) / d(ĝx, ĝy) into ox, oy and returns the row's gradient and
+// normal sums (unscaled) in sg, sn.
 template <typename T, bool GRAD, bool NORMAL>
 void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restrict dc,
                const T* __restrict ya, const T* __restrict yb, const T* __restrict yc,
@@ -138,7 +157,7 @@ T depth_row(const T* __restrict d, const T* __restrict y, const T* __restrict m,
   return sd;
 }
 
-// g += Sobel_x^T(P) + Sobel_y^T(Q) at one row: P, Q rows above (a), at (b) and below (c).
+// g = Sobel_x^T(P) + Sobel_y^T(Q) at one row: P, Q rows above (a), at (b) and below (c).
 template <typename T>
 void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* __restrict xc,
                        const T* __restrict ya, const T* __restrict yc, T* __restrict g, int64_t W) {
@@ -146,7 +165,7 @@ void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* 
   for (int64_t q = 0; q < W; ++q) {
     const T gxa = (xc[q + 1] + 2 * xb[q + 1] + xa[q + 1]) - (xc[q - 1] + 2 * xb[q - 1] + xa[q - 1]);
     const T gya = (yc[q + 1] + 2 * yc[q] + yc[q - 1]) - (ya[q + 1] + 2 * ya[q] + ya[q - 1]);
-    g[q] += gxa + gya;
+    g[q] = gxa + gya;
   }
 }
 
@@ -155,7 +174,8 @@ struct LossKernel {
   const scalar_t* pred;
   const scalar_t* target;
   const bool* mask;  // may be null
-  scalar_t* grad;
+  scalar_t* grad_depth;
+  scalar_t* grad_stencil;  // null when neither stencil term is on
   int64_t B, H, W;
   LossOptions opt;
   RowParams<T> rp;
@@ -211,15 +231,15 @@ struct LossKernel {
     for (int64_t q = hi; q < W; ++q) border(q);
   }
 
-  // Sums (depth, gradient, normal, valid pixels) of one tile; writes grad on rows [r0, r1).
+  // Sums (depth, gradient, normal, N_d, N_s) of one tile; writes the gradients on rows [r0, r1).
   template <bool GRAD, bool NORMAL, bool LOG>
-  std::array<double, 4> tile(int64_t b, int64_t r0, int64_t r1) const {
+  std::array<double, 5> tile(int64_t b, int64_t r0, int64_t r1) const {
     constexpr bool SOBEL = GRAD || NORMAL;
     const int64_t Wp = W + 2;
     const int64_t rows = r1 - r0;
     // pred and stencil ground truth on rows [r0-2, r1+2), one zero column each side;
-    // validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
-    std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), dpx, dpy;
+    // validity, stencil validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
+    std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), sbuf, dpx, dpy;
     std::vector<T> tmp(W), row(W), grow(W);
     const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
     const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
@@ -235,7 +255,28 @@ struct LossKernel {
       validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
                    mbuf.data() + (j - r0 + 1) * W);
     double s_depth = 0.0, s_grad = 0.0, s_norm = 0.0;
+    int64_t count_s = 0;
     if constexpr (SOBEL) {
+      // stencil validity of rows [mlo, mhi): validity of rows [mlo-h, mhi+h) eroded by h
+      // vertically (rows outside the image count as valid), then horizontally
+      const int h = opt.blur ? 1 + kBlurRadius : 1;
+      const int64_t vlo = std::max<int64_t>(0, mlo - h), vhi = std::min<int64_t>(H, mhi + h);
+      std::vector<T> vbuf((vhi - vlo) * W), padded(W + 2 * h, T(1));
+      for (int64_t j = vlo; j < vhi; ++j)
+        validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
+                     vbuf.data() + (j - vlo) * W);
+      sbuf.assign((rows + 2) * W, T(0));
+      for (int64_t j = mlo; j < mhi; ++j) {
+        T* col = padded.data() + h;
+        const int64_t lo = std::max<int64_t>(vlo, j - h), hi = std::min<int64_t>(vhi, j + h + 1);
+        std::copy(vbuf.data() + (lo - vlo) * W, vbuf.data() + (lo - vlo + 1) * W, col);
+        for (int64_t k = lo + 1; k < hi; ++k) {
+          const T* v = vbuf.data() + (k - vlo) * W;
+#pragma omp simd
+          for (int64_t q = 0; q < W; ++q) col[q] = std::min(col[q], v[q]);
+        }
+        erode_row(padded.data(), sbuf.data() + (j - r0 + 1) * W, W, h);
+      }
       ybuf.assign((rows + 4) * Wp, T(0));
       dpx.assign((rows + 2) * Wp, T(0));
       dpy.assign((rows + 2) * Wp, T(0));
@@ -251,12 +292,14 @@ struct LossKernel {
         const T* d = dbuf.data() + jj * Wp + 1;
         const T* y = ybuf.data() + jj * Wp + 1;
         T sg, sn;
-        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, mbuf.data() + (j - r0 + 1) * W,
+        const T* s = sbuf.data() + (j - r0 + 1) * W;
+        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, s,
                                    dpx.data() + (j - r0 + 1) * Wp + 1, dpy.data() + (j - r0 + 1) * Wp + 1,
                                    W, rp, sg, sn);
         if (j >= r0 && j < r1) {
           s_grad += static_cast<double>(sg);
           s_norm += static_cast<double>(sn);
+          for (int64_t q = 0; q < W; ++q) count_s += static_cast<int64_t>(s[q]);
         }
       }
     }
@@ -267,19 +310,22 @@ struct LossKernel {
       sanitised_row(b, i, row.data());
       s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
                                                        mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
+      scalar_t* out = grad_depth + (b * H + i) * W;
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
       if constexpr (SOBEL) {
         const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
         const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
         sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
-      }
-      scalar_t* out = grad + (b * H + i) * W;
+        scalar_t* out_s = grad_stencil + (b * H + i) * W;
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
+        for (int64_t q = 0; q < W; ++q) out_s[q] = static_cast<scalar_t>(grow[q]);
+      }
     }
-    return {s_depth, s_grad, s_norm, static_cast<double>(count)};
+    return {s_depth, s_grad, s_norm, static_cast<double>(count), static_cast<double>(count_s)};
   }
 
-  std::array<double, 4> run_tile(int64_t b, int64_t r0, int64_t r1) const {
+  std::array<double, 5> run_tile(int64_t b, int64_t r0, int64_t r1) const {
     const bool lg = opt.log_depth;
     if (opt.gradient && opt.normal)
       return lg ? tile<true, true, true>(b, r0, r1) : tile<true, true, false>(b, r0, r1);
@@ -289,7 +335,7 @@ struct LossKernel {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& mask_in,
     const std::string& depth_term, double alpha, bool gradient, bool normal, bool blur,
     const std::vector<double>& weights) {
@@ -314,12 +360,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
   const int64_t B = pred.size(0), H = pred.size(1), W = pred.size(2);
   const bool is_double = pred.scalar_type() == at::kDouble;
   const auto cdtype = is_double ? at::kDouble : at::kFloat;
-  at::Tensor grad = at::empty_like(pred);
+  const bool stencil = gradient || normal;
+  at::Tensor grad_depth = at::empty_like(pred);
+  at::Tensor grad_stencil = stencil ? at::empty_like(pred) : at::empty({0}, pred.options());
   at::Tensor terms = at::zeros({4}, pred.options().dtype(cdtype));
-  at::Tensor count = at::zeros({}, pred.options().dtype(cdtype));
+  at::Tensor counts = at::zeros({3}, pred.options().dtype(cdtype));
   if (pred.numel() == 0) {
-    grad.zero_();
-    return {terms, grad, count};
+    grad_depth.zero_();
+    grad_stencil.zero_();
+    return {terms, grad_depth, grad_stencil, counts};
   }
   const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
   const int64_t ntiles = B * tiles_per_image;
@@ -333,7 +382,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     kernel.pred = p;
     kernel.target = t;
     kernel.mask = mask_ptr;
-    kernel.grad = grad.data_ptr<scalar_t>();
+    kernel.grad_depth = grad_depth.data_ptr<scalar_t>();
+    kernel.grad_stencil = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
     kernel.B = B;
     kernel.H = H;
     kernel.W = W;
@@ -341,34 +391,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
                              weights[0], weights[1], weights[2]};
     kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
                              static_cast<T>(weights[2])};
-    const auto gw = gaussian_weights();
-    for (int k = 0; k < 7; ++k) kernel.gw[k] = static_cast<T>(gw[k]);
-    std::vector<std::array<double, 4>> sums(ntiles);
+    kernel.gw = gaussian_weights<T>();
+    std::vector<std::array<double, 5>> sums(ntiles);
     at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
         sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
       }
     });
-    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
     for (const auto& v : sums)
-      for (int k = 0; k < 4; ++k) s[k] += v[k];
-    count.fill_(s[3]);
-    const double inv = 1.0 / std::max(s[3], 1.0);
-    const double depth = s[0] * inv;
-    const double grad_term = gradient ? s[1] * inv : 0.0;
-    const double normal_term = normal ? s[2] * inv : 0.0;
+      for (int k = 0; k < 5; ++k) s[k] += v[k];
+    const double inv_d = 1.0 / std::max(s[3], 1.0), inv_s = 1.0 / std::max(s[4], 1.0);
+    const double depth = s[0] * inv_d;
+    const double grad_term = gradient ? s[1] * inv_s : 0.0;
+    const double normal_term = normal ? s[2] * inv_s : 0.0;
     const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
     terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
+    counts.copy_(at::tensor({s[3], gradient ? s[4] : 0.0, normal ? s[4] : 0.0}, at::kDouble));
   });
-  return {terms, grad, count};
+  return {terms, grad_depth, grad_stencil, counts};
 }
 
 }  // namespace
 
 void register_depth_loss(pybind11::module_& m) {
   m.def("depth_loss_forward", &depth_loss_forward,
-        "Fused depth loss: (terms [depth, gradient, normal, total], d (N total) / d pred, N)",
+        "Fused depth loss: (terms [depth, gradient, normal, total], d (N_d w0 depth) / d pred, "
+        "d (N_s (w1 gradient + w2 normal)) / d pred, counts [N_d, N_s, N_s])",
         pybind11::arg("pred"), pybind11::arg("target"), pybind11::arg("mask"),
         pybind11::arg("depth_term"), pybind11::arg("alpha"), pybind11::arg("gradient"),
         pybind11::arg("normal"), pybind11::arg("blur"), pybind11::arg("weights"));

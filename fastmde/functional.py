@@ -62,7 +62,7 @@ def depth_loss_terms(
             "depth_loss: target requires grad, but the loss is differentiable with respect to "
             "pred only; pass target.detach()"
         )
-    terms, _, _ = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
+    terms = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)[0]
     return {
         "total": terms[3],
         "depth": terms[0].detach(),
@@ -91,15 +91,30 @@ def depth_loss(
     ``normal`` and ``blur``; ``alpha``, ``mask`` and ``weights`` still apply.
 
     .. math::
-        L = w_0 \frac1N\sum \ln(|\hat y-y|+α) + w_1 \frac1N\sum [\ln(|\hat g_x-g_x|+α)
-            + \ln(|\hat g_y-g_y|+α)] + w_2 \frac1N\sum |1-\cos(\hat n, n)|
+        L = w_0 \frac1{N_d}\sum_{m} \ln(|\hat y-y|+α) + w_1 \frac1{N_s}\sum_{s} [\ln(|\hat g_x-g_x|+α)
+            + \ln(|\hat g_y-g_y|+α)] + w_2 \frac1{N_s}\sum_{s} |1-\cos(\hat n, n)|
 
-    (``depth_term="l1"`` uses :math:`|\hat y - y|`), with Sobel gradients g of the ground truth
-    (Gaussian-blurred, 7x7, σ = 1.4, when ``blur``) and of the prediction, normals
-    n = (-g_x, -g_y, 1), and means over the N valid pixels: ``mask`` true (default all) and
-    finite ground truth. Non-finite ground truth pixels count as 0 for the Sobel and blur
-    stencils and are left out of the means. No valid pixel: the loss is 0 with zero gradient.
+    (``depth_term="l1"`` uses :math:`|\hat y - y|`), with unnormalised Sobel gradients g of the
+    ground truth (Gaussian-blurred, 7x7, σ = 1.4, reflect padding, when ``blur``) and ĝ of the
+    prediction (zero padding), normals n = (-g_x, -g_y, 1), depths in metres.
+
+    What a mask does to each term: a pixel is *valid* where ``mask`` is true (default all) and
+    the ground truth is finite. The depth term is the mean over the N_d valid pixels. The
+    gradient and normal terms are means over the N_s pixels whose whole ground-truth stencil is
+    valid: the 3x3 Sobel window, or the 9x9 window with ``blur`` (a 3x3 Sobel of 7x7 blurs),
+    clipped to the image. So holes (zeros of a depth sensor, an augmentation's fill) never enter
+    a Sobel or blur, and a prediction equal to the ground truth around a hole puts every term at
+    its minimum with no pull on the valid pixels; what the prediction holds inside a hole does
+    not change the loss. Without a mask and with finite ground truth every pixel counts in every
+    term (the paper's code). A term with no counted pixel is 0 and adds no gradient.
     float16/bfloat16 are computed in float32 and return a float32 loss.
+
+    ``mask``: bool, or numbers (nonzero = valid), shaped like ``pred``. Raises ValueError for an
+    unknown ``preset`` or ``depth_term``, a non-positive ``alpha``, weights that are not three
+    finite numbers, shapes that differ or are not (B, [1,] H, W), empty maps, tensors on
+    different devices and a ``target`` that requires grad; TypeError for a ``pred`` or
+    ``target`` that is not floating point and a complex ``mask``.
+    Source: Hu et al. (WACV 2019) as in the code of Freeman & Tilney-Volk (Table 3's presets).
     """
     return depth_loss_terms(
         pred, target, preset=preset, depth_term=depth_term, alpha=alpha, gradient=gradient,

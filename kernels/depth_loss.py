@@ -1,7 +1,9 @@
-r"""Fused depth loss (Hu et al.) in Triton: the loss terms, N and d (N total) / d pred in one pass.
+r"""Fused depth loss (Hu et al.) in Triton: the loss terms, their counts and the unnormalised
+gradients with respect to pred in one pass.
 
 Spec: ``fastmde/reference/depth_loss.py`` (read its docstring for the exact semantics:
-sanitised ground truth, reflect-101 folding of the 7x7 blur, sign(0) = 0, N = valid pixels).
+sanitised ground truth, reflect-101 folding of the 7x7 blur, sign(0) = 0, N_d = valid pixels,
+N_s = pixels whose whole ground-truth stencil is valid).
 
 Layout of the work
 ------------------
@@ -15,10 +17,17 @@ programs per SM), in four stages separated by CTA barriers:
 2. (blur only) horizontal 7-tap pass over ``V`` (reflect-folded columns) -> :math:`Y_b`, zero
    outside the image (the Sobel pads with zeros), stored to scratch ``YB``;
 3. Sobel of pred (global loads, zero padded) and of :math:`Y_b` (scratch, or global loads of the
-   sanitised ground truth without blur); per pixel the depth, gradient and normal terms, and
+   ground truth without blur); per pixel the depth, gradient and normal terms, and
    :math:`\partial L/\partial\hat g_x`, :math:`\partial L/\partial\hat g_y` stored to scratch;
-4. the Sobel adjoint (a 3x3 transposed stencil over the scratch) plus the depth-term
-   derivative -> ``grad_pred`` on the tile's interior.
+4. the Sobel adjoint (a 3x3 transposed stencil over the scratch) -> ``grad_stencil`` and the
+   depth-term derivative -> ``grad_depth`` on the tile's interior.
+
+Masked stencils: the ground truth enters the blur and the Sobel as its value where valid, NaN
+where invalid and 0 outside the image (the zero padding; the blur's reflection only re-reads
+pixels inside the image). A NaN spreads through exactly the sums that read it, so
+:math:`g_x, g_y` are NaN precisely where the stencil (3x3, or 9x9 through the blur) holds an
+invalid pixel: the stencil validity is ``valid & (gx == gx) & (gy == gy)``, and the NaNs are
+replaced by 0 before any term is computed. No extra scratch plane or loads for the erosion.
 
 Scratch is ``3 * BLOCK_H * BLOCK_W`` values per program and is reused for every tile, so it
 stays in L2: DRAM sees (nearly) one read of pred, target and mask and one write of the
@@ -27,14 +36,16 @@ gradient. Halos: the adjoint needs the Sobel derivatives one pixel out, those ne
 vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``1, 1``
 without (reflect folding never moves an index by more than the tap offset).
 
-One pass: the gradient written is that of the unnormalised total (the op's contract; its
-backward applies 1/N while scaling by the incoming gradient), so N, the batch's valid-pixel
-count, is only needed for the terms and is counted in the same pass. DRAM traffic is one read
-of pred and target (and mask) and one write of the gradient: 12 bytes per pixel in float32.
+One pass: the gradients written are those of the unnormalised sums N_d w0 depth and
+N_s (w1 gradient + w2 normal) (the op's contract; its backward applies 1/N_d and 1/N_s while
+scaling by the incoming gradient), so the counts are only needed for the terms and are taken in
+the same pass. DRAM traffic is one read of pred and target (and mask) and one write of each
+gradient: 16 bytes per pixel in float32 (12 for the depth term alone).
 
-Determinism: each program writes partial sums of the three unnormalised terms and an integer
-count of its valid pixels; they are reduced in a fixed order on the device (no atomics, no
-host synchronisation). Compute is float32 (float64 for float64 input).
+Determinism: each program writes partial sums of the three unnormalised terms and integer
+counts of its pixels; they are reduced in a fixed order on the device (no atomics, no host
+synchronisation). Compute is float32 (float64 for float64 input, the scalar parameters and
+blur weights included: they are read from a small tensor in the compute dtype).
 """
 from __future__ import annotations
 
@@ -42,6 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastmde._checks import compute_dtype
 from fastmde.reference.depth_loss import BLUR_KERNEL_SIZE, BLUR_SIGMA, DEPTH_TERMS, gaussian_weights_1d
 
 @triton.jit
@@ -66,12 +78,16 @@ def _load_pred(pred_ptr, base, R, C, H, W, CDT: tl.constexpr):
 
 
 @triton.jit
-def _load_target(target_ptr, base, R, C, H, W, CDT: tl.constexpr):
-    """Sanitised ground truth at absolute (R, C): non-finite -> 0, zero outside the image."""
+def _load_stencil_target(target_ptr, mask_ptr, base, R, C, H, W, HAS_MASK: tl.constexpr, CDT: tl.constexpr):
+    """Ground truth as the stencils read it at absolute (R, C): the value where valid, NaN
+    where invalid (non-finite or masked out: it marks every stencil sum it enters), 0 outside
+    the image (the Sobel's zero padding)."""
     ok = (R >= 0) & (R < H) & (C >= 0) & (C < W)
     y = tl.load(target_ptr + base + R * W + C, mask=ok, other=0.0).to(CDT)
-    finite = (y == y) & (tl.abs(y) < float("inf"))
-    return tl.where(finite, y, 0.0)
+    valid = (y == y) & (tl.abs(y) < float("inf"))
+    if HAS_MASK:
+        valid = valid & (tl.load(mask_ptr + base + R * W + C, mask=ok, other=1) != 0)
+    return tl.where(valid, y, float("nan"))
 
 
 @triton.jit
@@ -83,15 +99,24 @@ def _load_block(ptr, i, j, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 @triton.jit
 def _depth_loss_kernel(
-    pred_ptr, target_ptr, mask_ptr, grad_ptr, partial_ptr, count_ptr, scratch_ptr,
+    pred_ptr, target_ptr, mask_ptr, grad_depth_ptr, grad_stencil_ptr, partial_ptr, count_ptr,
+    scratch_ptr, params_ptr,
     H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
-    alpha, w0, w1, w2, g0, g1, g2, g3,
     DEPTH_LOG: tl.constexpr, GRADIENT: tl.constexpr, NORMAL: tl.constexpr, BLUR: tl.constexpr,
     HAS_MASK: tl.constexpr, CDT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    # alpha, the term weights and the blur's taps (centre outwards), in the compute dtype
+    alpha = tl.load(params_ptr + 0)
+    w0 = tl.load(params_ptr + 1)
+    w1 = tl.load(params_ptr + 2)
+    w2 = tl.load(params_ptr + 3)
+    g0 = tl.load(params_ptr + 4)
+    g1 = tl.load(params_ptr + 5)
+    g2 = tl.load(params_ptr + 6)
+    g3 = tl.load(params_ptr + 7)
     OUT_H: tl.constexpr = BLOCK_H - 2 * HALO_H
     OUT_W: tl.constexpr = BLOCK_W - 2 * HALO_W
     i = tl.arange(0, BLOCK_H)[:, None]
@@ -104,6 +129,7 @@ def _depth_loss_kernel(
     acc_grad = tl.zeros((BLOCK_H, BLOCK_W), CDT)
     acc_normal = tl.zeros((BLOCK_H, BLOCK_W), CDT)
     acc_count = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
+    acc_count_s = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
     interior = (i >= HALO_H) & (i < HALO_H + OUT_H) & (j >= HALO_W) & (j < HALO_W + OUT_W)
 
     for step in range(0, tiles_per_program):
@@ -124,13 +150,13 @@ def _depth_loss_kernel(
             # stage 1: vertical pass from global memory (reflect-folded rows)
             Rc = tl.minimum(tl.maximum(R, 0), H - 1)
             col_ok = (C >= 0) & (C < w_lim)
-            v = g0 * _load_target(target_ptr, base, _reflect(Rc, H), C, H, W, CDT)
-            v += g1 * (_load_target(target_ptr, base, _reflect(Rc - 1, H), C, H, W, CDT)
-                       + _load_target(target_ptr, base, _reflect(Rc + 1, H), C, H, W, CDT))
-            v += g2 * (_load_target(target_ptr, base, _reflect(Rc - 2, H), C, H, W, CDT)
-                       + _load_target(target_ptr, base, _reflect(Rc + 2, H), C, H, W, CDT))
-            v += g3 * (_load_target(target_ptr, base, _reflect(Rc - 3, H), C, H, W, CDT)
-                       + _load_target(target_ptr, base, _reflect(Rc + 3, H), C, H, W, CDT))
+            v = g0 * _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc, H), C, H, W, HAS_MASK, CDT)
+            v += g1 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 1, H), C, H, W, HAS_MASK, CDT)
+                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 1, H), C, H, W, HAS_MASK, CDT))
+            v += g2 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 2, H), C, H, W, HAS_MASK, CDT)
+                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 2, H), C, H, W, HAS_MASK, CDT))
+            v += g3 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 3, H), C, H, W, HAS_MASK, CDT)
+                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 3, H), C, H, W, HAS_MASK, CDT))
             tl.store(s_a + i * BLOCK_W + j, tl.where(col_ok, v, 0.0))
             tl.debug_barrier()
             # stage 2: horizontal pass over the scratch (reflect-folded columns)
@@ -147,20 +173,19 @@ def _depth_loss_kernel(
 
         # stage 3: per-pixel terms and the derivatives w.r.t. the prediction's Sobel
         d = _load_pred(pred_ptr, base, R, C, H, W, CDT)
-        y = _load_target(target_ptr, base, R, C, H, W, CDT)
-        y_raw = tl.load(target_ptr + base + R * W + C, mask=in_image, other=0.0).to(CDT)
-        valid = in_image & (y_raw == y_raw) & (tl.abs(y_raw) < float("inf"))
-        if HAS_MASK:
-            valid = valid & (tl.load(mask_ptr + base + R * W + C, mask=in_image, other=0) != 0)
-        m = valid.to(CDT)
+        y = _load_stencil_target(target_ptr, mask_ptr, base, R, C, H, W, HAS_MASK, CDT)
+        valid = in_image & (y == y)
+        y = tl.where(valid, y, 0.0)
         acc_count += (valid & interior).to(tl.int32)
         e = d - y
         if DEPTH_LOG:
             acc_depth += tl.where(valid & interior, tl.log(tl.abs(e) + alpha), 0.0)
-            grad = w0 * m * _sign(e) / (tl.abs(e) + alpha)
+            grad_depth = tl.where(valid, w0 * _sign(e) / (tl.abs(e) + alpha), 0.0)
         else:
             acc_depth += tl.where(valid & interior, tl.abs(e), 0.0)
-            grad = w0 * m * _sign(e)
+            grad_depth = tl.where(valid, w0 * _sign(e), 0.0)
+        tl.store(grad_depth_ptr + base + R * W + C, grad_depth.to(grad_depth_ptr.dtype.element_ty),
+                 mask=in_image & interior)
         if GRADIENT or NORMAL:
             d_mm = _load_pred(pred_ptr, base, R - 1, C - 1, H, W, CDT)
             d_m0 = _load_pred(pred_ptr, base, R - 1, C, H, W, CDT)
@@ -182,40 +207,45 @@ def _depth_loss_kernel(
                 y_p0 = _load_block(s_b, i + 1, j, BLOCK_H, BLOCK_W)
                 y_pp = _load_block(s_b, i + 1, j + 1, BLOCK_H, BLOCK_W)
             else:
-                y_mm = _load_target(target_ptr, base, R - 1, C - 1, H, W, CDT)
-                y_m0 = _load_target(target_ptr, base, R - 1, C, H, W, CDT)
-                y_mp = _load_target(target_ptr, base, R - 1, C + 1, H, W, CDT)
-                y_0m = _load_target(target_ptr, base, R, C - 1, H, W, CDT)
-                y_0p = _load_target(target_ptr, base, R, C + 1, H, W, CDT)
-                y_pm = _load_target(target_ptr, base, R + 1, C - 1, H, W, CDT)
-                y_p0 = _load_target(target_ptr, base, R + 1, C, H, W, CDT)
-                y_pp = _load_target(target_ptr, base, R + 1, C + 1, H, W, CDT)
+                y_mm = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C - 1, H, W, HAS_MASK, CDT)
+                y_m0 = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C, H, W, HAS_MASK, CDT)
+                y_mp = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C + 1, H, W, HAS_MASK, CDT)
+                y_0m = _load_stencil_target(target_ptr, mask_ptr, base, R, C - 1, H, W, HAS_MASK, CDT)
+                y_0p = _load_stencil_target(target_ptr, mask_ptr, base, R, C + 1, H, W, HAS_MASK, CDT)
+                y_pm = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C - 1, H, W, HAS_MASK, CDT)
+                y_p0 = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C, H, W, HAS_MASK, CDT)
+                y_pp = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C + 1, H, W, HAS_MASK, CDT)
             gx = (y_mm + 2.0 * y_0m + y_pm) - (y_mp + 2.0 * y_0p + y_pp)
             gy = (y_mm + 2.0 * y_m0 + y_mp) - (y_pm + 2.0 * y_p0 + y_pp)
+            # the stencil is valid where no NaN (an invalid ground-truth pixel) reached g
+            stencil_ok = valid & (gx == gx) & (gy == gy)
+            acc_count_s += (stencil_ok & interior).to(tl.int32)
+            gx = tl.where(stencil_ok, gx, 0.0)
+            gy = tl.where(stencil_ok, gy, 0.0)
             d_px = tl.zeros((BLOCK_H, BLOCK_W), CDT)
             d_py = tl.zeros((BLOCK_H, BLOCK_W), CDT)
             if GRADIENT:
                 ex = px - gx
                 ey = py - gy
                 acc_grad += tl.where(
-                    valid & interior, tl.log(tl.abs(ex) + alpha) + tl.log(tl.abs(ey) + alpha), 0.0
+                    stencil_ok & interior, tl.log(tl.abs(ex) + alpha) + tl.log(tl.abs(ey) + alpha), 0.0
                 )
-                d_px += w1 * m * _sign(ex) / (tl.abs(ex) + alpha)
-                d_py += w1 * m * _sign(ey) / (tl.abs(ey) + alpha)
+                d_px += tl.where(stencil_ok, w1 * _sign(ex) / (tl.abs(ex) + alpha), 0.0)
+                d_py += tl.where(stencil_ok, w1 * _sign(ey) / (tl.abs(ey) + alpha), 0.0)
             if NORMAL:
                 norm_p2 = px * px + py * py + 1.0
                 inv_pg = 1.0 / (tl.sqrt(norm_p2) * tl.sqrt(gx * gx + gy * gy + 1.0))
                 cos = (px * gx + py * gy + 1.0) * inv_pg
-                acc_normal += tl.where(valid & interior, tl.abs(1.0 - cos), 0.0)
-                s = -w2 * m * _sign(1.0 - cos)
+                acc_normal += tl.where(stencil_ok & interior, tl.abs(1.0 - cos), 0.0)
+                s = tl.where(stencil_ok, -w2 * _sign(1.0 - cos), 0.0)
                 d_px += s * (gx * inv_pg - cos * px / norm_p2)
                 d_py += s * (gy * inv_pg - cos * py / norm_p2)
             tl.store(s_a + i * BLOCK_W + j, d_px)
             tl.store(s_c + i * BLOCK_W + j, d_py)
             tl.debug_barrier()
             # stage 4: the Sobel adjoint (transposed 3x3 stencil; zero outside the image
-            # because the derivatives carry the validity factor m)
-            grad += (_load_block(s_a, i + 1, j + 1, BLOCK_H, BLOCK_W)
+            # because the derivatives are 0 wherever the stencil is not valid)
+            grad = (_load_block(s_a, i + 1, j + 1, BLOCK_H, BLOCK_W)
                      + 2.0 * _load_block(s_a, i, j + 1, BLOCK_H, BLOCK_W)
                      + _load_block(s_a, i - 1, j + 1, BLOCK_H, BLOCK_W)
                      - _load_block(s_a, i + 1, j - 1, BLOCK_H, BLOCK_W)
@@ -227,14 +257,16 @@ def _depth_loss_kernel(
                      - _load_block(s_c, i - 1, j + 1, BLOCK_H, BLOCK_W)
                      - 2.0 * _load_block(s_c, i - 1, j, BLOCK_H, BLOCK_W)
                      - _load_block(s_c, i - 1, j - 1, BLOCK_H, BLOCK_W))
+            tl.store(grad_stencil_ptr + base + R * W + C, grad.to(grad_stencil_ptr.dtype.element_ty),
+                     mask=in_image & interior)
             tl.debug_barrier()  # the next tile overwrites the scratch
-        tl.store(grad_ptr + base + R * W + C, grad.to(grad_ptr.dtype.element_ty), mask=in_image & interior)
 
     out = partial_ptr + pid * 3
     tl.store(out + 0, tl.sum(tl.sum(acc_depth, axis=1), axis=0))
     tl.store(out + 1, tl.sum(tl.sum(acc_grad, axis=1), axis=0))
     tl.store(out + 2, tl.sum(tl.sum(acc_normal, axis=1), axis=0))
-    tl.store(count_ptr + pid, tl.sum(tl.sum(acc_count, axis=1), axis=0))
+    tl.store(count_ptr + pid * 2, tl.sum(tl.sum(acc_count, axis=1), axis=0))
+    tl.store(count_ptr + pid * 2 + 1, tl.sum(tl.sum(acc_count_s, axis=1), axis=0))
 
 
 def _num_programs_cap(device: torch.device) -> int:
@@ -261,23 +293,25 @@ def _check(pred, target, mask, depth_term, weights):
 
 
 def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
-    """Terms (4,) [depth, gradient, normal, total], ``grad_sum`` = d (N total) / d pred and
-    N (0-dim), the valid-pixel count.
+    """Terms (4,) [depth, gradient, normal, total], ``grad_depth`` = d (N_d w0 depth) / d pred,
+    ``grad_stencil`` = d (N_s (w1 gradient + w2 normal)) / d pred (empty (0,) when neither
+    term is on) and ``counts`` (3,) [N_d, N_s, N_s] (0 for a term that is off).
 
-    Contiguous (B, H, W) inputs; terms and N are float32 (float64 for float64 ``pred``), the
-    gradient is shaped and typed like ``pred``.
+    Contiguous (B, H, W) inputs; terms and counts are float32 (float64 for float64 ``pred``),
+    the gradients are shaped and typed like ``pred``.
     """
     _check(pred, target, mask, depth_term, weights)
     pred, target = pred.contiguous(), target.contiguous()
     B, H, W = pred.shape
-    cdtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    cdtype = compute_dtype(pred.dtype)
     device = pred.device
     numel = pred.numel()
     mask_u8 = None if mask is None else mask.contiguous().view(torch.uint8)
     dummy_mask = mask_u8 if mask_u8 is not None else torch.empty(1, dtype=torch.uint8, device=device)
 
-    grad = torch.empty_like(pred, memory_format=torch.contiguous_format)
     stencil = gradient or normal
+    grad_depth = torch.empty_like(pred, memory_format=torch.contiguous_format)
+    grad_stencil = torch.empty_like(grad_depth) if stencil else pred.new_empty((0,))
     if blur and stencil:
         halo_h, halo_w = 2, 5
         # interpreter: larger tiles mean fewer (slow, Python-level) program steps
@@ -292,29 +326,28 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
     nprog = max(min(num_tiles, _num_programs_cap(device)), 1)
     tiles_per_program = triton.cdiv(num_tiles, nprog)
     partials = torch.empty((nprog, 3), dtype=cdtype, device=device)
-    counts = torch.empty(nprog, dtype=torch.int32, device=device)
+    counts = torch.empty((nprog, 2), dtype=torch.int32, device=device)
     scratch = torch.empty(nprog * 3 * block_h * block_w if stencil else 1, dtype=cdtype, device=device)
-    g = [float(v) for v in gaussian_weights_1d(BLUR_KERNEL_SIZE, BLUR_SIGMA)]
+    g = gaussian_weights_1d(BLUR_KERNEL_SIZE, BLUR_SIGMA, dtype=cdtype)
     w0, w1, w2 = (float(v) for v in weights)
+    params = torch.cat((torch.tensor([alpha, w0, w1, w2], dtype=cdtype), g[3:])).to(device)
     _depth_loss_kernel[(nprog,)](
-        pred, target, dummy_mask, grad, partials, counts, scratch,
+        pred, target, dummy_mask, grad_depth, grad_stencil if stencil else grad_depth, partials, counts,
+        scratch, params,
         H, W, tiles_w, tiles_per_image, num_tiles, tiles_per_program,
-        float(alpha), w0, w1, w2, g[3], g[2], g[1], g[0],
-        DEPTH_LOG=depth_term == "log", GRADIENT=bool(gradient), NORMAL=bool(normal), BLUR=bool(blur),
+        DEPTH_LOG=depth_term == "log", GRADIENT=bool(gradient), NORMAL=bool(normal), BLUR=bool(blur and stencil),
         HAS_MASK=mask is not None, CDT=tl.float64 if cdtype == torch.float64 else tl.float32,
         BLOCK_H=block_h, BLOCK_W=block_w, HALO_H=halo_h, HALO_W=halo_w,
         num_warps=4,
     )
     # fixed-order reduction of the per-program partials (in float64), then 1/N and the weights
-    count = counts.sum(dtype=torch.int64)
-    sums = partials.to(torch.float64).sum(dim=0) / count.clamp_min(1).to(torch.float64)
-    if not gradient:
-        sums[1] = 0.0
-    if not normal:
-        sums[2] = 0.0
+    count_d, count_s = counts.sum(dim=0, dtype=torch.int64).unbind()
+    on = torch.tensor([1.0, float(gradient), float(normal)], dtype=torch.float64, device=device)
+    term_counts = torch.stack((count_d, count_s, count_s)).to(torch.float64) * on
+    sums = partials.to(torch.float64).sum(dim=0) * on / term_counts.clamp_min(1.0)
     total = w0 * sums[0] + w1 * sums[1] + w2 * sums[2]
     terms = torch.cat((sums, total[None])).to(cdtype)
-    return terms, grad, count.to(cdtype)
+    return terms, grad_depth, grad_stencil, term_counts.to(cdtype)
 
 
 __all__ = ["depth_loss_forward"]

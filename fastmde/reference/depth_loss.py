@@ -3,29 +3,42 @@ r"""Reference depth loss (Hu et al., as in the paper's code): the spec every ker
 Notation, per image pixel p, with prediction :math:`D` and ground truth :math:`Y` (B, H, W):
 
 * Ground truth is sanitised first: non-finite pixels of :math:`Y` become 0 and invalid.
-  A pixel is *valid* when the optional mask is true there and :math:`Y` is finite;
-  :math:`N` is the number of valid pixels in the whole batch.
+  A pixel is *valid* (:math:`m = 1`) when the optional mask is true there and :math:`Y` is
+  finite.
 * :math:`Y_b` = :math:`Y` blurred by a 7x7 Gaussian (σ = 1.4, reflect padding) when ``blur``,
   else :math:`Y`. The blur feeds the gradient and normal terms only.
 * Sobel, unnormalised, zero padding 1, cross-correlation:
   :math:`k_x = [[1,0,-1],[2,0,-2],[1,0,-1]]`, :math:`k_y = [[1,2,1],[0,0,0],[-1,-2,-1]]`;
   :math:`\hat g = \mathrm{Sobel}(D)`, :math:`g = \mathrm{Sobel}(Y_b)`.
+* Masked stencils: :math:`g` at p reads the ground truth on the 3x3 window around p, or on
+  the 9x9 window with ``blur`` (a 3x3 Sobel of values that each read a 7x7 blur window). The
+  pixel p *has a valid stencil* (:math:`s = 1`) when every pixel of that window inside the
+  image is valid (p included); neighbours outside the image keep the padding rules above
+  (zero padding for the Sobel, reflection for the blur, which only re-reads pixels inside the
+  window). So an invalid pixel (a hole of the depth sensor, an augmentation's fill) never
+  reaches :math:`g`, whatever value it holds, and its neighbourhood leaves the gradient and
+  normal terms. Without a mask and with finite ground truth, :math:`s = m = 1` everywhere.
+* Counts: :math:`N_d = \sum m` for the depth term, :math:`N_s = \sum s` for the gradient and
+  normal terms, over the whole batch.
 
-Terms (sums over valid p, divided by N):
+Terms:
 
-* depth, ``log``: :math:`\frac1N\sum \ln(|D-Y| + α)`; ``l1``: :math:`\frac1N\sum |D-Y|`
-* gradient: :math:`\frac1N\sum \ln(|\hat g_x-g_x|+α) + \frac1N\sum \ln(|\hat g_y-g_y|+α)`
-* normal: :math:`\frac1N\sum |1-\cos(\hat n, n)|`, :math:`n = (-g_x, -g_y, 1)`, :math:`\hat n` likewise
+* depth, ``log``: :math:`\frac1{N_d}\sum m \ln(|D-Y| + α)`; ``l1``: :math:`\frac1{N_d}\sum m|D-Y|`
+* gradient: :math:`\frac1{N_s}\sum s\,[\ln(|\hat g_x-g_x|+α) + \ln(|\hat g_y-g_y|+α)]`
+* normal: :math:`\frac1{N_s}\sum s\,|1-\cos(\hat n, n)|`, :math:`n = (-g_x, -g_y, 1)`, :math:`\hat n` likewise
 * total: :math:`w_0\,\mathrm{depth} + w_1\,\mathrm{gradient} + w_2\,\mathrm{normal}`
 
-With no valid pixel every term is 0 and so is the gradient. Half and bfloat16 inputs are
-computed in float32; the loss is float32 then (float64 stays float64).
+A term with no counted pixel is 0 and adds nothing to the gradient. Half and bfloat16 inputs
+are computed in float32; the loss is float32 then. float64 stays float64, the blur's weights
+included.
 
 Two functions: :func:`depth_loss_terms_reference` is plain differentiable PyTorch (the oracle
 of the tests); :func:`depth_loss_forward_reference` returns the terms together with the
-analytic gradient with respect to ``pred`` of the *unnormalised* total :math:`N \cdot total`
-and N itself, the contract of every fused kernel: N is then counted in the same pass as the
-gradient (no counting pre-pass) and the op's backward applies 1/N in the scaling it does anyway.
+analytic gradients with respect to ``pred`` of the *unnormalised* sums :math:`N_d w_0\,
+\mathrm{depth}` and :math:`N_s (w_1\,\mathrm{gradient} + w_2\,\mathrm{normal})` and the counts,
+the contract of every fused kernel: the counts are taken in the same pass as the gradients (no
+counting pre-pass) and the op's backward applies :math:`1/N_d` and :math:`1/N_s` in the
+scaling it does anyway.
 """
 from __future__ import annotations
 
@@ -33,6 +46,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .._checks import compute_dtype
 
 DEPTH_TERMS = ("log", "l1")
 BLUR_KERNEL_SIZE = 7
@@ -52,12 +67,16 @@ PRESETS: dict[str, dict] = {
 
 
 def gaussian_weights_1d(
-    size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA, dtype=torch.float64
+    size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA, dtype=torch.float32
 ) -> torch.Tensor:
     """Normalised 1-D Gaussian :math:`w_i \\propto e^{-(i-r)^2/2σ^2}`, r = size // 2.
-    The 2-D blur kernel is its outer product (as torchvision and kornia build it)."""
+    The 2-D blur kernel is its outer product (as torchvision and kornia build it).
+
+    Built and normalised in float64 for ``dtype=torch.float64``; in float32 for every other
+    dtype (the float32 values every kernel uses), then cast."""
     r = size // 2
-    w = torch.tensor([math.exp(-((i - r) ** 2) / (2.0 * sigma * sigma)) for i in range(size)])
+    build = compute_dtype(dtype)
+    w = torch.tensor([math.exp(-((i - r) ** 2) / (2.0 * sigma * sigma)) for i in range(size)], dtype=build)
     return (w / w.sum()).to(dtype)
 
 
@@ -85,15 +104,45 @@ def gaussian_blur_reference(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _neighbours(x: torch.Tensor):
+    """The 3x3 neighbours of every pixel of (B, H, W) maps, zero outside: n[(di, dj)], di, dj in -1..1."""
+    xp = F.pad(x, (1, 1, 1, 1))
+    h, w = x.shape[-2:]
+    return {(di, dj): xp[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w] for di in (-1, 0, 1) for dj in (-1, 0, 1)}
+
+
 def sobel_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unnormalised Sobel (cross-correlation, zero padding 1) of (B, H, W) maps -> (gx, gy)."""
-    k = torch.tensor((SOBEL_X, SOBEL_Y), dtype=x.dtype, device=x.device)[:, None]
-    g = F.conv2d(x[:, None], k, padding=1)
-    return g[:, 0], g[:, 1]
+    """Unnormalised Sobel (cross-correlation with ``SOBEL_X``/``SOBEL_Y``, zero padding 1) of
+    (B, H, W) maps -> (gx, gy), summed in the kernels' order (so a constant region gives exactly 0):
+    gx = (x[-1,-1] + 2 x[0,-1] + x[1,-1]) - (x[-1,1] + 2 x[0,1] + x[1,1]), gy likewise by rows."""
+    n = _neighbours(x)
+    gx = (n[-1, -1] + 2.0 * n[0, -1] + n[1, -1]) - (n[-1, 1] + 2.0 * n[0, 1] + n[1, 1])
+    gy = (n[-1, -1] + 2.0 * n[-1, 0] + n[-1, 1]) - (n[1, -1] + 2.0 * n[1, 0] + n[1, 1])
+    return gx, gy
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def sobel_adjoint_reference(ax: torch.Tensor, ay: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`sobel_reference` (a transposed 3x3 stencil, zero outside):
+    ``Sobel_x^T(ax) + Sobel_y^T(ay)``, in the kernels' order."""
+    a, b = _neighbours(ax), _neighbours(ay)
+    gxa = (a[1, 1] + 2.0 * a[0, 1] + a[-1, 1]) - (a[1, -1] + 2.0 * a[0, -1] + a[-1, -1])
+    gya = (b[1, 1] + 2.0 * b[1, 0] + b[1, -1]) - (b[-1, 1] + 2.0 * b[-1, 0] + b[-1, -1])
+    return gxa + gya
+
+
+def stencil_radius(blur: bool) -> int:
+    """Half-width of the ground-truth window the gradient and normal terms read at a pixel:
+    1 (the 3x3 Sobel) or 4 with ``blur`` (a 3x3 Sobel of 7x7 blurs: 9x9)."""
+    return 1 + BLUR_KERNEL_SIZE // 2 if blur else 1
+
+
+def stencil_validity(valid: torch.Tensor, blur: bool) -> torch.Tensor:
+    """(B, H, W) bool: pixels whose whole ground-truth stencil (the window of
+    :func:`stencil_radius`, clipped to the image) is valid; an erosion of ``valid``."""
+    r = stencil_radius(blur)
+    invalid = (~valid).to(torch.float32)[:, None]
+    # max_pool2d pads with -inf: positions outside the image never count as invalid
+    return F.max_pool2d(invalid, 2 * r + 1, stride=1, padding=r)[:, 0] == 0
 
 
 def _sanitise(target: torch.Tensor, mask: torch.Tensor | None):
@@ -121,7 +170,7 @@ def depth_loss_terms_reference(
     """
     if depth_term not in DEPTH_TERMS:
         raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
-    cdtype = _compute_dtype(pred.dtype)
+    cdtype = compute_dtype(pred.dtype)
     d = pred.to(cdtype)
     y, valid = _sanitise(target.to(cdtype), mask)
     m = valid.to(cdtype)
@@ -133,20 +182,22 @@ def depth_loss_terms_reference(
     zero = d.sum() * 0.0  # a 0 that keeps the graph (and dtype) of pred
     grad_term = normal_term = zero
     if gradient or normal:
+        s = stencil_validity(valid, blur).to(cdtype)
+        n_s = s.sum().clamp_min(1.0)
         yb = gaussian_blur_reference(y) if blur else y
         gx, gy = sobel_reference(yb)
         px, py = sobel_reference(d)
         if gradient:
             grad_term = (
-                (torch.log((px - gx).abs() + alpha) * m).sum()
-                + (torch.log((py - gy).abs() + alpha) * m).sum()
-            ) / n
+                (torch.log((px - gx).abs() + alpha) * s).sum()
+                + (torch.log((py - gy).abs() + alpha) * s).sum()
+            ) / n_s
         if normal:
             dot = px * gx + py * gy + 1.0
             norm_p = torch.sqrt(px * px + py * py + 1.0)
             norm_g = torch.sqrt(gx * gx + gy * gy + 1.0)
             cos = dot / (norm_p * norm_g)
-            normal_term = ((1.0 - cos).abs() * m).sum() / n
+            normal_term = ((1.0 - cos).abs() * s).sum() / n_s
     w0, w1, w2 = weights
     total = w0 * depth + w1 * grad_term + w2 * normal_term
     return {"depth": depth, "gradient": grad_term, "normal": normal_term, "total": total}
@@ -162,23 +213,33 @@ def depth_loss_forward_reference(
     normal: bool,
     blur: bool,
     weights: tuple[float, float, float],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Terms, the gradient of the unnormalised total w.r.t. ``pred``, and N, by the analytic formulas.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Terms, the gradients of the unnormalised sums w.r.t. ``pred``, and the counts, by the
+    analytic formulas.
 
-    Returns ``terms`` (4,) = [depth, gradient, normal, total] in the compute dtype,
-    ``grad_sum`` = :math:`\\partial (N \\cdot total) / \\partial D` shaped and typed like ``pred``
-    (so d total / d pred = grad_sum / max(N, 1)), and ``count`` = N, a 0-dim tensor in the
-    compute dtype. With :math:`m` the validity, per pixel:
+    Returns
+
+    * ``terms`` (4,) = [depth, gradient, normal, total] in the compute dtype;
+    * ``grad_depth`` = :math:`\\partial (N_d w_0\\,\\mathrm{depth}) / \\partial D`, shaped and
+      typed like ``pred``;
+    * ``grad_stencil`` = :math:`\\partial (N_s (w_1\\,\\mathrm{gradient} + w_2\\,\\mathrm{normal}))
+      / \\partial D`, like ``pred``, or an empty (0,) tensor when neither term is on;
+    * ``counts`` (3,) = [:math:`N_d`, :math:`N_s`, :math:`N_s`] in the compute dtype, the pixels
+      counted in each term (0 for a term that is off),
+
+    so d total / d pred = grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1). With :math:`m`
+    the validity and :math:`s` the stencil validity, per pixel:
 
     * depth: :math:`w_0 m\\,\\mathrm{sgn}(e)/(|e|+α)` (log) or :math:`w_0 m\\,\\mathrm{sgn}(e)` (l1), e = D - Y
-    * gradient: :math:`\\partial/\\partial \\hat g_x = w_1 m\\,\\mathrm{sgn}(e_x)/(|e_x|+α)`, likewise y
+    * gradient: :math:`\\partial/\\partial \\hat g_x = w_1 s\\,\\mathrm{sgn}(e_x)/(|e_x|+α)`, likewise y
     * normal: with :math:`c = \\cos(\\hat n, n)`, :math:`\\partial/\\partial \\hat g_x =
-      -w_2 m\\,\\mathrm{sgn}(1-c)\\,(g_x/(|\\hat n||n|) - c\\,\\hat g_x/|\\hat n|^2)`
-    * then :math:`\\partial L/\\partial D \\mathrel{+}= \\mathrm{Sobel}_x^T(\\cdot) + \\mathrm{Sobel}_y^T(\\cdot)`
-      (the adjoint of a zero-padded cross-correlation is a transposed convolution).
+      -w_2 s\\,\\mathrm{sgn}(1-c)\\,(g_x/(|\\hat n||n|) - c\\,\\hat g_x/|\\hat n|^2)`
+    * then ``grad_stencil`` :math:`= \\mathrm{Sobel}_x^T(\\cdot) + \\mathrm{Sobel}_y^T(\\cdot)`
+      (the adjoint of a zero-padded cross-correlation is a transposed convolution;
+      :func:`sobel_adjoint_reference`).
     """
     with torch.no_grad():
-        cdtype = _compute_dtype(pred.dtype)
+        cdtype = compute_dtype(pred.dtype)
         d = pred.to(cdtype)
         y, valid = _sanitise(target.to(cdtype), mask)
         m = valid.to(cdtype)
@@ -190,15 +251,19 @@ def depth_loss_forward_reference(
         abs_e = e.abs()
         if depth_term == "log":
             depth = (torch.log(abs_e + alpha) * m).sum() * inv_n
-            grad = w0 * m * torch.sign(e) / (abs_e + alpha)
+            grad_depth = w0 * m * torch.sign(e) / (abs_e + alpha)
         elif depth_term == "l1":
             depth = (abs_e * m).sum() * inv_n
-            grad = w0 * m * torch.sign(e)
+            grad_depth = w0 * m * torch.sign(e)
         else:
             raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
-        grad_term = torch.zeros((), dtype=cdtype, device=d.device)
-        normal_term = torch.zeros((), dtype=cdtype, device=d.device)
+        zero = torch.zeros((), dtype=cdtype, device=d.device)
+        grad_term = normal_term = count_s = zero
+        grad_stencil = torch.empty(0, dtype=pred.dtype, device=d.device)
         if gradient or normal:
+            s = stencil_validity(valid, blur).to(cdtype)
+            count_s = s.sum()
+            inv_n_s = 1.0 / count_s.clamp_min(1.0)
             yb = gaussian_blur_reference(y) if blur else y
             gx, gy = sobel_reference(yb)
             px, py = sobel_reference(d)
@@ -207,22 +272,22 @@ def depth_loss_forward_reference(
             if gradient:
                 ex, ey = px - gx, py - gy
                 grad_term = (
-                    (torch.log(ex.abs() + alpha) * m).sum() + (torch.log(ey.abs() + alpha) * m).sum()
-                ) * inv_n
-                d_px = d_px + w1 * m * torch.sign(ex) / (ex.abs() + alpha)
-                d_py = d_py + w1 * m * torch.sign(ey) / (ey.abs() + alpha)
+                    (torch.log(ex.abs() + alpha) * s).sum() + (torch.log(ey.abs() + alpha) * s).sum()
+                ) * inv_n_s
+                d_px = d_px + w1 * s * torch.sign(ex) / (ex.abs() + alpha)
+                d_py = d_py + w1 * s * torch.sign(ey) / (ey.abs() + alpha)
             if normal:
                 norm_p2 = px * px + py * py + 1.0
                 norm_p = torch.sqrt(norm_p2)
                 norm_g = torch.sqrt(gx * gx + gy * gy + 1.0)
                 inv_pg = 1.0 / (norm_p * norm_g)
                 cos = (px * gx + py * gy + 1.0) * inv_pg
-                normal_term = ((1.0 - cos).abs() * m).sum() * inv_n
-                s = -w2 * m * torch.sign(1.0 - cos)
-                d_px = d_px + s * (gx * inv_pg - cos * px / norm_p2)
-                d_py = d_py + s * (gy * inv_pg - cos * py / norm_p2)
-            k = torch.tensor((SOBEL_X, SOBEL_Y), dtype=cdtype, device=d.device)[:, None]
-            grad = grad + F.conv_transpose2d(torch.stack((d_px, d_py), dim=1), k, padding=1)[:, 0]
+                normal_term = ((1.0 - cos).abs() * s).sum() * inv_n_s
+                sgn = -w2 * s * torch.sign(1.0 - cos)
+                d_px = d_px + sgn * (gx * inv_pg - cos * px / norm_p2)
+                d_py = d_py + sgn * (gy * inv_pg - cos * py / norm_p2)
+            grad_stencil = sobel_adjoint_reference(d_px, d_py).to(pred.dtype)
         total = w0 * depth + w1 * grad_term + w2 * normal_term
         terms = torch.stack((depth, grad_term, normal_term, total))
-        return terms, grad.to(pred.dtype), count
+        counts = torch.stack((count, count_s if gradient else zero, count_s if normal else zero))
+        return terms, grad_depth.to(pred.dtype), grad_stencil, counts
