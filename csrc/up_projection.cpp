@@ -154,86 +154,81 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   // pass inside is parallel, and the GEMM runs at the top level so that BLAS threads it
   // itself. (Calling ATen kernels from several threads of one parallel region gave wrong
   // results.)
-  const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
-   at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
-   at::Tensor zbuf = at::empty({cap * w, kk * C}, Wm.options());
-   T* u = ubuf.data_ptr<T>();
-   int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
-   for (int64_t band = run_begin; band < run_end; ++band) {
+  at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
+  at::Tensor zbuf = at::empty({cap * w, kk * C}, Wm.options());
+  T* u = ubuf.data_ptr<T>();
+  int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
+  for (int64_t band = 0; band < B * nbands; ++band) {
     const int64_t b = band / nbands;
     if (b != have_b) {
       have_lo = 0;
       have_hi = -1;
       have_b = b;
     }
-    {
-      const int64_t Y0 = (band % nbands) * BY;
-      const int64_t Y1 = std::min(H, Y0 + BY);
-      const int64_t nlo = rmin[Y0], nhi = rmax[Y1 - 1];
-      int64_t first_new = nlo;
-      if (have_hi >= nlo && have_lo <= nlo) {  // keep the overlap with the previous band
-        const int64_t keep = have_hi - nlo + 1;
-        std::memmove(u, u + (nlo - have_lo) * urow, sizeof(T) * keep * urow);
-        first_new = have_hi + 1;
-      }
-      have_lo = nlo;
-      have_hi = nhi;
-      if (first_new <= nhi) {
-        const int64_t nrows = nhi - first_new + 1;
-        // z = x_rows @ Wm^T: one BLAS GEMM on the (pixels, Cin) rows of x, written pixel-major
-        // into the band's z buffer, as the passes below read it
-        at::Tensor zc = zbuf.narrow(0, 0, nrows * w);
-        at::mm_out(zc, xcl[b].slice(0, first_new, nhi + 1).view({nrows * w, Cin}), Wm.t());
-        const T* z = zc.data_ptr<T>();
-        const int64_t off = first_new - nlo;
-        // horizontal: u[r, X, kh, :] = Σ_kw Σ_c l_c(X') z[r, i_c(X'), kh, kw, :], X' = X + kw - p
-        at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
-          for (int64_t rX = begin; rX < end; ++rX) {
-            const int64_t r = rX / W, X = rX % W;
-            const T* zr = z + r * w * kk * C;
-            for (int64_t kh = 0; kh < k; ++kh) {
-              T* acc = u + ((off + r) * W + X) * k * C + kh * C;
-              for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
-              for (int64_t kw = 0; kw < k; ++kw) {
-                const int64_t xu = X + kw - p;
-                if (xu < 0 || xu >= W) continue;
-                const T a0 = ax.l0[xu], a1 = ax.l1[xu];
-                const T* z0 = zr + (ax.i0[xu] * kk + kh * k + kw) * C;
-                const T* z1 = zr + (ax.i1[xu] * kk + kh * k + kw) * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; ++c) acc[c] += a0 * z0[c] + a1 * z1[c];
-              }
-            }
-          }
-        });
-      }
-      // vertical: out[Y, X, :] = Σ_kh Σ_a l_a(Y') u[i_a(Y'), X, kh, :], Y' = Y + kh - p
-      at::parallel_for(Y0, Y1, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> obuf(W * C);  // one output row, pixel-major
-        for (int64_t Y = begin; Y < end; ++Y) {
-          T* orow = obuf.data();
-          for (int64_t i = 0; i < W * C; ++i) orow[i] = T(0);
+    const int64_t Y0 = (band % nbands) * BY;
+    const int64_t Y1 = std::min(H, Y0 + BY);
+    const int64_t nlo = rmin[Y0], nhi = rmax[Y1 - 1];
+    int64_t first_new = nlo;
+    if (have_hi >= nlo && have_lo <= nlo) {  // keep the overlap with the previous band
+      const int64_t keep = have_hi - nlo + 1;
+      std::memmove(u, u + (nlo - have_lo) * urow, sizeof(T) * keep * urow);
+      first_new = have_hi + 1;
+    }
+    have_lo = nlo;
+    have_hi = nhi;
+    if (first_new <= nhi) {
+      const int64_t nrows = nhi - first_new + 1;
+      // z = x_rows @ Wm^T: one BLAS GEMM on the (pixels, Cin) rows of x, written pixel-major
+      // into the band's z buffer, as the passes below read it
+      at::Tensor zc = zbuf.narrow(0, 0, nrows * w);
+      at::mm_out(zc, xcl[b].slice(0, first_new, nhi + 1).view({nrows * w, Cin}), Wm.t());
+      const T* z = zc.data_ptr<T>();
+      const int64_t off = first_new - nlo;
+      // horizontal: u[r, X, kh, :] = Σ_kw Σ_c l_c(X') z[r, i_c(X'), kh, kw, :], X' = X + kw - p
+      at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t rX = begin; rX < end; ++rX) {
+          const int64_t r = rX / W, X = rX % W;
+          const T* zr = z + r * w * kk * C;
           for (int64_t kh = 0; kh < k; ++kh) {
-            const int64_t yu = Y + kh - p;
-            if (yu < 0 || yu >= H) continue;
-            const T a0 = ay.l0[yu], a1 = ay.l1[yu];
-            const T* u0 = u + (ay.i0[yu] - have_lo) * urow + kh * C;
-            const T* u1 = u + (ay.i1[yu] - have_lo) * urow + kh * C;
-            for (int64_t X = 0; X < W; ++X) {
-              T* oc = orow + X * C;
-              const T* p0 = u0 + X * k * C;
-              const T* p1 = u1 + X * k * C;
+            T* acc = u + ((off + r) * W + X) * k * C + kh * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
+            for (int64_t kw = 0; kw < k; ++kw) {
+              const int64_t xu = X + kw - p;
+              if (xu < 0 || xu >= W) continue;
+              const T a0 = ax.l0[xu], a1 = ax.l1[xu];
+              const T* z0 = zr + (ax.i0[xu] * kk + kh * k + kw) * C;
+              const T* z1 = zr + (ax.i1[xu] * kk + kh * k + kw) * C;
 #pragma omp simd
-              for (int64_t c = 0; c < C; ++c) oc[c] += a0 * p0[c] + a1 * p1[c];
+              for (int64_t c = 0; c < C; ++c) acc[c] += a0 * z0[c] + a1 * z1[c];
             }
           }
-          store_row(orow, out_ptr + b * os_b + Y * os_y, W, C, os_c, os_x);
         }
       });
     }
-   }
-  };
-  run_bands(0, B * nbands);
+    // vertical: out[Y, X, :] = Σ_kh Σ_a l_a(Y') u[i_a(Y'), X, kh, :], Y' = Y + kh - p
+    at::parallel_for(Y0, Y1, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> obuf(W * C);  // one output row, pixel-major
+      for (int64_t Y = begin; Y < end; ++Y) {
+        T* orow = obuf.data();
+        for (int64_t i = 0; i < W * C; ++i) orow[i] = T(0);
+        for (int64_t kh = 0; kh < k; ++kh) {
+          const int64_t yu = Y + kh - p;
+          if (yu < 0 || yu >= H) continue;
+          const T a0 = ay.l0[yu], a1 = ay.l1[yu];
+          const T* u0 = u + (ay.i0[yu] - have_lo) * urow + kh * C;
+          const T* u1 = u + (ay.i1[yu] - have_lo) * urow + kh * C;
+          for (int64_t X = 0; X < W; ++X) {
+            T* oc = orow + X * C;
+            const T* p0 = u0 + X * k * C;
+            const T* p1 = u1 + X * k * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) oc[c] += a0 * p0[c] + a1 * p1[c];
+          }
+        }
+        store_row(orow, out_ptr + b * os_b + Y * os_y, W, C, os_c, os_x);
+      }
+    });
+  }
 }
 
 at::Tensor upsample_conv2d_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -287,74 +282,69 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
   const int64_t nbands = (h + RB - 1) / RB;
   // Bands run one after another (see forward_impl): each pass inside is parallel, and the
   // GEMMs run at the top level, adding into one grad_weight in band order.
-  const auto run_bands = [&](int64_t run_begin, int64_t run_end) {
-   at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
-   at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
-   at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
-   T* G = gbuf.data_ptr<T>();
-   T* u = ubuf.data_ptr<T>();
-   T* t = tbuf.data_ptr<T>();
-   for (int64_t band = run_begin; band < run_end; ++band) {
+  at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
+  at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
+  at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
+  T* G = gbuf.data_ptr<T>();
+  T* u = ubuf.data_ptr<T>();
+  T* t = tbuf.data_ptr<T>();
+  for (int64_t band = 0; band < B * nbands; ++band) {
     const int64_t b = band / nbands;
-    {
-      const int64_t r0 = (band % nbands) * RB;
-      const int64_t r1 = std::min(h, r0 + RB), nrows = r1 - r0;
-      int64_t glo = H, ghi = -1;
-      for (int64_t r = r0; r < r1; ++r) {
-        glo = std::min(glo, gmin[r]);
-        ghi = std::max(ghi, gmax[r]);
-      }
-      // g[b, :, glo:ghi+1, :] -> G (rows, W, C)
-      at::parallel_for(glo, ghi + 1, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t Y = begin; Y < end; ++Y)
-          load_row(g_ptr + b * gs_b + Y * gs_y, G + (Y - glo) * W * C, W, C, gs_c, gs_x);
-      });
-      // vertical adjoint: u[r, X, kh, :] = Σ_{(Y', l) reading r} l g[Y' - kh + p, X, :]
-      at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t rX = begin; rX < end; ++rX) {
-          const int64_t rl = rX / W, X = rX % W;
-          for (int64_t kh = 0; kh < k; ++kh) {
-            T* acc = u + ((rl * W + X) * k + kh) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
-            for (const auto& [yu, wt] : ay.readers[r0 + rl]) {
-              const int64_t Y = yu - kh + p;
-              if (Y < 0 || Y >= H) continue;
-              const T* gp = G + ((Y - glo) * W + X) * C;
-#pragma omp simd
-              for (int64_t c = 0; c < C; ++c) acc[c] += wt * gp[c];
-            }
-          }
-        }
-      });
-      // horizontal adjoint: t[r, ix, kh, kw, :] = Σ_{(X', l) reading ix} l u[r, X' - kw + p, kh, :]
-      at::parallel_for(0, nrows * w, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t ri = begin; ri < end; ++ri) {
-          const int64_t rl = ri / w, ix = ri % w;
-          for (int64_t kh = 0; kh < k; ++kh) {
-            for (int64_t kw = 0; kw < k; ++kw) {
-              T* acc = t + ri * kk * C + (kh * k + kw) * C;
-              for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
-              for (const auto& [xu, wt] : ax.readers[ix]) {
-                const int64_t X = xu - kw + p;
-                if (X < 0 || X >= W) continue;
-                const T* up = u + ((rl * W + X) * k + kh) * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; ++c) acc[c] += wt * up[c];
-              }
-            }
-          }
-        }
-      });
-      // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the forward GEMM's backward, two
-      // BLAS GEMMs writing straight into grad_x's rows and accumulating into grad_Wm
-      const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w);
-      at::Tensor gx_rows = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
-      at::mm_out(gx_rows, t2, Wm);
-      gWm.addmm_(t2.t(), xcl[b].slice(0, r0, r1).view({nrows * w, Cin}));
+    const int64_t r0 = (band % nbands) * RB;
+    const int64_t r1 = std::min(h, r0 + RB), nrows = r1 - r0;
+    int64_t glo = H, ghi = -1;
+    for (int64_t r = r0; r < r1; ++r) {
+      glo = std::min(glo, gmin[r]);
+      ghi = std::max(ghi, gmax[r]);
     }
-   }
-  };
-  run_bands(0, B * nbands);
+    // g[b, :, glo:ghi+1, :] -> G (rows, W, C)
+    at::parallel_for(glo, ghi + 1, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t Y = begin; Y < end; ++Y)
+        load_row(g_ptr + b * gs_b + Y * gs_y, G + (Y - glo) * W * C, W, C, gs_c, gs_x);
+    });
+    // vertical adjoint: u[r, X, kh, :] = Σ_{(Y', l) reading r} l g[Y' - kh + p, X, :]
+    at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t rX = begin; rX < end; ++rX) {
+        const int64_t rl = rX / W, X = rX % W;
+        for (int64_t kh = 0; kh < k; ++kh) {
+          T* acc = u + ((rl * W + X) * k + kh) * C;
+          for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
+          for (const auto& [yu, wt] : ay.readers[r0 + rl]) {
+            const int64_t Y = yu - kh + p;
+            if (Y < 0 || Y >= H) continue;
+            const T* gp = G + ((Y - glo) * W + X) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) acc[c] += wt * gp[c];
+          }
+        }
+      }
+    });
+    // horizontal adjoint: t[r, ix, kh, kw, :] = Σ_{(X', l) reading ix} l u[r, X' - kw + p, kh, :]
+    at::parallel_for(0, nrows * w, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t ri = begin; ri < end; ++ri) {
+        const int64_t rl = ri / w, ix = ri % w;
+        for (int64_t kh = 0; kh < k; ++kh) {
+          for (int64_t kw = 0; kw < k; ++kw) {
+            T* acc = t + ri * kk * C + (kh * k + kw) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
+            for (const auto& [xu, wt] : ax.readers[ix]) {
+              const int64_t X = xu - kw + p;
+              if (X < 0 || X >= W) continue;
+              const T* up = u + ((rl * W + X) * k + kh) * C;
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) acc[c] += wt * up[c];
+            }
+          }
+        }
+      }
+    });
+    // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the forward GEMM's backward, two
+    // BLAS GEMMs writing straight into grad_x's rows and accumulating into grad_Wm
+    const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w);
+    at::Tensor gx_rows = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
+    at::mm_out(gx_rows, t2, Wm);
+    gWm.addmm_(t2.t(), xcl[b].slice(0, r0, r1).view({nrows * w, Cin}));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> upsample_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x,
