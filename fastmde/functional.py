@@ -6,6 +6,7 @@ which pick the fastest available implementation for the device.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -13,7 +14,7 @@ from ._checks import as_depth_maps
 from .ops.depth_loss import depth_loss_op
 from .ops.depth_metrics import depth_metric_sums_op
 from .reference.depth_loss import DEPTH_TERMS, PRESETS
-from .reference.depth_metrics import AGGREGATIONS, combine, resolve_crop
+from .reference.depth_metrics import MetricRules, combine, range_warning, resolve_aggregate, resolve_crop
 
 
 def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
@@ -122,17 +123,69 @@ def depth_loss(
     )["total"]
 
 
-def check_metric_options(min_depth, max_depth, aggregate) -> tuple[float, float]:
-    """Validate the metric conventions; return (min_depth, max_depth) with None -> inf."""
-    if aggregate not in AGGREGATIONS:
-        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+def metric_rules(
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    *,
+    min_inclusive: bool = False,
+    max_inclusive: bool = True,
+    clamp=True,
+    nan_prediction: float | None = None,
+    delta_inclusive: bool = False,
+    rel_denominator: str = "target",
+    log10_nonfinite: str = "propagate",
+) -> MetricRules:
+    """Validate the metric conventions (see :func:`depth_metrics`) and return them as the op's
+    :class:`~fastmde.reference.depth_metrics.MetricRules`."""
     lo = float(min_depth)
     hi = math.inf if max_depth is None else float(max_depth)
-    if not (lo > 0.0 and math.isfinite(lo)):
-        raise ValueError(f"min_depth must be a positive finite number, got {min_depth}")
+    if not (lo >= 0.0 and math.isfinite(lo)):
+        raise ValueError(f"min_depth must be a finite number >= 0 (metres), got {min_depth}")
     if not hi > lo:
         raise ValueError(f"max_depth ({max_depth}) must be greater than min_depth ({min_depth})")
-    return lo, hi
+    if clamp is True:
+        pred_min, pred_max = lo, hi
+    elif clamp is None or clamp is False:
+        pred_min, pred_max = -math.inf, math.inf
+    else:
+        try:
+            a, b = clamp
+        except (TypeError, ValueError):
+            raise ValueError(f"clamp must be True, False/None or (low, high) in metres, got {clamp!r}") from None
+        pred_min = -math.inf if a is None else float(a)
+        pred_max = math.inf if b is None else float(b)
+        if not pred_min <= pred_max:
+            raise ValueError(f"clamp must have low <= high, got {clamp!r}")
+    if rel_denominator not in ("target", "prediction"):
+        raise ValueError(f"rel_denominator must be 'target' or 'prediction', got {rel_denominator!r}")
+    if log10_nonfinite not in ("propagate", "zero"):
+        raise ValueError(f"log10_nonfinite must be 'propagate' or 'zero', got {log10_nonfinite!r}")
+    return MetricRules(
+        min_depth=lo, max_depth=hi, min_inclusive=bool(min_inclusive), max_inclusive=bool(max_inclusive),
+        pred_min=pred_min, pred_max=pred_max,
+        nan_prediction=math.nan if nan_prediction is None else float(nan_prediction),
+        delta_inclusive=bool(delta_inclusive), rel_by_prediction=rel_denominator == "prediction",
+        log10_nonfinite_zero=log10_nonfinite == "zero",
+    )
+
+
+def warn_if_out_of_range(sums: torch.Tensor, rules: MetricRules, stacklevel: int = 3) -> None:
+    """Warn when most considered ground truth lies outside [min_depth, max_depth] (a units
+    mistake, usually millimetres). ``sums``: the pooled (9,) sums. Skipped under torch.compile
+    (it needs the counts on the host)."""
+    if torch.compiler.is_compiling():
+        return
+    message = range_warning(float(sums[0]), float(sums[7]), float(sums[8]), rules.min_depth, rules.max_depth)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
+
+def _metric_sums(pred, target, mask, crop, rules: MetricRules) -> torch.Tensor:
+    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_metrics")
+    bounds = resolve_crop(crop, pred3.shape[-2], pred3.shape[-1])
+    return depth_metric_sums_op(
+        pred3.detach(), target3.detach(), mask3, rules.min_depth, rules.max_depth, list(bounds), *rules.op_args()
+    )
 
 
 def depth_metric_sums(
@@ -143,12 +196,11 @@ def depth_metric_sums(
     min_depth: float = 1e-3,
     max_depth: float | None = None,
     crop=None,
+    **rules,
 ) -> torch.Tensor:
-    """Per-image sums (B, 7) float64 behind the metrics (see ``fastmde.reference.depth_metrics``)."""
-    lo, hi = check_metric_options(min_depth, max_depth, "pooled")
-    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_metrics")
-    bounds = resolve_crop(crop, pred3.shape[-2], pred3.shape[-1])
-    return depth_metric_sums_op(pred3.detach(), target3.detach(), mask3, lo, hi, list(bounds))
+    """Per-image sums (B, 9) float64 behind the metrics (see ``fastmde.reference.depth_metrics``);
+    ``rules`` are :func:`depth_metrics`' convention keywords (``min_inclusive``, ``clamp``, ...)."""
+    return _metric_sums(pred, target, mask, crop, metric_rules(min_depth, max_depth, **rules))
 
 
 def depth_metrics(
@@ -159,21 +211,50 @@ def depth_metrics(
     min_depth: float = 1e-3,
     max_depth: float | None = None,
     crop=None,
-    aggregate: str = "per_image",
+    aggregate="per_image",
+    min_inclusive: bool = False,
+    max_inclusive: bool = True,
+    clamp=True,
+    nan_prediction: float | None = None,
+    delta_inclusive: bool = False,
+    rel_denominator: str = "target",
+    log10_nonfinite: str = "propagate",
 ) -> dict[str, torch.Tensor]:
     r"""The standard depth metrics: ``{rms, rel, log10, delta1, delta2, delta3}`` (float64 tensors).
 
-    Over valid pixels: ground truth finite and in (min_depth, max_depth], ``mask`` true, inside
-    ``crop`` (``"eigen"``, ``"densedepth"``, (top, bottom, left, right) or None; named crops are
-    defined on 480x640 and scaled to other sizes). Predictions are clamped to
-    [min_depth, max_depth]. RMS = sqrt(mean (ŷ-y)²), REL = mean |ŷ-y|/y,
-    log10 = mean |log10 ŷ - log10 y|, δk = mean [max(ŷ/y, y/ŷ) < 1.25^k].
-    ``aggregate="per_image"`` (the paper's code) averages each image's metrics over the images
-    that have a valid pixel; ``"pooled"`` pools all valid pixels. Images with no valid pixel are
-    left out; if none has one, every metric is 0 (never NaN).
+    ``pred``, ``target`` (ground truth), optional ``mask``: (B, 1, H, W) or (B, H, W), metres.
+    Over valid pixels: ground truth finite and in (min_depth, max_depth] (``min_inclusive``:
+    ``>=``; ``max_inclusive=False``: ``<``), ``mask`` true, inside ``crop`` (``"eigen"``,
+    ``"densedepth"``, (top, bottom, left, right) or None; named crops are defined on 480x640
+    and scaled to other sizes). A NaN prediction becomes ``nan_prediction`` (None: stays NaN, so
+    its image's metrics are NaN); predictions are then clamped: ``clamp=True`` to
+    [min_depth, max_depth], ``(low, high)`` to that, ``False`` not at all.
+
+    .. math::
+        \mathrm{RMS} = \sqrt{	frac1n \sum (ŷ-y)^2},\quad
+        \mathrm{REL} = 	frac1n \sum |ŷ-y|/y,\quad
+        \log_{10} = 	frac1n \sum |\log_{10} ŷ - \log_{10} y|,\quad
+        δ_k = 	frac1n \sum [\max(ŷ/y, y/ŷ) < 1.25^k]
+
+    (``delta_inclusive``: ``<=``; ``rel_denominator="prediction"``: |ŷ-y|/ŷ;
+    ``log10_nonfinite="zero"``: a non-finite log10 of either side counts as 0). ``aggregate``:
+    ``"per_image"`` (the paper's code: each image's metrics averaged over the images that have
+    a valid pixel, RMS = mean per-image RMSE), ``"pooled"`` (all valid pixels at once), or a
+    mapping metric -> rule that may also give ``rms`` the rule ``"per_image_mse"`` (sqrt of the
+    mean per-image MSE, Hu et al.). The named protocols of ``fastmde.engine.protocols`` set all
+    of these from their source's code (``Protocol.metric_options()``).
+
+    Nothing to score (no valid pixel): every metric is NaN, never 0. When most considered
+    ground truth lies outside the range a ``UserWarning`` names the side (ground truth in
+    millimetres scored with ``max_depth=10`` is the usual cause). Raises ``ValueError`` /
+    ``TypeError`` for shapes, dtypes, devices or conventions it cannot use.
     """
-    check_metric_options(min_depth, max_depth, aggregate)
-    sums = depth_metric_sums(
-        pred, target, mask=mask, min_depth=min_depth, max_depth=max_depth, crop=crop
+    rules = metric_rules(
+        min_depth, max_depth, min_inclusive=min_inclusive, max_inclusive=max_inclusive, clamp=clamp,
+        nan_prediction=nan_prediction, delta_inclusive=delta_inclusive, rel_denominator=rel_denominator,
+        log10_nonfinite=log10_nonfinite,
     )
+    aggregate = resolve_aggregate(aggregate)
+    sums = _metric_sums(pred, target, mask, crop, rules)
+    warn_if_out_of_range(sums.sum(dim=0), rules)
     return combine(sums, aggregate)

@@ -11,9 +11,8 @@ from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
 from .inference import predict_depth, to_images
+from ..reference.depth_metrics import METRIC_NAMES
 from .protocols import PROTOCOLS, get_protocol
-
-METRIC_ORDER = ("rms", "rel", "log10", "delta1", "delta2", "delta3")
 
 
 @torch.no_grad()
@@ -90,12 +89,18 @@ def run(args) -> int:
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
                       workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device),
                       flip=args.flip)
+    if not values["count"] > 0:
+        print(f"fastmde eval: nothing was scored: no ground-truth pixel of {data_format}/{split} ({len(dataset)} "
+              f"images) passed the {protocol.name} protocol's tests (finite, > 0, range {protocol.min_depth:g} to "
+              f"{protocol.max_depth or float('inf'):g} m, crop {protocol.crop}); the metrics would be NaN. Check the "
+              f"depth units (millimetres instead of metres?) and --data/--split.", file=sys.stderr)
+        return 1
     result = {"checkpoint": model.fastmde_checkpoint, "model": model.fastmde_variant, "data_format": data_format,
               "data": data_path, "split": split, "items": len(dataset), "protocol": protocol.to_dict(),
               "metrics": values}
     print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
-    print(" | ".join(f"{k:>7}" for k in METRIC_ORDER))
-    print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_ORDER))
+    print(" | ".join(f"{k:>7}" for k in METRIC_NAMES))
+    print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_NAMES))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(model.fastmde_checkpoint)), f"eval-{protocol.name}.json")
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """``fastmde::depth_metric_sums``: one pass producing the per-image sums behind the metrics.
 
-Schema: ``depth_metric_sums(pred, target, mask?, min_depth, max_depth, crop[4]) -> (B, 7)``
-float64, columns ``fastmde.reference.depth_metrics.SUM_FIELDS``; ``crop`` is
-(top, bottom, left, right), already resolved to the map size. Not differentiable.
+Schema: ``depth_metric_sums(pred, target, mask?, min_depth, max_depth, crop[4], min_inclusive,
+max_inclusive, pred_min, pred_max, nan_prediction, delta_inclusive, rel_by_prediction,
+log10_nonfinite_zero) -> (B, 9)`` float64, columns ``fastmde.reference.depth_metrics.SUM_FIELDS``;
+``crop`` is (top, bottom, left, right), already resolved to the map size; the rules are those of
+``fastmde.reference.depth_metrics.MetricRules``. Not differentiable.
 
 Implementations: ``fastmde/reference/depth_metrics.py`` (spec), ``csrc/depth_metrics.cpp``
 (``_C.depth_metric_sums``), ``kernels/depth_metrics.py`` (``depth_metric_sums``); all take the
@@ -14,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..reference.depth_metrics import depth_metric_sums_reference
+from ..reference.depth_metrics import NUM_SUMS, depth_metric_sums_reference
 from ._dispatch import implementation, no_autocast
 
 
@@ -26,11 +28,21 @@ def depth_metric_sums_op(
     min_depth: float,
     max_depth: float,
     crop: list[int],
+    min_inclusive: bool,
+    max_inclusive: bool,
+    pred_min: float,
+    pred_max: float,
+    nan_prediction: float,
+    delta_inclusive: bool,
+    rel_by_prediction: bool,
+    log10_nonfinite_zero: bool,
 ) -> torch.Tensor:
-    backend, module = implementation("depth_metrics", pred.device)
+    _, module = implementation("depth_metrics", pred.device)
+    rules = (min_inclusive, max_inclusive, pred_min, pred_max, nan_prediction, delta_inclusive,
+             rel_by_prediction, log10_nonfinite_zero)
     with no_autocast(pred.device):
         if module is None:
-            return depth_metric_sums_reference(pred, target, mask, min_depth, max_depth, tuple(crop))
+            return depth_metric_sums_reference(pred, target, mask, min_depth, max_depth, tuple(crop), *rules)
         return module.depth_metric_sums(
             pred.contiguous(),
             target.contiguous(),
@@ -38,9 +50,10 @@ def depth_metric_sums_op(
             min_depth,
             max_depth,
             list(crop),
+            *rules,
         )
 
 
 @depth_metric_sums_op.register_fake
-def _(pred, target, mask, min_depth, max_depth, crop):
-    return pred.new_empty((pred.shape[0], 7), dtype=torch.float64)
+def _(pred, target, mask, min_depth, max_depth, crop, *rules):
+    return pred.new_empty((pred.shape[0], NUM_SUMS), dtype=torch.float64)

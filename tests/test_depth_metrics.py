@@ -1,0 +1,638 @@
+"""The depth metrics on every implementation this machine has (``backend`` fixture: reference,
+native C++, Triton, under the interpreter without a GPU): hand-computed values, every rule of
+``MetricRules`` against the reference, the named protocols against hand derivations from their
+sources' code, empty evaluations (NaN and the units warning), opcheck, torch.compile, bad input.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastmde
+from conftest import requires_cuda
+from fastmde.engine.protocols import PROTOCOLS
+from fastmde.ops import depth_metric_sums_op
+from fastmde.reference.depth_metrics import (
+    CROPS,
+    METRIC_NAMES,
+    NUM_SUMS,
+    MetricRules,
+    combine,
+    depth_metric_sums_reference,
+    depth_metrics_reference,
+    resolve_crop,
+)
+from native_kernel_helpers import depth_pair, random_mask
+
+FIXTURE_HEALTH = [HealthCheck.function_scoped_fixture]
+
+
+def close(got, want, tol):
+    """Metrics dicts equal within ``tol`` (relative and absolute), NaN where the other is NaN."""
+    for name in want:
+        torch.testing.assert_close(got[name].cpu().double(), want[name].double(), rtol=tol, atol=tol, equal_nan=True)
+
+
+def assert_sums_close(got, want, backend):
+    """Counts (n, δ hits, out-of-range counts) exact; error sums to float64 rounding (reference,
+    C++: both accumulate in float64) or float32 rounding (Triton computes per pixel in float32)."""
+    got = got.cpu()
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    counts = [0, 4, 5, 6, 7, 8]
+    torch.testing.assert_close(got[:, counts], want[:, counts], rtol=0, atol=0)
+    tol = 2e-6 if backend == "triton" else 1e-10
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * 10, equal_nan=True)
+
+
+def metric_tol(backend):
+    return 2e-6 if backend == "triton" else 1e-9
+
+
+def as_device(device, *tensors):
+    return [None if t is None else t.to(device) for t in tensors]
+
+
+# ---------------------------------------------------------------- values by hand
+
+
+def test_small_arrays_by_hand(backend, device):
+    pred = torch.tensor([[[1.0, 2.0], [4.0, 3.0]]], dtype=torch.float64)
+    target = torch.tensor([[[2.0, 2.0], [2.0, 3.0]]], dtype=torch.float64)
+    m = fastmde.depth_metrics(*as_device(device, pred, target))
+    assert m["rms"].item() == pytest.approx(math.sqrt((1 + 0 + 4 + 0) / 4))
+    assert m["rel"].item() == pytest.approx((0.5 + 0 + 1 + 0) / 4)
+    assert m["log10"].item() == pytest.approx((math.log10(2) + 0 + math.log10(2) + 0) / 4)
+    # ratios 2, 1, 2, 1: below 1.25 twice, below 1.5625 twice, below 1.953 twice
+    assert m["delta1"].item() == pytest.approx(0.5)
+    assert m["delta2"].item() == pytest.approx(0.5)
+    assert m["delta3"].item() == pytest.approx(0.5)
+
+
+def test_per_image_and_pooled_differ_as_defined(backend, device):
+    pred = torch.tensor([[[1.0, 1.0]], [[3.0, 1.0]]], dtype=torch.float64)
+    target = torch.ones(2, 1, 2, dtype=torch.float64)
+    target[1, 0, 1] = 0.0  # invalid: image 2 has one valid pixel with error 2
+    pred, target = as_device(device, pred, target)
+    per_image = fastmde.depth_metrics(pred, target, aggregate="per_image")
+    pooled = fastmde.depth_metrics(pred, target, aggregate="pooled")
+    per_image_mse = fastmde.depth_metrics(pred, target, aggregate={**{k: "per_image" for k in METRIC_NAMES},
+                                                                   "rms": "per_image_mse"})
+    assert per_image["rms"].item() == pytest.approx((0.0 + 2.0) / 2)
+    assert pooled["rms"].item() == pytest.approx(math.sqrt(4.0 / 3))
+    assert per_image_mse["rms"].item() == pytest.approx(math.sqrt((0.0 + 4.0) / 2))
+
+
+def test_images_without_valid_pixels_are_left_out_and_nothing_scored_is_nan(backend, device):
+    pred = torch.ones(2, 3, 3, dtype=torch.float64)
+    target = torch.ones(2, 3, 3, dtype=torch.float64) * 2
+    target[1] = float("nan")
+    pred, target = as_device(device, pred, target)
+    m = fastmde.depth_metrics(pred, target)
+    assert m["rel"].item() == pytest.approx(0.5)
+    for aggregate in ("per_image", "pooled"):
+        nothing = fastmde.depth_metrics(pred, torch.zeros_like(target), aggregate=aggregate)
+        assert set(nothing) == set(METRIC_NAMES)
+        assert all(math.isnan(v.item()) for v in nothing.values())
+
+
+def test_min_max_depth_and_pred_clamp(backend, device):
+    pred = torch.tensor([[[0.0, 20.0, 5.0]]], dtype=torch.float64)
+    target = torch.tensor([[[1.0, 9.0, 11.0]]], dtype=torch.float64)
+    sums = fastmde.depth_metric_sums(*as_device(device, pred, target), max_depth=10.0).cpu()
+    assert sums[0, 0].item() == 2  # 11 m is beyond max_depth
+    assert sums[0, 8].item() == 1  # ... and counted above the range
+    # pred 0 clamps to 1e-3, pred 20 clamps to 10
+    assert sums[0, 1].item() == pytest.approx((1 - 1e-3) ** 2 + 1.0)
+
+
+def test_named_crops_and_scaling():
+    assert resolve_crop("eigen", 480, 640) == (45, 471, 41, 601)
+    assert resolve_crop("densedepth", 480, 640) == (20, 460, 24, 616)
+    assert resolve_crop("eigen", 240, 320) == (22, 236, 20, 300)  # halves, rounded half to even
+    assert resolve_crop(None, 5, 7) == (0, 5, 0, 7)
+    with pytest.raises(ValueError, match="does not fit"):
+        resolve_crop((0, 6, 0, 7), 5, 7)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        resolve_crop("nope", 5, 7)
+
+
+finite_depth = st.floats(0.05, 20.0, allow_nan=False)
+
+
+def test_properties(backend, device):
+    @settings(max_examples=30 if backend != "triton" else 10, deadline=None)
+    @given(
+        st.lists(st.tuples(finite_depth, finite_depth), min_size=1, max_size=30),
+        st.floats(0.1, 10.0),
+        st.sampled_from(["per_image", "pooled"]),
+    )
+    def check(pairs, scale, aggregate):
+        pred = torch.tensor([p for p, _ in pairs], dtype=torch.float64).reshape(1, 1, -1).to(device)
+        target = torch.tensor([t for _, t in pairs], dtype=torch.float64).reshape(1, 1, -1).to(device)
+        m = fastmde.depth_metrics(pred, target, aggregate=aggregate)
+        assert 0 <= m["delta1"] <= m["delta2"] <= m["delta3"] <= 1
+        scaled = fastmde.depth_metrics(pred * scale, target * scale, aggregate=aggregate)
+        tol = metric_tol(backend)   # Triton's error terms are float32
+        assert scaled["rel"].item() == pytest.approx(m["rel"].item(), rel=tol, abs=tol * 1e-3)
+        assert scaled["rms"].item() == pytest.approx(m["rms"].item() * scale, rel=tol, abs=tol * 1e-3)
+        assert scaled["log10"].item() == pytest.approx(m["log10"].item(), rel=tol, abs=tol)
+
+    check()
+
+
+def test_combine_rejects_unknown_aggregation():
+    with pytest.raises(ValueError, match="aggregate"):
+        combine(torch.zeros(1, NUM_SUMS, dtype=torch.float64), "mean")
+    with pytest.raises(ValueError, match="per_image_mse"):
+        combine(torch.zeros(1, NUM_SUMS, dtype=torch.float64), {**{k: "pooled" for k in METRIC_NAMES},
+                                                               "rel": "per_image_mse"})
+
+
+# ---------------------------------------------------------------- against the reference
+
+crops = st.one_of(
+    st.none(),
+    st.sampled_from(sorted(CROPS)),
+    st.tuples(st.floats(0, 0.45), st.floats(0.55, 1.0), st.floats(0, 0.45), st.floats(0.55, 1.0)),
+)
+rules_strategy = st.builds(
+    dict,
+    min_inclusive=st.booleans(), max_inclusive=st.booleans(),
+    clamp=st.sampled_from([True, False, (0.5, 8.0), (None, 6.0)]),
+    nan_prediction=st.sampled_from([None, 1e-3, 2.0]), delta_inclusive=st.booleans(),
+    rel_denominator=st.sampled_from(["target", "prediction"]),
+    log10_nonfinite=st.sampled_from(["propagate", "zero"]),
+)
+
+
+def crop_bounds(crop, h, w):
+    if isinstance(crop, tuple):
+        top, bottom = int(crop[0] * h), max(int(crop[0] * h) + 1, int(round(crop[1] * h)))
+        left, right = int(crop[2] * w), max(int(crop[2] * w) + 1, int(round(crop[3] * w)))
+        return (top, min(bottom, h), left, min(right, w))
+    return crop
+
+
+def test_values_match_reference(backend, device):
+    """Sums and both aggregations over crops, masks (including all-invalid), depth ranges,
+    non-finite ground truth, NaN / negative / out-of-range predictions, every rule, odd sizes."""
+
+    @settings(max_examples=40 if backend != "triton" else 12, deadline=None, suppress_health_check=FIXTURE_HEALTH)
+    @given(
+        b=st.integers(1, 4), h=st.integers(3, 67 if backend != "triton" else 19),
+        w=st.integers(3, 67 if backend != "triton" else 37), crop=crops,
+        mask_kind=st.sampled_from(["none", "random", "all_invalid"]), bad=st.sampled_from([0.0, 0.1]),
+        depth_range=st.sampled_from([(1e-3, None), (1e-3, 10.0), (1.0, 6.0), (0.5, math.inf), (0.0, None)]),
+        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16), rules=rules_strategy,
+    )
+    def check(b, h, w, crop, mask_kind, bad, depth_range, dtype, seed, rules):
+        pred, target = depth_pair((b, h, w), seed, dtype=dtype, bad_fraction=bad, lo=0.0, hi=12.0)
+        # predictions outside [min_depth, max_depth] exercise the clamp; NaN and negative ones
+        # the NaN rule and the logarithms; exact multiples of 1.25 the δ ties
+        pred = torch.where(torch.arange(w) % 5 == 0, pred * 3.0, pred)
+        pred = torch.where(torch.arange(w) % 7 == 1, target * 1.25, pred)
+        pred = torch.where(torch.arange(w) % 11 == 2, torch.full_like(pred, float("nan")), pred)
+        pred = torch.where(torch.arange(w) % 13 == 3, -pred, pred)
+        mask = random_mask((b, h, w), seed, mask_kind)
+        crop = crop_bounds(crop, h, w)
+        lo, hi = depth_range
+        checked = fastmde.functional.metric_rules(lo, hi, **rules)
+        bounds = resolve_crop(crop, h, w)
+        want = depth_metric_sums_reference(pred, target, mask, checked.min_depth, checked.max_depth, bounds,
+                                           *checked.op_args())
+        pred_d, target_d, mask_d = as_device(device, pred, target, mask)
+        got = fastmde.depth_metric_sums(pred_d, target_d, mask=mask_d, min_depth=lo, max_depth=hi, crop=crop, **rules)
+        assert_sums_close(got, want, backend)
+        if mask_kind == "all_invalid":
+            assert torch.all(got == 0)
+        for aggregate in ("per_image", "pooled"):
+            ref = combine(want, aggregate)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = fastmde.depth_metrics(pred_d, target_d, mask=mask_d, min_depth=lo, max_depth=hi, crop=crop,
+                                            aggregate=aggregate, **rules)
+            close(out, ref, metric_tol(backend) if dtype == torch.float64 or backend != "triton" else 2e-5)
+
+    check()
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 13), (3, 37, 45), (1, 1, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("max_depth", [10.0, math.inf])
+def test_sums_match_reference(backend, device, shape, masked, max_depth):
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(shape, generator=g) * 12.0  # some above max_depth, a few near 0
+    pred = target + 0.5 * torch.randn(shape, generator=g)  # some negative: clamped to min_depth
+    flat = target.view(-1)
+    flat[::13] = float("nan")
+    flat[5::17] = float("inf")
+    flat[7::19] = 0.0
+    mask = torch.rand(shape, generator=g) > 0.2
+    B, H, W = shape
+    for crop in ([0, H, 0, W], [H // 3, H, W // 4, max(W - W // 5, W // 4 + 1)]):
+        m = mask if masked else None
+        rules = MetricRules(max_depth=max_depth, pred_max=max_depth).op_args()
+        got = depth_metric_sums_op(*as_device(device, pred, target, m), 1e-3, max_depth, crop, *rules)
+        ref = depth_metric_sums_reference(pred, target, m, 1e-3, max_depth, tuple(crop))
+        assert got.shape == (B, NUM_SUMS)
+        assert_sums_close(got, ref, backend)
+
+
+def test_half_inputs(backend, device, dtype):
+    pred, target = depth_pair((3, 21, 34), 8, dtype=dtype, bad_fraction=0.05)
+    mask = random_mask((3, 21, 34), 8, "random")
+    bounds = resolve_crop("eigen", 21, 34)
+    # all read the same half values; the reference and C++ compute in float64
+    want = depth_metric_sums_reference(pred, target, mask, 1e-3, 10.0, bounds)
+    got = depth_metric_sums_op(*as_device(device, pred, target, mask), 1e-3, 10.0, list(bounds),
+                               *MetricRules(max_depth=10.0, pred_max=10.0).op_args())
+    assert_sums_close(got, want, backend)
+    none = depth_metric_sums_op(*as_device(device, pred, target, torch.zeros_like(mask)), 1e-3, 10.0, list(bounds),
+                                *MetricRules(max_depth=10.0, pred_max=10.0).op_args())
+    assert torch.equal(none.cpu(), torch.zeros(3, NUM_SUMS, dtype=torch.float64))
+
+
+def test_non_contiguous_and_four_dim_inputs(backend, device):
+    pred, target = depth_pair((2, 30, 41), 12, bad_fraction=0.05)
+    want = depth_metric_sums_reference(pred, target, None, 1e-3, 10.0, resolve_crop("densedepth", 30, 41))
+    p_nc = pred.transpose(1, 2).contiguous().transpose(1, 2)[:, None].to(device)
+    t_nc = target.transpose(1, 2).contiguous().transpose(1, 2)[:, None].to(device)
+    assert not p_nc.is_contiguous()
+    got = fastmde.depth_metric_sums(p_nc, t_nc, max_depth=10.0, crop="densedepth")
+    assert_sums_close(got, want, backend)
+
+
+def test_independent_of_thread_count(backend, device):
+    pred, target = as_device(device, *depth_pair((4, 97, 70) if backend != "triton" else (2, 21, 40), 13,
+                                                  bad_fraction=0.02))
+    shape = pred.shape
+    args = (1e-3, 10.0, [0, shape[1], 0, shape[2]], *MetricRules(max_depth=10.0, pred_max=10.0).op_args())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = depth_metric_sums_op(pred, target, None, *args)
+        torch.set_num_threads(max(2, threads))
+        many = depth_metric_sums_op(pred, target, None, *args)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+# ---------------------------------------------------------------- empty evaluations
+
+
+def millimetre_maps(device):
+    """Ground truth stored in millimetres (500-4500), scored as metres with max_depth=10."""
+    g = torch.Generator().manual_seed(5)
+    target = 500.0 + 4000.0 * torch.rand(2, 1, 12, 16, generator=g)
+    pred = target / 1000.0  # a model that predicts metres
+    return pred.to(device), target.to(device)
+
+
+def test_millimetres_scored_as_metres_give_nan_and_a_warning(backend, device):
+    pred, target = millimetre_maps(device)
+    for aggregate in ("per_image", "pooled"):
+        with pytest.warns(UserWarning, match=r"above max_depth=10 m.*millimetres"):
+            m = fastmde.depth_metrics(pred, target, max_depth=10.0, aggregate=aggregate)
+        assert all(math.isnan(v.item()) for v in m.values()), m
+        acc = fastmde.nn.DepthMetrics(max_depth=10.0, aggregate=aggregate)
+        acc.update(pred, target)
+        with pytest.warns(UserWarning, match="millimetres"):
+            values = acc.compute()
+        assert values["count"].item() == 0
+        assert all(math.isnan(values[k].item()) for k in METRIC_NAMES)
+    # the same maps in metres: scored, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = fastmde.depth_metrics(pred, target / 1000.0, max_depth=10.0)
+    assert m["rms"].item() == pytest.approx(0.0, abs=1e-6) and m["delta1"].item() == 1.0
+
+
+def test_warning_names_the_low_side_and_needs_a_majority(backend, device):
+    target = torch.full((1, 4, 4), 0.5, dtype=torch.float64)
+    target[0, 0] = 0.0  # missing depth: neither scored nor evidence of a units mistake
+    pred, target = as_device(device, target.clone(), target)
+    with pytest.warns(UserWarning, match="below min_depth=1 m"):
+        m = fastmde.depth_metrics(pred, target, min_depth=1.0)
+    assert math.isnan(m["rms"].item())
+    target[0, 1:3] = 2.0  # 8 in range, 4 below: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = fastmde.depth_metrics(target.clone(), target, min_depth=1.0)
+    assert m["rms"].item() == 0.0
+
+
+def test_trainer_never_takes_nan_as_best():
+    from fastmde.engine.train import metric_improved
+
+    assert not metric_improved(float("nan"), None, "rms")
+    assert not metric_improved(float("nan"), 0.5, "rms")
+    assert not metric_improved(float("nan"), 0.5, "delta1")
+    assert metric_improved(0.7, float("nan"), "rms")
+    assert metric_improved(0.4, 0.5, "rms") and not metric_improved(0.6, 0.5, "rms")
+
+
+def test_eval_cli_fails_when_nothing_is_scored(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    from engine_helpers import synthetic_cache, tiny_config
+
+    import fastmde.engine.datasets as datasets
+    from fastmde.cli import main
+    from fastmde.engine import train
+
+    cache = synthetic_cache(tmp_path_factory)
+    out = str(tmp_path / "run")
+    train(tiny_config(cache, out, epochs=1, max_steps=1))
+    open_split = datasets.open_split
+
+    class InMillimetres(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            item = dict(self.base[i])
+            item["depth"] = item["depth"] * 1000.0
+            return item
+
+    monkeypatch.setattr(datasets, "open_split", lambda *a, **k: InMillimetres(open_split(*a, **k)))
+    json_path = tmp_path / "eval.json"
+    with pytest.warns(UserWarning, match="millimetres"):
+        code = main(["eval", "--checkpoint", out, "--protocol", "bts", "--device", "cpu", "--out", str(json_path)])
+    assert code == 1 and not json_path.exists()
+    assert "nothing was scored" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def test_hu_protocol_instance(backend, device):
+    """Two 8x8 images at 2 m, errors +1 m and +3 m. Hu et al.'s test.py averages per-image MSE
+    (util.addErrors/averageErrors) and takes the square root at the end: sqrt((1 + 9) / 2)."""
+    target = torch.full((2, 1, 8, 8), 2.0)
+    pred = target.clone()
+    pred[0] += 1.0
+    pred[1] += 3.0
+    pred, target = as_device(device, pred, target)
+    hu = fastmde.depth_metrics(pred, target, **PROTOCOLS["hu"].metric_options())
+    assert hu["rms"].item() == pytest.approx(math.sqrt(5.0), rel=1e-6)   # 2.236, not 2.000
+    assert fastmde.depth_metrics(pred, target, **PROTOCOLS["paper"].metric_options())["rms"].item() == \
+        pytest.approx(2.0, rel=1e-6)
+    # exactly 1.25 x the ground truth (2.5 / 2 = 1.25 exactly in binary): Hu's torch.le counts it
+    ties = fastmde.depth_metrics(target * 1.25, target, **PROTOCOLS["hu"].metric_options())
+    assert ties["delta1"].item() == 1.0
+    for name in ("paper", "bts", "densedepth"):  # `<` everywhere else
+        assert fastmde.depth_metrics(target * 1.25, target, **PROTOCOLS[name].metric_options())["delta1"].item() == 0.0
+
+
+def test_hu_protocol_by_hand(backend, device):
+    """Hu et al. util.evaluateError per image, averaged by test.py (batch size 1):
+    image 1: y = 2, ŷ = 3 everywhere; image 2: y = 2, ŷ = 5; one pixel of image 2 has y = 0,
+    ŷ = 5 (counted: only NaN ground truth is dropped, util.setNanToZero) and one NaN ground truth.
+    image 1: MSE 1, REL 0.5, LG10 log10 1.5, ratio 1.5: δ1 0, δ2 1 (1.5 <= 1.5625), δ3 1.
+    image 2 (n = 15 of 16 pixels): MSE (14 * 9 + 25) / 15, REL inf (5 / 0), ratio inf at y = 0."""
+    target = torch.full((2, 1, 4, 4), 2.0, dtype=torch.float64)
+    pred = torch.full_like(target, 3.0)
+    pred[1] = 5.0
+    target[1, 0, 0, 0] = 0.0
+    target[1, 0, 3, 3] = float("nan")
+    m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["hu"].metric_options())
+    mse2 = (14 * 9 + 25) / 15
+    assert m["rms"].item() == pytest.approx(math.sqrt((1 + mse2) / 2), rel=1e-6)
+    assert m["rel"].item() == math.inf
+    assert m["log10"].item() == math.inf       # |log10 5 - log10 0|
+    assert m["delta1"].item() == pytest.approx((0 + 0) / 2)   # ratio 2.5 in image 2
+    assert m["delta2"].item() == pytest.approx((1 + 0) / 2)
+    assert m["delta3"].item() == pytest.approx((1 + 0) / 2)
+    # a NaN prediction stays NaN (util.evaluateError has no guard)
+    pred[0, 0, 1, 1] = float("nan")
+    m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["hu"].metric_options())
+    assert math.isnan(m["rms"].item()) and math.isnan(m["rel"].item())
+    assert m["delta1"].item() == 0.0   # NaN <= 1.25 is false (torch.le)
+
+
+def test_paper_protocol_by_hand(backend, device):
+    """The paper's test.py (batch size 1): image 1 y = [2, 11, 4, 1], ŷ = [2, 12, -1, 10];
+    image 2 y = [1, 1, 1, 1], ŷ = [1, 1, 1, 3]. No range (11 m counts), no clamp (-1 stays),
+    removeNans sets log10(-1) = NaN to 0, and max(-1/4, 4/-1) = -0.25 < 1.25 counts as a hit.
+    image 1: MSE (0 + 1 + 25 + 81) / 4, REL (0 + 1/11 + 5/4 + 9) / 4,
+             LG10 (0 + log10(12/11) + |0 - log10 4| + 1) / 4, δ1 = δ2 = δ3 = 3/4 (ratio 10 misses)
+    image 2: MSE 4/4, REL (2/1) / 4, LG10 log10(3) / 4, δ = 3/4; then the mean of the two images,
+    RMS as the mean of the per-image RMSE."""
+    pred = torch.tensor([[[2.0, 12.0, -1.0, 10.0]], [[1.0, 1.0, 1.0, 3.0]]], dtype=torch.float64)
+    target = torch.tensor([[[2.0, 11.0, 4.0, 1.0]], [[1.0, 1.0, 1.0, 1.0]]], dtype=torch.float64)
+    m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["paper"].metric_options())
+    tol = dict(rel=1e-6)
+    assert m["rms"].item() == pytest.approx((math.sqrt(107 / 4) + 1.0) / 2, **tol)
+    assert m["rel"].item() == pytest.approx(((1 / 11 + 5 / 4 + 9) / 4 + 0.5) / 2, **tol)
+    assert m["log10"].item() == pytest.approx(((math.log10(12 / 11) + math.log10(4) + 1) / 4
+                                               + math.log10(3) / 4) / 2, **tol)
+    for k in ("delta1", "delta2", "delta3"):
+        assert m[k].item() == pytest.approx(0.75)
+
+
+def test_bts_protocol_by_hand(backend, device):
+    """BTS eval_with_pngs.py on one 48x64 image (Eigen crop scaled: rows 4:47, cols 4:60, 43 x 56
+    = 2408 pixels): y = 2, ŷ = 2 except: rows 0-3 ŷ = 100 (outside the crop: not scored);
+    A: y = 10 (dropped: gt < max_depth_eval), B: y = 5, ŷ = 20 -> clamped to 10, C: y = 4, ŷ = NaN
+    -> min_depth_eval 1e-3 (bts_eval.py), D: y = 2, ŷ = 2.5 (1.25 x: `<` misses δ1).
+    n = 2407; Σ(ŷ-y)² = 25 + 3.999² + 0.25; ΣREL = 1 + 3.999/4 + 0.25;
+    Σlog10 = log10 2 + log10(4000) + log10 1.25; δ1 misses B, C, D; δ2, δ3 miss B (2 > 1.953), C."""
+    target = torch.full((1, 48, 64), 2.0, dtype=torch.float64)
+    pred = target.clone()
+    pred[0, :4] = 100.0
+    target[0, 10, 10] = 10.0
+    target[0, 11, 11], pred[0, 11, 11] = 5.0, 20.0
+    target[0, 12, 12], pred[0, 12, 12] = 4.0, float("nan")
+    pred[0, 13, 13] = 2.5
+    assert resolve_crop("eigen", 48, 64) == (4, 47, 4, 60)
+    m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["bts"].metric_options())
+    n = 43 * 56 - 1
+    tol = dict(rel=1e-6)
+    assert m["rms"].item() == pytest.approx(math.sqrt((25 + 3.999**2 + 0.25) / n), **tol)
+    assert m["rel"].item() == pytest.approx((1 + 3.999 / 4 + 0.25) / n, **tol)
+    assert m["log10"].item() == pytest.approx((math.log10(2) + math.log10(4000) + math.log10(1.25)) / n, **tol)
+    assert m["delta1"].item() == pytest.approx((n - 3) / n, **tol)
+    assert m["delta2"].item() == pytest.approx((n - 2) / n, **tol)
+    assert m["delta3"].item() == pytest.approx((n - 2) / n, **tol)
+
+
+def test_densedepth_protocol_by_hand(backend, device):
+    """DenseDepth utils.evaluate: every pixel of the set pooled, no ground-truth test (15 m counts),
+    ŷ clipped to [0.1, 10], and compute_errors(predictions, testSetDepths) against its signature
+    (gt, pred): REL divides by the prediction. Image 1: y = [2, 15], ŷ = [4, 12 -> 10];
+    image 2: y = [1, 1], ŷ = [0.05 -> 0.1, 1], second pixel masked out (the engine's mask).
+    Pixels (2, 4), (15, 10), (1, 0.1): Σ(ŷ-y)² = 4 + 25 + 0.81, ΣREL = 2/4 + 5/10 + 0.9/0.1,
+    Σlog10 = log10 2 + log10 1.5 + 1, ratios 2, 1.5, 10: δ1 0, δ2 = δ3 = 1/3."""
+    pred = torch.tensor([[[4.0, 12.0]], [[0.05, 1.0]]], dtype=torch.float64)
+    target = torch.tensor([[[2.0, 15.0]], [[1.0, 1.0]]], dtype=torch.float64)
+    mask = torch.tensor([[[True, True]], [[True, False]]])
+    m = fastmde.depth_metrics(*as_device(device, pred, target), mask=mask.to(device),
+                              **PROTOCOLS["densedepth"].metric_options())
+    tol = dict(rel=1e-6)
+    assert m["rms"].item() == pytest.approx(math.sqrt((4 + 25 + 0.81) / 3), **tol)
+    assert m["rel"].item() == pytest.approx((0.5 + 0.5 + 9) / 3, **tol)
+    assert m["log10"].item() == pytest.approx((math.log10(2) + math.log10(1.5) + 1) / 3, **tol)
+    assert m["delta1"].item() == 0.0
+    assert m["delta2"].item() == pytest.approx(1 / 3) and m["delta3"].item() == pytest.approx(1 / 3)
+
+
+# The protocols as they were defined before each rule became a field (aggregate, crop, range
+# (min, max], clamp to that range, `<`), and the formula they used, kept to show that inputs
+# without ties or out-of-range values give the values they gave then.
+PROTOCOLS_BEFORE = {
+    "paper": ("per_image", None, 1e-3, 10.0),
+    "hu": ("per_image", None, 1e-3, None),
+    "bts": ("per_image", "eigen", 1e-3, 10.0),
+    "densedepth": ("pooled", "densedepth", 0.1, 10.0),
+}
+CHANGED_BY_DESIGN = {"hu": {"rms"}, "densedepth": {"rel"}}  # Hu's sqrt(mean MSE); DenseDepth's REL / ŷ
+
+
+def metrics_before(pred, target, mask, min_depth, max_depth, crop, aggregate):
+    d, y = pred.double(), target.double()
+    top, bottom, left, right = resolve_crop(crop, y.shape[-2], y.shape[-1])
+    hi = math.inf if max_depth is None else max_depth
+    valid = torch.isfinite(y) & (y > min_depth) & (y <= hi) & (mask if mask is not None else True)
+    inside = torch.zeros_like(valid)
+    inside[:, top:bottom, left:right] = True
+    valid &= inside
+    d = d.clamp(min_depth, hi)
+    y = torch.where(valid, y, torch.ones_like(y))
+    ratio = torch.maximum(d / y, y / d)
+    per_pixel = [(d - y) ** 2, (d - y).abs() / y, (d.log10() - y.log10()).abs(),
+                 *((ratio < 1.25 ** k).double() for k in (1, 2, 3))]
+    m = valid.double()
+    sums = torch.stack([(v * m).sum(dim=(1, 2)) for v in per_pixel], dim=1)
+    n = m.sum(dim=(1, 2))
+    if aggregate == "pooled":
+        values = sums.sum(0) / n.sum()
+        values[0] = values[0].sqrt()
+    else:
+        has = n > 0
+        per = sums[has] / n[has, None]
+        per[:, 0] = per[:, 0].sqrt()
+        values = per.mean(0)
+    return dict(zip(METRIC_NAMES, values))
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_protocols_without_ties_give_the_values_of_before(backend, device, name):
+    g = torch.Generator().manual_seed(11)
+    target = 0.5 + 9.0 * torch.rand(3, 48, 64, generator=g, dtype=torch.float64)   # inside every range
+    pred = (target * torch.exp(0.3 * torch.randn(3, 48, 64, generator=g, dtype=torch.float64))).clamp(0.2, 9.9)
+    mask = torch.rand(3, 48, 64, generator=g) > 0.1
+    aggregate, crop, lo, hi = PROTOCOLS_BEFORE[name]
+    want = metrics_before(pred, target, mask, lo, hi, crop, aggregate)
+    pred_d, target_d, mask_d = as_device(device, pred, target, mask)
+    got = fastmde.depth_metrics(pred_d, target_d, mask=mask_d, **PROTOCOLS[name].metric_options())
+    for metric in METRIC_NAMES:
+        if metric in CHANGED_BY_DESIGN.get(name, ()):
+            assert abs(got[metric].item() - want[metric].item()) > 1e-5   # the rule changed it
+        else:
+            assert got[metric].item() == pytest.approx(want[metric].item(), rel=1e-6, abs=1e-6), metric
+
+
+def test_default_convention_gives_the_values_of_before(backend, device):
+    """Without a protocol nothing changed: messy input (NaN/inf ground truth, out-of-range
+    predictions, masks, crops) gives the values of before wherever something is scored."""
+    pred, target = depth_pair((3, 20, 27), 21, bad_fraction=0.1, lo=0.0, hi=12.0)
+    pred = torch.where(torch.arange(27) % 5 == 0, pred * 3.0, pred)
+    mask = random_mask((3, 20, 27), 21, "random")
+    pred_d, target_d, mask_d = as_device(device, pred, target, mask)
+    for aggregate in ("per_image", "pooled"):
+        for crop, hi in ((None, None), ("eigen", 10.0), ((2, 18, 3, 25), 6.0)):
+            want = metrics_before(pred, target, mask, 1e-3, hi, crop, aggregate)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # half the ground truth lies above 6 m
+                got = fastmde.depth_metrics(pred_d, target_d, mask=mask_d, max_depth=hi, crop=crop,
+                                            aggregate=aggregate)
+            for metric in METRIC_NAMES:
+                assert got[metric].item() == pytest.approx(want[metric].item(), rel=1e-6, abs=1e-6), metric
+
+
+def test_protocol_fields_are_explicit():
+    for p in PROTOCOLS.values():
+        assert set(p.aggregate) == set(METRIC_NAMES)
+        assert p.source and p.rel_denominator in ("target", "prediction")
+        fastmde.functional.metric_rules(p.min_depth, p.max_depth, **{
+            k: v for k, v in p.metric_options().items() if k not in ("min_depth", "max_depth", "crop", "aggregate")})
+    assert PROTOCOLS["hu"].aggregate["rms"] == "per_image_mse" and PROTOCOLS["hu"].delta_inclusive
+    assert PROTOCOLS["bts"].nan_prediction == 1e-3 and not PROTOCOLS["bts"].max_inclusive
+    assert PROTOCOLS["densedepth"].rel_denominator == "prediction"
+    assert PROTOCOLS["paper"].log10_nonfinite == "zero" and PROTOCOLS["paper"].clamp is None
+
+
+# ---------------------------------------------------------------- op contract
+
+
+def test_opcheck(backend, device):
+    pred, target = depth_pair((2, 7, 9), 14, bad_fraction=0.1)
+    mask = random_mask((2, 7, 9), 14, "random")
+    pred, target, mask = as_device(device, pred, target, mask)
+    rules = MetricRules(max_depth=10.0, pred_max=10.0).op_args()
+    utils = ("test_schema", "test_faketensor") if backend == "triton" else None
+    kwargs = {} if utils is None else {"test_utils": utils}
+    torch.library.opcheck(depth_metric_sums_op, (pred, target, mask, 1e-3, 10.0, [1, 6, 0, 8], *rules), **kwargs)
+    torch.library.opcheck(depth_metric_sums_op, (pred, target, None, 1e-3, float("inf"), [0, 7, 0, 9],
+                                                 *MetricRules().op_args()), **kwargs)
+    hu = (True, True, -math.inf, math.inf, math.nan, True, True, True)
+    torch.library.opcheck(depth_metric_sums_op, (pred, target, mask, 0.0, float("inf"), [0, 7, 0, 9], *hu), **kwargs)
+
+
+def test_torch_compile_fullgraph(backend, device):
+    pred, target = as_device(device, *depth_pair((2, 12, 17), 15, bad_fraction=0.05))
+    torch._dynamo.reset()
+
+    def rms(p, t):
+        return fastmde.depth_metrics(p, t, max_depth=10.0, crop="eigen")["rms"]
+
+    def hu(p, t):
+        return fastmde.depth_metrics(p, t, **PROTOCOLS["hu"].metric_options())["rms"]
+
+    compile_backend = "aot_eager" if backend == "triton" and device.type == "cpu" else "inductor"
+    for f in (rms, hu):
+        compiled = torch.compile(f, fullgraph=True, backend=compile_backend)
+        torch.testing.assert_close(compiled(pred, target), f(pred, target), equal_nan=True)
+
+
+def test_backends_report(backend, device):
+    assert fastmde.backends((device.type,))["depth_metrics"][device.type] == backend
+
+
+def test_bad_input_is_named(backend, device):
+    pred, target = as_device(device, *depth_pair((1, 5, 5), 0))
+    with pytest.raises(ValueError, match="crop"):
+        depth_metric_sums_op(pred, target, None, 1e-3, 10.0, [0, 6, 0, 5], *MetricRules().op_args())
+    with pytest.raises(ValueError, match="aggregate"):
+        fastmde.depth_metrics(pred, target, aggregate="mean")
+    with pytest.raises(ValueError, match="exactly"):
+        fastmde.depth_metrics(pred, target, aggregate={"rms": "pooled"})
+    with pytest.raises(ValueError, match="max_depth"):
+        fastmde.depth_metrics(pred, target, min_depth=5, max_depth=1)
+    with pytest.raises(ValueError, match="min_depth"):
+        fastmde.depth_metrics(pred, target, min_depth=-1.0)
+    with pytest.raises(ValueError, match="clamp"):
+        fastmde.depth_metrics(pred, target, clamp=(5.0, 1.0))
+    with pytest.raises(ValueError, match="rel_denominator"):
+        fastmde.depth_metrics(pred, target, rel_denominator="pred")
+    with pytest.raises(ValueError, match="log10_nonfinite"):
+        fastmde.depth_metrics(pred, target, log10_nonfinite="nan")
+    with pytest.raises(ValueError, match="shapes differ"):
+        fastmde.depth_metrics(pred, target[:, :4])
+
+
+@requires_cuda
+def test_cuda_realistic_shape():
+    from fastmde.kernels import depth_metrics as kernels
+
+    pred, target = depth_pair((8, 480, 640), 3, bad_fraction=0.05)
+    mask = random_mask((8, 480, 640), 3, "random")
+    rules = MetricRules(max_depth=10.0, pred_max=10.0).op_args()
+    got = kernels.depth_metric_sums(pred.cuda(), target.cuda(), mask.cuda(), 1e-3, 10.0, [45, 471, 41, 601], *rules)
+    ref = depth_metric_sums_reference(pred, target, mask, 1e-3, 10.0, (45, 471, 41, 601))
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-3)
