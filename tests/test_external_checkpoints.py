@@ -124,12 +124,16 @@ def test_nested_and_prefixed_checkpoints_load(wrap, tmp_path):
         assert torch.equal(model.state_dict()["net.up1.reduce_conv.weight"], state["decoder.up1.conv0.weight"])
 
 
-def test_hu2019_file_as_their_train_py_saves_it(tmp_path):
-    # train.py: DataParallel(model) ... save_checkpoint({'state_dict': model.state_dict()})
+@pytest.mark.parametrize("archive", ["zip", "legacy"])
+def test_hu2019_file_as_their_train_py_saves_it(archive, tmp_path):
+    # train.py: DataParallel(model) ... save_checkpoint({'state_dict': model.state_dict()}); PyTorch
+    # 0.3.1 wrote the legacy (non-zip) format
     state = fixture_state("hu2019/resnet50")
     path = str(tmp_path / "checkpoint.pth.tar")
-    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path,
+               _use_new_zipfile_serialization=archive == "zip")
     model = from_external(path)
+    assert fastmde.load(path).fastmde_variant == "hu50"
     assert model.fastmde_variant == "hu50" and model.fastmde_source["source"] == "hu2019"
     assert torch.equal(model.state_dict()["net.up4.conv2.weight"], state["D.up4.conv1_2.weight"])
     assert torch.equal(model.state_dict()["net.up4.shortcut_conv.weight"], state["D.up4.conv2.weight"])
