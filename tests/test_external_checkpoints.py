@@ -606,3 +606,20 @@ def test_eval_cli_takes_an_external_checkpoint(freeman_file, tmp_path, capsys):
     assert result["model"] == "unet34-k3-1x1" and result["items"] == 2
     assert result["checkpoint"] == freeman_file
     assert all(np.isfinite(v) for v in result["metrics"].values())
+
+
+def test_train_init_from_takes_an_external_checkpoint(freeman_file, tmp_path_factory, tmp_path):
+    """`fastmde train --init-from` goes through fastmde.load: a fine-tuning run starts from the
+    authors' weights (their ResNet18 U-Net is fastmde's unet34-k3-1x1 with encoder=18)."""
+    from engine_helpers import synthetic_cache, tiny_config
+
+    from fastmde.engine import Trainer
+
+    cache = synthetic_cache(tmp_path_factory)
+    trainer = Trainer(tiny_config(cache, str(tmp_path / "ft"), init_from=freeman_file))
+    want = fastmde.load(freeman_file).state_dict()
+    got = trainer.model.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k].cpu(), want[k]) for k in want)
+    with pytest.raises(CheckpointError, match="holds a unet34-k3-1x1 model"):
+        Trainer(tiny_config(cache, str(tmp_path / "other"), model="unet34-k5", init_from=freeman_file))
