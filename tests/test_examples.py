@@ -20,7 +20,7 @@ def adopt():
     return module
 
 
-@pytest.mark.parametrize("preset", ["hu"])
+@pytest.mark.parametrize("preset", ["hu", "hu_blurred"])
 def test_plain_loss_is_fastmde_depth_loss(adopt, preset):
     # The one-line swap is exact: the example's F.conv2d loss and fastmde.depth_loss agree in
     # float64 (value and gradient) on an odd-sized batch with depth edges.
@@ -63,7 +63,7 @@ def test_plain_model_shapes_and_size_check(adopt):
         adopt.DepthUNet((48, 64))
 
 
-@pytest.mark.parametrize("loss", ["hu"])
+@pytest.mark.parametrize("loss", ["hu", "hu_blurred"])
 def test_adopt_float64_trains_the_same(adopt, capsys, loss):
     # In float64 the plain project and the adopted one are compared directly: after three Adam
     # steps their weights and BatchNorm statistics agree to 1e-8 of the update, with all four
