@@ -88,3 +88,20 @@ def test_missing_extension_warns_once_and_falls_back():
     assert out.returncode == 0, out.stderr
     count, message, backend = out.stdout.strip().splitlines()
     assert count == "1" and "could not be loaded" in message and backend == "reference"
+
+
+def test_kernels_package_is_installed_not_injected(tmp_path):
+    """``fastmde.kernels`` comes from setup.py's package_dir mapping (a normal or an editable
+    install), imported on demand: importing fastmde puts nothing into sys.modules for it."""
+    code = (
+        "import sys, fastmde\n"
+        "print('fastmde.kernels' in sys.modules)\n"
+        "import fastmde.kernels.depth_loss as k\n"
+        "print(k.__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, TRITON_INTERPRET="1"), timeout=120)
+    assert out.returncode == 0, out.stderr
+    injected, path = out.stdout.strip().splitlines()
+    assert injected == "False"
+    assert path.replace("\\", "/").endswith("kernels/depth_loss.py")
