@@ -5,8 +5,6 @@ import pytest
 import torch
 
 import fastmde
-from fastmde.ops import depth_metric_sums_op
-from fastmde.reference.depth_metrics import depth_metrics_reference
 
 
 def loss_args(dtype=torch.float32, mask=True, requires_grad=True, shape=(2, 7, 9)):
@@ -15,21 +13,6 @@ def loss_args(dtype=torch.float32, mask=True, requires_grad=True, shape=(2, 7, 9
     target = (torch.rand(shape, generator=g) * 5 + 0.5).to(dtype)
     m = torch.rand(shape, generator=g) > 0.2 if mask else None
     return pred, target, m
-
-
-def test_opcheck_depth_metric_sums():
-    pred, target, m = loss_args(requires_grad=False)
-    torch.library.opcheck(depth_metric_sums_op, (pred, target, m, 1e-3, 10.0, [1, 6, 0, 8]))
-    torch.library.opcheck(depth_metric_sums_op, (pred, target, None, 1e-3, float("inf"), [0, 7, 0, 9]))
-
-
-def test_metrics_op_matches_reference():
-    pred, target, m = loss_args(dtype=torch.float64, requires_grad=False, shape=(3, 10, 12))
-    for aggregate in ("per_image", "pooled"):
-        got = fastmde.depth_metrics(pred, target, mask=m, crop=(1, 9, 2, 11), max_depth=4.0, aggregate=aggregate)
-        expected = depth_metrics_reference(pred, target, m, crop=(1, 9, 2, 11), max_depth=4.0, aggregate=aggregate)
-        for k in expected:
-            assert torch.allclose(got[k], expected[k], rtol=1e-9, atol=1e-12), k
 
 
 def test_torch_compile_fullgraph_depth_loss_and_metrics():
