@@ -6,15 +6,17 @@ is valid when y also passes the range test (``min < y`` or ``min <= y``, ``y <= 
 ``y < max``). The prediction has a NaN replaced by ``nan_prediction`` and is clamped to
 [pred_min, pred_max] (keeping NaN). Per image:
 ``[n, Σ(ŷ-y)², Σ|ŷ-y|/y (or /ŷ), Σ|log10 ŷ - log10 y|, Σ[δ<1.25], Σ[δ<1.25²], Σ[δ<1.25³],
-below, above]`` (δ by ``<=`` with DELTA_INCLUSIVE; below/above: considered pixels outside the
-range, below only when y > 0).
+below, above]`` (δ by ``<=`` with DELTA_INCLUSIVE; REL over ŷ with REL_BY_PREDICTION; a
+non-finite logarithm counts as 0 with LOG10_NONFINITE_ZERO; below/above: considered pixels
+outside the range, below only when y > 0). Each rule is a constexpr: a protocol with other rules
+compiles its own variant.
 
 Grid (chunks of the crop, B): each program reads ``ROWS x BLOCK_W`` pixels of one image's
 crop window (never the pixels outside the crop), takes every decision (range tests, NaN
 replacement, clamp, δ = max(ŷ/y, y/ŷ) against 1.25^k) in float64 like the reference, so all
 counts match it exactly, computes the three error terms in float32 and writes its nine partial
-sums; the (B, chunks, 9) partials are added in float64 in a
-fixed order on the device (deterministic, no atomics). Counts are exact (< 2^24 per program).
+sums; the (B, chunks, 9) partials are added in float64 in a fixed order on the device
+(deterministic, no atomics). Counts are exact (< 2^24 per program).
 """
 from __future__ import annotations
 
