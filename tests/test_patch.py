@@ -245,6 +245,25 @@ def test_patched_forward_takes_arguments_by_position_and_name():
     torch.testing.assert_close(hu(x[:, :3], size=(7, 9)), hu_plain(x[:, :3], size=(7, 9)), rtol=1e-4, atol=1e-5)
 
 
+class LegacyUpsampleUpProjection(HuStyleUpProjection):
+    """Hu et al.'s original call: F.upsample (deprecated), positional size, default align_corners."""
+
+    def forward(self, x, size):
+        x = F.upsample(x, size=size, mode="bilinear")
+        x_conv1 = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn1_2(self.conv1_2(x_conv1)) + self.bn2(self.conv2(x)))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_legacy_upsample_call_is_recognised():
+    torch.manual_seed(4)
+    block = LegacyUpsampleUpProjection(3, 2)
+    plain = copy.deepcopy(block)
+    assert fastmde.patch(block).replaced == {"": "hu2019"}
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(block(x, [7, 9]), plain(x, [7, 9]), rtol=1e-4, atol=1e-5)
+
+
 def test_non_integer_scale_with_align_corners_false_falls_back():
     """PyTorch maps coordinates by 1/scale there, the kernels by the sizes: the original runs
     where they differ, the fused path where they agree."""
