@@ -22,7 +22,6 @@ from fastmde.reference.depth_metrics import (
     MetricRules,
     combine,
     depth_metric_sums_reference,
-    depth_metrics_reference,
     resolve_crop,
 )
 from native_kernel_helpers import depth_pair, random_mask
@@ -335,6 +334,46 @@ def test_trainer_never_takes_nan_as_best():
     assert metric_improved(0.4, 0.5, "rms") and not metric_improved(0.6, 0.5, "rms")
 
 
+class _DepthScaled(torch.utils.data.Dataset):
+    """A dataset whose depth maps are multiplied by ``factor`` (1000: millimetres; 0: all missing)."""
+
+    def __init__(self, base, factor):
+        self.base, self.factor = base, factor
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = dict(self.base[i])
+        item["depth"] = item["depth"] * self.factor
+        return item
+
+
+def test_trainer_validation_with_nothing_scored_never_becomes_best(tmp_path_factory, tmp_path, monkeypatch):
+    """Every validation depth missing (0): the validation metrics are NaN with count 0, the
+    history records them, and no epoch becomes best (no best.pt)."""
+    import os
+
+    from engine_helpers import synthetic_cache, tiny_config
+
+    import fastmde.engine.datasets as datasets
+    from fastmde.engine import train
+
+    cache = synthetic_cache(tmp_path_factory)
+    build = datasets.build_datasets
+
+    def without_validation_depth(cfg):
+        train_set, val_set, test_set = build(cfg)
+        return train_set, _DepthScaled(val_set, 0.0), test_set
+
+    monkeypatch.setattr(datasets, "build_datasets", without_validation_depth)
+    out = str(tmp_path / "run")
+    summary = train(tiny_config(cache, out, epochs=2, max_steps=2))
+    records = summary["history"]
+    assert records and all(r["val"]["count"] == 0 and math.isnan(r["val"]["delta1"]) for r in records)
+    assert summary["best"] is None and not os.path.exists(os.path.join(out, "best.pt"))
+
+
 def test_eval_cli_fails_when_nothing_is_scored(tmp_path_factory, tmp_path, monkeypatch, capsys):
     from engine_helpers import synthetic_cache, tiny_config
 
@@ -346,20 +385,7 @@ def test_eval_cli_fails_when_nothing_is_scored(tmp_path_factory, tmp_path, monke
     out = str(tmp_path / "run")
     train(tiny_config(cache, out, epochs=1, max_steps=1))
     open_split = datasets.open_split
-
-    class InMillimetres(torch.utils.data.Dataset):
-        def __init__(self, base):
-            self.base = base
-
-        def __len__(self):
-            return len(self.base)
-
-        def __getitem__(self, i):
-            item = dict(self.base[i])
-            item["depth"] = item["depth"] * 1000.0
-            return item
-
-    monkeypatch.setattr(datasets, "open_split", lambda *a, **k: InMillimetres(open_split(*a, **k)))
+    monkeypatch.setattr(datasets, "open_split", lambda *a, **k: _DepthScaled(open_split(*a, **k), 1000.0))
     json_path = tmp_path / "eval.json"
     with pytest.warns(UserWarning, match="millimetres"):
         code = main(["eval", "--checkpoint", out, "--protocol", "bts", "--device", "cpu", "--out", str(json_path)])
