@@ -12,12 +12,13 @@ power-of-two block ``BLOCK_H x BLOCK_W`` = the tile plus a halo (``HALO_H`` rows
 ``HALO_W`` columns each side) and walks its share of the tiles (a persistent grid of a few
 programs per SM), in four stages separated by CTA barriers:
 
-1. (blur only) vertical 7-tap Gaussian of the sanitised ground truth, read straight from
-   global memory with reflect-folded rows, stored to the program's scratch block ``V``;
+1. (blur only) vertical 7-tap Gaussian of the ground truth, read straight from global memory
+   with reflect-folded rows, stored to the program's scratch block ``V``;
 2. (blur only) horizontal 7-tap pass over ``V`` (reflect-folded columns) -> :math:`Y_b`, zero
-   outside the image (the Sobel pads with zeros), stored to scratch ``YB``;
-3. Sobel of pred (global loads, zero padded) and of :math:`Y_b` (scratch, or global loads of the
-   ground truth without blur); per pixel the depth, gradient and normal terms, and
+   outside the image (the Sobel pads with zeros), stored to scratch ``YB``; without blur the
+   ground truth itself is stored there at the start of stage 3;
+3. Sobel of pred (global loads, zero padded) and of :math:`Y_b` (scratch ``YB``); per pixel the
+   depth, gradient and normal terms, and
    :math:`\partial L/\partial\hat g_x`, :math:`\partial L/\partial\hat g_y` stored to scratch;
 4. the Sobel adjoint (a 3x3 transposed stencil over the scratch) -> ``grad_stencil`` and the
    depth-term derivative -> ``grad_depth`` on the tile's interior.
@@ -33,7 +34,7 @@ Scratch is ``3 * BLOCK_H * BLOCK_W`` values per program and is reused for every 
 stays in L2: DRAM sees (nearly) one read of pred, target and mask and one write of the
 gradient. Halos: the adjoint needs the Sobel derivatives one pixel out, those need
 :math:`Y_b` two pixels out; the horizontal blur pass reads ``V`` three more columns out, the
-vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``1, 1``
+vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``2, 2``
 without (reflect folding never moves an index by more than the tap offset).
 
 One pass: the gradients written are those of the unnormalised sums N_d w0 depth and
@@ -42,10 +43,17 @@ scaling by the incoming gradient), so the counts are only needed for the terms a
 the same pass. DRAM traffic is one read of pred and target (and mask) and one write of each
 gradient: 16 bytes per pixel in float32 (12 for the depth term alone).
 
+Registers (``ptxas -v``, sm_90 and sm_80: at most 128 per thread, no spills): a program keeps
+only scalar running sums across its tiles (each tile's block of per-pixel terms is reduced at
+once); the ground truth's Sobel reads the scratch (a single masked global load per pixel, not
+nine); the blur's taps are run-time loops (one tap live at a time); 16 warps on a GPU (4 pixels
+of the 16x128 block per thread).
+
 Determinism: each program writes partial sums of the three unnormalised terms and integer
-counts of its pixels; they are reduced in a fixed order on the device (no atomics, no host
-synchronisation). Compute is float32 (float64 for float64 input, the scalar parameters and
-blur weights included: they are read from a small tensor in the compute dtype).
+counts of its pixels (tile by tile, in a fixed order); they are reduced in a fixed order on the
+device (no atomics, no host synchronisation). Compute is float32 (float64 for float64 input,
+the scalar parameters and blur weights included: they are read from a small tensor in the
+compute dtype).
 """
 from __future__ import annotations
 
@@ -98,6 +106,12 @@ def _load_block(ptr, i, j, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
+def _total(x):
+    """Sum of a block (rows first, in a fixed order)."""
+    return tl.sum(tl.sum(x, axis=1), axis=0)
+
+
+@triton.jit
 def _depth_loss_kernel(
     pred_ptr, target_ptr, mask_ptr, grad_depth_ptr, grad_stencil_ptr, partial_ptr, count_ptr,
     scratch_ptr, params_ptr,
@@ -108,15 +122,12 @@ def _depth_loss_kernel(
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    # alpha, the term weights and the blur's taps (centre outwards), in the compute dtype
+    # params: alpha, the term weights, then the blur's taps from the centre outwards (read in
+    # the blur's loops), all in the compute dtype
     alpha = tl.load(params_ptr + 0)
     w0 = tl.load(params_ptr + 1)
     w1 = tl.load(params_ptr + 2)
     w2 = tl.load(params_ptr + 3)
-    g0 = tl.load(params_ptr + 4)
-    g1 = tl.load(params_ptr + 5)
-    g2 = tl.load(params_ptr + 6)
-    g3 = tl.load(params_ptr + 7)
     OUT_H: tl.constexpr = BLOCK_H - 2 * HALO_H
     OUT_W: tl.constexpr = BLOCK_W - 2 * HALO_W
     i = tl.arange(0, BLOCK_H)[:, None]
@@ -125,11 +136,11 @@ def _depth_loss_kernel(
     s_a = scratch  # V, then dL/d(Sobel_x pred)
     s_b = scratch + BLOCK_H * BLOCK_W  # blurred target
     s_c = scratch + 2 * BLOCK_H * BLOCK_W  # dL/d(Sobel_y pred)
-    acc_depth = tl.zeros((BLOCK_H, BLOCK_W), CDT)
-    acc_grad = tl.zeros((BLOCK_H, BLOCK_W), CDT)
-    acc_normal = tl.zeros((BLOCK_H, BLOCK_W), CDT)
-    acc_count = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
-    acc_count_s = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
+    acc_depth = tl.zeros((), CDT)
+    acc_grad = tl.zeros((), CDT)
+    acc_normal = tl.zeros((), CDT)
+    acc_count = tl.zeros((), tl.int32)
+    acc_count_s = tl.zeros((), tl.int32)
     interior = (i >= HALO_H) & (i < HALO_H + OUT_H) & (j >= HALO_W) & (j < HALO_W + OUT_W)
 
     for step in range(0, tiles_per_program):
@@ -150,39 +161,35 @@ def _depth_loss_kernel(
             # stage 1: vertical pass from global memory (reflect-folded rows)
             Rc = tl.minimum(tl.maximum(R, 0), H - 1)
             col_ok = (C >= 0) & (C < w_lim)
-            v = g0 * _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc, H), C, H, W, HAS_MASK, CDT)
-            v += g1 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 1, H), C, H, W, HAS_MASK, CDT)
-                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 1, H), C, H, W, HAS_MASK, CDT))
-            v += g2 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 2, H), C, H, W, HAS_MASK, CDT)
-                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 2, H), C, H, W, HAS_MASK, CDT))
-            v += g3 * (_load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc - 3, H), C, H, W, HAS_MASK, CDT)
-                       + _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + 3, H), C, H, W, HAS_MASK, CDT))
+            v = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+            for k in tl.range(0, 7, loop_unroll_factor=1):  # a run-time loop: one tap live at a time
+                gk = tl.load(params_ptr + 4 + tl.abs(k - 3))
+                v += gk * _load_stencil_target(target_ptr, mask_ptr, base, _reflect(Rc + k - 3, H), C, H, W, HAS_MASK, CDT)
             tl.store(s_a + i * BLOCK_W + j, tl.where(col_ok, v, 0.0))
             tl.debug_barrier()
             # stage 2: horizontal pass over the scratch (reflect-folded columns)
             Cc = tl.minimum(tl.maximum(C, 0), W - 1)
-            yb = g0 * _load_block(s_a, i, _reflect(Cc, W) - c0, BLOCK_H, BLOCK_W)
-            yb += g1 * (_load_block(s_a, i, _reflect(Cc - 1, W) - c0, BLOCK_H, BLOCK_W)
-                        + _load_block(s_a, i, _reflect(Cc + 1, W) - c0, BLOCK_H, BLOCK_W))
-            yb += g2 * (_load_block(s_a, i, _reflect(Cc - 2, W) - c0, BLOCK_H, BLOCK_W)
-                        + _load_block(s_a, i, _reflect(Cc + 2, W) - c0, BLOCK_H, BLOCK_W))
-            yb += g3 * (_load_block(s_a, i, _reflect(Cc - 3, W) - c0, BLOCK_H, BLOCK_W)
-                        + _load_block(s_a, i, _reflect(Cc + 3, W) - c0, BLOCK_H, BLOCK_W))
+            yb = tl.zeros((BLOCK_H, BLOCK_W), CDT)
+            for k in tl.range(0, 7, loop_unroll_factor=1):
+                gk = tl.load(params_ptr + 4 + tl.abs(k - 3))
+                yb += gk * _load_block(s_a, i, _reflect(Cc + k - 3, W) - c0, BLOCK_H, BLOCK_W)
             tl.store(s_b + i * BLOCK_W + j, tl.where(in_image, yb, 0.0))
             tl.debug_barrier()
 
         # stage 3: per-pixel terms and the derivatives w.r.t. the prediction's Sobel
         d = _load_pred(pred_ptr, base, R, C, H, W, CDT)
         y = _load_stencil_target(target_ptr, mask_ptr, base, R, C, H, W, HAS_MASK, CDT)
+        if (GRADIENT or NORMAL) and not BLUR:
+            tl.store(s_b + i * BLOCK_W + j, y)  # the Sobel reads its 3x3 neighbours there
         valid = in_image & (y == y)
         y = tl.where(valid, y, 0.0)
-        acc_count += (valid & interior).to(tl.int32)
+        acc_count += _total((valid & interior).to(tl.int32))
         e = d - y
         if DEPTH_LOG:
-            acc_depth += tl.where(valid & interior, tl.log(tl.abs(e) + alpha), 0.0)
+            acc_depth += _total(tl.where(valid & interior, tl.log(tl.abs(e) + alpha), 0.0))
             grad_depth = tl.where(valid, w0 * _sign(e) / (tl.abs(e) + alpha), 0.0)
         else:
-            acc_depth += tl.where(valid & interior, tl.abs(e), 0.0)
+            acc_depth += _total(tl.where(valid & interior, tl.abs(e), 0.0))
             grad_depth = tl.where(valid, w0 * _sign(e), 0.0)
         tl.store(grad_depth_ptr + base + R * W + C, grad_depth.to(grad_depth_ptr.dtype.element_ty),
                  mask=in_image & interior)
@@ -197,29 +204,20 @@ def _depth_loss_kernel(
             d_pp = _load_pred(pred_ptr, base, R + 1, C + 1, H, W, CDT)
             px = (d_mm + 2.0 * d_0m + d_pm) - (d_mp + 2.0 * d_0p + d_pp)
             py = (d_mm + 2.0 * d_m0 + d_mp) - (d_pm + 2.0 * d_p0 + d_pp)
-            if BLUR:
-                y_mm = _load_block(s_b, i - 1, j - 1, BLOCK_H, BLOCK_W)
-                y_m0 = _load_block(s_b, i - 1, j, BLOCK_H, BLOCK_W)
-                y_mp = _load_block(s_b, i - 1, j + 1, BLOCK_H, BLOCK_W)
-                y_0m = _load_block(s_b, i, j - 1, BLOCK_H, BLOCK_W)
-                y_0p = _load_block(s_b, i, j + 1, BLOCK_H, BLOCK_W)
-                y_pm = _load_block(s_b, i + 1, j - 1, BLOCK_H, BLOCK_W)
-                y_p0 = _load_block(s_b, i + 1, j, BLOCK_H, BLOCK_W)
-                y_pp = _load_block(s_b, i + 1, j + 1, BLOCK_H, BLOCK_W)
-            else:
-                y_mm = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C - 1, H, W, HAS_MASK, CDT)
-                y_m0 = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C, H, W, HAS_MASK, CDT)
-                y_mp = _load_stencil_target(target_ptr, mask_ptr, base, R - 1, C + 1, H, W, HAS_MASK, CDT)
-                y_0m = _load_stencil_target(target_ptr, mask_ptr, base, R, C - 1, H, W, HAS_MASK, CDT)
-                y_0p = _load_stencil_target(target_ptr, mask_ptr, base, R, C + 1, H, W, HAS_MASK, CDT)
-                y_pm = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C - 1, H, W, HAS_MASK, CDT)
-                y_p0 = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C, H, W, HAS_MASK, CDT)
-                y_pp = _load_stencil_target(target_ptr, mask_ptr, base, R + 1, C + 1, H, W, HAS_MASK, CDT)
+            tl.debug_barrier()  # without blur: the block's ground truth is in the scratch
+            y_mm = _load_block(s_b, i - 1, j - 1, BLOCK_H, BLOCK_W)
+            y_m0 = _load_block(s_b, i - 1, j, BLOCK_H, BLOCK_W)
+            y_mp = _load_block(s_b, i - 1, j + 1, BLOCK_H, BLOCK_W)
+            y_0m = _load_block(s_b, i, j - 1, BLOCK_H, BLOCK_W)
+            y_0p = _load_block(s_b, i, j + 1, BLOCK_H, BLOCK_W)
+            y_pm = _load_block(s_b, i + 1, j - 1, BLOCK_H, BLOCK_W)
+            y_p0 = _load_block(s_b, i + 1, j, BLOCK_H, BLOCK_W)
+            y_pp = _load_block(s_b, i + 1, j + 1, BLOCK_H, BLOCK_W)
             gx = (y_mm + 2.0 * y_0m + y_pm) - (y_mp + 2.0 * y_0p + y_pp)
             gy = (y_mm + 2.0 * y_m0 + y_mp) - (y_pm + 2.0 * y_p0 + y_pp)
             # the stencil is valid where no NaN (an invalid ground-truth pixel) reached g
             stencil_ok = valid & (gx == gx) & (gy == gy)
-            acc_count_s += (stencil_ok & interior).to(tl.int32)
+            acc_count_s += _total((stencil_ok & interior).to(tl.int32))
             gx = tl.where(stencil_ok, gx, 0.0)
             gy = tl.where(stencil_ok, gy, 0.0)
             d_px = tl.zeros((BLOCK_H, BLOCK_W), CDT)
@@ -227,16 +225,16 @@ def _depth_loss_kernel(
             if GRADIENT:
                 ex = px - gx
                 ey = py - gy
-                acc_grad += tl.where(
+                acc_grad += _total(tl.where(
                     stencil_ok & interior, tl.log(tl.abs(ex) + alpha) + tl.log(tl.abs(ey) + alpha), 0.0
-                )
+                ))
                 d_px += tl.where(stencil_ok, w1 * _sign(ex) / (tl.abs(ex) + alpha), 0.0)
                 d_py += tl.where(stencil_ok, w1 * _sign(ey) / (tl.abs(ey) + alpha), 0.0)
             if NORMAL:
                 norm_p2 = px * px + py * py + 1.0
                 inv_pg = 1.0 / (tl.sqrt(norm_p2) * tl.sqrt(gx * gx + gy * gy + 1.0))
                 cos = (px * gx + py * gy + 1.0) * inv_pg
-                acc_normal += tl.where(stencil_ok & interior, tl.abs(1.0 - cos), 0.0)
+                acc_normal += _total(tl.where(stencil_ok & interior, tl.abs(1.0 - cos), 0.0))
                 s = tl.where(stencil_ok, -w2 * _sign(1.0 - cos), 0.0)
                 d_px += s * (gx * inv_pg - cos * px / norm_p2)
                 d_py += s * (gy * inv_pg - cos * py / norm_p2)
@@ -262,11 +260,11 @@ def _depth_loss_kernel(
             tl.debug_barrier()  # the next tile overwrites the scratch
 
     out = partial_ptr + pid * 3
-    tl.store(out + 0, tl.sum(tl.sum(acc_depth, axis=1), axis=0))
-    tl.store(out + 1, tl.sum(tl.sum(acc_grad, axis=1), axis=0))
-    tl.store(out + 2, tl.sum(tl.sum(acc_normal, axis=1), axis=0))
-    tl.store(count_ptr + pid * 2, tl.sum(tl.sum(acc_count, axis=1), axis=0))
-    tl.store(count_ptr + pid * 2 + 1, tl.sum(tl.sum(acc_count_s, axis=1), axis=0))
+    tl.store(out + 0, acc_depth)
+    tl.store(out + 1, acc_grad)
+    tl.store(out + 2, acc_normal)
+    tl.store(count_ptr + pid * 2, acc_count)
+    tl.store(count_ptr + pid * 2 + 1, acc_count_s)
 
 
 def _num_programs_cap(device: torch.device) -> int:
@@ -317,8 +315,9 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
         # interpreter: larger tiles mean fewer (slow, Python-level) program steps
         block_h, block_w = (16, 128) if device.type == "cuda" else (16, 32)
     else:
-        halo_h, halo_w = (1, 1) if stencil else (0, 0)
-        block_h, block_w = (16, 128) if device.type == "cuda" else (8, 32)
+        # the Sobel of the ground truth reads the scratch block: right one pixel in from its edge
+        halo_h, halo_w = (2, 2) if stencil else (0, 0)
+        block_h, block_w = (16, 128) if device.type == "cuda" else (16, 32)
     out_h, out_w = block_h - 2 * halo_h, block_w - 2 * halo_w
     tiles_w = triton.cdiv(W, out_w)
     tiles_per_image = triton.cdiv(H, out_h) * tiles_w
@@ -338,7 +337,7 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
         DEPTH_LOG=depth_term == "log", GRADIENT=bool(gradient), NORMAL=bool(normal), BLUR=bool(blur and stencil),
         HAS_MASK=mask is not None, CDT=tl.float64 if cdtype == torch.float64 else tl.float32,
         BLOCK_H=block_h, BLOCK_W=block_w, HALO_H=halo_h, HALO_W=halo_w,
-        num_warps=4,
+        num_warps=16 if device.type == "cuda" else 4,
     )
     # fixed-order reduction of the per-program partials (in float64), then 1/N and the weights
     count_d, count_s = counts.sum(dim=0, dtype=torch.int64).unbind()
