@@ -573,14 +573,18 @@ def write_report(target, rs, training, mode, elapsed):
         "target": f"cuda sm_{cc}", "mode": mode, "triton": triton.__version__, "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "wall_s": round(elapsed, 1),
+        "wall_s": round(elapsed, 1) if elapsed is not None else None,
     }
-    (RESULTS / f"compile-{target}.json").write_text(json.dumps({**head, "rows": rs, "training_rows": training},
-                                                               indent=1, default=str) + "\n")
+    if elapsed is None:  # an update: the sweep's own header stays, with the date of the update
+        previous = json.loads((RESULTS / f"compile-{target}.json").read_text())
+        head["wall_s"], head["updated"] = previous.get("wall_s"), head["date"]
+        head["date"], mode = previous.get("date", head["date"]), previous.get("mode", mode)
+    (RESULTS / f"compile-{target}.json").write_text(json.dumps({**head, "rows": rs}, indent=1, default=str) + "\n")
     md = [f"# Compile check, {head['target']} ({mode})", "",
           f"triton {head['triton']}, torch {head['torch']}, {head['date']}, compiled on {head['host']} "
           f"(compile seconds are wall times on a shared machine, two compiles at once; `python bench/compile_check.py "
-          f"--{mode} --write`).", ""]
+          f"--{mode} --write`)" + (f"; rows re-measured {head['updated']} (`--only ... --update`)" if head.get("updated")
+                                   else "") + ".", ""]
     md += summary(rs, training)
     md += ["", "Columns: registers, spill store/load bytes and stack frame from `ptxas -v`; shared memory from the "
            "kernel metadata (limit " f"{TARGETS[target][2]} B); TC = {TARGETS[target][3]} instructions in the SASS "
@@ -602,6 +606,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per compile before it counts as failed")
     ap.add_argument("--write", action="store_true", help="write bench/results/compile-<target>.md/.json")
+    ap.add_argument("--update", action="store_true",
+                    help="re-measure the calls selected by --only and replace their rows in the written report")
     ap.add_argument("--json", default="", help="also write all rows to this file")
     ap.add_argument("--list", action="store_true", help="list the specialisations, compile nothing")
     args = ap.parse_args(argv)
@@ -634,21 +640,41 @@ def main(argv=None):
 
     results = compile_all(specs, args.jobs, args.timeout, progress)
     rs = rows(specs, results)
+    for spec, r in zip(specs, rs):
+        r["training"] = spec.key() in training_keys or name == "training"
     elapsed = time.perf_counter() - t0
     failed = 0
     for t in targets:
-        mine = [r for s, r in zip(specs, rs) if s.target == t]
-        training = [r for s, r in zip(specs, rs) if s.target == t and (s.key() in training_keys or name == "training")]
+        mine = [r for r in rs if r["target"] == t]
+        if args.update:
+            mine = _merged(t, mine, {c for c, _ in calls})
+        training = [r for r in mine if r.get("training")]
         print(f"\n{t}:")
         for line in summary(mine, training if training else None):
             print(line)
         failed += sum(1 for r in mine if r["problems"])
-        if args.write:
-            write_report(t, mine, training, name, elapsed)
+        if args.write or args.update:
+            write_report(t, mine, training, name, elapsed if not args.update else None)
     if args.json:
         Path(args.json).write_text(json.dumps(rs, indent=1, default=str) + "\n")
-    print(f"\n{len(rs)} specialisations, {failed} failing the check, {elapsed:.0f} s")
+    print(f"\n{len(rs)} specialisations compiled, {failed} failing the check, {elapsed:.0f} s")
     return 1 if failed else 0
+
+
+def _merged(target, new_rows, rerun_calls):
+    """The written report's rows for ``target`` with every row that one of ``rerun_calls``
+    launched replaced by this run's rows (--update after re-running a subset with --only)."""
+    path = RESULTS / f"compile-{target}.json"
+    if not path.exists():
+        raise SystemExit(f"--update: no {path} to update; run the sweep with --write first")
+    report = json.loads(path.read_text())
+    old = report["rows"]
+    ident = lambda r: (r["kernel"], r["specialisation"], r["dtypes"])  # noqa: E731
+    training = {ident(r) for r in report.get("training_rows", [])}  # reports written before the per-row flag
+    for r in old:
+        r.setdefault("training", ident(r) in training)
+    kept = [r for r in old if not set(r["calls"]) & rerun_calls]
+    return kept + new_rows
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ Compile cost: sizes (batch, spatial sizes, k, the adjoint's windows) are runtime
 (``do_not_specialize``) and every tap loop is a runtime loop, so one compiled variant serves
 k = 1, 3, 5 and every layer of a network; only dtype, the switches, the unit channel stride and
 the tile shape select a variant. Tiles per dtype: fp16/bf16 128 x 64|128 x 32 with 8 warps (the
-GEMMs on wgmma on sm_90, mma on sm_80), fp32 64 x 64 x 32 (IEEE products on the FMA units).
+GEMMs on wgmma on sm_90, mma on sm_80), fp32 64 x 64 x 16 (IEEE products on the FMA units).
 """
 from __future__ import annotations
 
@@ -355,7 +355,7 @@ def _conv_config(dtype: torch.dtype, cout: int, cuda: bool):
         return 32, 16, 16, 4, 1  # the interpreter: small tiles, several programs
     if dtype in (torch.float16, torch.bfloat16):
         return 128, 64 if cout <= 64 else 128, 32, 8, 3
-    return 64, 64, 32, 8, 2  # fp32: IEEE products on the FMA units, operands in registers
+    return 64, 64, 16, 8, 2  # fp32: IEEE products on the FMA units, operands in registers
 
 
 def _weight_grad_config(dtype: torch.dtype, cuda: bool):
