@@ -511,6 +511,7 @@ def test_densedepth_protocol_by_hand(backend, device):
 # (min, max], clamp to that range, `<`), and the formula they used, kept to show that inputs
 # without ties or out-of-range values give the values they gave then.
 PROTOCOLS_BEFORE = {
+    "fastmde": ("per_image", None, 1e-3, 10.0),  # the rules "paper" had then, kept under this name
     "paper": ("per_image", None, 1e-3, 10.0),
     "hu": ("per_image", None, 1e-3, None),
     "bts": ("per_image", "eigen", 1e-3, 10.0),
@@ -591,6 +592,24 @@ def test_protocol_fields_are_explicit():
     assert PROTOCOLS["bts"].nan_prediction == 1e-3 and not PROTOCOLS["bts"].max_inclusive
     assert PROTOCOLS["densedepth"].rel_denominator == "prediction"
     assert PROTOCOLS["paper"].log10_nonfinite == "zero" and PROTOCOLS["paper"].clamp is None
+
+
+def test_trainer_protocol_does_not_count_negative_predictions_as_hits(backend, device):
+    """The paper authors' code scores max(ŷ/y, y/ŷ) < 1.25 unclamped, so ŷ = -1 m everywhere is a
+    δ1 hit there; the protocol the trainer validates with clamps ŷ to 1e-3 m first (ratio 2000)."""
+    from fastmde.engine.train import VALIDATION_PROTOCOL
+
+    target = torch.full((2, 8, 8), 2.0, dtype=torch.float64)
+    pred = torch.full_like(target, -1.0)
+    pred_d, target_d = as_device(device, pred, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paper = fastmde.depth_metrics(pred_d, target_d, **PROTOCOLS["paper"].metric_options())
+    ours = fastmde.depth_metrics(pred_d, target_d, **PROTOCOLS[VALIDATION_PROTOCOL].metric_options())
+    assert VALIDATION_PROTOCOL == "fastmde"
+    assert paper["delta1"].item() == 1.0                # the source's rule, reproduced
+    assert ours["delta1"].item() == 0.0 and ours["delta3"].item() == 0.0
+    assert ours["rms"].item() == pytest.approx(2.0 - 1e-3, rel=1e-7)   # |1e-3 - 2| (1e-3 in float32 on Triton)
 
 
 # ---------------------------------------------------------------- op contract

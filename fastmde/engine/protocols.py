@@ -80,6 +80,23 @@ class Protocol:
 
 
 PROTOCOLS = {
+    # fastmde's own convention (the defaults of fastmde.depth_metrics, DESIGN.md §3 "Metrics"):
+    # what the trainer validates, tests and picks best.pt with. Unlike the paper authors' code it
+    # clamps predictions to the range, so an untrained network's negative output cannot count as
+    # a δ hit (max(ŷ/y, y/ŷ) < 1.25 holds for any ŷ < 0) and a non-finite log10 is not zeroed.
+    "fastmde": Protocol(
+        "fastmde",
+        aggregate=_same("per_image"),     # each image's metrics averaged over images
+        crop=None,
+        min_depth=1e-3, min_inclusive=False, max_depth=10.0, max_inclusive=True,
+        clamp=(1e-3, 10.0),
+        nan_prediction=None,
+        delta_inclusive=False,
+        rel_denominator="target",
+        log10_nonfinite="propagate",
+        flip=False,
+        source="fastmde's default convention (fastmde.depth_metrics defaults with max_depth=10)",
+    ),
     # Freeman & Tilney-Volk, thatcherfreeman/CS231A-FinalProject test.py @387383e (test_model):
     "paper": Protocol(
         "paper",

@@ -100,6 +100,11 @@ def metric_improved(value: float, best: float | None, metric: str) -> bool:
 
 # ---------------------------------------------------------------- checks before a run starts
 
+# Validation, the final test and best.pt use fastmde's own convention (per-image, 1e-3..10 m,
+# predictions clamped): the paper authors' code clamps nothing, so a negative prediction would
+# count as a δ hit there and an untrained model could become "best".
+VALIDATION_PROTOCOL = "fastmde"
+
 #: options the learning-rate schedule reads: a resume that changes one restarts the curve from there
 SCHEDULE_OPTIONS = frozenset({"lr", "lr_step", "lr_gamma", "cosine", "warmup", "epochs", "time_limit", "batch_size"})
 
@@ -418,11 +423,11 @@ class Trainer:
         return unwrap(self.model) if self.average is None else self.average.module
 
     def validate(self) -> dict:
-        return evaluate(self.eval_model(), self.val_set, "paper", device=self.device,
+        return evaluate(self.eval_model(), self.val_set, VALIDATION_PROTOCOL, device=self.device,
                         batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
                         channels_last=self.channels_last, dist_info=self.info, flip=False)
 
-    def _should_stop(self, loop_start: float) -> str | None:
+    def _should_stop(self) -> str | None:
         reason = None
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             reason = "max_steps"
@@ -464,11 +469,11 @@ class Trainer:
             return remaining
 
         stop_reason = None
-        loop_start = self._loop_start = time.perf_counter()
+        self._loop_start = time.perf_counter()
         progress = Progress(total_steps, "train", enabled=cfg.progress and self.info.is_main, eta_fn=eta)
         try:
             while self.epoch < cfg.epochs and stop_reason is None:
-                stop_reason = self._should_stop(loop_start)
+                stop_reason = self._should_stop()
                 if stop_reason:      # e.g. resumed with a limit already reached
                     self.save()
                     break
@@ -492,22 +497,22 @@ class Trainer:
                     now = time.perf_counter()
                     self.train_time += now - t0
                     progress.update(self.step, self.epoch_loss[0] / self.epoch_loss[1])
-                    stop_reason = self._should_stop(loop_start)
+                    stop_reason = self._should_stop()
                     if cfg.save_every and self.step % cfg.save_every == 0 and not stop_reason:
-                        self._checkpoint_now(loop_start)
+                        self._checkpoint_now()
                     if (cfg.val_every and self.step % cfg.val_every == 0 and not stop_reason
                             and self.samples_in_epoch < self.epoch_items):
-                        self._end_epoch(loop_start, partial=True, epoch_time=0.0)   # a mid-epoch point
+                        self._end_epoch(partial=True, epoch_time=0.0)   # a mid-epoch point
                         self.train_model.train()
                     if stop_reason:
                         break
                     t0 = time.perf_counter()
                 progress.update(self.step, self.epoch_loss[0] / max(self.epoch_loss[1], 1), force=True)
                 partial = self.samples_in_epoch < self.epoch_items
-                self._end_epoch(loop_start, partial=partial, epoch_time=time.perf_counter() - epoch_start)
+                self._end_epoch(partial=partial, epoch_time=time.perf_counter() - epoch_start)
         except KeyboardInterrupt:
             progress.close()
-            self._checkpoint_now(loop_start)
+            self._checkpoint_now()
             self.log(f"interrupted: saved {self.last_path} at step {self.step}; continue with --resume")
             raise
         progress.close()
@@ -521,10 +526,10 @@ class Trainer:
             atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
         return summary
 
-    def _checkpoint_now(self, loop_start: float) -> None:
+    def _checkpoint_now(self) -> None:
         self.save()
 
-    def _end_epoch(self, loop_start: float, *, partial: bool, epoch_time: float) -> None:
+    def _end_epoch(self, *, partial: bool, epoch_time: float) -> None:
         values = self.validate()
         record = self._record(values, partial=partial, epoch_time=epoch_time)
         if not partial:
@@ -592,10 +597,10 @@ def add_arguments(parser) -> None:
 
 
 def test_best(trainer: Trainer) -> dict | None:
-    """Metrics (paper protocol) of the final weights on the test split, or None without one."""
+    """Metrics (``VALIDATION_PROTOCOL``) of the final weights on the test split, or None without one."""
     if trainer.test_set is None:
         return None
-    return evaluate(trainer.eval_model(), trainer.test_set, "paper", device=trainer.device,
+    return evaluate(trainer.eval_model(), trainer.test_set, VALIDATION_PROTOCOL, device=trainer.device,
                     batch_size=trainer.cfg.eval_batch_size, workers=trainer.workers,
                     amp_dtype=trainer.amp_dtype, channels_last=trainer.channels_last, dist_info=trainer.info)
 
@@ -611,7 +616,7 @@ def run(args) -> int:
         if args.test and summary["stopped"] in ("completed", "time_limit"):
             values = test_best(trainer)
             if values is not None and trainer.info.is_main:
-                print(f"test ({len(trainer.test_set)} held-out items, paper protocol, final weights): "
+                print(f"test ({len(trainer.test_set)} held-out items, {VALIDATION_PROTOCOL} protocol, final weights): "
                       + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
                 summary["test"] = values
                 atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
