@@ -623,3 +623,16 @@ def test_train_init_from_takes_an_external_checkpoint(freeman_file, tmp_path_fac
     assert all(torch.equal(got[k].cpu(), want[k]) for k in want)
     with pytest.raises(CheckpointError, match="holds a unet34-k3-1x1 model"):
         Trainer(tiny_config(cache, str(tmp_path / "other"), model="unet34-k5", init_from=freeman_file))
+
+
+def test_train_init_from_refuses_another_input_normalisation(freeman_file, tmp_path_factory, tmp_path):
+    """The authors' model takes the raw 0-255 image; fine-tuning it with --normalize would feed
+    it ImageNet-normalised input: refused, naming the flag to pass (Hu et al.'s model is the
+    converse case: normalisation on)."""
+    from engine_helpers import synthetic_cache, tiny_config
+
+    from fastmde.engine import Trainer
+
+    cache = synthetic_cache(tmp_path_factory)
+    with pytest.raises(CheckpointError, match="does not apply the ImageNet mean/std.*pass --no-normalize"):
+        Trainer(tiny_config(cache, str(tmp_path / "norm"), init_from=freeman_file, normalize=True))

@@ -198,11 +198,25 @@ def init_weights_from(model, path: str, variant: str) -> None:
     if source != variant:
         raise CheckpointError(f"--init-from {path!r} holds a {source} model, but --model is {variant}: "
                               f"pass --model {source}, or a checkpoint of {variant}")
+    # The input normalisation is not a weight: a model trained on ImageNet-normalised input (Hu
+    # et al.'s) fine-tuned on raw 0-255 input would load but start from nonsense.
+    want, have = _input_normalisation(unwrap(model)), _input_normalisation(loaded)
+    if want != have:
+        raise CheckpointError(f"--init-from {path!r}: its model {'applies' if have else 'does not apply'} the "
+                              f"ImageNet mean/std to its input, this run's {'does' if want else 'does not'}: "
+                              f"pass {'--normalize' if have else '--no-normalize'}")
     try:
         unwrap(model).load_state_dict(loaded.state_dict())
     except RuntimeError as exc:
         raise CheckpointError(f"--init-from {path!r}: its {source} weights do not fit this run's model "
                               f"(do --encoder / the model overrides differ?): {str(exc).splitlines()[0]}") from None
+
+
+def _input_normalisation(model) -> bool | None:
+    """Whether ``model``'s ResNet encoder applies the ImageNet mean/std (None: it has no ResNet)."""
+    from ..models.resnet import ResNetEncoder
+
+    return next((m.normalize for m in model.modules() if isinstance(m, ResNetEncoder)), None)
 
 
 class Trainer:
