@@ -72,10 +72,17 @@ def up_projection(
     stack = stack and layers.conv1.weight.shape[-1] == layers.shortcut_conv.weight.shape[-1]
     fuse = fuse_batchnorm
     if fuse is None:
-        fuse = _backend.choose("up_projection", x.device.type) == "triton"
+        fuse = _triton_serves(x.device.type)
     if fuse:
         return _fused(x, layers, size, align_corners, stack)
     return _plain(x, layers, size, align_corners, stack)
+
+
+@torch.compiler.assume_constant_result
+def _triton_serves(device_type: str) -> bool:
+    """Whether the Triton kernels serve the up-projection on ``device_type``: a constant while a
+    graph is traced (the first call may load the C++ extension, which tracing cannot follow)."""
+    return _backend.choose("up_projection", device_type) == "triton"
 
 
 def _plain(x, layers: UpProjectionLayers, size, align_corners, stack):
