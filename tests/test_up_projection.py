@@ -151,12 +151,14 @@ def test_values_any_size(backend, device):
     check()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("case", CASES[:5], ids=[f"case{i}" for i in range(5)])
 @pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dtypes(backend, device, dtype, case, align_corners, channels_last):
-    """Outputs and gradients keep the input dtype and layout, within the dtype's tolerance of the
-    float64 result (float32 accumulation: about one rounding of the output)."""
+    """Half-precision outputs and gradients keep the input dtype and layout, within the dtype's
+    tolerance of the float64 result (float32 accumulation: about one rounding of the output).
+    float32 and float64: test_values_and_gradients, test_values_any_size."""
     _skip_interpreted_bf16(backend, dtype)
     B, cin, h, w, cout, k, size = case
     g = torch.Generator().manual_seed(hash((case, align_corners)) % 2**31)
