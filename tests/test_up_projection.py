@@ -166,7 +166,8 @@ def test_dtypes(backend, device, dtype, case, align_corners, channels_last):
     weight = (0.3 * torch.randn(cout, cin, k, k, generator=g)).to(device, dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    tol = max(TOL[dtype], 2 * torch.finfo(dtype).eps)
+    # one rounding of the float32 result on the CPU backends; Triton's tile sums: its tolerance
+    tol = TOL[dtype] if backend == "triton" else 2 * torch.finfo(dtype).eps
     got = upsample_conv2d_op(x, weight, list(size), align_corners)
     want = upsample_conv2d_reference(x.double().cpu(), weight.double().cpu(), size, align_corners)
     assert got.dtype == dtype and got.shape == want.shape
