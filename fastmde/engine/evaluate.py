@@ -49,20 +49,22 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser) -> None:
+    from .config import AMP_CHOICES, DATA_FORMATS, default_of   # the choices and defaults `fastmde train` has
+
     parser.add_argument("--checkpoint", required=True,
                         help=("fastmde checkpoint, run directory (its best.pt), or a checkpoint of "
                              "the paper authors' or Hu et al.'s code"))
-    parser.add_argument("--data-format", default=None, choices=("synthetic", "labeled", "frames", "csv"),
+    parser.add_argument("--data-format", default=None, choices=DATA_FORMATS,
                         help="default: the format the checkpoint was trained on")
     parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the format's test split)")
     parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS))
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored prediction (default: as the protocol says)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
-    parser.add_argument("--workers", type=int, default=-1)
+    parser.add_argument("--batch-size", type=int, default=default_of("eval_batch_size"))
+    parser.add_argument("--device", default=default_of("device"))
+    parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
+    parser.add_argument("--workers", type=int, default=default_of("workers"))
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: the checkpoint's)")
     parser.add_argument("--out", default=None, help="JSON output (default: eval-<protocol>.json next to the checkpoint)")
 
@@ -70,20 +72,20 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .._atomic import atomic_write_text
     from .checkpoint import load
+    from .config import default_of
     from .datasets import open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
 
     # a fastmde checkpoint, a run directory, or a checkpoint of the paper authors' or Hu et al.'s code
     model = load(args.checkpoint, device="cpu")
     cfg = model.fastmde_config
-    data_format = args.data_format or cfg.get("data_format", "synthetic")
+    data_format = args.data_format or cfg.get("data_format", default_of("data_format"))
     data_path = args.data if args.data is not None else (cfg.get("data") if data_format == cfg.get("data_format") else None)
     split = args.split or test_split_name(data_format)
     device = resolve_device(args.device)
     dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
-                         synthetic_train=cfg.get("synthetic_train", 400), synthetic_val=cfg.get("synthetic_val", 40),
-                         synthetic_size=cfg.get("synthetic_size", (480, 640)),
-                         synthetic_views=cfg.get("synthetic_views", 4))
+                         **{name: cfg.get(name, default_of(name)) for name in
+                            ("synthetic_train", "synthetic_val", "synthetic_size", "synthetic_views")})
     model = model.to(device)
     protocol = get_protocol(args.protocol)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
