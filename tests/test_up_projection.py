@@ -135,7 +135,7 @@ def test_values_any_size(backend, device):
     """Random sizes (up and down, odd and even), kernels 1/3/5, both align_corners, float32 and
     float64 (fewer examples under the Triton interpreter)."""
 
-    @settings(max_examples=8 if backend == "triton" else 40, deadline=None)
+    @settings(max_examples=4 if backend == "triton" else 40, deadline=None)  # the interpreter: ~20 s each
     @given(
         b=st.integers(1, 3), cin=st.integers(1, 5), cout=st.integers(1, 6), k=st.sampled_from([1, 3, 5]),
         h=st.integers(1, 12), w=st.integers(1, 12), big_h=st.integers(1, 26), big_w=st.integers(1, 26),
