@@ -36,8 +36,16 @@ std::array<double, kNumSums> metric_tile(const scalar_t* pred, const scalar_t* t
   constexpr double kInvLn10 = 0.43429448190325182765;
   constexpr double kInf = std::numeric_limits<double>::infinity();
   constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-  constexpr double t1 = 1.25, t2 = 1.25 * 1.25, t3 = 1.25 * 1.25 * 1.25;
-  const double lo = R.min_depth, hi = R.max_depth;
+  // Inclusive bounds become strict ones against the neighbouring double (y >= lo  <=>  y > the
+  // double below lo; x <= t  <=>  x < the double above t): one comparison per test, no
+  // run-time-flag logic in the loop, which gcc would not vectorise.
+  const double lo = R.min_inclusive ? std::nextafter(R.min_depth, -kInf) : R.min_depth;
+  const double hi = R.max_inclusive ? std::nextafter(R.max_depth, kInf) : R.max_depth;
+  const double t1 = R.delta_inclusive ? std::nextafter(1.25, kInf) : 1.25;
+  const double t2 = R.delta_inclusive ? std::nextafter(1.25 * 1.25, kInf) : 1.25 * 1.25;
+  const double t3 = R.delta_inclusive ? std::nextafter(1.25 * 1.25 * 1.25, kInf) : 1.25 * 1.25 * 1.25;
+  const bool rel_by_prediction = R.rel_by_prediction;
+  const double pred_min = R.pred_min, pred_max = R.pred_max, nan_prediction = R.nan_prediction;
   double n = 0, sq = 0, rel = 0, lg = 0, d1 = 0, d2 = 0, d3 = 0, below = 0, above = 0;
   for (int64_t i = r0; i < r1; ++i) {
     const scalar_t* p = pred + i * W;
@@ -47,39 +55,42 @@ std::array<double, kNumSums> metric_tile(const scalar_t* pred, const scalar_t* t
     for (int64_t q = left; q < right; ++q) {
       const double y0 = static_cast<double>(t[q]);
       // considered: finite ground truth under the mask; valid: also inside the range
-      const bool considered = std::isfinite(y0) && (!MASKED || m[q]);
-      const bool above_min = y0 > lo || (R.min_inclusive && y0 == lo);
-      const bool below_max = y0 < hi || (R.max_inclusive && y0 == hi);
-      const bool valid = considered && above_min && below_max;
-      below += (considered && !above_min && y0 > 0) ? 1.0 : 0.0;
-      above += (considered && !below_max) ? 1.0 : 0.0;
+      const bool in_mask = MASKED ? m[q] : true;  // (m is null when not MASKED)
+      const bool considered = std::isfinite(y0) & in_mask;
+      const bool above_min = y0 > lo;
+      const bool below_max = y0 < hi;
+      const bool valid = considered & above_min & below_max;
+      below += (considered & !above_min & (y0 > 0)) ? 1.0 : 0.0;
+      above += (considered & !below_max) ? 1.0 : 0.0;
       const double y = valid ? y0 : 1.0;
       double d = static_cast<double>(p[q]);
-      d = d != d ? R.nan_prediction : d;
-      d = d < R.pred_min ? R.pred_min : d;  // comparisons keep NaN
-      d = d > R.pred_max ? R.pred_max : d;
+      d = d != d ? nan_prediction : d;
+      d = d < pred_min ? pred_min : d;  // comparisons keep NaN
+      d = d > pred_max ? pred_max : d;
       const double diff = d - y;
       const double ratio = d / y;
       const double delta = std::max(ratio, y / d);
+      // Every value is computed on every lane and then selected, with & and | instead of the
+      // short-circuit && and || (control flow), so the loop stays vectorised whatever the rules.
       double log_err;
       if constexpr (LOG10_NONFINITE_ZERO) {
-        const double ld = (d > 0 && d < kInf) ? log_approx(d) : 0.0;
-        const double ly = (y > 0 && y < kInf) ? log_approx(y) : 0.0;
-        log_err = std::abs(ld - ly) * kInvLn10;
+        const double ld = log_approx(d), ly = log_approx(y);
+        log_err = std::abs((((d > 0) & (d < kInf)) ? ld : 0.0) - (((y > 0) & (y < kInf)) ? ly : 0.0)) * kInvLn10;
       } else {
         // |log10 d - log10 y| = |ln(d / y)| / ln 10; ln 0 = -inf, ln of a negative or NaN is NaN
-        log_err = ratio > 0 ? std::abs(log_approx(ratio)) * kInvLn10 : (ratio == 0 ? kInf : kNaN);
+        const double lr = std::abs(log_approx(ratio)) * kInvLn10;
+        log_err = ratio > 0 ? lr : (ratio == 0 ? kInf : kNaN);
       }
-      const bool h1 = R.delta_inclusive ? delta <= t1 : delta < t1;
-      const bool h2 = R.delta_inclusive ? delta <= t2 : delta < t2;
-      const bool h3 = R.delta_inclusive ? delta <= t3 : delta < t3;
+      const bool h1 = delta < t1;
+      const bool h2 = delta < t2;
+      const bool h3 = delta < t3;
       n += valid ? 1.0 : 0.0;
       sq += valid ? diff * diff : 0.0;
-      rel += valid ? std::abs(diff) / (R.rel_by_prediction ? d : y) : 0.0;
+      rel += valid ? std::abs(diff) / (rel_by_prediction ? d : y) : 0.0;
       lg += valid ? log_err : 0.0;
-      d1 += (valid && h1) ? 1.0 : 0.0;
-      d2 += (valid && h2) ? 1.0 : 0.0;
-      d3 += (valid && h3) ? 1.0 : 0.0;
+      d1 += (valid & h1) ? 1.0 : 0.0;
+      d2 += (valid & h2) ? 1.0 : 0.0;
+      d3 += (valid & h3) ? 1.0 : 0.0;
     }
   }
   return {n, sq, rel, lg, d1, d2, d3, below, above};
