@@ -87,6 +87,6 @@ setup(
         "triton; platform_system == 'Linux'",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
-    entry_points={"console_scripts": ["fastmde = fastmde.cli:main"]},
+    entry_points={"console_scripts": ["fastmde = fastmde.cli:console_main"]},
     zip_safe=False,
 )

@@ -32,6 +32,19 @@ def load(checkpoint, device="cpu"):
     return _load(checkpoint, device=device)
 
 
+# The heavier sub-packages load on first use (``fastmde.engine.get_protocol(...)``,
+# ``fastmde.models.build(...)``, ``fastmde.data.NYUFrames(...)``) so ``import fastmde`` stays light.
+_LAZY_SUBMODULES = ("data", "engine", "models")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BackendUnavailableError",
     "backends",
@@ -47,5 +60,8 @@ __all__ = [
     "ops",
     "reference",
     "set_backend",
+    "data",
+    "engine",
+    "models",
     "__version__",
 ]

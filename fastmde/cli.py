@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -51,5 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     return int(args._run(args) or 0)
 
 
+# What a user's input can get wrong (bad option values, files that are missing, unreadable, or
+# already there): the console prints the message, not a traceback. Anything else is a bug and
+# keeps its traceback, as does every error with FASTMDE_DEBUG=1.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``fastmde`` command: :func:`main`, with user errors as one line on stderr, exit status 2."""
+    try:
+        return main(argv)
+    except USER_ERRORS as exc:
+        if os.environ.get("FASTMDE_DEBUG") == "1":
+            raise
+        print(f"fastmde: error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

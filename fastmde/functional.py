@@ -231,10 +231,10 @@ def depth_metrics(
     [min_depth, max_depth], ``(low, high)`` to that, ``False`` not at all.
 
     .. math::
-        \mathrm{RMS} = \sqrt{	frac1n \sum (ŷ-y)^2},\quad
-        \mathrm{REL} = 	frac1n \sum |ŷ-y|/y,\quad
-        \log_{10} = 	frac1n \sum |\log_{10} ŷ - \log_{10} y|,\quad
-        δ_k = 	frac1n \sum [\max(ŷ/y, y/ŷ) < 1.25^k]
+        \mathrm{RMS} = \sqrt{\tfrac1n \sum (ŷ-y)^2},\quad
+        \mathrm{REL} = \tfrac1n \sum |ŷ-y|/y,\quad
+        \log_{10} = \tfrac1n \sum |\log_{10} ŷ - \log_{10} y|,\quad
+        δ_k = \tfrac1n \sum [\max(ŷ/y, y/ŷ) < 1.25^k]
 
     (``delta_inclusive``: ``<=``; ``rel_denominator="prediction"``: |ŷ-y|/ŷ;
     ``log10_nonfinite="zero"``: a non-finite log10 of either side counts as 0). ``aggregate``:

@@ -1,5 +1,6 @@
 """Public API: input checking, presets, modules, and the documented edge results."""
 import math
+import os
 
 import pytest
 import torch
@@ -179,3 +180,28 @@ def test_a_command_gets_its_own_options_and_the_full_parser_has_all():
     assert full.parse_args(["synth", "--out", "o"]).layout == "frames"
     assert build_parser([]).parse_args(["info"]).command == "info"   # listed even when not built
     assert main([]) == 2
+
+
+def test_console_prints_user_errors_without_a_traceback():
+    """`fastmde ...` (the console entry point) turns a bad value into one line and exit status 2;
+    FASTMDE_DEBUG=1 keeps the traceback."""
+    import subprocess
+    import sys
+
+    run = lambda env: subprocess.run([sys.executable, "-m", "fastmde", "train", "--size", "abc"],
+                                     capture_output=True, text=True, env={**os.environ, **env})
+    plain = run({})
+    assert plain.returncode == 2
+    assert plain.stderr.strip() == "fastmde: error: size must be HxW such as 288x384, got 'abc'"
+    debug = run({"FASTMDE_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ValueError: size must be HxW" in debug.stderr
+
+
+def test_subpackages_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastmde; assert 'fastmde.engine' not in sys.modules; "
+            "assert fastmde.engine.get_protocol('hu').name == 'hu'; "
+            "assert callable(fastmde.models.from_external) and fastmde.data.NYUFrames")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

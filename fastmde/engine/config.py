@@ -77,8 +77,8 @@ class TrainConfig:
     """Options of one training run (the defaults are the paper's recipe where it has one)."""
 
     # model and loss
-    model: str = option("unet34-k3-1x1", "model variant: one of fastmde.models.variants() (`fastmde info` "
-                                         "lists them)", group=MODEL, choices=model_names, metavar="NAME")
+    model: str = option("unet34-k3-1x1", "model variant: a name of fastmde.models.variants() (an unknown "
+                                         "name is refused with the list)", group=MODEL, choices=model_names, metavar="NAME")
     size: tuple[int, int] = option((288, 384), "internal (network) size HxW; the input is area-resized to it",
                                    group=MODEL)
     encoder: int | None = option(None, "override the variant's ResNet depth", group=MODEL, choices=ENCODER_DEPTHS,
