@@ -16,7 +16,8 @@ shortcut). :func:`patch` walks a model and gives every such block the forward of
 into the convs where the Triton kernels serve), reading the block's own parameters and buffers:
 the ``state_dict`` (keys and values), the parameters an optimiser holds and the BatchNorm
 running statistics it updates are the block's own, unchanged. :func:`unpatch` restores the
-original forwards.
+original forwards. A patched model pickles (``torch.save(model)``, then ``torch.load(...,
+weights_only=False)`` gives it back patched) and deep-copies with its patch.
 
 Recognition is structural, not by class name: the block's ``forward`` is traced with
 ``torch.fx`` (child modules as leaves) and its graph must be exactly the structure above: which
@@ -36,6 +37,7 @@ coordinates by the scale factor, the kernels by the sizes).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import operator
@@ -158,7 +160,10 @@ def patch(model: nn.Module) -> PatchReport:
             continue
         plan = _Plan(**{**plan.__dict__, "original_forward": module.__dict__.get("forward")})
         object.__setattr__(module, _PLAN_ATTR, plan)
-        object.__setattr__(module, "forward", types.MethodType(_fused_forward, module))
+        # functools.partial, not types.MethodType: a bound method pickles as getattr(block,
+        # "_fused_forward"), which the unpickled block does not have; a partial of the module-level
+        # function pickles by name, so torch.save(model) / torch.load give a patched model.
+        object.__setattr__(module, "forward", functools.partial(_fused_forward, module))
         report.replaced[path] = plan.kind
         inside.append(path)
     return report

@@ -295,6 +295,27 @@ def test_deepcopy_of_a_patched_model_is_patched_with_its_own_modules():
         torch.testing.assert_close(patched_out, model(*x), rtol=1e-4, atol=1e-5)
 
 
+def test_patched_model_saves_and_loads_with_torch_save():
+    # torch.save(model) of a patched model used to save, then torch.load failed with
+    # "'_UpProjection' object has no attribute '_fused_forward'" (a bound method pickles by name).
+    import io
+
+    model = _model("cpu").eval()
+    report = fastmde.patch(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert fastmde.patch(loaded).replaced == report.replaced      # still patched, nothing new
+    x = _inputs(0, "cpu", batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*x), model(*x), rtol=0, atol=0)
+        loaded.hu.forward.args[0].conv1.weight.mul_(0.5)      # the loaded forward reads its own block
+        assert not torch.allclose(loaded(*x), model(*x))
+    assert fastmde.unpatch(loaded) == report.replaced
+    assert "forward" not in loaded.hu.__dict__
+
+
 def test_fastmde_models_are_left_as_they_are():
     model = fastmde.models.build("unet34-k3-1x1", size=(32, 32))
     model.eval()
