@@ -13,6 +13,11 @@
 // resolution), grad_x = t @ [W_t] and grad_weight = t^T @ x, again GEMMs at the input size.
 // Everything is exact up to float rounding, for any sizes and both align_corners settings.
 // Inner loops run over the output channels (contiguous in the pixel-major buffers).
+//
+// bfloat16 input: the GEMMs run in bfloat16 through ATen (oneDNN: AMX or AVX512-BF16 where the
+// CPU has them, float32 accumulation), z and the output rows are stored in bfloat16 and every
+// interpolation pass accumulates in float32; float16 and float32 compute in float32, float64
+// in float64 (Z below is the storage type of z and of the output, T the accumulation type).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -82,6 +87,12 @@ inline at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The dtype of the GEMM operands, of z and of the output: bfloat16 stays (the GEMMs then run
+// on the CPU's bf16 units), everything else is the compute type.
+inline at::ScalarType storage_type(at::ScalarType t) {
+  return t == at::kBFloat16 ? at::kBFloat16 : compute_type(t);
+}
+
 // weight (C, Cin, k, k) -> Wm (k*k*C, Cin), rows ordered (kh, kw, co)
 inline at::Tensor tap_matrix(const at::Tensor& weight, at::ScalarType ct) {
   const int64_t C = weight.size(0), Cin = weight.size(1), k = weight.size(2);
@@ -90,38 +101,38 @@ inline at::Tensor tap_matrix(const at::Tensor& weight, at::ScalarType ct) {
 
 // dst[c * dst_c + x * dst_x] = src[x * C + c] for a (n, C) pixel-major row: a blocked
 // transpose when dst is channel-major (NCHW), a plain copy when it is pixel-major.
-template <typename T>
-void store_row(const T* __restrict src, T* __restrict dst, int64_t n, int64_t C, int64_t dst_c, int64_t dst_x) {
+template <typename T, typename O>
+void store_row(const T* __restrict src, O* __restrict dst, int64_t n, int64_t C, int64_t dst_c, int64_t dst_x) {
   if (dst_c == 1) {
     for (int64_t x = 0; x < n; ++x)
-      for (int64_t c = 0; c < C; ++c) dst[x * dst_x + c] = src[x * C + c];
+      for (int64_t c = 0; c < C; ++c) dst[x * dst_x + c] = static_cast<O>(src[x * C + c]);
     return;
   }
   constexpr int64_t kBlock = 16;
   for (int64_t x0 = 0; x0 < n; x0 += kBlock) {
     const int64_t x1 = std::min(n, x0 + kBlock);
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t x = x0; x < x1; ++x) dst[c * dst_c + x * dst_x] = src[x * C + c];
+      for (int64_t x = x0; x < x1; ++x) dst[c * dst_c + x * dst_x] = static_cast<O>(src[x * C + c]);
   }
 }
 
 // The inverse gather: dst[x * C + c] = src[c * src_c + x * src_x].
-template <typename T>
-void load_row(const T* __restrict src, T* __restrict dst, int64_t n, int64_t C, int64_t src_c, int64_t src_x) {
+template <typename S, typename T>
+void load_row(const S* __restrict src, T* __restrict dst, int64_t n, int64_t C, int64_t src_c, int64_t src_x) {
   if (src_c == 1) {
     for (int64_t x = 0; x < n; ++x)
-      for (int64_t c = 0; c < C; ++c) dst[x * C + c] = src[x * src_x + c];
+      for (int64_t c = 0; c < C; ++c) dst[x * C + c] = static_cast<T>(src[x * src_x + c]);
     return;
   }
   constexpr int64_t kBlock = 16;
   for (int64_t x0 = 0; x0 < n; x0 += kBlock) {
     const int64_t x1 = std::min(n, x0 + kBlock);
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t x = x0; x < x1; ++x) dst[x * C + c] = src[c * src_c + x * src_x];
+      for (int64_t x = x0; x < x1; ++x) dst[x * C + c] = static_cast<T>(src[c * src_c + x * src_x]);
   }
 }
 
-template <typename T>
+template <typename T, typename Z>
 void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, int64_t C, int64_t k,
                   const Axis<T>& ay, const Axis<T>& ax) {
   const int64_t B = xcl.size(0), h = xcl.size(1), w = xcl.size(2), Cin = xcl.size(3);
@@ -145,7 +156,7 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   int64_t cap = 1;
   for (int64_t Y0 = 0; Y0 < H; Y0 += BY)
     cap = std::max(cap, rmax[std::min(H, Y0 + BY) - 1] - rmin[Y0] + 1);
-  T* out_ptr = out.data_ptr<T>();
+  Z* out_ptr = out.data_ptr<Z>();
   const int64_t os_b = out.stride(0), os_c = out.stride(1), os_y = out.stride(2), os_x = out.stride(3);
   const int64_t urow = W * k * C;
   const int64_t nbands = (H + BY - 1) / BY;
@@ -154,7 +165,7 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
   // pass inside is parallel, and the GEMM runs at the top level so that BLAS threads it
   // itself. (Calling ATen kernels from several threads of one parallel region gave wrong
   // results.)
-  at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options());
+  at::Tensor ubuf = at::empty({cap, W, k, C}, Wm.options().dtype(c10::CppTypeToScalarType<T>::value));
   at::Tensor zbuf = at::empty({cap * w, kk * C}, Wm.options());
   T* u = ubuf.data_ptr<T>();
   int64_t have_lo = 0, have_hi = -1, have_b = -1;  // low-res rows of image have_b held in ubuf
@@ -182,13 +193,13 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
       // into the band's z buffer, as the passes below read it
       at::Tensor zc = zbuf.narrow(0, 0, nrows * w);
       at::mm_out(zc, xcl[b].slice(0, first_new, nhi + 1).view({nrows * w, Cin}), Wm.t());
-      const T* z = zc.data_ptr<T>();
+      const Z* z = zc.data_ptr<Z>();
       const int64_t off = first_new - nlo;
       // horizontal: u[r, X, kh, :] = Σ_kw Σ_c l_c(X') z[r, i_c(X'), kh, kw, :], X' = X + kw - p
       at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
         for (int64_t rX = begin; rX < end; ++rX) {
           const int64_t r = rX / W, X = rX % W;
-          const T* zr = z + r * w * kk * C;
+          const Z* zr = z + r * w * kk * C;
           for (int64_t kh = 0; kh < k; ++kh) {
             T* acc = u + ((off + r) * W + X) * k * C + kh * C;
             for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
@@ -196,10 +207,11 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
               const int64_t xu = X + kw - p;
               if (xu < 0 || xu >= W) continue;
               const T a0 = ax.l0[xu], a1 = ax.l1[xu];
-              const T* z0 = zr + (ax.i0[xu] * kk + kh * k + kw) * C;
-              const T* z1 = zr + (ax.i1[xu] * kk + kh * k + kw) * C;
+              const Z* z0 = zr + (ax.i0[xu] * kk + kh * k + kw) * C;
+              const Z* z1 = zr + (ax.i1[xu] * kk + kh * k + kw) * C;
 #pragma omp simd
-              for (int64_t c = 0; c < C; ++c) acc[c] += a0 * z0[c] + a1 * z1[c];
+              for (int64_t c = 0; c < C; ++c)
+                acc[c] += a0 * static_cast<T>(z0[c]) + a1 * static_cast<T>(z1[c]);
             }
           }
         }
@@ -235,21 +247,25 @@ at::Tensor upsample_conv2d_forward(const at::Tensor& x, const at::Tensor& weight
                                    const std::vector<int64_t>& size, bool align_corners) {
   check_inputs("upsample_conv2d_forward", x, weight, size);
   const auto ct = compute_type(x.scalar_type());
+  const auto st = storage_type(x.scalar_type());
   const int64_t B = x.size(0), C = weight.size(0), k = weight.size(2);
   const auto fmt = x.suggest_memory_format();
-  at::Tensor out = at::empty({B, C, size[0], size[1]}, x.options().dtype(ct).memory_format(fmt));
+  at::Tensor out = at::empty({B, C, size[0], size[1]}, x.options().dtype(st).memory_format(fmt));
   if (B == 0 || C == 0) return out.to(x.scalar_type());
   if (x.size(1) == 0) return out.zero_().to(x.scalar_type());
-  const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(ct).contiguous();  // (B, h, w, Cin)
-  const at::Tensor Wm = tap_matrix(weight, ct);
+  const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(st).contiguous();  // (B, h, w, Cin)
+  const at::Tensor Wm = tap_matrix(weight, st);
   AT_DISPATCH_FLOATING_TYPES(ct, "upsample_conv2d_forward", [&] {
     Axis<scalar_t> ay(x.size(2), size[0], align_corners), ax(x.size(3), size[1], align_corners);
-    forward_impl<scalar_t>(xcl, Wm, out, C, k, ay, ax);
+    if (st == at::kBFloat16)
+      forward_impl<scalar_t, at::BFloat16>(xcl, Wm, out, C, k, ay, ax);
+    else
+      forward_impl<scalar_t, scalar_t>(xcl, Wm, out, C, k, ay, ax);
   });
   return out.to(x.scalar_type());
 }
 
-template <typename T>
+template <typename T, typename Z>
 void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& gxcl,
                    at::Tensor& gWm, int64_t C, int64_t k, const Axis<T>& ay, const Axis<T>& ax) {
   const int64_t B = xcl.size(0), h = xcl.size(1), w = xcl.size(2), Cin = xcl.size(3);
@@ -277,14 +293,15 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
     }
     gcap = std::max(gcap, hi - lo + 1);
   }
-  const T* g_ptr = g.data_ptr<T>();
+  const Z* g_ptr = g.data_ptr<Z>();
   const int64_t gs_b = g.stride(0), gs_c = g.stride(1), gs_y = g.stride(2), gs_x = g.stride(3);
   const int64_t nbands = (h + RB - 1) / RB;
   // Bands run one after another (see forward_impl): each pass inside is parallel, and the
   // GEMMs run at the top level, adding into one grad_weight in band order.
-  at::Tensor gbuf = at::empty({gcap, W, C}, Wm.options());
-  at::Tensor ubuf = at::empty({RB, W, k, C}, Wm.options());
-  at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
+  const auto acc_options = Wm.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor gbuf = at::empty({gcap, W, C}, acc_options);
+  at::Tensor ubuf = at::empty({RB, W, k, C}, acc_options);
+  at::Tensor tbuf = at::empty({RB * w, kk * C}, acc_options);
   T* G = gbuf.data_ptr<T>();
   T* u = ubuf.data_ptr<T>();
   T* t = tbuf.data_ptr<T>();
@@ -340,10 +357,15 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
     });
     // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the forward GEMM's backward, two
     // BLAS GEMMs writing straight into grad_x's rows and accumulating into grad_Wm
-    const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w);
+    // (bfloat16: t rounded once to bf16, the GEMMs on the bf16 units, grad_Wm summed in float32)
+    const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w).to(Wm.scalar_type());
     at::Tensor gx_rows = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
+    const at::Tensor x_rows = xcl[b].slice(0, r0, r1).view({nrows * w, Cin});
     at::mm_out(gx_rows, t2, Wm);
-    gWm.addmm_(t2.t(), xcl[b].slice(0, r0, r1).view({nrows * w, Cin}));
+    if (gWm.scalar_type() == t2.scalar_type())
+      gWm.addmm_(t2.t(), x_rows);
+    else
+      gWm.add_(at::mm(t2.t(), x_rows));
   }
 }
 
@@ -359,17 +381,21 @@ std::tuple<at::Tensor, at::Tensor> upsample_conv2d_backward(const at::Tensor& gr
               "upsample_conv2d_backward: grad_out must be (", B, ", ", C, ", ", size[0], ", ", size[1],
               "), got ", grad_out.sizes());
   const auto ct = compute_type(x.scalar_type());
-  const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(ct).contiguous();
-  const at::Tensor Wm = tap_matrix(weight, ct);
-  // read in place when already in the compute dtype and dense in NCHW or channels_last
-  at::Tensor g = grad_out.to(ct);
+  const auto st = storage_type(x.scalar_type());
+  const at::Tensor xcl = x.permute({0, 2, 3, 1}).to(st).contiguous();
+  const at::Tensor Wm = tap_matrix(weight, st);
+  // read in place when already in the storage dtype and dense in NCHW or channels_last
+  at::Tensor g = grad_out.to(st);
   if (!g.is_contiguous() && !g.is_contiguous(at::MemoryFormat::ChannelsLast)) g = g.contiguous();
   at::Tensor gxcl = at::empty({B, h, w, Cin}, Wm.options());
-  at::Tensor gWm = at::zeros({k * k * C, Cin}, Wm.options());
+  at::Tensor gWm = at::zeros({k * k * C, Cin}, Wm.options().dtype(ct));
   if (B > 0 && C > 0 && Cin > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "upsample_conv2d_backward", [&] {
       Axis<scalar_t> ay(h, size[0], align_corners), ax(w, size[1], align_corners);
-      backward_impl<scalar_t>(g, xcl, Wm, gxcl, gWm, C, k, ay, ax);
+      if (st == at::kBFloat16)
+        backward_impl<scalar_t, at::BFloat16>(g, xcl, Wm, gxcl, gWm, C, k, ay, ax);
+      else
+        backward_impl<scalar_t, scalar_t>(g, xcl, Wm, gxcl, gWm, C, k, ay, ax);
     });
   } else {
     gxcl.zero_();
