@@ -13,6 +13,13 @@ needs (``NATIVE_ENTRY_POINTS`` / ``TRITON_ENTRY_POINTS``), so a kernel plugs in 
 
 ``FASTMDE_BACKEND=reference|native|triton`` forces one implementation everywhere; a forced
 implementation that is unavailable raises ``BackendUnavailableError`` naming the reason.
+
+**Per setting.** A fused kernel that is slower than plain PyTorch in some dtype and layout on
+some device must not serve that setting. :data:`SLOWER_SETTINGS` lists, per hot path, the
+settings (device, dtype, layout, the CPU features that make plain PyTorch faster) where the
+benchmarks measured the reference faster; ``choose(hot_path, device_type, dtype, layout)`` then
+picks the reference there (never when a backend is forced). ``backends(per_setting=True)`` and
+``fastmde info`` show the choice for every dtype and layout.
 """
 from __future__ import annotations
 
@@ -37,6 +44,58 @@ TRITON_ENTRY_POINTS = {
     "up_projection": NATIVE_ENTRY_POINTS["up_projection"]
     + ("upsample_conv2d_bn_forward", "upsample_conv2d_bn_backward"),
 }
+
+
+# Settings where plain PyTorch (the reference) was measured faster than the fused kernel:
+# hot path -> [(device type, dtype name, layout or None for both, required CPU feature or None,
+# why)]. Measured with `python bench/run.py --only kernels` (bench/results/, docs/kernels.md).
+SLOWER_SETTINGS: dict[str, list[tuple[str, str, str | None, str | None, str]]] = {
+    "depth_loss": [],
+    "depth_metrics": [],
+    "up_projection": [],
+}
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+LAYOUTS = ("nchw", "channels_last")
+
+
+_cpu_features: dict[str, bool] | None = None
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU's matrix units as PyTorch's cpuinfo reads them: ``amx_bf16``, ``avx512_bf16``,
+    ``bf16_units`` (either), ``avx512``."""
+    global _cpu_features
+    if _cpu_features is None:
+        import torch
+
+        caps: dict = {}
+        try:
+            caps = dict(torch._C._cpu._get_cpu_capability())
+        except Exception:  # an older torch: only the helpers of torch.cpu
+            caps = {
+                "amx_bf16": torch.cpu._is_amx_tile_supported(),
+                "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+                "avx512_f": torch.cpu._is_avx512_supported(),
+            }
+        amx, avx512_bf16 = bool(caps.get("amx_bf16")), bool(caps.get("avx512_bf16"))
+        _cpu_features = {
+            "amx_bf16": amx,
+            "avx512_bf16": avx512_bf16,
+            "bf16_units": amx or avx512_bf16,
+            "avx512": bool(caps.get("avx512_f")),
+        }
+    return _cpu_features
+
+
+def _slower_here(hot_path: str, device_type: str, dtype: str, layout: str) -> str | None:
+    """Why plain PyTorch serves this setting (a row of SLOWER_SETTINGS applies), else None."""
+    for dev, dt, lay, feature, why in SLOWER_SETTINGS.get(hot_path, ()):
+        if dev != device_type or dt != dtype or (lay is not None and lay != layout):
+            continue
+        if feature is not None and not (device_type == "cpu" and cpu_features().get(feature)):
+            continue
+        return why
+    return None
 
 
 class BackendUnavailableError(RuntimeError):
@@ -149,8 +208,10 @@ def _why_unavailable(hot_path: str, device_type: str, backend: str) -> str | Non
     return f"unknown backend {backend!r}"
 
 
-def choose(hot_path: str, device_type: str) -> str:
-    """The implementation that serves ``hot_path`` for tensors on ``device_type``."""
+def choose(hot_path: str, device_type: str, dtype: str | None = None, layout: str | None = None) -> str:
+    """The implementation that serves ``hot_path`` for tensors on ``device_type``; with ``dtype``
+    (``"bfloat16"``...) and ``layout`` (``"nchw"`` / ``"channels_last"``), for that setting (the
+    reference where SLOWER_SETTINGS says plain PyTorch is faster there)."""
     forced = _forced
     if forced is not None:
         reason = _why_unavailable(hot_path, device_type, forced)
@@ -163,31 +224,70 @@ def choose(hot_path: str, device_type: str) -> str:
     order = ("native", "reference") if device_type == "cpu" else ("triton", "reference")
     for backend in order:
         if _why_unavailable(hot_path, device_type, backend) is None:
+            if backend != "reference" and dtype is not None and _slower_here(
+                hot_path, device_type, dtype, layout or "nchw"
+            ):
+                return "reference"
             return backend
     return "reference"
 
 
-def backends(devices: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
+def backends(devices: tuple[str, ...] | None = None, per_setting: bool = False) -> dict:
     """For each hot path and device type, the implementation that serves it.
 
     >>> fastmde.backends()          # doctest: +SKIP
     {'depth_loss': {'cpu': 'native', 'cuda': 'triton'}, ...}
+    >>> fastmde.backends(per_setting=True)["up_projection"]["cpu"]     # doctest: +SKIP
+    {'float32/nchw': 'native', 'bfloat16/channels_last': 'reference (...why...)', ...}
 
+    ``per_setting``: one entry per dtype and layout (float64 only on the CPU), with the reason where plain PyTorch serves a setting because it is faster there.
     A forced backend that cannot serve a cell is shown as ``'unavailable: <reason>'``.
     """
     if devices is None:
         import torch
 
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-    table: dict[str, dict[str, str]] = {}
+    table: dict = {}
     for hot_path in HOT_PATHS:
         table[hot_path] = {}
         for device_type in devices:
+            if per_setting:
+                table[hot_path][device_type] = {
+                    f"{dt}/{lay}": _describe(hot_path, device_type, dt, lay)
+                    for dt in DTYPE_NAMES
+                    if not (dt == "float64" and device_type != "cpu")
+                    for lay in LAYOUTS
+                }
+                continue
             try:
                 table[hot_path][device_type] = choose(hot_path, device_type)
             except BackendUnavailableError as exc:
                 table[hot_path][device_type] = f"unavailable: {exc}"
     return table
+
+
+def _describe(hot_path: str, device_type: str, dtype: str, layout: str) -> str:
+    try:
+        chosen = choose(hot_path, device_type, dtype, layout)
+    except BackendUnavailableError as exc:
+        return f"unavailable: {exc}"
+    if _forced is None and chosen == "reference":
+        why = _slower_here(hot_path, device_type, dtype, layout)
+        if why:
+            return f"reference ({why})"
+    return chosen
+
+
+def setting_of(tensor) -> tuple[str, str]:
+    """(dtype name, layout) of a tensor, the keys of ``choose``'s per-setting rule."""
+    import torch
+
+    layout = "channels_last" if (
+        tensor.dim() == 4 and tensor.shape[1] > 1
+        and tensor.is_contiguous(memory_format=torch.channels_last)
+        and not tensor.is_contiguous()
+    ) else "nchw"
+    return str(tensor.dtype).removeprefix("torch."), layout
 
 
 _forced = _read_env()

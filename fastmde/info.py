@@ -41,6 +41,23 @@ def describe() -> list[str]:
     lines.append(f"{'hot path':<16}" + "".join(f"{d:<12}" for d in devices))
     for hot_path, row in table.items():
         lines.append(f"{hot_path:<16}" + "".join(f"{row[d]:<12}" for d in devices))
+    features = _backend.cpu_features()
+    units = [name for name in ("amx_bf16", "avx512_bf16") if features[name]]
+    lines.append("")
+    lines.append(f"cpu bf16 matrix units: {', '.join(units) if units else 'none'}")
+    # per dtype and layout: only the settings served otherwise than the table above says
+    detail = _backend.backends(tuple(devices), per_setting=True)
+    exceptions = [
+        f"  {hot_path:<16}{device_type:<6}{setting:<24}{chosen}"
+        for hot_path, row in detail.items()
+        for device_type, settings in row.items()
+        for setting, chosen in settings.items()
+        if chosen != table[hot_path][device_type]
+    ]
+    lines.append("per dtype and layout: " + (
+        "the table above serves every setting" if not exceptions
+        else "the table above, except (plain PyTorch measured faster there):"))
+    lines.extend(exceptions)
     return lines
 
 

@@ -6,9 +6,11 @@ import torch
 from .. import _backend
 
 
-def implementation(hot_path: str, device: torch.device):
-    """(backend name, module) that serves ``hot_path`` on ``device``; module is None for reference."""
-    backend = _backend.choose(hot_path, device.type)
+def implementation(hot_path: str, device: torch.device, like: torch.Tensor | None = None):
+    """(backend name, module) that serves ``hot_path`` on ``device``, for the dtype and layout of
+    ``like`` when given (see ``_backend.choose``); module is None for reference."""
+    setting = _backend.setting_of(like) if like is not None else (None, None)
+    backend = _backend.choose(hot_path, device.type, *setting)
     if backend == "native":
         return backend, _backend.native_module()
     if backend == "triton":

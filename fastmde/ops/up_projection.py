@@ -23,10 +23,11 @@ from ..reference.up_projection import (
 from ._dispatch import implementation, no_autocast
 
 
-def upsample_conv2d_kernels(device: torch.device):
-    """(forward, backward) functions serving ``fastmde::upsample_conv2d`` on ``device``: the
-    chosen implementation's (C++ on CPUs, Triton on GPUs) or the reference's."""
-    _, module = implementation("up_projection", device)
+def upsample_conv2d_kernels(device: torch.device, x: torch.Tensor | None = None):
+    """(forward, backward) functions serving ``fastmde::upsample_conv2d`` on ``device`` (for the
+    dtype and layout of ``x``: see ``_backend.choose``): the chosen implementation's (C++ on
+    CPUs, Triton on GPUs) or the reference's."""
+    _, module = implementation("up_projection", device, x)
     if module is None:
         return upsample_conv2d_forward_reference, upsample_conv2d_backward_reference
     return module.upsample_conv2d_forward, module.upsample_conv2d_backward
@@ -36,7 +37,7 @@ def upsample_conv2d_kernels(device: torch.device):
 def upsample_conv2d_op(
     x: torch.Tensor, weight: torch.Tensor, size: list[int], align_corners: bool
 ) -> torch.Tensor:
-    forward, _ = upsample_conv2d_kernels(x.device)
+    forward, _ = upsample_conv2d_kernels(x.device, x)
     with no_autocast(x.device):
         out = forward(x, weight, list(size), align_corners)
     return out.contiguous(memory_format=memory_format_of(x))
@@ -56,7 +57,7 @@ def upsample_conv2d_backward_op(
     size: list[int],
     align_corners: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _, backward = upsample_conv2d_kernels(x.device)
+    _, backward = upsample_conv2d_kernels(x.device, x)
     with no_autocast(x.device):
         grad_x, grad_w = backward(grad_out, x, weight, list(size), align_corners)
     return grad_x.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()

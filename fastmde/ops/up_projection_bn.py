@@ -56,12 +56,12 @@ def upsample_conv2d_bn_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if (in_scale is None) != (in_shift is None):
         raise ValueError("upsample_conv2d_bn: in_scale and in_shift must be given together (or neither)")
-    backend, module = implementation("up_projection", x.device)
+    backend, module = implementation("up_projection", x.device, x)
     with no_autocast(x.device):
         if backend == "triton":
             out, mean, var = module.upsample_conv2d_bn_forward(x, in_scale, in_shift, weight, list(size), align_corners)
         else:
-            forward, _ = upsample_conv2d_kernels(x.device)
+            forward, _ = upsample_conv2d_kernels(x.device, x)
             out, mean, var = upsample_conv2d_bn_forward_reference(
                 x, in_scale, in_shift, weight, size, align_corners, forward)
     return out.contiguous(memory_format=memory_format_of(x)), mean, var
@@ -84,13 +84,13 @@ def upsample_conv2d_bn_backward_op(
     size: list[int],
     align_corners: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    backend, module = implementation("up_projection", x.device)
+    backend, module = implementation("up_projection", x.device, x)
     with no_autocast(x.device):
         if backend == "triton":
             grad_a, grad_w = module.upsample_conv2d_bn_backward(
                 grad_out, x, in_scale, in_shift, weight, list(size), align_corners)
         else:
-            _, backward = upsample_conv2d_kernels(x.device)
+            _, backward = upsample_conv2d_kernels(x.device, x)
             grad_a, grad_w = upsample_conv2d_bn_backward_reference(
                 grad_out, x, in_scale, in_shift, weight, size, align_corners, backward)
     return grad_a.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
