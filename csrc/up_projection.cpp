@@ -14,11 +14,12 @@
 // Everything is exact up to float rounding, for any sizes and both align_corners settings.
 // Inner loops run over the output channels (contiguous in the pixel-major buffers).
 //
-// bfloat16 input: the GEMMs run in bfloat16 through ATen (oneDNN: AMX or AVX512-BF16 where the
-// CPU has them, float32 accumulation), z and the output rows are stored in bfloat16 and every
+// bfloat16 input on a CPU with bf16 matrix units (AMX-BF16 or AVX512-BF16): the GEMMs run in
+// bfloat16 through ATen (oneDNN, float32 accumulation), z and the output rows are stored in bfloat16 and every
 // interpolation pass accumulates in float32; float16 and float32 compute in float32, float64
 // in float64 (Z below is the storage type of z and of the output, T the accumulation type).
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
 
 #include <algorithm>
 #include <cmath>
@@ -87,10 +88,24 @@ inline at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The dtype of the GEMM operands, of z and of the output: bfloat16 stays (the GEMMs then run
-// on the CPU's bf16 units), everything else is the compute type.
+// Whether the CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16), read once through cpuinfo.
+inline bool cpu_has_bf16_units() {
+  static const bool has = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    auto flag = [&](const char* name) {
+      const auto it = caps.find(name);
+      return it != caps.end() && it->second.isBool() && it->second.toBool();
+    };
+    return flag("amx_bf16") || flag("avx512_bf16");
+  }();
+  return has;
+}
+
+// The dtype of the GEMM operands, of z and of the output: bfloat16 stays where the CPU has bf16
+// matrix units (the GEMMs then run on them); elsewhere, and for every other dtype, the compute
+// type (a bf16 GEMM without those units is slower than the float32 one).
 inline at::ScalarType storage_type(at::ScalarType t) {
-  return t == at::kBFloat16 ? at::kBFloat16 : compute_type(t);
+  return t == at::kBFloat16 && cpu_has_bf16_units() ? at::kBFloat16 : compute_type(t);
 }
 
 // weight (C, Cin, k, k) -> Wm (k*k*C, Cin), rows ordered (kh, kw, co)
