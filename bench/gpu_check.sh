@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The one prepared device check (issue 14): run once on a CUDA machine that has torch and triton
-# preinstalled and no network, in at most 8 minutes including compilation.
+# preinstalled and no network, in at most 9 minutes including compilation (the device call's
+# limit is 10 minutes and the session's device time 15, start included).
 #
 #   bash bench/gpu_check.sh OUTDIR            # on the GPU machine
 #   bash bench/gpu_check.sh OUTDIR --dry-run  # anywhere: checks the script's steps, runs nothing on CUDA
 #
-# Steps, each under a time limit taken from what is left of the budget (GPU_CHECK_BUDGET_S, 480):
+# Steps, each under a time limit taken from what is left of the budget (GPU_CHECK_BUDGET_S, 540):
 #   1. environment (nvidia-smi, torch/triton versions) and an offline editable install
 #      (pip install --no-build-isolation --no-deps -e .: builds fastmde._C with the local compiler);
-#   2. the CUDA tests at realistic shapes (tests/*: test_cuda_*, skipped without a GPU elsewhere);
+#   2. the CUDA tests at realistic shapes (tests/*: test_cuda_*, skipped without a GPU elsewhere),
+#      then the hot paths' contract modules with the Triton backend on CUDA (every check of
+#      tests/test_{depth_loss,depth_metrics,up_projection,scale_invariant_loss}.py, -k triton:
+#      values, gradients, dtypes, layouts, opcheck, compile): the first real test of the GPU half;
 #   3. python bench/run.py --device cuda --only kernels,train (the quick rows; then --full kernel
 #      rows while time remains): bench/results/cuda-<gpu>-quick.md/.json and cuda-<gpu>.md/.json,
 #      written to OUTDIR and copied to bench/results/;
@@ -37,12 +41,13 @@ exec > >(tee -a "$LOG") 2>&1
 cd "$ROOT"
 
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$SECONDS
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUT/triton-cache}
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 FAILED=0
+CONTRACTS=$(ls tests/test_depth_loss.py tests/test_depth_metrics.py tests/test_up_projection.py tests/test_scale_invariant_loss.py 2>/dev/null | tr '\n' ' ')
 
 left() { echo $((BUDGET - (SECONDS - START))); }
 note() { echo "$*" | tee -a "$SUMMARY"; }
@@ -80,7 +85,9 @@ if (( DRY )); then
     run "install (pip --dry-run)" 120 "$PY" -m pip install -q --dry-run --no-build-isolation --no-deps -e .
     run "select CUDA tests" 120 "$PY" -m pytest -q --collect-only -k test_cuda_ tests/
     run "bench entry point" 60 "$PY" bench/run.py --help
+    run "select the contract tests (-k triton)" 120 "$PY" -m pytest -q --collect-only -k triton $CONTRACTS
     echo "== would run: $PY -m pytest -q -rs -k test_cuda_ tests/"
+    echo "== would run: $PY -m pytest -q -rs -x -k triton $CONTRACTS"
     echo "== would run: $PY bench/run.py --device cuda --only kernels,train --out-dir $OUT"
     echo "== would run: $PY bench/run.py --device cuda --full --only kernels --out-dir $OUT"
 else
@@ -91,6 +98,7 @@ else
     fi
     run "install (offline, editable)" 150 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
     run "CUDA tests at realistic shapes" 170 "$PY" -m pytest -q -rs -k test_cuda_ tests/ --junitxml="$OUT/cuda-tests.xml"
+    run "hot-path contracts on the Triton backend (CUDA)" 200 "$PY" -m pytest -q -rs -k triton $CONTRACTS --junitxml="$OUT/contract-tests.xml"
     run "bench kernels + train step (quick rows)" 240 "$PY" bench/run.py --device cuda --only kernels,train --out-dir "$OUT"
     run "bench kernels (--full rows, while time remains)" 600 "$PY" bench/run.py --device cuda --full --only kernels --out-dir "$OUT"
     # the measured tables (cuda-<gpu>-quick.* and cuda-<gpu>.*) become the published numbers for this GPU

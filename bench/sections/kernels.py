@@ -157,22 +157,28 @@ def bench_up_projection(ctx, device, batch, dtype, channels_last, blocks):
         )
 
 
+def settings(device: str) -> list[tuple[torch.dtype, bool]]:
+    """Every (dtype, channels_last) a user can train in on ``device``: float32 and bfloat16 in
+    NCHW and channels_last; CUDA adds float16 (on a CPU, float16 autocast is not a setting
+    anyone trains in)."""
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.startswith("cuda") else [])
+    return [(dtype, cl) for dtype in dtypes for cl in (False, True)]
+
+
 def run(ctx, device: str) -> None:
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
-    loss_shapes = [(8, 1, 288, 384)] + ([(8, 1, 480, 640)] if ctx.full or device.startswith("cuda") else [])
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    loss_shapes = [(8, 1, 288, 384)] + ([(8, 1, 480, 640)] if ctx.full or cuda else [])
+    if cuda:
         loss_shapes.append((16, 1, 480, 640))
-    for dtype in dtypes:
+    # a (B, 1, H, W) map is the same memory in NCHW and channels_last: one row per dtype
+    for dtype in dict.fromkeys(dtype for dtype, _ in settings(device)):
         for shape in loss_shapes:
             bench_loss(ctx, device, shape, dtype)
             bench_metrics(ctx, device, shape, dtype)
-    if device.startswith("cuda"):
-        bench_up_projection(ctx, device, 16, torch.bfloat16, True, UNET34_DECODER)
-        bench_up_projection(ctx, device, 16, torch.float32, False, UNET34_DECODER)
-    else:
-        # batch 8 as the loss and metrics rows (a training batch); --full adds batch 1, where
-        # the weights, not the activations, dominate the block's memory
-        blocks = UNET34_DECODER if ctx.full else UNET34_DECODER[:2]
-        bench_up_projection(ctx, device, 8, torch.float32, False, blocks)
-        if ctx.full:
-            bench_up_projection(ctx, device, 1, torch.float32, False, blocks)
+    # the U-Net34 decoder blocks, each dtype and layout; CUDA at batch 16, the CPU at batch 8 (a
+    # training batch; --full adds batch 1, where the weights, not the activations, dominate)
+    batches = [16] if cuda else ([8, 1] if ctx.full else [8])
+    blocks = UNET34_DECODER if (cuda or ctx.full) else UNET34_DECODER[:2]
+    for batch in batches:
+        for dtype, channels_last in settings(device):
+            bench_up_projection(ctx, device, batch, dtype, channels_last, blocks)

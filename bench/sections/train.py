@@ -11,6 +11,18 @@ the quick CPU pass), with each speed option of ``fastmde train`` alone and toget
 eager, ``--channels-last on``, ``--amp bf16`` (CUDA: also fp16), and ``--compile on`` (CUDA, or
 ``--full``). ``vs_eager`` is the speedup over the float32 eager step measured in the same run;
 ``throughput`` is images per second.
+
+**Against the paper authors' way** (``what`` = "fastmde train vs paper-style step"): the same
+network written in plain PyTorch the way the paper authors' code writes it (``examples/adopt.py``:
+their Baseline34 U-Net with the 3x3 up-projection and 1x1 reduction, Hu et al.'s blurred loss
+with ``F.conv2d``, Adam; the project's own rendition, not their code) at each setting a user
+would pick for speed (float32, bf16 autocast, bf16 autocast + channels_last), against
+``fastmde train``'s default step (``--amp auto --channels-last auto``: what it resolves to on
+this device is in the row) and its float32 step, 480x640 frames with the model at 288x384
+inside, batch 1 and 8 (the quick CPU pass: batch 8 at 96x128). The steps alternate
+round-robin. ``vs_eager`` is the speed-up over the paper-style float32 step; the note gives the
+speed-up over the paper-style step at its best setting. The fastmde step also augments its
+batch on the device (flip, colour, crop, rotation), which the paper-style step leaves out.
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ import tempfile
 import torch
 from torch.utils.data import default_collate
 
-from common import median_time_ms
+from common import interleaved_median_ms, median_time_ms
 
 MODEL = "unet34-k3-1x1"
 LOSS = "hu_blurred"
@@ -33,14 +45,16 @@ def write_frames(root: str, batch: int) -> None:
     write_synthetic_dataset(root, train=batch + 1, val=1, layout="frames", frames_per_scene=1)
 
 
-def make_trainer(root: str, out: str, device: str, size, batch: int, *, amp: str, channels_last: bool,
+def make_trainer(root: str, out: str, device: str, size, batch: int, *, amp: str, channels_last,
                  compile_model: bool):
-    """A Trainer of ``MODEL`` on the frames in ``root``, and one batch of its training set."""
+    """A Trainer of ``MODEL`` on the frames in ``root``, and one batch of its training set.
+    ``amp``: ``--amp`` (auto|bf16|fp16|none); ``channels_last``: a bool or ``"auto"``."""
     from fastmde.engine import Trainer, TrainConfig
 
+    cl = channels_last if isinstance(channels_last, str) else ("on" if channels_last else "off")
     cfg = TrainConfig(
         model=MODEL, size=size, loss=LOSS, batch_size=batch, seed=0, data_format="frames", data=root,
-        val_fraction=1 / (batch + 1), device=device, amp=amp, channels_last="on" if channels_last else "off",
+        val_fraction=1 / (batch + 1), device=device, amp=amp, channels_last=cl,
         compile="on" if compile_model else "off", workers=0, out=out, progress=False,
     )
     trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
@@ -50,6 +64,11 @@ def make_trainer(root: str, out: str, device: str, size, batch: int, *, amp: str
 
 
 def run(ctx, device: str) -> None:
+    run_speed_options(ctx, device)
+    run_against_paper_style(ctx, device)
+
+
+def run_speed_options(ctx, device: str) -> None:
     cuda = device.startswith("cuda")
     size = (288, 384) if (cuda or ctx.full) else (96, 128)
     batch = 8 if cuda else 2
@@ -82,3 +101,64 @@ def run(ctx, device: str) -> None:
             del trainer
             if cuda:
                 torch.cuda.empty_cache()
+
+
+PAPER_STYLE_SETTINGS = [("fp32", None, False), ("bf16 autocast", torch.bfloat16, False),
+                        ("bf16 autocast + channels_last", torch.bfloat16, True)]
+
+
+def paper_style_step(device: str, size, batch: int, amp_dtype, channels_last: bool):
+    """One training step of the paper-style plain-PyTorch project (``examples/adopt.py``) at a
+    speed setting: a closure running forward (under autocast), loss, backward and Adam."""
+    from sections.dropin import INPUT, load_example
+
+    adopt = load_example()
+    torch.manual_seed(0)
+    model = adopt.DepthUNet(size).to(device)
+    loss_fn = adopt.PlainDepthLoss(blur=LOSS == "hu_blurred").to(device)
+    image, depth = adopt.make_batch(batch, INPUT, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            return adopt.train_step(model, optimizer, loss_fn, image, depth)
+
+    return step
+
+
+def run_against_paper_style(ctx, device: str) -> None:
+    cuda = device.startswith("cuda")
+    settings = [(1, (288, 384)), (8, (288, 384))] if (cuda or ctx.full) else [(1, (288, 384)), (8, (96, 128))]
+    for batch, size in settings:
+        what = f"fastmde train vs paper-style step, {MODEL} @ {size[0]}x{size[1]}, {LOSS}"
+        shape = f"{batch}x3x480x640"
+        with tempfile.TemporaryDirectory(prefix="fastmde-bench-train-") as root:
+            write_frames(root, batch)
+            steps, labels = {}, {}
+            for label, amp_dtype, channels_last in PAPER_STYLE_SETTINGS:
+                steps[f"paper-style {label}"] = paper_style_step(device, size, batch, amp_dtype, channels_last)
+                labels[f"paper-style {label}"] = (str(amp_dtype or torch.float32).replace("torch.", ""),
+                                                  "channels_last" if channels_last else "NCHW", "")
+            for label, amp, cl in (("fastmde train default", "auto", "auto"), ("fastmde train fp32", "none", False)):
+                trainer, items = make_trainer(root, f"{root}/run-{amp}", device, size, batch, amp=amp,
+                                              channels_last=cl, compile_model=False)
+                labels[label] = (str(trainer.amp_dtype or torch.float32).replace("torch.", ""),
+                                 "channels_last" if trainer.channels_last else "NCHW",
+                                 trainer.speed_choice if amp == "auto" else "")
+                steps[label] = (lambda trainer=trainer, items=items: trainer.train_step(items))
+            for fn in steps.values():   # first calls: allocations, oneDNN primitive caches
+                fn()
+            times = interleaved_median_ms(steps, device, warmup=1, rounds=10 if ctx.full else 5,
+                                          max_seconds=90.0 if ctx.full else 30.0)
+        base = times["paper-style fp32"]
+        best_label = min((k for k in times if k.startswith("paper-style")), key=times.get)
+        for impl, ms in times.items():
+            dtype, layout, note = labels[impl]
+            extra = f"{times[best_label] / ms:.2f}x the best paper-style setting ({best_label.removeprefix('paper-style ')})"
+            ctx.add(section="train", what=what, shape=shape, dtype=dtype, layout=layout, impl=impl,
+                    total_ms=ms, vs_eager=base / ms, throughput=f"{batch / (ms * 1e-3):.2f} img/s",
+                    note="; ".join(x for x in (note, extra) if x))
