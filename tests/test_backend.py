@@ -105,3 +105,88 @@ def test_kernels_package_is_installed_not_injected(tmp_path):
     injected, path = out.stdout.strip().splitlines()
     assert injected == "False"
     assert path.replace("\\", "/").endswith("kernels/depth_loss.py")
+
+
+# --- the choice per dtype and layout ----------------------------------------------------------
+
+
+@pytest.fixture
+def slower_bf16_channels_last(monkeypatch):
+    """A SLOWER_SETTINGS row as the benchmarks would write it: plain PyTorch faster for the
+    up-projection in bf16 channels_last on CPUs (no CPU feature required)."""
+    monkeypatch.setitem(_backend.SLOWER_SETTINGS, "up_projection",
+                        [("cpu", "bfloat16", "channels_last", None, "measured faster here")])
+
+
+def test_setting_of_names_dtype_and_layout():
+    x = torch.zeros(2, 3, 4, 5)
+    assert _backend.setting_of(x) == ("float32", "nchw")
+    assert _backend.setting_of(x.bfloat16().contiguous(memory_format=torch.channels_last)) == ("bfloat16", "channels_last")
+    # one channel: both layouts are the same memory, counted as NCHW
+    assert _backend.setting_of(torch.zeros(2, 1, 4, 5).contiguous(memory_format=torch.channels_last))[1] == "nchw"
+
+
+def test_a_slower_setting_is_served_by_the_reference(slower_bf16_channels_last, restore_backend):
+    from fastmde.ops._dispatch import implementation
+
+    default = _backend.choose("up_projection", "cpu")
+    assert _backend.choose("up_projection", "cpu", "bfloat16", "channels_last") == "reference"
+    assert _backend.choose("up_projection", "cpu", "bfloat16", "nchw") == default
+    assert _backend.choose("up_projection", "cpu", "float32", "channels_last") == default
+    assert _backend.choose("depth_loss", "cpu", "bfloat16", "channels_last") == _backend.choose("depth_loss", "cpu")
+    x = torch.zeros(1, 4, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert implementation("up_projection", x.device, x) == ("reference", None)
+    # shown per setting, with the reason, by backends() and fastmde info
+    cell = fastmde.backends(("cpu",), per_setting=True)["up_projection"]["cpu"]["bfloat16/channels_last"]
+    assert cell == "reference (measured faster here)"
+    from fastmde.info import describe
+
+    assert any("bfloat16/channels_last" in line and "measured faster here" in line for line in describe())
+    # a forced backend is never overridden
+    fastmde.set_backend("native")
+    assert _backend.choose("up_projection", "cpu", "bfloat16", "channels_last") == "native"
+
+
+def test_a_slower_setting_needs_its_cpu_feature(monkeypatch):
+    monkeypatch.setitem(_backend.SLOWER_SETTINGS, "up_projection",
+                        [("cpu", "bfloat16", None, "amx_bf16", "oneDNN on AMX")])
+    monkeypatch.setattr(_backend, "_cpu_features", {"amx_bf16": False, "avx512_bf16": True,
+                                                    "bf16_units": True, "avx512": True})
+    default = _backend.choose("up_projection", "cpu")
+    assert _backend.choose("up_projection", "cpu", "bfloat16", "nchw") == default
+    monkeypatch.setattr(_backend, "_cpu_features", {"amx_bf16": True, "avx512_bf16": True,
+                                                    "bf16_units": True, "avx512": True})
+    assert _backend.choose("up_projection", "cpu", "bfloat16", "nchw") == "reference"
+
+
+def test_the_up_projection_op_runs_the_reference_in_a_slower_setting(slower_bf16_channels_last, monkeypatch):
+    """The op itself follows the per-setting choice: with the native kernels made to fail, the
+    listed setting still runs (on the reference) and equals it; another setting reaches them."""
+    from fastmde.ops.up_projection import upsample_conv2d_op
+    from fastmde.reference.up_projection import upsample_conv2d_reference
+
+    native = _backend.native_module()
+    if native is None:
+        pytest.fail("fastmde._C is not built")
+
+    class Failing:
+        def __getattr__(self, name):
+            if name.startswith("upsample_conv2d"):
+                raise AssertionError("the native kernel was called")
+            return getattr(native, name)
+
+    monkeypatch.setattr(_backend, "native_module", lambda: Failing())
+    monkeypatch.setattr(_backend, "_native_has", lambda hot_path: True)
+    x = torch.randn(1, 4, 3, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(2, 4, 3, 3).bfloat16()
+    got = upsample_conv2d_op(x, w, [6, 10], False)
+    torch.testing.assert_close(got, upsample_conv2d_reference(x, w, (6, 10), False))
+    with pytest.raises(AssertionError, match="native kernel was called"):
+        upsample_conv2d_op(x.contiguous(), w, [6, 10], False)
+
+
+def test_cpu_features_are_booleans():
+    features = _backend.cpu_features()
+    assert set(features) >= {"amx_bf16", "avx512_bf16", "bf16_units"}
+    assert all(isinstance(v, bool) for v in features.values())
+    assert features["bf16_units"] == (features["amx_bf16"] or features["avx512_bf16"])

@@ -1,0 +1,62 @@
+"""``--amp auto`` / ``--channels-last auto``: what they resolve to on a CPU with and without bf16
+matrix units, and that ``fastmde train`` says and records what it picked."""
+import pytest
+import torch
+
+from fastmde import _backend
+from fastmde.engine.speed import describe_speed_choice, resolve_amp, resolve_channels_last
+
+CPU = torch.device("cpu")
+
+
+def _features(units: bool) -> dict:
+    return {"amx_bf16": False, "avx512_bf16": units, "bf16_units": units, "avx512": True}
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_auto_on_cpu_follows_the_bf16_units(monkeypatch, units):
+    monkeypatch.setattr(_backend, "_cpu_features", _features(units))
+    assert resolve_amp("auto", CPU) == (torch.bfloat16 if units else None)
+    assert resolve_channels_last("auto", CPU) is units
+    text = describe_speed_choice("auto", "auto", CPU)
+    if units:
+        assert text == "amp bfloat16, channels_last on (auto: this CPU has bf16 matrix units)"
+    else:
+        assert text == ("amp none (float32), channels_last off "
+                        "(auto: this CPU has no bf16 matrix units: float32 is faster)")
+
+
+def test_explicit_choices_are_kept(monkeypatch):
+    monkeypatch.setattr(_backend, "_cpu_features", _features(True))
+    assert resolve_amp("none", CPU) is None
+    assert resolve_amp("fp16", CPU) is torch.float16
+    assert resolve_channels_last("off", CPU) is False
+    assert describe_speed_choice("none", "off", CPU) == "amp none (float32), channels_last off"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from engine_helpers import synthetic_cache
+
+    return synthetic_cache(tmp_path_factory)
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_train_prints_and_records_the_pick(monkeypatch, tmp_path, cache, units):
+    from engine_helpers import tiny_config
+
+    from fastmde.engine import Trainer
+
+    monkeypatch.setattr(_backend, "_cpu_features", _features(units))
+    lines = []
+    cfg = tiny_config(cache, str(tmp_path / "run"), amp="auto", channels_last="auto", max_steps=1, epochs=1)
+    trainer = Trainer(cfg, overwrite=True, log=lines.append)
+    assert trainer.amp_dtype == (torch.bfloat16 if units else None)
+    assert trainer.channels_last is units
+    summary = trainer.fit()
+    assert any(describe_speed_choice("auto", "auto", CPU) in line for line in lines)
+    assert summary["resolved"]["amp"] == ("bfloat16" if units else "none")
+    assert summary["resolved"]["channels_last"] is units
+    saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert saved["resolved"] == summary["resolved"]
+    assert saved["config"]["amp"] == "auto"
