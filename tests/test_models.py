@@ -183,6 +183,25 @@ def test_resolution_wrapper_semantics():
     assert probe.seen.shape[-2:] == (100, 140) and out.shape[-2:] == (50, 70)
 
 
+def test_keep_aspect_runs_every_input_at_the_training_scale():
+    """aspect="keep": scaled by max(size_h / H, size_w / W), so KITTI's 352x704 training crops
+    and its 352x1216 evaluation frames both run at half scale inside (176x352, 176x608)."""
+    probe = _Probe()
+    model = IntermediateResolution(probe, size=(176, 352), aspect="keep")
+    for (h, w), inside in {(352, 704): (176, 352), (352, 1216): (176, 608), (375, 1242): (176, 583),
+                           (480, 640): (264, 352)}.items():
+        x = _image(h, w)
+        out = model(x)
+        assert probe.seen.shape[-2:] == inside and out.shape[-2:] == (h, w)
+    torch.testing.assert_close(probe.seen, F.interpolate(x, size=(264, 352), mode="area"))
+    stretch = IntermediateResolution(probe, size=(176, 352))
+    stretch(_image(352, 1216))
+    assert probe.seen.shape[-2:] == (176, 352)          # the default stretches, as the paper's code
+    assert build("unet34-k3-1x1", encoder=18, size=(32, 64), aspect="keep").aspect == "keep"
+    with pytest.raises(ValueError, match="aspect must be one of"):
+        IntermediateResolution(probe, size=(8, 8), aspect="fit")
+
+
 def test_wrapper_input_errors():
     model = IntermediateResolution(_Probe(), size="288x384")
     assert model.size == (288, 384)

@@ -11,6 +11,8 @@ from .._text import parse_size  # noqa: F401  (the readers' sizes: one HxW rule)
 
 #: NYU-Depth-v2 frame size (rows, columns).
 NYU_SIZE = (480, 640)
+#: photo file extensions the folder readers look for
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
 class DataFormatError(ValueError):
@@ -112,14 +114,15 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
 
     Args:
         path: a JPEG, PNG, BMP, TIFF, WebP, PPM, ... file.
-        rgb: True: uint8 (3, H, W), RGB (palette, grey and alpha images converted);
+        rgb: True: uint8 (3, H, W), RGB (see :func:`photo_rgb` for the modes converted and
+            refused);
             False: the stored values as a numpy array (H, W) or (H, W, C) in the file's own
             dtype (e.g. uint16 for 16-bit PNGs), for depth maps.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        DataFormatError: a folder, or a file that cannot be decoded as an image (the message
-            names the file).
+        DataFormatError: a folder, a file that cannot be decoded as an image, or (``rgb``) an
+            image that is no photo (the message names the file).
     """
     from PIL import Image, ImageOps
 
@@ -128,12 +131,53 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            array = np.asarray(img.convert("RGB") if rgb else img)
+            array = np.asarray(photo_rgb(img, path) if rgb else img)
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, DataFormatError):
+            raise
         raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
     if rgb:
         return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.uint8)
     return array
+
+
+#: Pillow modes of 8-bit photos whose conversion to RGB is exact (grey replicated, palette looked up,
+#: CMYK/YCbCr/LAB/HSV by Pillow's formulas)
+_PHOTO_MODES = ("RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV")
+#: the same with an alpha channel: converted only when every pixel is opaque
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def photo_rgb(img, path):
+    """A decoded Pillow image as an 8-bit RGB image, converted only where that is faithful.
+
+    8-bit colour, grey and palette images are converted (``Image.convert("RGB")``). An image
+    with an alpha channel (or a palette with a transparent entry) is converted when every pixel
+    is opaque; transparent pixels have no colour to train on, so such a file is refused. A
+    16-bit or 32-bit single-channel image (modes ``I;16*``, ``I``, ``F``) is refused: Pillow
+    would clip its values to 255, and it is most likely a depth map given as the photo.
+
+    Raises:
+        DataFormatError: naming ``path``, the mode and what to do.
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        raise DataFormatError(f"{path}: is a {'32-bit float' if mode == 'F' else '16/32-bit'} single-channel image "
+                              f"(mode {mode}), not an 8-bit photo: a depth map given as the image?")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in _ALPHA_MODES:
+        alpha = np.asarray(img.getchannel("A"))
+        transparent = int((alpha < 255).sum())
+        if transparent:
+            raise DataFormatError(f"{path}: has {transparent} transparent pixel(s) (mode {mode}, alpha < 255): "
+                                  "their colour is undefined; flatten the image onto a background first")
+        return img.convert("RGB")
+    if mode not in _PHOTO_MODES:
+        raise DataFormatError(f"{path}: image mode {mode} is not a photo mode fastmde converts to RGB "
+                              f"({', '.join(_PHOTO_MODES + _ALPHA_MODES)})")
+    return img if mode == "RGB" else img.convert("RGB")
 
 
 def make_item(image: np.ndarray, depth: np.ndarray) -> dict:

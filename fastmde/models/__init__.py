@@ -78,13 +78,17 @@ def _config(name: str, overrides: dict) -> dict:
     return config
 
 
-def build(name: str, *, size=(288, 384), pretrained=None, **overrides) -> nn.Module:
+def build(name: str, *, size=(288, 384), pretrained=None, aspect: str = "stretch", **overrides) -> nn.Module:
     """Build the named variant, wrapped to run at the internal ``size``.
 
     Args:
         name: a key of :func:`variants` (e.g. ``"unet34-k3-1x1"``, ``"hu50"``).
         size: internal (H, W) or ``"HxW"``; ``None`` runs at the input's own size.
-        pretrained: path of a local torchvision/timm ResNet state dict for the encoder.
+        pretrained: encoder weights: ``"imagenet"`` (torchvision's ImageNet weights through
+            the torch hub cache, :mod:`fastmde.models.imagenet`) or the path of a local
+            torchvision/timm ResNet state dict; None: random initialisation.
+        aspect: ``"stretch"`` (the input resized to ``size``) or ``"keep"`` (scaled to cover
+            ``size``, its aspect ratio kept: :class:`IntermediateResolution`).
         overrides: ``encoder`` (18/34/50/101), ``kernel_size``, ``reduce``, ``original``
             (``hu`` only), ``normalize`` (ImageNet mean/std on the 0-255 input; default False).
 
@@ -96,8 +100,10 @@ def build(name: str, *, size=(288, 384), pretrained=None, **overrides) -> nn.Mod
     if arch == "unet":
         if config.pop("original", False):
             raise ValueError("original=True applies to the Hu et al. model only")
+    if aspect not in IntermediateResolution.ASPECTS:
+        raise ValueError(f"aspect must be one of {IntermediateResolution.ASPECTS}, got {aspect!r}")
     net = ARCHITECTURES[arch](pretrained=pretrained, **config)
-    return IntermediateResolution(net, size=size)
+    return IntermediateResolution(net, size=size, aspect=aspect)
 
 
 def count_parameters(model: nn.Module) -> int:

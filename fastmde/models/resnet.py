@@ -3,13 +3,16 @@
 The module tree, and so the ``state_dict`` keys and shapes, are exactly torchvision's
 ``resnetXX`` without ``fc`` (``conv1``, ``bn1``, ``layer1..4.N.{conv1,bn1,conv2,bn2[,conv3,bn3]}``,
 ``layer*.0.downsample.{0,1}``; the stride of a Bottleneck on its 3x3 conv, "ResNet v1.5"), so an
-ImageNet checkpoint saved by torchvision or timm loads from a local file::
+ImageNet checkpoint saved by torchvision or timm loads::
 
-    encoder = ResNetEncoder(34, pretrained="resnet34-b627a593.pth")
+    encoder = ResNetEncoder(34, pretrained="imagenet")                  # torchvision's, via the hub cache
+    encoder = ResNetEncoder(34, pretrained="resnet34-b627a593.pth")     # a local file
 
-Nothing is ever downloaded. A checkpoint may hold ``fc.*`` (ignored), may be wrapped in
-``{"state_dict": ...}`` or ``{"model": ...}`` and may carry a ``module.`` prefix; any other
-missing or unexpected key, or a shape mismatch, is a :class:`CheckpointMismatchError` naming them.
+``"imagenet"`` reads torchvision's published weights from the torch hub cache, downloading them
+there once if they are missing (:mod:`fastmde.models.imagenet`); a path is read as it is. A
+checkpoint may hold ``fc.*`` (ignored), may be wrapped in ``{"state_dict": ...}`` or
+``{"model": ...}`` and may carry a ``module.`` prefix; any other missing or unexpected key, or a
+shape mismatch, is a :class:`CheckpointMismatchError` naming them.
 
 Input normalisation: the paper's code feeds the raw 0-255 image to the encoder (BatchNorm in
 the first layer absorbs the scale during fine-tuning). ``normalize=True`` instead applies the
@@ -98,7 +101,8 @@ class ResNetEncoder(nn.Module):
 
     Args:
         depth: 18, 34, 50 or 101.
-        pretrained: path of a local torchvision/timm state dict to load (``None``: random init).
+        pretrained: ``"imagenet"`` (torchvision's ImageNet weights through the torch hub cache),
+            the path of a local torchvision/timm state dict, or ``None`` (random init).
         normalize: apply the ImageNet mean/std to the 0-255 input (default False, as the paper).
 
     Shapes for x (B, 3, H, W): block_i is (B, channels[i], ceil(H / s), ceil(W / s)) with
@@ -136,7 +140,11 @@ class ResNetEncoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if pretrained is not None:
+        if isinstance(pretrained, str) and pretrained == "imagenet":
+            from .imagenet import file_name, imagenet_state_dict
+
+            load_state(self, imagenet_state_dict(depth), f"ImageNet weights {file_name(depth)}")
+        elif pretrained is not None:
             load_checkpoint(self, pretrained)
 
     @staticmethod
@@ -191,6 +199,12 @@ def load_checkpoint(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointMismatchError(f"could not read checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
+    load_state(encoder, checkpoint, f"checkpoint {path!r}")
+
+
+def load_state(encoder: ResNetEncoder, checkpoint, source: str) -> None:
+    """Load a torchvision/timm ResNet state dict (or a ``{"state_dict": ...}`` wrapper) into
+    ``encoder``, with :func:`load_checkpoint`'s rules; ``source`` names it in errors."""
     state = {k: v for k, v in _unwrap(checkpoint).items() if not k.startswith("fc.")}
     expected = encoder.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -201,7 +215,7 @@ def load_checkpoint(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
         if k in state and state[k].shape != expected[k].shape
     ]
     if missing or unexpected or wrong:
-        parts = [f"checkpoint {path!r} does not fit resnet{encoder.depth}:"]
+        parts = [f"{source} does not fit resnet{encoder.depth}"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")

@@ -14,6 +14,13 @@ only shrinks). With ``size=None`` the network runs at the input's size and only 
 brought to the input size if it differs (Hu et al.'s original model predicts at half size).
 
 Named sizes of the paper (HxW): 480x640, 384x512, 288x384, 192x256, 96x128.
+
+``aspect="keep"`` scales the input instead of stretching it: by the smallest factor that
+makes it cover ``size``, ``s = max(size_h / H, size_w / W)``, to ``(round(H s), round(W s))``.
+For an input of ``size``'s aspect ratio both give ``size``; an input of another aspect keeps
+the scale of the training input. KITTI needs it: a model trained on 352x704 crops at 176x352
+inside runs a 352x1216 evaluation frame at 176x608 (the same pixel scale), where stretching to
+176x352 would squeeze the frame 1.7 times sideways.
 """
 from __future__ import annotations
 
@@ -32,6 +39,14 @@ def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def internal_size(height: int, width: int, size: tuple[int, int], aspect: str) -> tuple[int, int]:
+    """The size the network runs at for a ``height`` x ``width`` input (see the module doc)."""
+    if aspect == "stretch":
+        return tuple(size)
+    s = max(size[0] / height, size[1] / width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
 def resize_depth(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic (align_corners=True) resize of a prediction to ``size``; identity if equal."""
     if tuple(d.shape[-2:]) == tuple(size):
@@ -42,13 +57,20 @@ def resize_depth(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class IntermediateResolution(nn.Module):
     """Wraps ``net`` (image -> depth) to run at ``size`` = (H, W) internally; see the module doc.
 
-    ``forward(x)``: x (B, 3, H, W) float image in 0-255 -> (B, 1, H, W) depth in metres.
+    ``aspect``: ``"stretch"`` (resize to ``size``) or ``"keep"`` (scale to cover ``size``, the
+    input's aspect ratio kept). ``forward(x)``: x (B, 3, H, W) float image in 0-255 ->
+    (B, 1, H, W) depth in metres.
     """
 
-    def __init__(self, net: nn.Module, size=(288, 384)):
+    ASPECTS = ("stretch", "keep")
+
+    def __init__(self, net: nn.Module, size=(288, 384), aspect: str = "stretch"):
         super().__init__()
+        if aspect not in self.ASPECTS:
+            raise ValueError(f"aspect must be one of {self.ASPECTS}, got {aspect!r}")
         self.net = net
         self.size = parse_size(size, allow_none=True)
+        self.aspect = aspect
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -57,8 +79,8 @@ class IntermediateResolution(nn.Module):
             raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
         out_size = tuple(x.shape[-2:])
         if self.size is not None:
-            x = resize_image(x, self.size)
+            x = resize_image(x, internal_size(out_size[0], out_size[1], self.size, self.aspect))
         return resize_depth(self.net(x), out_size)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}"
+        return f"size={self.size}" + (f", aspect={self.aspect!r}" if self.aspect != "stretch" else "")
