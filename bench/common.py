@@ -20,8 +20,11 @@ class Context:
     devices: list[str]
     full: bool = False
     rows: list[dict] = field(default_factory=list)
+    device: str | None = None     # the device the sections now run on (a column of every row)
 
     def add(self, **row) -> None:
+        if self.device is not None:
+            row.setdefault("device", self.device)
         self.rows.append(row)
         print(format_row(row), flush=True)
 
@@ -199,15 +202,37 @@ def fmt(value, digits=2) -> str:
 
 COLUMNS = (
     ("section", "section"), ("what", "what"), ("shape", "shape"), ("dtype", "dtype"),
-    ("layout", "layout"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
+    ("layout", "layout"), ("device", "device"), ("impl", "impl"), ("fwd_ms", "fwd ms"), ("bwd_ms", "bwd ms"),
     ("total_ms", "fwd+bwd ms"), ("vs_eager", "x eager"), ("vs_compile", "x compile"), ("paper_x", "paper x"),
     ("throughput", "throughput"), ("peak_mb", "peak MB"), ("saved_mb", "saved for bwd MB"),
     ("note", "note"),
 )
 
 
+#: the columns that name what a row measured; the others are measurements, printed with their titles
+NAMING = ("what", "shape", "dtype", "layout", "device", "impl")
+
+
 def format_row(row: dict) -> str:
-    return " | ".join(fmt(row.get(key)) for key, _ in COLUMNS)
+    """The line printed as a row is measured: what it measured, then each measurement with its
+    title (``depth_loss | 8x1x288x384 | float32 | NCHW | cpu | native | fwd+bwd ms 6.80 | x eager
+    13.70``); columns the row leaves empty are left out (the section's table follows it)."""
+    named = [fmt(row[k]) for k in NAMING if row.get(k) is not None]
+    measured = [f"{title} {fmt(row[k])}" for k, title in COLUMNS
+                if k not in NAMING and k not in ("section", "note") and row.get(k) is not None]
+    note = [f"({row['note']})"] if row.get("note") else []
+    return "  " + " | ".join(named + measured + note)
+
+
+def text_table(rows: list[dict]) -> str:
+    """``rows`` as an aligned plain-text table under a header: the columns any row fills."""
+    keys = [k for k, _ in COLUMNS if k != "section" and any(r.get(k) is not None for r in rows)]
+    titles = dict(COLUMNS)
+    cells = [[titles[k] for k in keys]] + [[fmt(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
