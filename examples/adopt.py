@@ -26,7 +26,13 @@ the median step time of both runs and the speed-up.
 
     python examples/adopt.py                       # the paper's setting: 480x640 in, 288x384 inside, batch 1
     python examples/adopt.py --batch 8 --steps 20
-    python examples/adopt.py --small               # a few seconds on a CPU (what CI runs)
+    python examples/adopt.py --small               # CI's size: 96x128 frames, 3 steps per run
+
+``--small`` still trains the full ResNet34 U-Net (25 M parameters; Adam and the backward pass
+are most of its time): three runs of 3 steps, about 10-25 s on a 2-core CPU with one thread,
+import included. On a CPU busy with other work, PyTorch's threads wait on each other: on a
+loaded 2-core VM (load average 9) the same run took 92 s with the default 2 threads and 22 s
+with ``OMP_NUM_THREADS=1``.
 
 Exit status 1 when the weights do not agree. The plain model, loss and step are also what
 ``python bench/run.py --only dropin`` times.
@@ -316,7 +322,9 @@ def main(argv=None) -> dict:
                              "run as the plain float32 run (default 2)")
     parser.add_argument("--floor", type=float, default=1e-8,
                         help="distances up to this agree whatever the plain run's (default 1e-8)")
-    parser.add_argument("--small", action="store_true", help="CI size: 96x128 frames, 64x96 inside, 3 steps")
+    parser.add_argument("--small", action="store_true",
+                        help="CI size: 96x128 frames, 64x96 inside, 3 steps (10-25 s on a 2-core CPU; on a busy "
+                             "one set OMP_NUM_THREADS=1)")
     args = parser.parse_args(argv)
     if args.small:
         args.input, args.size = "96x128", "64x96"
