@@ -84,6 +84,7 @@ setup(
         "numpy",
         "h5py",
         "pillow",
+        "tqdm",
         "triton; platform_system == 'Linux'",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},

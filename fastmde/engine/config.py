@@ -154,7 +154,9 @@ class TrainConfig:
                               choices=tuple(sorted(BEST_METRICS)), result=False)
     eval_batch_size: int = option(4, "images per batch in validation and testing", group=RUN, on_resume="apply",
                                   result=False)
-    progress: bool = option(True, "progress bar", group=RUN, on_resume="apply", result=False)
+    progress: bool | None = option(None, "progress bar on stderr (tqdm); --progress also when stderr is not a "
+                                         "terminal (a line every 30 s, for logs), --no-progress never", group=RUN,
+                                   on_resume="apply", result=False, unset="on a terminal only")
 
     def __post_init__(self):
         self.size = parse_size(self.size, what="size", minimum=8)

@@ -48,7 +48,7 @@ from .schedule import make_scheduler
 from ..reference.depth_metrics import METRIC_NAMES
 from .evaluate import evaluate
 from .inference import to_images
-from .progress import Progress, format_seconds
+from .progress import Progress, format_seconds, log_line
 from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
 
 
@@ -227,7 +227,7 @@ class Trainer:
         from .datasets import build_datasets
 
         self.cfg = cfg
-        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.log = log or log_line    # stderr, above the progress bar
         pre_device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.info = D.setup(pre_device.type)
         self.device = resolve_device(cfg.device, self.info.local_rank)
@@ -472,19 +472,20 @@ class Trainer:
                      f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
                      f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
-        total_steps = cfg.epochs * self.steps_per_epoch
+        # The step this run stops at: the rest of this epoch and the epochs left, within --max-steps
+        # (a resumed run's bar starts at its saved step; a changed --batch-size changes the rest).
+        total_steps = self.step + (0 if self.epoch >= cfg.epochs else self._steps_left_in_epoch()
+                                   + (cfg.epochs - self.epoch - 1) * self.steps_per_epoch)
         if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
+            total_steps = max(self.step, min(total_steps, cfg.max_steps))
 
-        def eta(rate):
-            remaining = (total_steps - self.step) / rate if rate > 0 else float("inf")
-            if cfg.time_limit is not None:
-                remaining = min(remaining, cfg.time_limit - self.elapsed_now())
-            return remaining
+        def time_left():
+            return None if cfg.time_limit is None else cfg.time_limit - self.elapsed_now()
 
         stop_reason = None
         self._loop_start = time.perf_counter()
-        progress = Progress(total_steps, "train", enabled=cfg.progress and self.info.is_main, eta_fn=eta)
+        progress = Progress(total_steps, initial=self.step, show=cfg.progress if self.info.is_main else False,
+                            time_left=time_left)
         try:
             while self.epoch < cfg.epochs and stop_reason is None:
                 stop_reason = self._should_stop()
@@ -497,7 +498,8 @@ class Trainer:
                     self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=self.workers,
                     pin_memory=self.device.type == "cuda",
                     generator=torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch))
-                progress.desc = f"epoch {self.epoch + 1}/{cfg.epochs}"
+                progress.set_epoch(self.epoch + 1, cfg.epochs)
+                epoch_steps = self.batch_in_epoch + self._steps_left_in_epoch()
                 epoch_start = time.perf_counter()
                 self.train_model.train()
                 t0 = time.perf_counter()
@@ -510,7 +512,8 @@ class Trainer:
                     self.epoch_loss[1] += 1
                     now = time.perf_counter()
                     self.train_time += now - t0
-                    progress.update(self.step, self.epoch_loss[0] / self.epoch_loss[1])
+                    progress.update(self.step, self.epoch_loss[0] / self.epoch_loss[1],
+                                    epoch_step=(self.batch_in_epoch, epoch_steps))
                     stop_reason = self._should_stop()
                     if cfg.save_every and self.step % cfg.save_every == 0 and not stop_reason:
                         self._checkpoint_now()
@@ -521,7 +524,8 @@ class Trainer:
                     if stop_reason:
                         break
                     t0 = time.perf_counter()
-                progress.update(self.step, self.epoch_loss[0] / max(self.epoch_loss[1], 1), force=True)
+                progress.update(self.step, self.epoch_loss[0] / max(self.epoch_loss[1], 1),
+                                epoch_step=(self.batch_in_epoch, epoch_steps), force=True)
                 partial = self.samples_in_epoch < self.epoch_items
                 self._end_epoch(partial=partial, epoch_time=time.perf_counter() - epoch_start)
         except KeyboardInterrupt:
@@ -539,6 +543,9 @@ class Trainer:
             print(format_history(self.history), flush=True)
             atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
         return summary
+
+    def _steps_left_in_epoch(self) -> int:
+        return math.ceil((self.epoch_items - self.samples_in_epoch) / self.cfg.batch_size)
 
     def _checkpoint_now(self) -> None:
         self.save()
