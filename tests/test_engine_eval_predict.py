@@ -61,6 +61,8 @@ def test_protocols_differ_where_documented():
 def test_predict_writes_png_and_npy(run_dir, tmp_path):
     from PIL import Image
 
+    from fastmde.engine.pictures import bar_layout, colourise
+
     out, _ = run_dir
     images_dir = tmp_path / "images"
     images_dir.mkdir()
@@ -80,9 +82,12 @@ def test_predict_writes_png_and_npy(run_dir, tmp_path):
         image = torch.from_numpy(np.array(Image.open(images_dir / f"{stem}.png"))).permute(2, 0, 1)
         with torch.no_grad():
             direct = model(image[None].float())[0, 0].numpy()
-        np.testing.assert_allclose(depth, direct, rtol=1e-4, atol=1e-5)
+        # clamped as the fastmde protocol clamps before scoring (an untrained net predicts <= 0 too)
+        np.testing.assert_allclose(depth, np.clip(direct, 1e-3, 10.0), rtol=1e-4, atol=1e-5)
         png = Image.open(pred_dir / f"{stem}.png")
-        assert png.mode == "RGB" and png.size == (w, h)
+        bar = bar_layout(h)
+        assert png.mode == "RGB" and png.size == (w + bar["width"], max(h, bar["min_height"]))
+        np.testing.assert_array_equal(np.asarray(png)[:h, :w], colourise(depth, 1e-3, 10.0))   # map at the top left
         assert len(np.unique(np.asarray(png).reshape(-1, 3), axis=0)) > 1
 
 
@@ -123,9 +128,12 @@ def test_predict_sees_photos_as_shown(run_dir, tmp_path, capsys):
     depth = np.load(pred_dir / "photo.npy")
     assert depth.shape == (60, 40)
     model = fastmde.load(out)
-    np.testing.assert_allclose(depth, _direct_depth(model, upright), rtol=1e-4, atol=1e-5)
-    with Image.open(pred_dir / "photo.png") as png:
-        assert png.size == (40, 60) and not png.getexif().get(0x0112)   # (width, height), shown as stored
+    np.testing.assert_allclose(depth, np.clip(_direct_depth(model, upright), 1e-3, 10.0), rtol=1e-4, atol=1e-5)
+    from fastmde.engine.pictures import bar_layout
+
+    bar = bar_layout(60)
+    with Image.open(pred_dir / "photo.png") as png:     # (width, height), shown as stored; the bar to its right
+        assert png.size == (40 + bar["width"], max(60, bar["min_height"])) and not png.getexif().get(0x0112)
 
 
 def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkeypatch, capsys):
@@ -148,7 +156,7 @@ def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkey
     model = fastmde.load(out)
     for rel, image in images.items():
         depth = np.load(os.path.join("pred", os.path.splitext(rel)[0] + ".npy"))
-        np.testing.assert_allclose(depth, _direct_depth(model, image), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(depth, np.clip(_direct_depth(model, image), 1e-3, 10.0), rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.load("pred/x/a.npy"), np.load("pred/y/a.npy"))
 
     # A second run into the same folder refuses before writing anything, unless told to replace.
@@ -252,3 +260,30 @@ def test_missing_checkpoint_and_mismatched_weights(run_dir, tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="do not fit model"):
         fastmde.load(path)
+
+def test_predict_clamps_as_evaluation_does(run_dir, tmp_path, monkeypatch, capsys):
+    """A network's negative, huge and NaN outputs: the .npy and .png are clamped to the fastmde
+    protocol's range (0.001-10 m) by default, or to --min-depth/--max-depth; --no-clamp keeps the
+    raw output in the .npy; a NaN stays NaN and is drawn black (no depth)."""
+    from PIL import Image
+
+    from fastmde.engine import predict
+    from fastmde.engine.pictures import NO_DEPTH, colourise
+
+    out, _ = run_dir
+    raw = np.array([[-2.0, 0.0, 5.0], [12.0, np.nan, 1e-4]], dtype=np.float32)
+    monkeypatch.setattr(predict, "predict_images", lambda model, images, **kw: [raw.copy() for _ in images])
+    Image.fromarray(np.zeros((2, 3, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    runs = {"default": ([], (1e-3, 10.0), True), "range": (["--min-depth", "1", "--max-depth", "4"], (1.0, 4.0), True),
+            "raw": (["--no-clamp"], (1e-3, 10.0), False)}
+    for name, (flags, (lo, hi), clamped) in runs.items():
+        assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", out, "--out", str(tmp_path / name),
+                     "--device", "cpu", *flags]) == 0
+        depth = np.load(tmp_path / name / "a.npy")
+        expected = np.clip(raw, lo, hi) if clamped else raw
+        np.testing.assert_array_equal(depth, expected)
+        picture = np.asarray(Image.open(tmp_path / name / "a.png"))[:2, :3]
+        np.testing.assert_array_equal(picture, colourise(np.clip(raw, lo, hi), lo, hi))
+        assert tuple(picture[1, 1]) == NO_DEPTH and tuple(picture[0, 0]) != NO_DEPTH   # NaN black, -2 m nearest
+        message = capsys.readouterr().err
+        assert (f"clamped to {lo:g}-{hi:g} m" if clamped else "raw in .npy") in message

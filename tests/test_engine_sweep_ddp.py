@@ -41,7 +41,11 @@ def test_sweep_writes_table_and_figure(cache, tmp_path, capsys):
         assert r["metrics"]["count"] == TEST_FRAMES and r["it_per_s"] > 0
         assert f"{r['metrics']['rms']:.3f}" in table
     figure = Image.open(out / "figure.png")
-    assert figure.size == (170 + 3 * 160, 4 * 120)        # input, ground truth, two rows; 3 images
+    from fastmde.engine.pictures import bar_layout
+
+    bar = bar_layout(3 * 120)                             # the colour bar beside the three depth rows
+    assert figure.size == (170 + 3 * 160 + bar["width"], 4 * 120)   # input, ground truth, two rows; 3 images
+    assert bar["width"] > 40 and bar["min_height"] <= 3 * 120
     assert table in capsys.readouterr().out
     # Started again, finished rows are reused rather than retrained.
     mtime = os.path.getmtime(out / "l1-loss" / "last.pt")

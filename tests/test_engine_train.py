@@ -329,11 +329,15 @@ def _example_values(f, default):
         return [v for v in (2, 3, 7) if v != default]
     if base is float:
         return [v for v in (0.5, 0.25, 0.9, 2.5) if v != default]
-    if typing.get_origin(kind) is tuple and typing.get_args(kind) == (int, int):
+    if typing.get_origin(base) is tuple and typing.get_args(base) == (int, int):    # a size, or None
         return [(40, 56)]
     if typing.get_origin(kind) is tuple:
         return [tuple(default[:1])]
     return ["some/path-or-name"]
+
+
+#: options that only apply beside others (TrainConfig refuses them alone): that context
+NEEDS = {name: {"data_format": "list"} for name in ("dataset", "image_root", "depth_root", "depth_scale", "kb_crop")}
 
 
 def test_every_option_reaches_the_config_and_survives_save_load(tmp_path):
@@ -357,12 +361,14 @@ def test_every_option_reaches_the_config_and_survives_save_load(tmp_path):
                 argv = [flag_of(f) if value else "--no-" + flag_of(f)[2:]]
             else:
                 argv = [flag_of(f), option_text(value)]
-            extra = [] if f.name == "data" else context
+            needs = NEEDS.get(f.name, {})
+            extra = ([] if f.name == "data" else context) + [
+                word for name, v in needs.items() for word in ("--" + name.replace("_", "-"), option_text(v))]
             try:
                 cfg = config_from_args(parser.parse_args(["train", *extra, *argv]))
             except ValueError:
                 continue          # e.g. a value the option's own check refuses; try the next
-            expected = TrainConfig(**{**({} if f.name == "data" else {"data": context[1]}), f.name: value})
+            expected = TrainConfig(**{**({} if f.name == "data" else {"data": context[1]}), **needs, f.name: value})
             assert getattr(cfg, f.name) == getattr(expected, f.name) != default, f.name
             reached = cfg
             break

@@ -26,7 +26,7 @@ from .depth_files import PairedFiles
 
 #: what a depth field holds for a frame without ground truth
 NO_DEPTH = "None"
-IMAGE_ONLY = ("skip", "keep")
+IMAGE_ONLY = ("skip", "keep", "all")
 
 
 class FileList(PairedFiles):
@@ -41,8 +41,9 @@ class FileList(PairedFiles):
         depth_scale: the PNG value of one metre (NYU 1000, KITTI 256); ``.npy`` depth is metres.
         kb_crop: keep the bottom 352 rows and central 1216 columns of every frame (KITTI).
         max_depth: the dataset's range in metres, for the wrong-scale warning (None: no check).
-        image_only: ``"skip"`` (lines with depth ``None`` are left out, their count warned once)
-            or ``"keep"`` (every line; an image-only item has no ``"depth"``).
+        image_only: ``"skip"`` (lines with depth ``None`` are left out, their count warned once),
+            ``"keep"`` (every line; an image-only item has no ``"depth"``) or ``"all"`` (every line
+            as an image-only item, depth paths neither read nor checked: for prediction).
 
     Items: see :class:`~fastmde.data.depth_files.PairedFiles`; ``"focal"`` when the list gives
     one. ``image_paths[i]``, ``depth_paths[i]``, ``focals[i]`` and ``lines[i]`` (the 1-based line
@@ -90,7 +91,8 @@ class FileList(PairedFiles):
                                           "give it on every line or on none")
                 total += 1
                 rgb_rel, depth_rel = parts[0], parts[1]
-                depth = None if depth_rel == NO_DEPTH else self._join(self.depth_root, depth_rel)
+                no_depth = depth_rel == NO_DEPTH or image_only == "all"
+                depth = None if no_depth else self._join(self.depth_root, depth_rel)
                 if depth is None and image_only == "skip":
                     self.skipped += 1
                     continue

@@ -29,7 +29,11 @@ from dataclasses import dataclass, field
 from .._text import format_size, parse_size
 from ..data.augment import Augment, parse_parts
 
-DATA_FORMATS = ("synthetic", "labeled", "frames", "csv")
+DATA_FORMATS = ("synthetic", "labeled", "frames", "csv", "list", "folder")
+#: the formats of any dataset (fastmde.data.FileList, fastmde.data.Folder), read with a depth scale
+FILE_FORMATS = ("list", "folder")
+#: the benchmark settings of --dataset (fastmde.data.settings)
+DATASET_NAMES = ("nyu", "kitti")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 SWITCH_CHOICES = ("auto", "on", "off")
 ENCODER_DEPTHS = (18, 34, 50, 101)
@@ -85,8 +89,13 @@ class TrainConfig:
                                  unset="the variant's")
     normalize: bool | None = option(None, "ImageNet mean/std on the input", group=MODEL,
                                     unset="off, as the paper's code")
-    pretrained: str | None = option(None, "torchvision-format encoder weights file (.pth)", group=MODEL,
-                                    unset="random initialisation")
+    pretrained: str | None = option(
+        "auto", "encoder start: imagenet (torchvision's ImageNet weights, through the torch hub cache), none "
+                "(random), a torchvision-format .pth file, or auto: imagenet on real data as the paper, none on the "
+                "synthetic data (where no download may be possible)", group=MODEL, metavar="WEIGHTS")
+    keep_aspect: bool | None = option(None, "scale the input to cover --size keeping its aspect ratio, instead of "
+                                            "stretching it to --size", group=MODEL,
+                                      unset="the --dataset's: on for kitti, off for nyu")
     init_from: str | None = option(
         None, "initialise the whole model from this checkpoint (a fastmde run, or the paper authors' or Hu et "
               "al.'s); the optimiser starts afresh (--resume continues a run instead)", group=MODEL, metavar="PATH",
@@ -114,8 +123,26 @@ class TrainConfig:
         Augment.PARTS, "which transforms --augment applies, comma-separated from " + ",".join(Augment.PARTS),
         group=OPTIM, metavar="PARTS")
     # data
-    data_format: str = option("synthetic", "dataset format", group=DATA, choices=DATA_FORMATS)
-    data: str | None = option(None, "dataset path (.mat file or directory)", group=DATA, unset="the synthetic cache")
+    data_format: str = option("synthetic", "dataset format (list: '<rgb> <depth> [focal]' lines; folder: photos "
+                                           "and depth maps paired by name; docs/data.md)", group=DATA,
+                              choices=DATA_FORMATS)
+    data: str | None = option(None, "dataset path: .mat file or directory; the list file (list); the photo folder "
+                                    "(folder)", group=DATA, unset="the synthetic cache")
+    dataset: str = option("nyu", "benchmark setting, the defaults of --depth-scale, --kb-crop, --train-crop, "
+                                 "--keep-aspect and the validation protocol (kitti: 256, on, 352x704, on, "
+                                 "kitti_garg_kb)", group=DATA, choices=DATASET_NAMES)
+    image_root: str | None = option(None, "list: the folder the photo paths are relative to", group=DATA,
+                                    metavar="DIR", unset="the list's folder")
+    depth_root: str | None = option(None, "list: the folder the depth paths are relative to; folder: the depth-map "
+                                          "folder", group=DATA, metavar="DIR", unset="the list's folder")
+    depth_scale: float | None = option(None, "list, folder: the 16-bit depth PNG value of one metre (.npy depth is "
+                                             "metres)", group=DATA, unset="the --dataset's: nyu 1000, kitti 256")
+    kb_crop: bool | None = option(None, "list, folder: keep the bottom 352 rows and central 1216 columns of every "
+                                        "frame (KITTI)", group=DATA, unset="the --dataset's: on for kitti")
+    train_crop: tuple[int, int] | None = option(
+        None, "cut every training frame to HxW at random (a smaller frame is enlarged to cover it first); frames "
+              "of different sizes need it", group=DATA, metavar="HxW", unset="the --dataset's: kitti 352x704, nyu "
+                                                                           "none")
     cache_dir: str | None = option(None, "where the synthetic dataset is generated once", group=DATA,
                                    unset="fastmde's cache folder", on_resume="apply", result=False)
     synthetic_train: int = option(400, "synthetic training frames", group=DATA)
@@ -162,6 +189,8 @@ class TrainConfig:
         self.size = parse_size(self.size, what="size", minimum=8)
         self.synthetic_size = parse_size(self.synthetic_size, what="synthetic_size", minimum=8)
         self.augment_parts = parse_parts(self.augment_parts)
+        if self.train_crop is not None:
+            self.train_crop = parse_size(self.train_crop, what="train_crop", minimum=8)
         self.extra = dict(self.extra or {})
         # --encoder / --normalize are options of their own; configurations saved before they were
         # (and Python callers) may carry them in ``extra``: one canonical place.
@@ -200,8 +229,9 @@ class TrainConfig:
             raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
-        if self.init_from is not None and self.pretrained is not None:
+        if self.init_from is not None and self.pretrained not in (None, "auto", "none"):
             raise ValueError("choose one initialisation: init_from (the whole model) or pretrained (the encoder)")
+        self._check_file_options()
 
     def to_dict(self) -> dict:
         """Plain JSON values (sizes and parts as lists): the configuration saved in checkpoints."""
@@ -222,17 +252,64 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    def _check_file_options(self) -> None:
+        """The file-list and folder options name what they apply to; elsewhere they are refused."""
+        files = self.data_format in FILE_FORMATS
+        if self.dataset != "nyu" and not files:
+            raise ValueError(f"--dataset {self.dataset} reads its files through --data-format list or folder, not "
+                             f"{self.data_format}")
+        wrong = [name for name in ("image_root", "depth_root", "depth_scale", "kb_crop")
+                 if getattr(self, name) is not None and not files]
+        if wrong:
+            raise ValueError(f"{', '.join(_flag_named(name) for name in wrong)}: only for --data-format list or "
+                             f"folder, and --data-format is {self.data_format}: drop them")
+        if self.image_root is not None and self.data_format == "folder":
+            raise ValueError(f"{_flag_named('image_root')} is for --data-format list; the folder format reads its "
+                             "photos in --data: drop it")
+        if self.data_format == "folder" and self.depth_root is None:
+            raise ValueError("--data-format folder needs --depth-root (the depth-map folder; --data is the photo folder)")
+        if self.depth_scale is not None and not (self.depth_scale > 0 and math.isfinite(self.depth_scale)):
+            raise ValueError(f"{_flag_named('depth_scale')} must be a positive number (NYU 1000, KITTI 256), got "
+                             f"{self.depth_scale}")
+
+    def setting(self, name: str):
+        """The value in effect of ``depth_scale``, ``kb_crop``, ``train_crop``, ``keep_aspect`` or
+        ``max_depth``: the option's own, or the ``--dataset``'s (``fastmde.data.settings``) when unset."""
+        from ..data.settings import dataset_setting
+
+        value = getattr(self, name, None)
+        return getattr(dataset_setting(self.dataset), name) if value is None else value
+
+    def encoder_weights(self) -> str | None:
+        """What ``--pretrained`` means for this run: ``"imagenet"``, a file, or None (random).
+
+        ``auto``: ImageNet on real data (the paper's start), random on the synthetic data and under
+        ``--init-from`` (which replaces every weight)."""
+        if self.pretrained in (None, "none"):
+            return None
+        if self.pretrained == "auto":
+            return None if self.data_format == "synthetic" or self.init_from is not None else "imagenet"
+        return self.pretrained
+
     def model_overrides(self) -> dict:
-        """The keyword overrides of ``fastmde.models.build`` (``--encoder``, ``--normalize``, ``extra``)."""
+        """The keyword overrides of ``fastmde.models.build`` (``--encoder``, ``--normalize``, ``extra``,
+        ``aspect="keep"`` under ``--keep-aspect``)."""
         overrides = dict(self.extra)
         for name in ("encoder", "normalize"):
             if getattr(self, name) is not None:
                 overrides[name] = getattr(self, name)
+        if self.setting("keep_aspect"):
+            overrides["aspect"] = "keep"
         return overrides
 
     def model_spec(self) -> dict:
         """What ``fastmde.models.build`` needs to rebuild the network (stored in checkpoints)."""
         return {"name": self.model, "size": list(self.size), "overrides": self.model_overrides()}
+
+
+def _flag_named(name: str) -> str:
+    """``"depth_scale (--depth-scale)"``: an option as Python callers and the command line know it."""
+    return f"{name} (--{name.replace('_', '-')})"
 
 
 # ---------------------------------------------------------------- derived from the fields

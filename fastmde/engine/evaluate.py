@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
 from .inference import predict_depth, to_images
+from ..data.fit import collate_by_size
 from ..reference.depth_metrics import METRIC_NAMES
 from .protocols import PROTOCOLS, get_protocol
 
@@ -23,7 +24,8 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
 
     Every rank evaluates its shard; ``DepthMetrics.compute`` all-reduces, so every rank returns
     the metrics of the whole dataset. ``count`` is the number of images (per-image protocols)
-    or valid pixels (pooled) behind the numbers.
+    or valid pixels (pooled) behind the numbers. Frames of different sizes (file lists, folders)
+    are batched by size, each scored at its own size; items without ``"depth"`` cannot be scored.
     """
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     info = dist_info or DistInfo()
@@ -31,15 +33,17 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
     metrics = protocol.metrics().to(device)
     sampler = ShardSampler(dataset, num_replicas=info.world_size, rank=info.rank)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_by_size)
     was_training = model.training
     model.eval()
     try:
-        for batch in loader:
-            images = to_images(batch["image"], device, channels_last)
-            depth = batch["depth"].to(device, non_blocking=True).float()
-            pred = predict_depth(model, images, amp_dtype=amp_dtype, flip=protocol.flip if flip is None else flip)
-            metrics.update(pred, depth, mask=depth > 0)
+        for groups in loader:
+            for batch in groups:        # one batch per frame size
+                images = to_images(batch["image"], device, channels_last)
+                depth = batch["depth"].to(device, non_blocking=True).float()
+                pred = predict_depth(model, images, amp_dtype=amp_dtype,
+                                     flip=protocol.flip if flip is None else flip)
+                metrics.update(pred, depth, mask=depth > 0)
         values = metrics.compute()
     finally:
         model.train(was_training)
@@ -58,6 +62,7 @@ def add_arguments(parser) -> None:
                         help="default: the format the checkpoint was trained on")
     parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the format's test split)")
+    add_file_arguments(parser)
     parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS))
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored prediction (default: as the protocol says)")
@@ -84,6 +89,7 @@ def run(args) -> int:
     split = args.split or test_split_name(data_format)
     device = resolve_device(args.device)
     dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
+                         files=file_options_for(args, cfg, data_format, get_protocol(args.protocol)),
                          **{name: cfg.get(name, default_of(name)) for name in
                             ("synthetic_train", "synthetic_val", "synthetic_size", "synthetic_views")})
     model = model.to(device)
@@ -107,3 +113,43 @@ def run(args) -> int:
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+# ---------------------------------------------------------------- file lists and folders
+
+def add_file_arguments(parser) -> None:
+    """``--image-root``, ``--depth-root``, ``--depth-scale``, ``--kb-crop`` of ``fastmde train``
+    (one definition), defaulting to the checkpoint's (:func:`file_options_for`)."""
+    from .config import add_option
+
+    g = parser.add_argument_group("list and folder formats (default: as the checkpoint was trained)")
+    for name in ("image_root", "depth_root", "depth_scale", "kb_crop"):
+        add_option(g, name, default=None)
+
+
+def file_options_for(args, config: dict, data_format: str, protocol=None) -> dict | None:
+    """The reader options of a ``list`` / ``folder`` evaluation or prediction: the flag when given,
+    else the checkpoint's training option (``config``), else its ``--dataset``'s default. The kb
+    crop follows a KITTI protocol's frame when not given (``kitti_garg_kb``: kb-cropped arrays;
+    ``kitti_garg`` / ``kitti_eigen``: whole frames). None for the other formats."""
+    from ..data.settings import dataset_setting
+
+    if data_format not in ("list", "folder"):
+        for name in ("image_root", "depth_root", "depth_scale", "kb_crop"):
+            if getattr(args, name, None) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} is for --data-format list or folder, not {data_format}")
+        return None
+    same = config.get("data_format") == data_format
+    setting = dataset_setting(config.get("dataset") or "nyu")
+
+    def pick(name, default):
+        value = getattr(args, name, None)
+        if value is None and same:
+            value = config.get(name)
+        return default if value is None else value
+
+    kb = getattr(args, "kb_crop", None)
+    if kb is None:
+        kb = {"kitti_kb": True, "kitti_full": False}.get(getattr(protocol, "frame", "any"))
+    return dict(image_root=pick("image_root", None), depth_root=pick("depth_root", None),
+                depth_scale=pick("depth_scale", setting.depth_scale),
+                kb_crop=pick("kb_crop", setting.kb_crop) if kb is None else kb, max_depth=setting.max_depth)

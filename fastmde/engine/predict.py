@@ -135,7 +135,8 @@ def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo=None, hi=
 def add_arguments(parser) -> None:
     from .config import AMP_CHOICES, default_of   # the choices and defaults `fastmde train` has
 
-    parser.add_argument("images", nargs="+", help="image files or directories of images (EXIF orientation applied)")
+    parser.add_argument("images", nargs="*", help="image files or directories of images (EXIF orientation applied)")
+    add_data_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
                         help=("fastmde checkpoint, run directory, or a checkpoint of "
                              "the paper authors' or Hu et al.'s code"))
@@ -184,7 +185,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
-    paths, duplicates = unique_inputs(expand_inputs(args.images))
+    paths, duplicates, read = inputs_of(args)
     stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite)
     if duplicates:
         print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
@@ -197,7 +198,7 @@ def run(args) -> int:
         # Read and predict in chunks so that memory stays bounded for long lists.
         chunk = max(args.batch_size * 8, 32)
         for start in range(0, len(paths), chunk):
-            images = [read_image(p) for p in paths[start:start + chunk]]
+            images = [read(p) for p in paths[start:start + chunk]]
             depths = predict_images(model, images, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
             for stem, depth in zip(stems[start:start + chunk], depths):
                 write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth)
@@ -208,3 +209,75 @@ def run(args) -> int:
     note = f", replacing {replaced} existing files" if replaced else ""
     print(f"wrote {written} depth maps (.png, .npy) to {args.out}{note}", file=sys.stderr)
     return 0
+
+# ---------------------------------------------------------------- file lists and folders
+
+def add_data_arguments(parser) -> None:
+    """``--data-format list|folder`` and ``--data``: predict every photo of a file list (depth
+    ``None`` lines included) or of a photo folder (recursively), with ``fastmde train``'s reader
+    options (``--image-root``, ``--kb-crop``; the checkpoint's by default)."""
+    from .config import FILE_FORMATS, add_option
+
+    g = parser.add_argument_group("a file list or a folder instead of IMAGES")
+    g.add_argument("--data-format", default=None, choices=FILE_FORMATS,
+                   help="list: the photos of a '<rgb> <depth> [focal]' list; folder: the photos under --data")
+    g.add_argument("--data", default=None, help="the list file, or the photo folder")
+    for name in ("image_root", "kb_crop"):
+        add_option(g, name, default=None)
+
+
+def inputs_of(args) -> tuple[list[str], list[str], callable]:
+    """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W)) of ``fastmde predict``:
+    the IMAGES given, or the photos of ``--data`` (``--data-format list|folder``), kb-cropped
+    when ``--kb-crop`` is on (default: as the checkpoint was trained on this format)."""
+    from .. import data
+
+    if args.data_format is None:
+        if args.data is not None or args.image_root is not None or args.kb_crop is not None:
+            raise ValueError("--data, --image-root and --kb-crop go with --data-format list or folder")
+        if not args.images:
+            raise ValueError("give image files or folders to predict, or --data-format list|folder with --data")
+        paths, duplicates = unique_inputs(expand_inputs(args.images))
+        return paths, duplicates, read_image
+    if args.images:
+        raise ValueError(f"give image files or --data-format {args.data_format} --data, not both")
+    if args.data is None:
+        raise ValueError(f"--data-format {args.data_format} needs --data (the {args.data_format} of photos)")
+    config = checkpoint_config(args.checkpoint)
+    same = config.get("data_format") == args.data_format
+    kb = args.kb_crop
+    if kb is None:
+        from ..data.settings import dataset_setting
+
+        kb = (config.get("kb_crop") if same else None)
+        kb = dataset_setting(config.get("dataset") or "nyu").kb_crop if kb is None else kb
+    if args.data_format == "list":
+        root = args.image_root if args.image_root is not None else (config.get("image_root") if same else None)
+        listed = data.FileList(args.data, image_root=root, depth_scale=None, image_only="all")
+        paths = listed.image_paths
+    else:
+        if args.image_root is not None:
+            raise ValueError("--image-root is for --data-format list; the folder format reads its photos in --data")
+        from ..data._common import IMAGE_EXTENSIONS
+        from ..data.folder import _files_by_stem
+
+        if not os.path.isdir(args.data):
+            raise FileNotFoundError(f"--data {args.data!r}: no such folder")
+        found = _files_by_stem(args.data, IMAGE_EXTENSIONS, "photo")
+        if not found:
+            raise ValueError(f"{args.data}: holds no photo ({' '.join(IMAGE_EXTENSIONS)})")
+        paths = [found[key] for key in sorted(found)]
+    paths, duplicates = unique_inputs(paths)
+
+    def read(path):
+        image = decode_image(path)
+        return torch.from_numpy(np.ascontiguousarray(data.kb_crop(image, path) if kb else image))
+
+    return paths, duplicates, read
+
+
+def checkpoint_config(path: str) -> dict:
+    """The training configuration saved in a fastmde checkpoint (``{}`` for another project's)."""
+    from .checkpoint import load
+
+    return dict(getattr(load(path, device="cpu"), "fastmde_config", None) or {})

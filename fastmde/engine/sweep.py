@@ -172,33 +172,43 @@ def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *, tile=(120, 160)) -> None:
-    """A PNG grid: one column per test image; rows = input, ground truth, each configuration.
+def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *, tile=(120, 160),
+                depth_range: tuple[float, float] | None = None) -> None:
+    """A PNG grid: one column per test image; rows = input, ground truth, each configuration;
+    a colour bar in metres to the right (:mod:`fastmde.engine.pictures`: near red, far blue,
+    black = no depth).
 
-    Every depth map of a column shares the ground truth's colour range.
+    Every depth map of the figure shares one fixed range, ``depth_range`` (default: the
+    validation protocol's clamp, 0.001 to 10 m); predictions are clamped to it, as evaluation
+    clamps them, and the ground truth's missing pixels (0) are black.
     """
     import numpy as np
     from PIL import Image, ImageDraw
 
     from .._atomic import atomic_path
-    from .predict import colourise
+    from .pictures import colour_bar, colourise
+    from .protocols import PROTOCOLS
+    from .train import VALIDATION_PROTOCOL
 
+    lo, hi = depth_range or PROTOCOLS[VALIDATION_PROTOCOL].clamp
     th, tw = tile
     label_w = 170
     all_rows = [("input", None), ("ground truth", ground_truth)] + rows
-    canvas = Image.new("RGB", (label_w + tw * len(images), th * len(all_rows)), "white")
+    bar = colour_bar(th * (len(all_rows) - 1), lo, hi)     # beside the depth rows
+    canvas = Image.new("RGB", (label_w + tw * len(images) + bar.width, max(th * len(all_rows), th + bar.height)),
+                       "white")
     draw = ImageDraw.Draw(canvas)
     for j, image in enumerate(images):
-        gt = np.asarray(ground_truth[j], dtype=np.float64)
-        valid = gt[np.isfinite(gt) & (gt > 0)]
-        lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (0.0, 10.0)
         for i, (label, depths) in enumerate(all_rows):
             if depths is None:
                 array = np.asarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8)
-            else:
+            elif i == 1:      # ground truth as it is: 0 (missing) stays black
                 array = colourise(depths[j], lo, hi)
-            tile_image = Image.fromarray(array).resize((tw, th), Image.BILINEAR)
+            else:             # predictions clamped as evaluation clamps them
+                array = colourise(np.clip(np.asarray(depths[j], dtype=np.float64), lo, hi), lo, hi)
+            tile_image = Image.fromarray(array).resize((tw, th), Image.NEAREST if depths is not None else Image.BILINEAR)
             canvas.paste(tile_image, (label_w + j * tw, i * th))
+    canvas.paste(bar, (label_w + tw * len(images), th))
     for i, (label, _) in enumerate(all_rows):
         draw.text((6, i * th + th // 2 - 6), label[:26], fill="black")
     with atomic_path(path) as tmp:

@@ -48,6 +48,7 @@ from .schedule import make_scheduler
 from ..reference.depth_metrics import METRIC_NAMES
 from .evaluate import evaluate
 from .inference import to_images
+from ..data.fit import collate_frames
 from .progress import Progress, format_seconds, log_line
 from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
 
@@ -104,6 +105,31 @@ def metric_improved(value: float, best: float | None, metric: str) -> bool:
 # predictions clamped): the paper authors' code clamps nothing, so a negative prediction would
 # count as a δ hit there and an untrained model could become "best".
 VALIDATION_PROTOCOL = "fastmde"
+
+
+def describe_start(cfg: TrainConfig, weights: str | None) -> str:
+    """The log line saying which weights the encoder starts from, and why."""
+    if weights is None:
+        why = ("--pretrained none" if cfg.pretrained in (None, "none") else
+               "on the synthetic data --pretrained auto starts from random weights; --pretrained imagenet for the "
+               "paper's ImageNet start")
+        return f"encoder: random initialisation ({why})"
+    if weights == "imagenet":
+        from ..models import variants
+        from ..models.imagenet import cache_dir, file_name
+
+        depth = cfg.encoder or variants()[cfg.model]["config"]["encoder"]
+        return f"encoder: torchvision's ImageNet weights, as the paper ({file_name(depth)} in {cache_dir()})"
+    return f"encoder: weights of {weights}"
+
+
+def validation_protocol(cfg: TrainConfig) -> str:
+    """The protocol validation, the final test and best.pt use: ``VALIDATION_PROTOCOL`` for NYU;
+    for ``--dataset kitti`` BTS's KITTI evaluation (1e-3 < y < 80 m, predictions clamped, the Garg
+    crop) on the frames validated: ``kitti_garg_kb`` on kb-cropped ones, else ``kitti_garg``."""
+    if cfg.dataset == "kitti":
+        return "kitti_garg_kb" if cfg.setting("kb_crop") else "kitti_garg"
+    return VALIDATION_PROTOCOL
 
 #: options the learning-rate schedule reads: a resume that changes one restarts the curve from there
 SCHEDULE_OPTIONS = frozenset({"lr", "lr_step", "lr_gamma", "cosine", "warmup", "epochs", "time_limit", "batch_size"})
@@ -277,8 +303,11 @@ class Trainer:
                 f"{cfg.size[0]}x{cfg.size[1]} cannot train on a batch of {self.items_per_epoch} (BatchNorm at its "
                 "1x1 deepest map): use more training data or fewer processes")
 
-        model = models.build(cfg.model, size=cfg.size, pretrained=cfg.pretrained,
-                             **cfg.model_overrides()).to(self.device)
+        weights = cfg.encoder_weights()
+        model = models.build(cfg.model, size=cfg.size, pretrained=weights, **cfg.model_overrides()).to(self.device)
+        if self.info.is_main and cfg.init_from is None:
+            self.log(describe_start(cfg, weights))
+        self.protocol = validation_protocol(cfg)
         if cfg.init_from is not None:
             init_weights_from(model, cfg.init_from, cfg.model)
             self.log(f"initialised {cfg.model} from {cfg.init_from}")
@@ -437,7 +466,7 @@ class Trainer:
         return unwrap(self.model) if self.average is None else self.average.module
 
     def validate(self) -> dict:
-        return evaluate(self.eval_model(), self.val_set, VALIDATION_PROTOCOL, device=self.device,
+        return evaluate(self.eval_model(), self.val_set, self.protocol, device=self.device,
                         batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
                         channels_last=self.channels_last, dist_info=self.info, flip=False)
 
@@ -494,9 +523,11 @@ class Trainer:
                     break
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_range(self.samples_in_epoch, self.epoch_items)
+                if hasattr(self.train_set, "set_epoch"):      # data.RandomCrops: the epoch's crops
+                    self.train_set.set_epoch(self.epoch)
                 loader = DataLoader(
                     self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=self.workers,
-                    pin_memory=self.device.type == "cuda",
+                    pin_memory=self.device.type == "cuda", collate_fn=collate_frames,
                     generator=torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch))
                 progress.set_epoch(self.epoch + 1, cfg.epochs)
                 epoch_steps = self.batch_in_epoch + self._steps_left_in_epoch()
@@ -618,10 +649,10 @@ def add_arguments(parser) -> None:
 
 
 def test_best(trainer: Trainer) -> dict | None:
-    """Metrics (``VALIDATION_PROTOCOL``) of the final weights on the test split, or None without one."""
+    """Metrics (the validation protocol) of the final weights on the test split, or None without one."""
     if trainer.test_set is None:
         return None
-    return evaluate(trainer.eval_model(), trainer.test_set, VALIDATION_PROTOCOL, device=trainer.device,
+    return evaluate(trainer.eval_model(), trainer.test_set, trainer.protocol, device=trainer.device,
                     batch_size=trainer.cfg.eval_batch_size, workers=trainer.workers,
                     amp_dtype=trainer.amp_dtype, channels_last=trainer.channels_last, dist_info=trainer.info)
 
@@ -637,7 +668,7 @@ def run(args) -> int:
         if args.test and summary["stopped"] in ("completed", "time_limit"):
             values = test_best(trainer)
             if values is not None and trainer.info.is_main:
-                print(f"test ({len(trainer.test_set)} held-out items, {VALIDATION_PROTOCOL} protocol, final weights): "
+                print(f"test ({len(trainer.test_set)} held-out items, {trainer.protocol} protocol, final weights): "
                       + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
                 summary["test"] = values
                 atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
