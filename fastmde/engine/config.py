@@ -136,7 +136,8 @@ class TrainConfig:
     depth_root: str | None = option(None, "list: the folder the depth paths are relative to; folder: the depth-map "
                                           "folder", group=DATA, metavar="DIR", unset="the list's folder")
     depth_scale: float | None = option(None, "list, folder: the 16-bit depth PNG value of one metre (.npy depth is "
-                                             "metres)", group=DATA, unset="the --dataset's: nyu 1000, kitti 256")
+                                             "metres)", group=DATA, metavar="SCALE",
+                                unset="the --dataset's: nyu 1000, kitti 256")
     kb_crop: bool | None = option(None, "list, folder: keep the bottom 352 rows and central 1216 columns of every "
                                         "frame (KITTI)", group=DATA, unset="the --dataset's: on for kitti")
     train_crop: tuple[int, int] | None = option(
