@@ -37,7 +37,7 @@ def test_eval_cli_matches_direct_metrics(run_dir, name, tmp_path, capsys):
     # The same numbers computed here from the protocol's definition, image by image.
     p = PROTOCOLS[name]
     model = fastmde.load(os.path.join(out, "last.pt"))
-    test = open_split("synthetic", None, "val", cache_dir=cache, synthetic_train=10, synthetic_val=4,
+    test = open_split("synthetic", None, "val", cache_dir=cache, synthetic_train=10, synthetic_test=4,
                       synthetic_size=(48, 64))
     with torch.no_grad():
         images = torch.stack([test[i]["image"] for i in range(len(test))]).float()
@@ -167,7 +167,7 @@ def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkey
     capsys.readouterr()
     assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu",
                  "--overwrite"]) == 0
-    assert "wrote 3 depth maps (.png, .npy) to pred, replacing 6 existing files" in capsys.readouterr().err
+    assert "wrote 3 depth maps (.png, .npy; clamped to 0.001-10 m) to pred, replacing 6 existing files" in capsys.readouterr().err
     assert sorted(os.listdir("pred")) == ["a_1.npy", "a_1.png", "x", "y"]
 
 

@@ -1,5 +1,12 @@
 """``fastmde predict``: depth maps for image files, as colourised PNGs and metres (.npy).
 
+Predictions are clamped to ``[--min-depth, --max-depth]`` (default 0.001 to 10 m: the range of
+the ``fastmde`` protocol, which training validates with and which clamps predictions the same
+way before scoring them), in the PNG and in the .npy; ``--no-clamp`` keeps the network's raw
+output (negative values included) in the .npy. The PNG is the map in reversed Turbo colours
+(near red, far blue, black = no depth) over that fixed range, the same for every image, with a
+colour bar in metres to its right (:mod:`fastmde.engine.pictures`).
+
 Photos are read as shown (EXIF orientation applied), so a depth map lines up with the photo
 in any viewer. Output names mirror each input's path below the inputs' common folder
 (``fastmde predict x/a.png y/a.png a_1.png --out d`` writes ``d/x/a.*``, ``d/y/a.*`` and
@@ -18,32 +25,9 @@ import torch
 from .._atomic import atomic_path, atomic_write
 from ..data._common import decode_image
 from .inference import predict_images
+from .pictures import colourise, depth_picture  # noqa: F401  (colourise: predict's name before pictures.py)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
-def colourise(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """(H, W) metres -> (H, W, 3) uint8 with the Turbo colour map, near = red, far = blue.
-
-    The range is [lo, hi] (default: the image's finite min and max). Turbo is evaluated with
-    its published degree-5 polynomial fit (Mikhailov, 2019), so no plotting library is needed.
-    Non-finite or non-positive depth is drawn black.
-    """
-    d = np.asarray(depth, dtype=np.float64)
-    valid = np.isfinite(d) & (d > 0)
-    if lo is None or hi is None:
-        vals = d[valid]
-        lo = float(vals.min()) if lo is None and vals.size else (lo or 0.0)
-        hi = float(vals.max()) if hi is None and vals.size else (hi or 1.0)
-    t = 1.0 - np.clip((d - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
-    t = np.where(valid, t, 0.0)
-    r = 0.13572138 + t * (4.61539260 + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))))
-    g = 0.09140261 + t * (2.19418839 + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))))
-    b = 0.10667330 + t * (12.64194608 + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))))
-    rgb = np.stack([r, g, b], axis=-1)
-    rgb = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
 
 
 def read_image(path) -> torch.Tensor:
@@ -117,16 +101,23 @@ def output_stems(paths: list[str]) -> list[str]:
     return stems
 
 
-def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo=None, hi=None) -> tuple[str, str]:
-    """``<out_dir>/<stem>.npy`` (float32 metres) and ``<stem>.png`` (Turbo colours), each written
-    atomically (:mod:`fastmde._atomic`); ``stem`` may hold sub-folders. Returns both paths."""
-    from PIL import Image
+def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo: float = 1e-3, hi: float = 10.0,
+                     clamp: bool = True) -> tuple[str, str]:
+    """``<out_dir>/<stem>.npy`` (float32 metres) and ``<stem>.png`` (the map in colours over
+    ``[lo, hi]`` with a colour bar: :func:`fastmde.engine.pictures.depth_picture`), each written
+    atomically (:mod:`fastmde._atomic`); ``stem`` may hold sub-folders. Returns both paths.
 
+    ``clamp``: the .npy holds ``depth`` clamped to ``[lo, hi]`` (NaN stays NaN), as evaluation
+    clamps predictions; False: ``depth`` as given. The picture is drawn from the clamped map
+    either way, so a raw value <= 0 (no depth) would show black only with ``clamp=False``.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    clamped = np.clip(depth, lo, hi)
     npy_path, png_path = os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + ".png")
     with atomic_write(npy_path, "wb") as f:
-        np.save(f, depth)
+        np.save(f, clamped if clamp else depth)
     with atomic_path(png_path) as tmp:
-        Image.fromarray(colourise(depth, lo, hi)).save(tmp, format="PNG")
+        depth_picture(clamped, lo, hi).save(tmp, format="PNG")
     return png_path, npy_path
 
 
@@ -134,6 +125,8 @@ def write_prediction(depth: np.ndarray, out_dir: str, stem: str, *, lo=None, hi=
 
 def add_arguments(parser) -> None:
     from .config import AMP_CHOICES, default_of   # the choices and defaults `fastmde train` has
+    from .protocols import PROTOCOLS
+    from .train import VALIDATION_PROTOCOL
 
     parser.add_argument("images", nargs="*", help="image files or directories of images (EXIF orientation applied)")
     add_data_arguments(parser)
@@ -147,8 +140,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=default_of("eval_batch_size"))
     parser.add_argument("--device", default=default_of("device"))
     parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
-    parser.add_argument("--min-depth", type=float, default=None, help="colour scale start (default: per image)")
-    parser.add_argument("--max-depth", type=float, default=None, help="colour scale end (default: per image)")
+    clamp = PROTOCOLS[VALIDATION_PROTOCOL].clamp
+    parser.add_argument("--min-depth", type=float, default=clamp[0],
+                        help=("predictions are clamped to [--min-depth, --max-depth] metres (in the .png and "
+                              "the .npy), as evaluation clamps them, and the colour bar spans that range "
+                              f"(default {clamp[0]:g} to {clamp[1]:g} m: the {VALIDATION_PROTOCOL!r} protocol's, "
+                              "which training validates with)"))
+    parser.add_argument("--max-depth", type=float, default=clamp[1], help="see --min-depth (metres)")
+    parser.add_argument("--no-clamp", dest="clamp", action="store_false",
+                        help="write the network's raw output to the .npy (negative depths included); the .png "
+                             "is drawn clamped either way")
 
 
 def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False) -> tuple[list[str], int]:
@@ -201,13 +202,14 @@ def run(args) -> int:
             images = [read(p) for p in paths[start:start + chunk]]
             depths = predict_images(model, images, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
             for stem, depth in zip(stems[start:start + chunk], depths):
-                write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth)
+                write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth, clamp=args.clamp)
                 written += 1
     except BaseException:
         print(f"predict: stopped after writing {written} of {len(paths)} depth maps to {args.out}", file=sys.stderr)
         raise
     note = f", replacing {replaced} existing files" if replaced else ""
-    print(f"wrote {written} depth maps (.png, .npy) to {args.out}{note}", file=sys.stderr)
+    clamped = f"clamped to {args.min_depth:g}-{args.max_depth:g} m" if args.clamp else "raw in .npy"
+    print(f"wrote {written} depth maps (.png, .npy; {clamped}) to {args.out}{note}", file=sys.stderr)
     return 0
 
 # ---------------------------------------------------------------- file lists and folders
