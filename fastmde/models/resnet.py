@@ -192,8 +192,9 @@ def load_checkpoint(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"pretrained checkpoint {path!r} does not exist (weights are never downloaded: "
-            f"save a torchvision/timm resnet{encoder.depth} state dict there first)"
+            f"pretrained checkpoint {path!r} does not exist (a local file is never downloaded: save a "
+            f"torchvision/timm resnet{encoder.depth} state dict there, or pass pretrained='imagenet' / "
+            "--pretrained imagenet for torchvision's ImageNet weights through the torch hub cache)"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
