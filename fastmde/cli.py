@@ -59,7 +59,8 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADir
 
 
 def console_main(argv: list[str] | None = None) -> int:
-    """The ``fastmde`` command: :func:`main`, with user errors as one line on stderr, exit status 2."""
+    """The ``fastmde`` command: :func:`main`, with user errors as one line on stderr, exit status 2,
+    and Ctrl-C as one line, exit status 130 (no traceback)."""
     try:
         return main(argv)
     except USER_ERRORS as exc:
@@ -67,6 +68,13 @@ def console_main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastmde: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: what was interrupted has already said what it kept (train and sweep name the
+        # checkpoint to resume); the shell convention for SIGINT is status 130.
+        if os.environ.get("FASTMDE_DEBUG") == "1":
+            raise
+        print("fastmde: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

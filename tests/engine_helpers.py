@@ -15,7 +15,7 @@ def tiny_config(cache_dir: str, out: str, **changes) -> TrainConfig:
     options = dict(
         model="unet34-k3-1x1", encoder=18, size=MODEL_SIZE, loss="hu_blurred",
         epochs=2, batch_size=2, lr=1e-3, seed=3, data_format="synthetic", cache_dir=cache_dir,
-        synthetic_train=TRAIN_FRAMES, synthetic_val=TEST_FRAMES, synthetic_size=FRAME_SIZE,
+        synthetic_train=TRAIN_FRAMES, synthetic_test=TEST_FRAMES, synthetic_size=FRAME_SIZE,
         val_fraction=0.2, device="cpu", amp="none", workers=0, out=out, progress=False,
         eval_batch_size=2,
     )
@@ -24,7 +24,7 @@ def tiny_config(cache_dir: str, out: str, **changes) -> TrainConfig:
 
 
 def cli_data_args(cache_dir: str) -> list[str]:
-    return ["--cache-dir", cache_dir, "--synthetic-train", str(TRAIN_FRAMES), "--synthetic-val", str(TEST_FRAMES),
+    return ["--cache-dir", cache_dir, "--synthetic-train", str(TRAIN_FRAMES), "--synthetic-test", str(TEST_FRAMES),
             "--synthetic-size", "x".join(map(str, FRAME_SIZE))]
 
 

@@ -102,7 +102,12 @@ def test_sweep_reuses_a_row_only_with_the_same_options(cache, tmp_path):
     assert any("scoring under 'hu'" in line for line in logs)
     assert json.loads((out / "a" / "result.json").read_text())["protocol"] == "hu"
     logs.clear()
-    run_sweep(base, [{"name": "a", "lr": 5e-4}], str(out), protocol="hu", figure_images=1, log=logs.append)
+    # Other options: refused (naming them) unless --overwrite, which trains the row again.
+    with pytest.raises(FileExistsError, match=r"--lr 0.001 \(saved\) -> 0.0005 \(now\)"):
+        run_sweep(base, [{"name": "a", "lr": 5e-4}], str(out), protocol="hu", figure_images=1, log=logs.append)
+    assert os.path.getmtime(out / "a" / "last.pt") == mtime
+    run_sweep(base, [{"name": "a", "lr": 5e-4}], str(out), protocol="hu", figure_images=1, log=logs.append,
+              overwrite=True)
     assert any("--lr 0.001 (saved) -> 0.0005 (now)" in line and "training again" in line for line in logs)
     assert json.loads((out / "a" / "result.json").read_text())["config"]["lr"] == 5e-4
 

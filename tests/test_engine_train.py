@@ -338,6 +338,7 @@ def _example_values(f, default):
 
 #: options that only apply beside others (TrainConfig refuses them alone): that context
 NEEDS = {name: {"data_format": "list"} for name in ("dataset", "image_root", "depth_root", "depth_scale", "kb_crop")}
+NEEDS["lr_gamma"] = {"lr_step": 1}          # the factor of the step decay, refused without it
 
 
 def test_every_option_reaches_the_config_and_survives_save_load(tmp_path):

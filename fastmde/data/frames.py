@@ -19,7 +19,9 @@ class NYUFrames(Dataset):
     Args:
         root: the directory holding ``train/`` and ``val/``.
         split: ``"train"`` or ``"val"``.
-        size: the expected frame size (rows, columns); (480, 640) for NYU.
+        size: the expected frame size (rows, columns); (480, 640) for NYU; None: the size of
+            the first file's ``rgb`` (every file must have it), e.g. for ``fastmde synth --size``
+            datasets.
 
     Items are ``{"image": uint8 (3, H, W), "depth": float32 (1, H, W), 0 = invalid}``;
     ``files[i]`` and ``scenes[i]`` name the file and scene of item ``i``.
@@ -29,7 +31,7 @@ class NYUFrames(Dataset):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.root, self.split = os.fspath(root), split
-        self.size = parse_size(size)
+        self.size = None if size is None else parse_size(size)
         top = os.path.join(self.root, split)
         if not os.path.isdir(top):
             raise FileNotFoundError(f"{top}: no such directory (expected {split}/<scene>/<NNNNN>.h5 under {self.root})")
@@ -45,6 +47,12 @@ class NYUFrames(Dataset):
         if not files:
             raise FileNotFoundError(f"{top}: no <scene>/*.h5 files")
         self.files, self.scenes = files, scenes
+        if self.size is None:
+            with open_hdf5(files[0]) as f:
+                shape = tuple(hdf5_dataset(f, files[0], "rgb").shape)
+            if len(shape) != 3 or shape[0] != 3:
+                raise DataFormatError(f"{files[0]}: dataset 'rgb' has shape {shape}, expected (3, H, W)")
+            self.size = shape[1:]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -10,6 +10,10 @@ from torch.utils.data import Dataset
 from ._common import NYU_SIZE, DataFormatError, LazyHDF5, check_array, hdf5_dataset, make_item, parse_size, read_hdf5
 from .splits import NYU_LABELED_COUNT, nyu_test_indices, read_index_file
 
+#: the labelled set's file name, and the test-split file read beside it
+FILE_NAME = "nyu_depth_v2_labeled.mat"
+INDEX_FILE_NAME = "test_indices.txt"
+
 
 class NYULabeled(Dataset):
     """Items of ``nyu_depth_v2_labeled.mat``, read lazily one image at a time.
@@ -19,12 +23,14 @@ class NYULabeled(Dataset):
     transposes them back: ``image[c, y, x] = images[n, c, x, y]``, ``depth[0, y, x] = depths[n, x, y]``.
 
     Args:
-        path: the .mat file.
+        path: the .mat file, or a folder holding ``nyu_depth_v2_labeled.mat``.
         split: ``"train"`` (795 images), ``"test"`` (654) or ``"all"``.
         depth: ``"depths"`` (in-painted, metres) or ``"rawDepths"`` (raw Kinect, 0 = missing).
         test_indices: 1-based indices of the test images, or a file of them (one a line);
-            default: the standard 654 (which needs a file of 1449 images).
-        size: the expected frame size (rows, columns); (480, 640) for NYU.
+            default: the file ``test_indices.txt`` beside the .mat if there is one (``fastmde
+            synth --layout labeled`` writes it), else the standard 654 (which needs a file of
+            1449 images).
+        size: the expected frame size (rows, columns); (480, 640) for NYU; None: the file's own.
 
     Items are ``{"image": uint8 (3, H, W), "depth": float32 (1, H, W) metres, 0 = invalid}``;
     ``indices[i]`` is the 1-based index in the file of item ``i`` and ``scenes[i]`` its scene
@@ -45,10 +51,15 @@ class NYULabeled(Dataset):
         if depth not in ("depths", "rawDepths"):
             raise ValueError(f"depth must be 'depths' or 'rawDepths', got {depth!r}")
         self.split, self.depth_key = split, depth
-        self.size = parse_size(size)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, FILE_NAME)):
+            path = os.path.join(path, FILE_NAME)
         self._h5 = LazyHDF5(path)
         self.path = self._h5.path
         f = self._h5.get()
+        if size is None:   # the file's own size: images are (N, 3, W, H)
+            shape = tuple(hdf5_dataset(f, self.path, "images").shape)
+            size = (shape[3], shape[2]) if len(shape) == 4 else NYU_SIZE
+        self.size = parse_size(size)
         h, w = self.size
         images = hdf5_dataset(f, self.path, "images")
         check_array(self.path, "images", images, (None, 3, w, h), "u", "uint8")
@@ -61,11 +72,15 @@ class NYULabeled(Dataset):
         if split == "all":
             indices = list(range(1, count + 1))
         else:
+            beside = os.path.join(os.path.dirname(os.path.abspath(self.path)), INDEX_FILE_NAME)
+            if test_indices is None and os.path.isfile(beside):
+                test_indices = beside
             if test_indices is None:
                 if count != NYU_LABELED_COUNT:
                     raise DataFormatError(
                         f"{self.path}: has {count} images; the standard train/test split needs "
-                        f"{NYU_LABELED_COUNT} (pass test_indices=... or split='all')"
+                        f"{NYU_LABELED_COUNT}: put the 1-based indices of its test images, one a line, in "
+                        f"{beside} (fastmde synth --layout labeled writes that file)"
                     )
                 test = nyu_test_indices()
             elif isinstance(test_indices, (str, os.PathLike)):

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new or empty (a folder holding files is refused, see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the dataset an earlier fastmde synth wrote in --out (only once the new one is "
+                             "complete; a folder holding other files is still refused)")
     parser.add_argument("--train", type=int, default=1000, help="training frames (default 1000)")
     parser.add_argument("--val", type=int, default=100, help="validation frames, from separate scenes (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--layout", choices=("frames", "labeled"), default="frames",
-                        help="frames: train/<scene>/NNNNN.h5 + val/official/NNNNN.h5 (NYUFrames); "
-                             "labeled: nyu_depth_v2_labeled.mat + test_indices.txt (NYULabeled)")
+                        help="frames: train/<scene>/NNNNN.h5 + val/official/NNNNN.h5, read by fastmde train "
+                             "--data-format frames --data OUT; labeled: nyu_depth_v2_labeled.mat + test_indices.txt, "
+                             "read by --data-format labeled --data OUT (default: %(default)s)")
     parser.add_argument("--size", default="480x640", help="frame size HxW (default 480x640)")
     parser.add_argument("--frames-per-scene", type=int, default=4, help="views per training room (default 4)")
     parser.add_argument("--val-frames-per-scene", type=int, default=1,
@@ -23,14 +28,11 @@ def run(args) -> int:
     from .._text import parse_size
     from .synthetic import write_synthetic_dataset
 
-    try:
-        h, w = parse_size(args.size, what="--size")
-    except ValueError:
-        raise SystemExit(f"fastmde synth: --size must be HxW, e.g. 480x640, got {args.size!r}") from None
+    h, w = parse_size(args.size, what="--size", minimum=8)     # a ValueError: one line, exit 2
     start = time.perf_counter()
     write_synthetic_dataset(args.out, train=args.train, val=args.val, seed=args.seed, layout=args.layout,
                             size=(h, w), frames_per_scene=args.frames_per_scene, noise=args.noise, progress=True,
-                            val_frames_per_scene=args.val_frames_per_scene)
+                            val_frames_per_scene=args.val_frames_per_scene, overwrite=args.overwrite)
     n = args.train + args.val
     dt = time.perf_counter() - start
     print(f"wrote {n} frames ({args.layout} layout) to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.1f} frames/s)")

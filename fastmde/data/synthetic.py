@@ -553,6 +553,10 @@ class SyntheticScenes(Dataset):
 # ----------------------------------------------------------------------------- files on disk
 
 
+#: what ``write_synthetic_dataset`` puts in its folder (``overwrite`` replaces only such a folder)
+DATASET_ENTRIES = ("train", "val", "nyu_depth_v2_labeled.mat", "test_indices.txt", "synth.json")
+
+
 def write_synthetic_dataset(
     out_dir,
     train: int = 1000,
@@ -564,20 +568,34 @@ def write_synthetic_dataset(
     noise: bool = False,
     progress: bool = False,
     val_frames_per_scene: int = 1,
+    overwrite: bool = False,
 ) -> str:
-    """Render a synthetic dataset into ``out_dir`` in a real NYU layout; returns ``out_dir``.
+    """Render a synthetic dataset into the folder ``out_dir`` in a real NYU layout; returns ``out_dir``.
+
+    ``out_dir`` must be absent or empty: a folder that already holds files is refused
+    (FileExistsError), since adding frames of another size or seed to a dataset would mix them.
+    ``overwrite=True`` replaces a dataset this function wrote (a folder holding only
+    :data:`DATASET_ENTRIES`); anything else in the folder is still refused. The dataset is
+    rendered in a temporary folder beside ``out_dir`` and renamed into place, so an interrupted
+    or failed run leaves ``out_dir`` as it was (the replaced dataset included).
+    ``synth.json`` records what was rendered (seed, size, counts, layout, views, noise).
 
     ``layout="frames"``: ``train/synth_NNNNN/NNNNN.h5`` (``frames_per_scene`` views per scene) and
     ``val/official/NNNNN.h5``, read by :class:`NYUFrames`; train depth is the raw depth (with
     holes when ``noise``), val depth is clean, as in the real layout. ``layout="labeled"``: ``nyu_depth_v2_labeled.mat`` with the ``train``
     images first and the ``val`` ones last (``depths`` clean, ``rawDepths`` noisy if ``noise``)
     and ``test_indices.txt`` (1-based indices of the val images), read by
-    ``NYULabeled(path, split=..., test_indices=<out_dir>/test_indices.txt)``.
+    ``NYULabeled(out_dir, split=...)`` (which reads the ``test_indices.txt`` beside the file) and
+    ``fastmde train --data-format labeled --data <out_dir>``.
     Validation scenes come from a separate stream, so they share no scene with training, and
     by default every validation frame is a room of its own (``val_frames_per_scene=1``): the
     frames of a held-out score are independent samples, not views of a few rooms.
     """
-    from .writers import LabeledMatWriter, write_frame_h5, write_index_file
+    import json
+    import secrets
+    import shutil
+
+    from .._atomic import atomic_write_text
 
     if layout not in ("frames", "labeled"):
         raise ValueError(f"layout must be 'frames' or 'labeled', got {layout!r}")
@@ -586,9 +604,59 @@ def write_synthetic_dataset(
     if frames_per_scene < 1 or val_frames_per_scene < 1:
         raise ValueError(f"frames per scene must be >= 1, got {frames_per_scene} (train) and "
                          f"{val_frames_per_scene} (val)")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed}")
     size = parse_size(size)
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir!r} is a file; the dataset is written into a folder")
+    held = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    if held and not overwrite:
+        raise FileExistsError(f"{out_dir!r} already holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}: "
+                              "writing into it would mix two datasets; choose an empty or new folder, or pass "
+                              "--overwrite to replace a dataset written by fastmde synth")
+    foreign = [name for name in held if name not in DATASET_ENTRIES]
+    if foreign:
+        raise FileExistsError(f"{out_dir!r} holds files fastmde synth does not write ({', '.join(foreign[:5])}): "
+                              "--overwrite replaces only a synthetic dataset; choose another folder")
+    manifest = {"generator": "fastmde synth", "layout": layout, "train": int(train), "val": int(val),
+                "seed": int(seed), "size": list(size), "frames_per_scene": int(frames_per_scene),
+                "val_frames_per_scene": int(val_frames_per_scene), "noise": bool(noise)}
+    # Rendered beside, then renamed into place; a replaced dataset is moved aside only once the
+    # new one is complete, and comes back if anything fails.
+    target = os.path.abspath(out_dir)
+    parent, base = os.path.dirname(target), os.path.basename(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{base}.{secrets.token_hex(6)}.tmp")
+    os.mkdir(staging)
+    aside = None
+    try:
+        _write_dataset(staging, train, val, seed, layout, size, frames_per_scene, noise, progress, val_frames_per_scene)
+        atomic_write_text(json.dumps(manifest, indent=2) + "\n", os.path.join(staging, "synth.json"))
+        if held:
+            aside = os.path.join(parent, f".{base}.{secrets.token_hex(6)}.old")
+            os.rename(target, aside)
+        if os.path.isdir(target):    # an empty folder of the user's: keep it, fill it (synth.json last)
+            for name in sorted(os.listdir(staging), key=lambda n: n == "synth.json"):
+                os.rename(os.path.join(staging, name), os.path.join(target, name))
+            os.rmdir(staging)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if aside is not None and not os.path.exists(target):
+            os.rename(aside, target)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return out_dir
+
+
+def _write_dataset(out_dir: str, train: int, val: int, seed: int, layout: str, size, frames_per_scene: int,
+                   noise: bool, progress: bool, val_frames_per_scene: int) -> None:
+    """The frames of :func:`write_synthetic_dataset`, written into the existing folder ``out_dir``."""
+    from .writers import LabeledMatWriter, write_frame_h5, write_index_file
+
     jobs = [("train", i) for i in range(train)] + [("val", i) for i in range(val)]
 
     def frames():
@@ -611,7 +679,6 @@ def write_synthetic_dataset(
                 w.add(rgb, depth, raw)
         write_index_file(os.path.join(out_dir, "test_indices.txt"), range(train + 1, train + val + 1),
                          "1-based indices of the held-out (val) images of nyu_depth_v2_labeled.mat")
-    return out_dir
 
 
 def default_cache_dir() -> str:
@@ -640,7 +707,8 @@ def default_synthetic_root(cache_dir=None, train: int = 1000, val: int = 100, se
     root = os.path.join(cache_dir, name)
     if os.path.isdir(root):
         return root
+    if int(train) < 0 or int(val) < 0 or int(train) + int(val) == 0:
+        raise ValueError(f"need train >= 0, val >= 0 and at least one frame, got train={train}, val={val}")
     with atomic_directory(root) as tmp:
-        write_synthetic_dataset(tmp, train=train, val=val, seed=seed, layout="frames", size=(h, w),
-                                frames_per_scene=int(views), progress=progress)
+        _write_dataset(tmp, int(train), int(val), int(seed), "frames", (h, w), int(views), False, progress, 1)
     return root

@@ -16,8 +16,12 @@ code from the file runs). ``epoch``/``batch_in_epoch`` point at the next batch t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -33,12 +37,48 @@ class CheckpointError(ValueError):
     """The file is not a (compatible) fastmde checkpoint."""
 
 
-def atomic_save(obj, path: str) -> None:
+def atomic_save(obj, path: str, *, stopping: bool = False) -> None:
     """``torch.save`` through :func:`fastmde._atomic.atomic_write` (temporary file beside
     ``path``, fsync, ``os.replace``): readers see the old complete checkpoint or the new one,
-    never half of one, even when the process is killed mid-write."""
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    never half of one, even when the process is killed mid-write.
+
+    Ctrl-C does not cut a save short (:func:`interrupts_deferred`): the file is finished first.
+    A Ctrl-C during an ordinary save is raised as ``KeyboardInterrupt`` once the file is in
+    place; with ``stopping=True`` (the save a Ctrl-C asked for) further presses are only
+    acknowledged, since the run is stopping anyway."""
+    with interrupts_deferred(raise_after=not stopping):
+        with atomic_write(path, "wb") as f:
+            torch.save(obj, f)
+
+
+@contextlib.contextmanager
+def interrupts_deferred(*, raise_after: bool = True):
+    """Hold Ctrl-C (SIGINT) until the block ends, so that a file being written is finished.
+
+    A ``KeyboardInterrupt`` inside ``torch.save`` leaves its zip writer half-closed (it then
+    fails with ``RuntimeError: [enforce fail at inline_container.cc]``) and the checkpoint
+    unwritten. While the block runs, a Ctrl-C prints one line and is remembered; when the block
+    has finished normally it is raised as ``KeyboardInterrupt`` (``raise_after``) or dropped.
+    Only in the main thread and only while Ctrl-C raises ``KeyboardInterrupt`` (Python's
+    default handler); otherwise nothing changes."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed = []
+
+    def hold(signum, frame):
+        if not pressed:
+            print("fastmde: finishing the checkpoint being written before stopping", file=sys.stderr, flush=True)
+        pressed.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed and raise_after:
+        raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------- RNG states (plain values only)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 
@@ -58,16 +59,19 @@ def loss_presets() -> tuple[str, ...]:
 
 
 def option(default, help: str, *, group: str, choices=None, flag: str | None = None, metavar: str | None = None,
-           unset: str | None = None, on_resume: str = "fixed", result: bool = True, cli: bool = True):
+           unset: str | None = None, on_resume: str = "fixed", result: bool = True, cli: bool = True,
+           former: tuple[str, ...] = ()):
     """One training option: a dataclass field carrying its command-line and resume rules.
 
     ``choices`` is a tuple or a function returning one (evaluated when used); ``unset`` says
     what a ``None`` default means in the help; ``flag`` overrides ``--<name-with-dashes>``;
-    ``cli=False`` keeps an option off the command line (Python and sweep rows only)."""
+    ``cli=False`` keeps an option off the command line (Python and sweep rows only); ``former``
+    lists earlier names of the option, still read from saved configurations, sweep rows and (with
+    a warning) the command line."""
     if on_resume not in RESUME_RULES:
         raise ValueError(f"on_resume must be one of {RESUME_RULES}, got {on_resume!r}")
     metadata = dict(help=help, group=group, choices=choices, flag=flag, metavar=metavar, unset=unset,
-                    on_resume=on_resume, result=result, cli=cli)
+                    on_resume=on_resume, result=result, cli=cli, former=tuple(former))
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -147,7 +151,11 @@ class TrainConfig:
     cache_dir: str | None = option(None, "where the synthetic dataset is generated once", group=DATA,
                                    unset="fastmde's cache folder", on_resume="apply", result=False)
     synthetic_train: int = option(400, "synthetic training frames", group=DATA)
-    synthetic_val: int = option(40, "held-out synthetic test frames (one room each)", group=DATA)
+    # Formerly synthetic_val: the frames layout names its test split "val" (NYU's val/official),
+    # but these frames are the test set; validation is --val-fraction of the training frames.
+    synthetic_test: int = option(40, "held-out synthetic test frames, one room each: the test split (validation "
+                                     "is --val-fraction of the training frames; formerly --synthetic-val)",
+                                 group=DATA, former=("synthetic_val",))
     synthetic_size: tuple[int, int] = option((480, 640), "frame size HxW of the synthetic data (NYU: 480x640)",
                                              group=DATA)
     synthetic_views: int = option(4, "synthetic training frames per room (held-out frames are one per room)",
@@ -208,8 +216,11 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
         if self.data_format != "synthetic" and not self.data:
             raise ValueError(f"data_format {self.data_format!r} needs a data path (--data)")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be positive")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_named(name)} must be a positive integer, got {getattr(self, name)}")
+        if self.workers < -1:
+            raise ValueError(f"{_named('workers')} must be -1 (auto) or a number of processes >= 0, got {self.workers}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -224,8 +235,9 @@ class TrainConfig:
             raise ValueError(f"warmup must be a number of steps >= 0, got {self.warmup}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1) such as 0.99, got {self.ema}")
-        if self.synthetic_train < 1 or self.synthetic_val < 1:
-            raise ValueError("synthetic_train and synthetic_val must be positive numbers of rooms")
+        for name in ("synthetic_train", "synthetic_test"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_named(name)} must be a positive number of frames, got {getattr(self, name)}")
         if self.synthetic_views < 1:
             raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
         if self.time_limit is not None and not self.time_limit > 0:
@@ -233,6 +245,31 @@ class TrainConfig:
         if self.init_from is not None and self.pretrained not in (None, "auto", "none"):
             raise ValueError("choose one initialisation: init_from (the whole model) or pretrained (the encoder)")
         self._check_file_options()
+        self._refuse_options_without_effect()
+
+    def _refuse_options_without_effect(self) -> None:
+        """An option that the rest of the configuration makes meaningless is a mistake to name,
+        not to ignore: each pair is refused with both flags."""
+        from ..reference.depth_loss import PRESETS
+
+        if not self.augment and self.augment_parts != default_of("augment_parts"):
+            raise ValueError(f"{_named('augment_parts')} chooses among the transforms of --augment, which is off "
+                             "(--no-augment): drop one of them")
+        preset = PRESETS.get(self.loss, {})
+        if self.blur is not None and preset and not (preset.get("gradient") or preset.get("normal")):
+            raise ValueError(f"{_named('blur')} sets the ground-truth blur of the gradient and normal terms, and loss "
+                             f"{self.loss!r} (--loss) has neither: drop --blur/--no-blur or choose a loss with them")
+        if not self.lr_gamma > 0:
+            raise ValueError(f"{_named('lr_gamma')} must be a positive factor, got {self.lr_gamma}")
+        if self.lr_step is None and self.lr_gamma != default_of("lr_gamma"):
+            raise ValueError(f"{_named('lr_gamma')} is the factor of the --lr-step decay, which is off: "
+                             "pass --lr-step N too, or drop --lr-gamma")
+        if self.data_format != "synthetic":
+            changed = [name for name in ("synthetic_train", "synthetic_test", "synthetic_size", "synthetic_views")
+                       if getattr(self, name) != default_of(name)]
+            if changed:
+                raise ValueError(f"{', '.join(_named(name) for name in changed)} describe(s) the synthetic data, "
+                                 f"and --data-format is {self.data_format}: drop them")
 
     def to_dict(self) -> dict:
         """Plain JSON values (sizes and parts as lists): the configuration saved in checkpoints."""
@@ -244,6 +281,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        data = current_names(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -251,7 +289,7 @@ class TrainConfig:
         return cls(**data)
 
     def replace(self, **changes) -> "TrainConfig":
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        return TrainConfig.from_dict({**self.to_dict(), **current_names(changes)})
 
     def _check_file_options(self) -> None:
         """The file-list and folder options name what they apply to; elsewhere they are refused."""
@@ -317,6 +355,29 @@ def _flag_named(name: str) -> str:
 
 def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainConfig)
+
+
+def current_names(options: dict) -> dict:
+    """``options`` with the former names of options (``synthetic_val``) replaced by the current
+    ones (``synthetic_test``): configurations saved before a rename, and sweep rows, still read.
+
+    Raises ValueError when an option is given under both names with different values."""
+    out = dict(options)
+    for f in fields():
+        for old in f.metadata.get("former", ()):
+            if old in out:
+                value = out.pop(old)
+                if f.name in out and out[f.name] != value:
+                    raise ValueError(f"{f.name} is given twice, as {out[f.name]!r} and under its former name "
+                                     f"{old} = {value!r}")
+                out[f.name] = value
+    return out
+
+
+def _named(name: str) -> str:
+    """``"epochs (--epochs)"``: an option as Python callers and the command line both know it."""
+    f = next(f for f in fields() if f.name == name)
+    return f"{name} ({flag_of(f)})"
 
 
 def choices_of(f: dataclasses.Field):
@@ -389,7 +450,23 @@ def _add(parser, f: dataclasses.Field, **changes) -> argparse.Action:
     kwargs["help"] = help_text
     if kwargs.get("metavar") is None:
         kwargs.pop("metavar")
-    return parser.add_argument(flag_of(f), **kwargs)
+    action = parser.add_argument(flag_of(f), **kwargs)
+    for old in meta.get("former", ()):     # hidden, and said to be a former name when used
+        former = dict(kwargs, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        former.pop("action", None)
+        parser.add_argument("--" + old.replace("_", "-"), action=_former_name(flag_of(f)), **former)
+    return action
+
+
+def _former_name(flag: str) -> type:
+    """An argparse action storing like ``store`` that warns that ``flag`` is the option's name now."""
+
+    class FormerName(argparse._StoreAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"fastmde: {option_string} is the former name of {flag}; it still works", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return FormerName
 
 
 def add_arguments(parser) -> None:

@@ -50,7 +50,7 @@ def open_files(data_format: str, path: str, split: str = "all", *, image_root=No
 
 
 def open_split(data_format: str, path: str | None, split: str, *, cache_dir=None,
-               synthetic_train: int = default_of("synthetic_train"), synthetic_val: int = default_of("synthetic_val"),
+               synthetic_train: int = default_of("synthetic_train"), synthetic_test: int = default_of("synthetic_test"),
                synthetic_size=default_of("synthetic_size"), synthetic_views: int = default_of("synthetic_views"),
                files: dict | None = None):
     """One split ("train" or the format's test split name) of a dataset (the synthetic options'
@@ -61,15 +61,15 @@ def open_split(data_format: str, path: str | None, split: str, *, cache_dir=None
         return open_files(data_format, path, split, **(files or {}))
     if data_format == "synthetic":
         size = tuple(synthetic_size)
-        root = path or data.default_synthetic_root(cache_dir=cache_dir, train=synthetic_train, val=synthetic_val,
+        root = path or data.default_synthetic_root(cache_dir=cache_dir, train=synthetic_train, val=synthetic_test,
                                                    size=size, views=synthetic_views)
         return data.NYUFrames(root, split=split, size=size)
     if data_format == "frames":
-        return data.NYUFrames(path, split=split)
+        return data.NYUFrames(path, split=split, size=None)   # the files' own size (NYU: 480x640)
     if data_format == "csv":
         return data.NYUCsv(path, split=split)
     if data_format == "labeled":
-        return data.NYULabeled(path, split=split)
+        return data.NYULabeled(path, split=split, size=None)  # test split: test_indices.txt beside, else NYU's
     raise ValueError(f"unknown data format {data_format!r}")
 
 
@@ -77,7 +77,7 @@ def build_datasets(cfg):
     """(train, validation, test) for a :class:`TrainConfig`; test may be None if absent."""
     from .. import data
 
-    options = dict(cache_dir=cfg.cache_dir, synthetic_train=cfg.synthetic_train, synthetic_val=cfg.synthetic_val,
+    options = dict(cache_dir=cfg.cache_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test,
                    synthetic_size=cfg.synthetic_size, synthetic_views=cfg.synthetic_views)
     files = cfg.data_format in ("list", "folder")
     full = open_split(cfg.data_format, cfg.data, "train", files=file_options(cfg) if files else None, **options)

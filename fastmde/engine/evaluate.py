@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
 from .inference import predict_depth, to_images
-from .progress import is_terminal, tqdm
 from ..data.fit import collate_by_size
 from ..reference.depth_metrics import METRIC_NAMES
 from .protocols import PROTOCOLS, get_protocol
@@ -20,7 +19,7 @@ from .protocols import PROTOCOLS, get_protocol
 @torch.no_grad()
 def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int = 4, workers: int = 0,
              amp_dtype=None, channels_last: bool = False, dist_info: DistInfo | None = None,
-             flip: bool | None = None, progress: bool | None = False) -> dict:
+             flip: bool | None = None) -> dict:
     """Metrics of ``model`` on ``dataset`` (items {"image", "depth"}) as plain floats.
 
     Every rank evaluates its shard; ``DepthMetrics.compute`` all-reduces, so every rank returns
@@ -38,9 +37,7 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
     was_training = model.training
     model.eval()
     try:
-        # a tqdm bar of the batches on stderr: progress=None on a terminal only, True also in logs
-        show = info.is_main and (is_terminal(sys.stderr) if progress is None else bool(progress))
-        for groups in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show, file=sys.stderr):
+        for groups in loader:
             for batch in groups:        # one batch per frame size
                 images = to_images(batch["image"], device, channels_last)
                 depth = batch["depth"].to(device, non_blocking=True).float()
@@ -74,32 +71,117 @@ def add_arguments(parser) -> None:
     parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
     parser.add_argument("--workers", type=int, default=default_of("workers"))
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: the checkpoint's)")
-    parser.add_argument("--out", default=None, help="JSON output (default: eval-<protocol>.json next to the checkpoint)")
+    parser.add_argument("--out", default=None,
+                        help="JSON output file, or an existing folder to write the default name into (default: "
+                             "eval-<checkpoint>-<format>-<split>-<protocol>.json next to the checkpoint, with "
+                             "-flip/-noflip when --flip/--no-flip is given); a file holding another evaluation "
+                             "is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a result file that holds another evaluation (the same evaluation is always "
+                             "replaced)")
+
+
+def result_name(checkpoint: str, data_format: str, split: str, protocol: str, flip: bool | None) -> str:
+    """``eval-<checkpoint file stem>-<format>-<split>-<protocol>[-flip|-noflip].json``: a result
+    file named by what it evaluated, so that evaluations of one checkpoint do not replace each other."""
+    from .._text import slug
+
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    parts = [stem, data_format, split, protocol] + ([] if flip is None else ["flip" if flip else "noflip"])
+    return "eval-" + "-".join(slug(p) for p in parts) + ".json"
+
+
+def result_path(out: str | None, checkpoint: str, name: str) -> str:
+    """Where ``fastmde eval`` writes: ``out`` (a file, or an existing folder that gets ``name``),
+    else ``name`` beside ``checkpoint``. Checked before any evaluation.
+
+    Raises:
+        FileNotFoundError: the folder ``out`` would be written in does not exist (nothing is
+            created outside an existing folder).
+        PermissionError: that folder cannot be written.
+    """
+    if out is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
+    elif os.path.isdir(out) or out.endswith(("/", os.sep)):
+        if not os.path.isdir(out):
+            raise FileNotFoundError(f"--out {out!r}: no such folder (create it first)")
+        path = os.path.join(out, name)
+    else:
+        path = out
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {out!r}: the folder {folder!r} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--out {out!r}: the folder {folder!r} cannot be written")
+    return path
+
+
+#: what makes two evaluations the same one (a result file holding another is not replaced silently)
+IDENTITY = ("checkpoint", "data_format", "data", "split", "protocol_name", "flip", "synthetic")
+
+
+def check_replaceable(path: str, identity: dict, overwrite: bool) -> None:
+    """Refuse (FileExistsError) to replace ``path`` unless it is absent, holds the evaluation
+    ``identity`` describes (same checkpoint, data, split, protocol, flip), or ``overwrite``."""
+    if overwrite or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        held = {key: old.get("identity", {}).get(key) for key in IDENTITY}
+    except (OSError, ValueError, AttributeError):
+        held = None
+    if held == identity:
+        return
+    what = ("a file that is not an evaluation result" if held is None else
+            "another evaluation (" + ", ".join(f"{k} {held[k]!r} there, {identity[k]!r} now" for k in IDENTITY
+                                               if held[k] != identity[k]) + ")")
+    raise FileExistsError(f"{path!r} holds {what}: pass --overwrite to replace it, or another --out")
 
 
 def run(args) -> int:
     from .._atomic import atomic_write_text
     from .checkpoint import load
-    from .config import default_of
+    from .config import current_names, default_of
     from .datasets import open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.workers < -1:
+        raise ValueError(f"--workers must be -1 (auto) or a number of processes >= 0, got {args.workers}")
     # a fastmde checkpoint, a run directory, or a checkpoint of the paper authors' or Hu et al.'s code
     model = load(args.checkpoint, device="cpu")
-    cfg = model.fastmde_config
+    cfg = current_names(model.fastmde_config)
     data_format = args.data_format or cfg.get("data_format", default_of("data_format"))
     data_path = args.data if args.data is not None else (cfg.get("data") if data_format == cfg.get("data_format") else None)
+    if data_format != "synthetic" and data_path is None:
+        trained_on = cfg.get("data_format")
+        raise ValueError(f"--data-format {data_format} needs --data (the dataset path)"
+                         + (f": the checkpoint was trained on {trained_on} data, whose path does not apply"
+                            if trained_on else ""))
+    if data_path is not None and not os.path.exists(data_path):
+        raise FileNotFoundError(f"--data {data_path!r} does not exist"
+                                + ("" if args.data is not None else " (the path the checkpoint was trained on)"))
     split = args.split or test_split_name(data_format)
+    protocol = get_protocol(args.protocol)
+    synthetic = {name: cfg.get(name, default_of(name)) for name in
+                 ("synthetic_train", "synthetic_test", "synthetic_size", "synthetic_views")}
+    identity = {"checkpoint": os.path.abspath(model.fastmde_checkpoint), "data_format": data_format,
+                "data": None if data_path is None else os.path.abspath(data_path), "split": split,
+                "protocol_name": protocol.name, "flip": protocol.flip if args.flip is None else bool(args.flip),
+                "synthetic": ({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in synthetic.items()}
+                              if data_format == "synthetic" and data_path is None else None)}
+    out = result_path(args.out, model.fastmde_checkpoint,
+                      result_name(model.fastmde_checkpoint, data_format, split, protocol.name, args.flip))
+    check_replaceable(out, identity, args.overwrite)
     device = resolve_device(args.device)
     dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
-                         files=file_options_for(args, cfg, data_format, get_protocol(args.protocol)),
-                         **{name: cfg.get(name, default_of(name)) for name in
-                            ("synthetic_train", "synthetic_val", "synthetic_size", "synthetic_views")})
+                         files=file_options_for(args, cfg, data_format, protocol), **synthetic)
     model = model.to(device)
-    protocol = get_protocol(args.protocol)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
                       workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device),
-                      flip=args.flip, progress=None)
+                      flip=args.flip)
     if not values["count"] > 0:
         print(f"fastmde eval: nothing was scored: no ground-truth pixel of {data_format}/{split} ({len(dataset)} "
               f"images) passed the {protocol.name} protocol's tests (finite, > 0, range {protocol.min_depth:g} to "
@@ -108,11 +190,10 @@ def run(args) -> int:
         return 1
     result = {"checkpoint": model.fastmde_checkpoint, "model": model.fastmde_variant, "data_format": data_format,
               "data": data_path, "split": split, "items": len(dataset), "protocol": protocol.to_dict(),
-              "metrics": values}
+              "metrics": values, "identity": identity}
     print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
     print(" | ".join(f"{k:>7}" for k in METRIC_NAMES))
     print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_NAMES))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(model.fastmde_checkpoint)), f"eval-{protocol.name}.json")
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

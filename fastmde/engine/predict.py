@@ -16,6 +16,7 @@ is written. Every file is written atomically; the count printed is the count wri
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -141,10 +142,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=default_of("device"))
     parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
     clamp = PROTOCOLS[VALIDATION_PROTOCOL].clamp
-    parser.epilog = ("Each <name>.png is the depth map at the photo's pixel size (its top-left corner) in reversed "
-                     "Turbo colours, near red and far blue, over [--min-depth, --max-depth], the same range for every "
-                     "image, with a colour bar in metres to its right; black is no depth (a non-finite prediction). "
-                     "Each <name>.npy holds float32 metres.")
     parser.add_argument("--min-depth", type=float, default=clamp[0],
                         help=("predictions are clamped to [--min-depth, --max-depth] metres (in the .png and "
                               "the .npy), as evaluation clamps them, and the colour bar spans that range "
@@ -190,6 +187,14 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
+    for flag, value in (("--min-depth", args.min_depth), ("--max-depth", args.max_depth)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag} must be a depth in metres >= 0, got {value}")
+    if args.min_depth is not None and args.max_depth is not None and not args.min_depth < args.max_depth:
+        raise ValueError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g} "
+                         "(the colour scale runs from the one to the other)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"--out {args.out!r} is a file; it names the folder the depth maps go to")
     paths, duplicates, read = inputs_of(args)
     stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite)
     if duplicates:

@@ -18,14 +18,29 @@ import torch
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``--device``: ``auto`` (CUDA if there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:N``
+    (``cuda`` under torchrun: the process's local rank), or another PyTorch device type that this
+    machine has (``mps``, ``xpu``).
+
+    Raises ValueError naming the value for a name that is no device or a device that is absent."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device cuda requested but no CUDA device is available")
+            raise ValueError(f"--device {name}: no CUDA device is available here (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        if device.type == "meta" or not (backend is not None and getattr(backend, "is_available", lambda: False)()):
+            raise ValueError(f"--device {name}: no {device.type} device is available here (use auto, cpu or cuda)")
     return device
 
 

@@ -23,10 +23,22 @@ or from a built-in list named after the paper's tables (``--configs table1|table
 A row's keys are :class:`~fastmde.engine.config.TrainConfig` option names (``batch_size`` or
 ``batch-size``), with values as on the command line (``"size": "64x80"``).
 
-Rows whose run directory already holds a finished ``result.json`` trained with the same
-options (every option that changes a result, see ``TrainConfig``) are not retrained (a sweep
-can be interrupted and started again); a row whose saved options differ is trained again, and a
-result scored under another protocol is scored again, each said in the log.
+A sweep never loses a row's work without being told to. Before anything is trained, every
+row's run directory is looked at (:func:`plan_rows`):
+
+* a finished ``result.json`` trained with the same options (every option that changes a result,
+  see ``TrainConfig``) is reused (a result scored under another protocol is scored again);
+* a ``last.pt`` without a result (a sweep interrupted in that row), or a result trained with
+  other options, is refused, naming the row and what differs, unless ``--resume`` (continue it
+  from ``last.pt``, by the rules of ``fastmde train --resume``: options that may change are
+  applied and recorded, the others are refused) or ``--overwrite`` (train it again from step 0).
+
+Ctrl-C saves the row being trained (``last.pt``) and exits with one line; the same command with
+``--resume`` continues that row from its checkpoint and reuses the finished ones.
+
+The table says what each row actually trained (steps, epochs, images seen, and why a row
+stopped before its ``--epochs``) and every option in which the rows differ from the paper's
+setting (:func:`fastmde.engine.paper.recipe_differences`).
 
 Every row is scored, in the table and in the figure, by one model: the one its ``last.pt``
 loads (:func:`scored_model`: the weights' moving average with ``--ema``, as validation scores).
@@ -74,17 +86,27 @@ def builtin_rows(name: str) -> list[dict]:
 def read_rows(source: str) -> list[dict]:
     """Rows from a built-in name or a JSON/TOML file; each row a dict of TrainConfig options + name."""
     if not os.path.exists(source):
+        if source.endswith((".json", ".toml")) or os.sep in source:
+            raise FileNotFoundError(f"--configs {source!r}: no such file (or one of {', '.join(BUILTIN)})")
         return builtin_rows(source)
+    if os.path.isdir(source):
+        raise IsADirectoryError(f"--configs {source!r} is a folder; it takes a .json/.toml file of rows")
     with open(source, "rb") as f:
         raw = f.read()
-    if source.endswith(".toml"):
-        import tomllib
+    try:
+        if source.endswith(".toml"):
+            import tomllib
 
-        data = tomllib.loads(raw.decode())
-        rows = data.get("rows")
-    else:
-        data = json.loads(raw.decode())
-        rows = data.get("rows") if isinstance(data, dict) else data
+            data = tomllib.loads(raw.decode())
+            rows = data.get("rows")
+        else:
+            data = json.loads(raw.decode())
+            rows = data.get("rows") if isinstance(data, dict) else data
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source!r}: not a text file ({exc})") from None
+    except ValueError as exc:     # json.JSONDecodeError, tomllib.TOMLDecodeError
+        kind = "TOML" if source.endswith(".toml") else "JSON"
+        raise ValueError(f"{source!r}: not valid {kind}: {exc}") from None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{source!r}: expected a non-empty list of rows (JSON list, or [[rows]] tables in TOML)")
     return rows
@@ -117,24 +139,102 @@ def scored_model(run_dir: str, device):
     return build_model_from_checkpoint(read_checkpoint(os.path.join(run_dir, "last.pt"))).to(device)
 
 
-def reusable_result(name: str, cfg: TrainConfig, log) -> dict | None:
-    """The row's saved ``result.json`` if it was trained with the same options, else None (logged)."""
-    path = os.path.join(cfg.out, "result.json")
-    if not os.path.exists(path) or not os.path.exists(os.path.join(cfg.out, "last.pt")):
-        return None
-    with open(path) as f:
-        result = json.load(f)
+def row_state(cfg: TrainConfig) -> tuple[str, dict | None, str]:
+    """What a row's run directory holds: ``(state, result, detail)``.
+
+    ``state`` is ``"new"`` (no ``last.pt``), ``"done"`` (a ``result.json`` trained with the same
+    options, returned as ``result``), ``"interrupted"`` (``last.pt`` without a result) or
+    ``"other"`` (a result trained with other options, or unreadable); ``detail`` says what
+    differs or where it stopped."""
+    from .checkpoint import CheckpointError, read_checkpoint
+
+    path, last = os.path.join(cfg.out, "result.json"), os.path.join(cfg.out, "last.pt")
+    if not os.path.exists(last):
+        return "new", None, ""
+    if not os.path.exists(path):
+        try:
+            step = read_checkpoint(last).get("step")
+        except CheckpointError as exc:
+            return "interrupted", None, f"a last.pt that cannot be read ({exc})"
+        return "interrupted", None, f"a run interrupted at step {step} (last.pt, no result.json)"
     try:
-        differences = result_differences(TrainConfig.from_dict(result["config"]), cfg)
-    except (KeyError, TypeError, ValueError) as exc:
-        log(f"sweep: {name}: {path} holds no readable configuration ({exc}): training again")
-        return None
+        with open(path) as f:
+            result = json.load(f)
+        saved = TrainConfig.from_dict(result["config"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        return "other", None, f"a result.json without a readable configuration ({exc})"
+    differences = result_differences(saved, cfg)
     if differences:
-        log(f"sweep: {name}: {path} was trained with other options ({describe_differences(differences)}): "
-            "training again")
-        return None
-    log(f"sweep: {name}: reusing {path}")
-    return result
+        return "other", None, f"a run trained with other options ({describe_differences(differences)})"
+    result["config"] = saved.to_dict()     # saved under former option names: today's names
+    return "done", result, ""
+
+
+def plan_rows(configs: list[tuple[str, TrainConfig]], *, resume: bool = False, overwrite: bool = False,
+              log=print) -> list[tuple[str, TrainConfig, str, dict | None]]:
+    """``(name, config, action, result)`` per row, decided before anything is trained: ``"train"``,
+    ``"resume"`` or ``"reuse"`` (``result`` is the saved one).
+
+    A row holding an interrupted run or a result of other options is trained again only with
+    ``overwrite``, continued only with ``resume`` (its ``last.pt`` must accept the options, as
+    ``fastmde train --resume`` would); otherwise every such row is named in one FileExistsError
+    and nothing is trained.
+
+    Raises:
+        ValueError: ``resume`` and ``overwrite`` together.
+        FileExistsError: rows that hold work and neither flag says what to do with it.
+        CheckpointError: ``resume`` and a row's ``last.pt`` refuses the options (named).
+    """
+    from .checkpoint import CheckpointError, read_checkpoint
+    from .train import resume_differences
+
+    if resume and overwrite:
+        raise ValueError("--resume continues the rows in --out and --overwrite trains them again: pass one of them")
+    plan, refused = [], []
+    for name, cfg in configs:
+        state, result, detail = row_state(cfg)
+        if state == "done":
+            plan.append((name, cfg, "reuse", result))
+        elif state == "new" or overwrite:
+            if state != "new":
+                log(f"sweep: {name}: {cfg.out} holds {detail}: training again (--overwrite)")
+            plan.append((name, cfg, "train", None))
+        elif resume:
+            last = os.path.join(cfg.out, "last.pt")
+            try:
+                resume_differences(read_checkpoint(last), cfg, last)
+            except CheckpointError as exc:
+                raise CheckpointError(f"sweep row {name!r}: {exc}") from None
+            plan.append((name, cfg, "resume", None))
+        else:
+            refused.append(f"row {name!r}: {cfg.out} holds {detail}")
+    if refused:
+        raise FileExistsError("sweep: " + "; ".join(refused) + ". Pass --resume to continue such rows from their "
+                              "last.pt, --overwrite to train them again, or choose another --out (nothing was "
+                              "trained)")
+    return plan
+
+
+def _row_result(name: str, cfg: TrainConfig, action: str, result: dict | None, log) -> dict:
+    """A row's result: the saved one (``reuse``), or that of training it (``train``: from step 0;
+    ``resume``: from its ``last.pt``), its metrics left to score. Says what each row trained:
+    steps, epochs (fractional), images seen, and why it stopped."""
+    from .train import Trainer
+
+    if action == "reuse":
+        log(f"sweep: {name}: reusing {os.path.join(cfg.out, 'result.json')}")
+        return result
+    stale = os.path.join(cfg.out, "result.json")
+    if action == "train" and os.path.exists(stale):
+        os.remove(stale)             # replaced by this training (--overwrite); never left beside another run
+    log(f"sweep: {name}: " + ("continuing from its last.pt" if action == "resume" else f"training {cfg.epochs} epoch(s)"))
+    start = time.perf_counter()
+    trainer = Trainer(cfg, resume=action == "resume", overwrite=action == "train", log=log)
+    summary = trainer.fit()
+    return {"name": name, "config": cfg.to_dict(), "metrics": None, "train_s": summary["train_s"],
+            "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start, "steps": summary["step"],
+            "epochs_trained": summary["epochs_trained"], "images_seen": summary["images_seen"],
+            "stopped": summary["stopped"], "option_changes": summary["option_changes"], "protocol": None}
 
 
 def varied_options(results: list[dict]) -> list[str]:
@@ -147,29 +247,62 @@ def varied_options(results: list[dict]) -> list[str]:
             and len({json.dumps(r["config"].get(f.name), sort_keys=True) for r in results}) > 1]
 
 
+#: column titles of the metrics (``METRIC_NAMES`` missing here are titled by their names)
+METRIC_TITLES = {"rms": "RMS", "rel": "REL", "log10": "log10", "delta1": "δ1", "delta2": "δ2", "delta3": "δ3"}
+
+
 def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
-    """The sweep's table: model, size, loss and every other option the rows vary, then the metrics."""
+    """The sweep's table: model, size, loss and every other option the rows vary, the metrics,
+    then what each row trained (steps, epochs, images seen), its training time and it/s; above
+    it, a line saying which rows stopped before their ``--epochs`` and why (``epochs``: the
+    base configuration's, for results that do not record their own)."""
     from .config import fields, flag_of, option_text
 
     varied = varied_options(results)
     flags = {f.name: flag_of(f) for f in fields()}
     titles = ["configuration", "model", "size", "loss", *(flags[name] for name in varied),
-              "RMS", "REL", "log10", "δ1", "δ2", "δ3", "train time", "it/s"]
-    lines = [
-        f"Each row trained for {epochs} epoch(s); metrics on the test split under the `{protocol}` protocol.",
-        "",
-        "| " + " | ".join(titles) + " |",
-        "|" + "---|" * len(titles),
-    ]
+              *(METRIC_TITLES.get(k, k) for k in METRIC_NAMES), "steps", "epochs", "images", "train time", "it/s"]
+    lines = [trained_line(results, epochs, protocol), "",
+             "| " + " | ".join(titles) + " |",
+             "|" + "---|" * len(titles)]
     for r in results:
         m, c = r["metrics"], r["config"]
+        trained = r.get("epochs_trained")
         lines.append(
             f"| {r['name']} | {c['model']} | {option_text(c['size'])} | {c['loss']} | "
             + "".join(f"{option_text(c.get(name))} | " for name in varied)
-            + " | ".join(f"{m[k]:.3f}" for k in METRIC_NAMES)
+            + " | ".join("-" if m.get(k) is None else f"{m[k]:.3f}" for k in METRIC_NAMES)   # results of older versions
+            + f" | {r.get('steps', '?')} | {'?' if trained is None else f'{trained:.2f}'} | {r.get('images_seen', '?')}"
             + f" | {r['train_s']:.1f} s | {r['it_per_s']:.2f} |"
         )
+    for r in results:
+        for change in r.get("option_changes") or []:
+            lines.append(f"\n{r['name']}: resumed at step {change['step']} with changed options: "
+                         + ", ".join(f"{flags.get(k, k)} {option_text(a)} -> {option_text(b)}"
+                                     for k, (a, b) in change["changes"].items()))
     return "\n".join(lines) + "\n"
+
+
+def trained_line(results: list[dict], epochs: int, protocol: str) -> str:
+    """One sentence: how long the rows trained (in full, or stopped by which limit) and how they
+    are scored."""
+    stops: dict[str, list[str]] = {}
+    for r in results:
+        c, stopped = r["config"], r.get("stopped")
+        if stopped in ("max_steps", "time_limit"):
+            limit = (f"--max-steps {c.get('max_steps')}" if stopped == "max_steps"
+                     else f"--time-limit {c.get('time_limit'):g} s")
+            stops.setdefault(f"stopped by {limit} before its {c.get('epochs', epochs)} epoch(s)", []).append(r["name"])
+        elif stopped == "completed":
+            stops.setdefault(f"trained its {c.get('epochs', epochs)} epoch(s) in full", []).append(r["name"])
+        else:
+            stops.setdefault(f"trained for --epochs {c.get('epochs', epochs)} (how far is not recorded)",
+                             []).append(r["name"])
+    names = [r["name"] for r in results]
+    how = "; ".join(f"{'every row' if rows == names else ', '.join(rows)} {text}" for text, rows in stops.items())
+    how = how or "no row"
+    return (f"{how[0].upper() + how[1:]} (steps, epochs and images: what each row trained). Metrics on the test "
+            f"split under the `{protocol}` protocol.")
 
 
 def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *, tile=(120, 160),
@@ -216,24 +349,33 @@ def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *
 
 
 def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: str = "paper",
-              figure_images: int = 4, log=print) -> dict:
-    """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}."""
+              figure_images: int = 4, log=print, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}.
+
+    Rows that hold earlier work are reused, continued (``resume``) or trained again
+    (``overwrite``) as :func:`plan_rows` decides, before anything is trained. A Ctrl-C saves the
+    row in training (its ``last.pt``), logs how to continue, and raises ``KeyboardInterrupt``."""
     from .._atomic import atomic_write_text
     from .datasets import build_datasets
     from .evaluate import evaluate
     from .inference import predict_images
-    from .paper import beside_sweep
+    from .paper import beside_sweep, differences_line
     from .speed import resolve_amp, resolve_device, resolve_workers
     from .train import Trainer
 
-    from .train import check_trainable
+    from .train import check_paths, check_trainable
 
     configs = row_configs(base, rows, out_dir)
     for name, cfg in configs:     # every row checked before anything is trained
         try:
             check_trainable(cfg)
-        except ValueError as exc:
-            raise ValueError(f"sweep row {name!r}: {exc}") from None
+            check_paths(cfg)
+        except (ValueError, OSError) as exc:
+            raise type(exc)(f"sweep row {name!r}: {exc}") from None
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir!r} is a file; it names the sweep's folder")
+    device = resolve_device(base.device)
+    plan = plan_rows(configs, resume=resume, overwrite=overwrite, log=log)
     os.makedirs(out_dir, exist_ok=True)
     results, predictions = [], []
     _, _, test_set = build_datasets(base)
@@ -241,33 +383,33 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
         raise ValueError("sweep: the dataset has no test split to evaluate the rows on")
     picks = list(range(min(figure_images, len(test_set))))
     fig_items = [test_set[i] for i in picks]
-    device = resolve_device(base.device)
-    for name, cfg in configs:
-        result_path = os.path.join(cfg.out, "result.json")
-        result = reusable_result(name, cfg, log)
-        amp_dtype = resolve_amp(cfg.amp, device)
-        if result is None:
-            log(f"sweep: {name}: training {cfg.epochs} epoch(s)")
-            start = time.perf_counter()
-            trainer = Trainer(cfg, overwrite=True)
-            summary = trainer.fit()
-            result = {"name": name, "config": cfg.to_dict(), "metrics": None, "train_s": summary["train_s"],
-                      "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start,
-                      "steps": summary["step"], "protocol": None}
-        model = scored_model(cfg.out, device)
-        if result["protocol"] != protocol:
-            if result["protocol"] is not None:
-                log(f"sweep: {name}: scored under protocol {result['protocol']!r} before: scoring under {protocol!r}")
-            result["metrics"] = evaluate(model, test_set, protocol, device=device, batch_size=cfg.eval_batch_size,
-                                         workers=resolve_workers(cfg.workers, device), amp_dtype=amp_dtype)
-            result["protocol"] = protocol
-            atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
-        depths = predict_images(model, [item["image"] for item in fig_items], device=device, amp_dtype=amp_dtype)
-        predictions.append((name, depths))
-        results.append(result)
-        log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_NAMES))
+    current = None
+    try:
+        for name, cfg, action, result in plan:
+            current = name
+            result = _row_result(name, cfg, action, result, log)
+            amp_dtype = resolve_amp(cfg.amp, device)
+            result_path = os.path.join(cfg.out, "result.json")
+            model = scored_model(cfg.out, device)
+            # scored again under another protocol, or when it lacks a metric (a result of an older version)
+            if result["protocol"] != protocol or any(k not in (result["metrics"] or {}) for k in METRIC_NAMES):
+                if result["protocol"] is not None:
+                    log(f"sweep: {name}: scored under protocol {result['protocol']!r} before: scoring under {protocol!r}")
+                result["metrics"] = evaluate(model, test_set, protocol, device=device, batch_size=cfg.eval_batch_size,
+                                             workers=resolve_workers(cfg.workers, device), amp_dtype=amp_dtype)
+                result["protocol"] = protocol
+                atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
+            depths = predict_images(model, [item["image"] for item in fig_items], device=device, amp_dtype=amp_dtype)
+            predictions.append((name, depths))
+            results.append(result)
+            log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_NAMES))
+    except KeyboardInterrupt:
+        log(f"sweep: interrupted in row {current!r}; the same command with --resume continues it from its last.pt "
+            "and reuses the finished rows")
+        raise
     table = markdown_table(results, base.epochs, protocol)
-    table += beside_sweep(rows, results)   # the paper's rows under ours (table1/3/4/5 only)
+    beside = beside_sweep(rows, results)   # the paper's rows under ours (table1/3/4/5 only)
+    table += beside or ("\n" + differences_line(results) + "\n" if differences_line(results) else "")
     table_path = os.path.join(out_dir, "table.md")
     atomic_write_text(table, table_path)
     atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
@@ -288,6 +430,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
                         help="metric protocol of the table (default: %(default)s)")
     parser.add_argument("--figure-images", type=int, default=4, help="test images in the figure (default: %(default)s)")
+    g = parser.add_argument_group("this command")
+    g.add_argument("--resume", action="store_true",
+                   help="continue rows holding an interrupted run (or a result of other options) from their last.pt, "
+                        "as `fastmde train --resume`; finished rows with the same options are always reused")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train again, from step 0, rows holding an interrupted run or a result of other options "
+                        "(default: refuse, naming them, before anything is trained)")
     add_config_arguments(parser)
     parser.set_defaults(out="runs/sweep")
 
@@ -295,10 +444,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .config import config_from_args
 
+    if args.figure_images < 1:
+        raise ValueError(f"--figure-images must be at least 1, got {args.figure_images}")
     base = config_from_args(args)
     rows = read_rows(args.configs)
-    result = run_sweep(base, rows, args.out, protocol=args.protocol, figure_images=args.figure_images,
-                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        result = run_sweep(base, rows, args.out, protocol=args.protocol, figure_images=args.figure_images,
+                           log=lambda text: print(text, file=sys.stderr, flush=True), resume=args.resume,
+                           overwrite=args.overwrite)
+    except KeyboardInterrupt:      # run_sweep has said where it stopped and how to continue
+        return 130
     print(result["markdown"])
     print(f"wrote {result['table']} and {result['figure']}", file=sys.stderr)
     return 0

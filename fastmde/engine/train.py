@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed as D
 from .._atomic import atomic_write_text
-from .checkpoint import atomic_save, capture_rng_states, read_checkpoint, restore_rng_states
+from .checkpoint import atomic_save, capture_rng_states, interrupts_deferred, read_checkpoint, restore_rng_states
 from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig, compare_configs, config_from_args, describe_differences
 from .ema import WeightAverage
@@ -194,6 +194,23 @@ def check_trainable(cfg: TrainConfig, world_size: int = 1) -> None:
     )
 
 
+def check_paths(cfg: TrainConfig) -> None:
+    """Refuse, before any work, a path option that cannot be what it names: ``--pretrained`` and
+    ``--init-from`` must exist (their contents are read when the model is built, which is also
+    before any data), ``--data`` must exist, and ``--out`` / ``--cache-dir`` must be folders if
+    they exist. Errors name the flag and the path."""
+    weights = cfg.encoder_weights()        # a file, "imagenet" (checked when the model is built) or None
+    weights = None if weights == "imagenet" else weights
+    for flag, path in (("--pretrained", weights), ("--init-from", cfg.init_from), ("--data", cfg.data)):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{flag} {path!r} does not exist")
+    if weights is not None and os.path.isdir(weights):
+        raise IsADirectoryError(f"--pretrained {weights!r} is a folder; it takes a weights file (.pth)")
+    for flag, path in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise FileExistsError(f"{flag} {path!r} is a file; it names a folder (choose another path)")
+
+
 def resume_differences(ckpt: dict, cfg: TrainConfig, path: str) -> list[tuple[str, object, object]]:
     """The options that differ from the saved run and may change: ``(name, saved, new)``.
 
@@ -252,6 +269,8 @@ class Trainer:
         from .. import data, models
         from .datasets import build_datasets
 
+        if resume and overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite starts it again: pass one of them")
         self.cfg = cfg
         self.log = log or log_line    # stderr, above the progress bar
         pre_device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -265,8 +284,10 @@ class Trainer:
         self.best_path = os.path.join(cfg.out, "best.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
 
-        # Configurations that cannot train are refused before any data is built.
+        # Configurations that cannot train, and paths that cannot be what they name, are refused
+        # before any data is built.
         check_trainable(cfg, self.info.world_size)
+        check_paths(cfg)
         resume_ckpt, self.resume_changes = None, {}
         if resume:
             if not os.path.exists(self.last_path):
@@ -279,6 +300,17 @@ class Trainer:
             )
 
         seed_everything(cfg.seed)
+        # The model first: a bad --pretrained or --init-from file is reported before the data is
+        # built (rendering the synthetic set can take minutes). Nothing below draws from the
+        # global generators, so the initial weights are those of building the model last.
+        weights = cfg.encoder_weights()
+        model = models.build(cfg.model, size=cfg.size, pretrained=weights, **cfg.model_overrides()).to(self.device)
+        if self.info.is_main and cfg.init_from is None:
+            self.log(describe_start(cfg, weights))
+        self.protocol = validation_protocol(cfg)
+        if cfg.init_from is not None:
+            init_weights_from(model, cfg.init_from, cfg.model)
+            self.log(f"initialised {cfg.model} from {cfg.init_from}")
         # Rank 0 generates the synthetic cache (if needed) before the others open it.
         if self.info.is_main:
             self.train_set, self.val_set, self.test_set = build_datasets(cfg)
@@ -303,14 +335,6 @@ class Trainer:
                 f"{cfg.size[0]}x{cfg.size[1]} cannot train on a batch of {self.items_per_epoch} (BatchNorm at its "
                 "1x1 deepest map): use more training data or fewer processes")
 
-        weights = cfg.encoder_weights()
-        model = models.build(cfg.model, size=cfg.size, pretrained=weights, **cfg.model_overrides()).to(self.device)
-        if self.info.is_main and cfg.init_from is None:
-            self.log(describe_start(cfg, weights))
-        self.protocol = validation_protocol(cfg)
-        if cfg.init_from is not None:
-            init_weights_from(model, cfg.init_from, cfg.model)
-            self.log(f"initialised {cfg.model} from {cfg.init_from}")
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -328,6 +352,7 @@ class Trainer:
         self.aug_generator = torch.Generator(device=self.device)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.images_seen = 0                # training images stepped on, all processes and resumes
         self.samples_in_epoch, self.epoch_items = 0, self.items_per_epoch   # this epoch, per process
         self.option_changes: list[dict] = []     # options changed by resumes: {"step", "changes"}
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
@@ -367,6 +392,7 @@ class Trainer:
             "sampler": {"seed": self.cfg.seed, "epoch": self.epoch, "start": self.samples_in_epoch,
                         "stop": self.epoch_items, "world_size": self.info.world_size},
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "images_seen": self.images_seen,
             "option_changes": self.option_changes,
             "elapsed": self.elapsed_now(), "train_time": self.train_time, "epoch_loss": list(self.epoch_loss),
             "best": self.best, "history": self.history,
@@ -395,6 +421,8 @@ class Trainer:
         self.best, self.history = ckpt.get("best"), list(ckpt.get("history", []))
         self.option_changes = list(ckpt.get("option_changes", []))
         self._restore_position(ckpt)
+        self.images_seen = int(ckpt.get("images_seen", (self.epoch * self.items_per_epoch + self.samples_in_epoch)
+                                        * self.info.world_size))
         if {name for name, _, _ in self.resume_changes} & SCHEDULE_OPTIONS:
             self._restart_schedule()
 
@@ -431,9 +459,10 @@ class Trainer:
         """Wall time of the run so far (all invocations; validation and checkpoints included)."""
         return self.elapsed + (0.0 if self._loop_start is None else time.perf_counter() - self._loop_start)
 
-    def save(self, path: str | None = None) -> None:
+    def save(self, path: str | None = None, *, stopping: bool = False) -> None:
+        """Write the resumable state (``last.pt``); a Ctrl-C waits until the file is complete."""
         if self.info.is_main:
-            atomic_save(self.state_dict(), path or self.last_path)
+            atomic_save(self.state_dict(), path or self.last_path, stopping=stopping)
 
     # ------------------------------------------------------------ steps
 
@@ -539,6 +568,7 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self.samples_in_epoch += len(batch["image"])
+                    self.images_seen += len(batch["image"]) * self.info.world_size
                     self.epoch_loss[0] += loss
                     self.epoch_loss[1] += 1
                     now = time.perf_counter()
@@ -560,12 +590,16 @@ class Trainer:
                 partial = self.samples_in_epoch < self.epoch_items
                 self._end_epoch(partial=partial, epoch_time=time.perf_counter() - epoch_start)
         except KeyboardInterrupt:
-            progress.close()
-            self._checkpoint_now()
+            # Further Ctrl-Cs wait for this save (a save cut short would leave no checkpoint).
+            with interrupts_deferred(raise_after=False):
+                progress.close()
+                self.save(stopping=True)
             self.log(f"interrupted: saved {self.last_path} at step {self.step}; continue with --resume")
             raise
         progress.close()
         summary = {"out": cfg.out, "stopped": stop_reason or "completed", "step": self.step, "epoch": self.epoch,
+                   "epochs_trained": self.epoch + (self.samples_in_epoch / self.epoch_items if self.epoch_items else 0.0),
+                   "images_seen": self.images_seen, "option_changes": self.option_changes,
                    "elapsed_s": self.elapsed_now(), "train_s": self.train_time,
                    "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
                    "best": self.best, "history": self.history, "config": cfg.to_dict()}
@@ -645,7 +679,8 @@ def add_arguments(parser) -> None:
                    help="continue the run in --out from last.pt (options that may change are applied and logged)")
     g.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
     g.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate on the test split (synthetic: held-out scenes) at the end (default: %(default)s)")
+                   help="evaluate on the test split (synthetic: the held-out rooms) at the end, also when --max-steps "
+                        "or --time-limit stopped the run (default: %(default)s)")
 
 
 def test_best(trainer: Trainer) -> dict | None:
@@ -658,6 +693,8 @@ def test_best(trainer: Trainer) -> dict | None:
 
 
 def run(args) -> int:
+    from .datasets import test_split_name
+
     cfg = config_from_args(args)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
@@ -665,10 +702,22 @@ def run(args) -> int:
             summary = trainer.fit()
         except KeyboardInterrupt:
             return 130
-        if args.test and summary["stopped"] in ("completed", "time_limit"):
+        # Every stop is tested, a stop at a limit included: the weights are what a user would
+        # evaluate, and the line says how far the run got.
+        if args.test and trainer.test_set is None and trainer.info.is_main:
+            what = (f"a {cfg.data_format} is one split (evaluate a test list or folder with fastmde eval --data)"
+                    if cfg.data_format in ("list", "folder") else
+                    f"the {cfg.data_format} data has no test split ({test_split_name(cfg.data_format)!r})")
+            trainer.log(f"no test metrics: {what}; --no-test silences this")
+        if args.test and trainer.test_set is not None:
             values = test_best(trainer)
-            if values is not None and trainer.info.is_main:
-                print(f"test ({len(trainer.test_set)} held-out items, {trainer.protocol} protocol, final weights): "
+            stopped = summary["stopped"]
+            planned = cfg.epochs * trainer.steps_per_epoch
+            how = ("final weights" if stopped == "completed" else
+                   f"weights at step {summary['step']} of {planned}: stopped by --{stopped.replace('_', '-')}, "
+                   "resumable")
+            if trainer.info.is_main:
+                print(f"test ({len(trainer.test_set)} held-out items, {trainer.protocol} protocol, {how}): "
                       + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
                 summary["test"] = values
                 atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))

@@ -196,10 +196,22 @@ def load_checkpoint(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
             f"torchvision/timm resnet{encoder.depth} state dict there, or pass pretrained='imagenet' / "
             "--pretrained imagenet for torchvision's ImageNet weights through the torch hub cache)"
         )
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip archive (legacy files: a pickle, first byte 0x80); anything else
+    # would fail inside torch.load with a bare "KeyError: <byte>".
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointMismatchError(
+            f"pretrained weights {path!r} are not a PyTorch file (torch.save's zip archive or a pickle; the file starts "
+            f"with {head!r}): pass a torchvision/timm ResNet state dict (.pth)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointMismatchError(f"could not read checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointMismatchError(f"pretrained weights {path!r} cannot be read by torch.load "
+                                      f"({type(exc).__name__}: {first[:200]})") from exc
     load_state(encoder, checkpoint, f"checkpoint {path!r}")
 
 
