@@ -82,3 +82,20 @@ def test_trainer_totals_and_resume(cache, tmp_path, capsys):
     assert lines[0].startswith("train: 3/8 steps") and "?step/s" in lines[0]
     assert lines[-1].startswith("train: 8/8 steps") and "epoch 2/2 4/4" in lines[-1]
     assert " 0.00step/s" not in "\n".join(lines)
+
+
+def test_eval_bar_only_on_a_terminal_or_when_asked(capsys):
+    import torch
+
+    from fastmde.engine.evaluate import evaluate
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x[:, :1], 2.0)
+
+    data = [{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "depth": torch.full((1, 8, 8), 2.5)}] * 5
+    quiet = evaluate(Constant(), data, "fastmde", batch_size=2, progress=None)   # what `fastmde eval` passes
+    assert capsys.readouterr().err == ""                                          # stderr is not a terminal here
+    asked = evaluate(Constant(), data, "fastmde", batch_size=2, progress=True)
+    assert "eval: " in capsys.readouterr().err
+    assert quiet == asked and quiet["rms"] == pytest.approx(0.5)
