@@ -199,6 +199,7 @@ def test_sweep_reads_rows_and_names_the_file_it_cannot(tmp_path, capsys):
     assert row_configs(TrainConfig(), read_rows(str(rows)), str(tmp_path))[0][1].synthetic_test == 3
     (tmp_path / "file").write_text("x")
     refused(["sweep", "--configs", "table3", "--out", tmp_path / "file"], capsys, "is a file")
+    refused(["sweep", "--configs", "table3", "--figure-images", "0"], capsys, "--figure-images")
 
 
 # ---------------------------------------------------------------- synth -> train
@@ -364,3 +365,28 @@ def test_ctrl_c_outside_training_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "run", interrupted)
     status, _, err = fastmde_cli(["eval", "--checkpoint", "x"], capsys)
     assert status == 130 and err.strip() == "fastmde: interrupted"
+
+
+def test_docs_cli_commands_are_valid():
+    """Every ``fastmde ...`` line in a code block of docs/cli.md parses, and the training options of
+    each ``train`` / ``sweep`` line form a valid TrainConfig (no refused combination)."""
+    import re
+    import shlex
+
+    from fastmde.cli import build_parser
+    from fastmde.engine.config import config_from_args
+
+    text = open(os.path.join(REPO, "docs", "cli.md")).read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line.startswith("fastmde ")]
+    assert len(commands) >= 15
+    for line in commands:
+        argv = shlex.split(line, comments=True)[1:]
+        args = build_parser([argv[0]]).parse_args(argv)
+        if argv[0] in ("train", "sweep"):
+            config_from_args(args)
+    from fastmde.engine import TrainConfig
+    from fastmde.engine.sweep import row_configs
+
+    for block in re.findall(r"```json\n(.*?)```", text, flags=re.S):
+        assert row_configs(TrainConfig(), json.loads(block), "out")
