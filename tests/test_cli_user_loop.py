@@ -313,6 +313,8 @@ def test_eval_results_do_not_replace_each_other(checkpoint, tmp_path, capsys):
     (["--pretrained", "{tmp}/missing.pth"], ["--pretrained", "missing.pth", "does not exist"]),
     (["--pretrained", "{tmp}/text.txt"], ["pretrained weights", "text.txt", "not a PyTorch file"]),
     (["--data-format", "frames", "--data", "{tmp}/missing"], ["--data", "does not exist"]),
+    (["--data-format", "list", "--data", "{tmp}/text.txt", "--image-root", "{tmp}/photos"],
+     ["--image-root", "photos", "does not exist"]),
     (["--out", "{tmp}/text.txt"], ["--out", "text.txt", "is a file"]),
 ])
 def test_train_refuses_bad_and_conflicting_options_before_any_work(argv, parts, tmp_path, capsys):

@@ -197,11 +197,13 @@ def check_trainable(cfg: TrainConfig, world_size: int = 1) -> None:
 def check_paths(cfg: TrainConfig) -> None:
     """Refuse, before any work, a path option that cannot be what it names: ``--pretrained`` and
     ``--init-from`` must exist (their contents are read when the model is built, which is also
-    before any data), ``--data`` must exist, and ``--out`` / ``--cache-dir`` must be folders if
-    they exist. Errors name the flag and the path."""
+    before any data), ``--data``, ``--image-root`` and ``--depth-root`` must exist, and ``--out`` /
+    ``--cache-dir`` must be folders if they exist. Errors name the flag and the path."""
     weights = cfg.encoder_weights()        # a file, "imagenet" (checked when the model is built) or None
     weights = None if weights == "imagenet" else weights
-    for flag, path in (("--pretrained", weights), ("--init-from", cfg.init_from), ("--data", cfg.data)):
+    for flag, path in (("--pretrained", weights), ("--init-from", cfg.init_from), ("--data", cfg.data),
+                       ("--image-root", getattr(cfg, "image_root", None)),
+                       ("--depth-root", getattr(cfg, "depth_root", None))):
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{flag} {path!r} does not exist")
     if weights is not None and os.path.isdir(weights):
