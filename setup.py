@@ -66,6 +66,7 @@ def extension_modules():
 
 
 ext_modules, cmdclass = extension_modules()
+EXPORT_REQUIRES = ["onnx", "onnxruntime", "onnxscript"]
 
 setup(
     name="fastmde",
@@ -87,7 +88,9 @@ setup(
         "tqdm",
         "triton; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # `pip install fastmde[export]`: fastmde.export / `fastmde export` to ONNX (verified in
+    # onnxruntime); the tests run the exports, so CI's test extra installs them too
+    extras_require={"export": EXPORT_REQUIRES, "test": ["pytest", "hypothesis", *EXPORT_REQUIRES]},
     entry_points={"console_scripts": ["fastmde = fastmde.cli:console_main"]},
     zip_safe=False,
 )

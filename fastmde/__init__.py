@@ -9,11 +9,19 @@ Public API::
     fastmde.backends()                                         # which kernel serves what
     fastmde.load("runs/train/best.pt", device="cpu")           # a trained model, ready to run
     fastmde.patch(model)                                       # fused up-projections in any depth model
+    fastmde.export(model, "depth.onnx")                        # ONNX / torch.export (.pt2), verified
+    fastmde.depth_to_points(depth, (fx, fy, cx, cy))           # (N, 3) points in metres
 """
 from . import nn, ops, reference
 from ._backend import BackendUnavailableError, backends, set_backend
 from .functional import depth_loss, depth_loss_terms, depth_metric_sums, depth_metrics
 from .patch import PatchReport, patch, unpatch
+from .pointcloud import depth_to_points
+
+# ``fastmde.export`` is the function: the import below loads the module fastmde/export.py (which
+# sets the attribute to the module) and then rebinds the name to its function; the module stays
+# importable as ``fastmde.export`` through sys.modules (``from fastmde.export import ExportError``).
+from .export import export  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -52,6 +60,8 @@ __all__ = [
     "depth_loss_terms",
     "depth_metric_sums",
     "depth_metrics",
+    "depth_to_points",
+    "export",
     "load",
     "PatchReport",
     "patch",

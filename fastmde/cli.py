@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": ("fastmde.engine.predict", "depth maps (.png, .npy) for image files"),
     "sweep": ("fastmde.engine.sweep", "train a list of configurations and tabulate them (paper protocol)"),
     "synth": ("fastmde.data.synth_cli", "render the synthetic NYU-like dataset into an NYU file layout"),
+    "export": ("fastmde.export", "a checkpoint as ONNX or a torch.export program (.pt2), verified against the model"),
 }
 
 
