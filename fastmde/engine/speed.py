@@ -1,6 +1,6 @@
 """Device and speed-option resolution: what ``auto`` means for AMP, channels_last, compile, workers.
 
-Defaults ("auto"), chosen by measurement (see the README's training section):
+Defaults ("auto"), chosen by measurement (docs/training.md, "Speed options"):
 
 * CUDA: bf16 autocast where the GPU supports it (no loss scaling needed), else fp16 with a
   ``GradScaler``; channels_last on; torch.compile off (its compile time outweighs the gain in
