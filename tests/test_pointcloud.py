@@ -162,3 +162,97 @@ def test_ply_writer_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(ValueError, match="size"):
         write_point_cloud(tmp_path / "a.ply", np.ones((4, 5), np.float32), np.zeros((4, 6, 3), np.uint8), (1, 1, 0, 0))
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- fastmde predict --pointcloud
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A fastmde checkpoint of a tiny U-Net (ResNet18, 32x48 inside), as fastmde.load reads it."""
+    from fastmde.engine.checkpoint import FORMAT, VERSION
+    from fastmde.models import build
+
+    torch.manual_seed(0)
+    model = build("unet34-k3-1x1", size=(32, 48), encoder=18)
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    torch.save({"format": FORMAT, "version": VERSION, "config": {},
+                "model_spec": {"name": "unet34-k3-1x1", "size": [32, 48], "overrides": {"encoder": 18}},
+                "model": model.state_dict()}, path)
+    return path
+
+
+def _photos(folder, sizes):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    photos = {}
+    for stem, (h, w) in sizes.items():
+        photos[stem] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(photos[stem]).save(folder / f"{stem}.png")
+    return photos
+
+
+def test_predict_pointcloud_with_nyu_intrinsics_by_default(checkpoint, tmp_path, capsys):
+    photos = _photos(tmp_path / "photos", {"a": (40, 56), "b": (33, 47)})
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "photos"), "--checkpoint", checkpoint, "--out", str(out),
+                 "--pointcloud", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "NYU Kinect intrinsics" in err and "(.png, .npy, .ply;" in err
+    assert sorted(os.listdir(out)) == ["a.npy", "a.ply", "a.png", "b.npy", "b.ply", "b.png"]
+    for stem, photo in photos.items():
+        depth = np.load(out / f"{stem}.npy")        # clamped to 0.001-10 m: every pixel has a depth
+        points, colours, comments = strict_ply(out / f"{stem}.ply")
+        k = nyu_kinect(depth.shape)
+        assert len(points) == depth.size
+        np.testing.assert_array_equal(points, depth_to_points(depth, k))
+        np.testing.assert_array_equal(colours, photo.reshape(-1, 3))
+        assert f"intrinsics {k}" in comments
+        # the last pixel by hand: u = W - 1, v = H - 1
+        h, w = depth.shape
+        z = depth[-1, -1]
+        np.testing.assert_allclose(points[-1], [(w - 1 - k.cx) * z / k.fx, (h - 1 - k.cy) * z / k.fy, z], rtol=1e-6)
+
+
+def test_predict_pointcloud_with_given_intrinsics_and_raw_depth(checkpoint, tmp_path):
+    _photos(tmp_path / "photos", {"a": (40, 56)})
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "photos"), "--checkpoint", checkpoint, "--out", str(out),
+                 "--pointcloud", "--fx", "50", "--cy", "10", "--no-clamp", "--device", "cpu"]) == 0
+    depth = np.load(out / "a.npy")
+    points, _, comments = strict_ply(out / "a.ply")
+    valid = np.isfinite(depth) & (depth > 0)
+    assert len(points) == valid.sum() < depth.size          # the untrained net's depth <= 0 is left out
+    np.testing.assert_array_equal(points, depth_to_points(depth, (50, 50, 27.5, 10)))
+    assert "intrinsics fx=50.0000 fy=50.0000 cx=27.5000 cy=10.0000" in comments
+
+
+def test_predict_pointcloud_uses_a_file_lists_focal(checkpoint, tmp_path, capsys):
+    _photos(tmp_path / "photos", {"a": (40, 56)})
+    listing = tmp_path / "photos" / "test_files.txt"
+    listing.write_text("a.png None 123.5\n")
+    out = tmp_path / "pred"
+    assert main(["predict", "--data-format", "list", "--data", str(listing), "--checkpoint", checkpoint,
+                 "--out", str(out), "--pointcloud", "--device", "cpu"]) == 0
+    assert "the file list's focal length" in capsys.readouterr().err
+    points, _, comments = strict_ply(out / "a.ply")
+    np.testing.assert_array_equal(points, depth_to_points(np.load(out / "a.npy"), (123.5, 123.5, 27.5, 19.5)))
+
+
+def test_predict_pointcloud_refusals_are_one_line_before_writing(checkpoint, tmp_path, capsys):
+    _photos(tmp_path / "photos", {"a": (40, 56)})
+    out = tmp_path / "pred"
+    base = ["predict", str(tmp_path / "photos"), "--checkpoint", checkpoint, "--out", str(out), "--device", "cpu"]
+    for extra, message in ((["--fx", "50"], "--fx go with --pointcloud"),
+                           (["--pointcloud", "--cx", "3"], "without --fx"),
+                           (["--pointcloud", "--fx", "0"], "focal lengths must be positive")):
+        assert console_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+    out.mkdir()
+    (out / "a.ply").write_bytes(b"earlier")
+    assert console_main(base + ["--pointcloud"]) == 2
+    assert "a.ply' already exists" in capsys.readouterr().err
+    assert os.listdir(out) == ["a.ply"] and (out / "a.ply").read_bytes() == b"earlier"

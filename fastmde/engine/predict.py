@@ -13,6 +13,10 @@ in any viewer. Output names mirror each input's path below the inputs' common fo
 ``d/a_1.*``); two inputs that would still share a name, a result that would replace an
 input, or a result already in ``--out`` (without ``--overwrite``) are refused before anything
 is written. Every file is written atomically; the count printed is the count written.
+
+``--pointcloud`` also writes ``<name>.ply``: the depth of the .npy as 3-D points with the photo's
+colours (:mod:`fastmde.pointcloud`), with the intrinsics of ``--fx/--fy/--cx/--cy``, else a file
+list's focal length, else NYU's Kinect scaled to the image (:func:`fastmde.pointcloud.intrinsics_for`).
 """
 from __future__ import annotations
 
@@ -131,6 +135,7 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("images", nargs="*", help="image files or directories of images (EXIF orientation applied)")
     add_data_arguments(parser)
+    add_pointcloud_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
                         help=("fastmde checkpoint, run directory, or a checkpoint of "
                              "the paper authors' or Hu et al.'s code"))
@@ -153,8 +158,9 @@ def add_arguments(parser) -> None:
                              "is drawn clamped either way")
 
 
-def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False) -> tuple[list[str], int]:
-    """Output stems for ``paths`` and how many existing result files they replace.
+def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
+                 extensions=(".png", ".npy")) -> tuple[list[str], int]:
+    """Output stems for ``paths`` and how many existing result files (of ``extensions``) they replace.
 
     Checked before anything is written: unique names (:func:`output_stems`), no result that
     would replace one of the input images, and no existing result unless ``overwrite``.
@@ -167,7 +173,7 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False) -> 
     inputs = {os.path.normcase(os.path.realpath(p)): p for p in paths}
     existing = 0
     for stem in stems:
-        for ext in (".png", ".npy"):
+        for ext in extensions:
             target = os.path.join(out_dir, stem + ext)
             key = os.path.normcase(os.path.realpath(target))
             if key in inputs:
@@ -195,8 +201,10 @@ def run(args) -> int:
                          "(the colour scale runs from the one to the other)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out!r} is a file; it names the folder the depth maps go to")
-    paths, duplicates, read = inputs_of(args)
-    stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite)
+    paths, duplicates, read, focals = inputs_of(args)
+    check_pointcloud_arguments(args, focals)
+    kinds = (".png", ".npy") + ((".ply",) if args.pointcloud else ())
+    stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite, extensions=kinds)
     if duplicates:
         print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
               file=sys.stderr)
@@ -210,15 +218,17 @@ def run(args) -> int:
         for start in range(0, len(paths), chunk):
             images = [read(p) for p in paths[start:start + chunk]]
             depths = predict_images(model, images, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
-            for stem, depth in zip(stems[start:start + chunk], depths):
+            for i, (stem, depth) in enumerate(zip(stems[start:start + chunk], depths)):
                 write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth, clamp=args.clamp)
+                if args.pointcloud:
+                    write_pointcloud(args, stem, depth, images[i], focals.get(paths[start + i]))
                 written += 1
     except BaseException:
         print(f"predict: stopped after writing {written} of {len(paths)} depth maps to {args.out}", file=sys.stderr)
         raise
     note = f", replacing {replaced} existing files" if replaced else ""
     clamped = f"clamped to {args.min_depth:g}-{args.max_depth:g} m" if args.clamp else "raw in .npy"
-    print(f"wrote {written} depth maps (.png, .npy; {clamped}) to {args.out}{note}", file=sys.stderr)
+    print(f"wrote {written} depth maps ({', '.join(kinds)}; {clamped}) to {args.out}{note}", file=sys.stderr)
     return 0
 
 # ---------------------------------------------------------------- file lists and folders
@@ -237,10 +247,11 @@ def add_data_arguments(parser) -> None:
         add_option(g, name, default=None)
 
 
-def inputs_of(args) -> tuple[list[str], list[str], callable]:
-    """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W)) of ``fastmde predict``:
-    the IMAGES given, or the photos of ``--data`` (``--data-format list|folder``), kb-cropped
-    when ``--kb-crop`` is on (default: as the checkpoint was trained on this format)."""
+def inputs_of(args) -> tuple[list[str], list[str], callable, dict]:
+    """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W), {path: focal length})
+    of ``fastmde predict``: the IMAGES given, or the photos of ``--data`` (``--data-format
+    list|folder``), kb-cropped when ``--kb-crop`` is on (default: as the checkpoint was trained on
+    this format); the focal lengths are a file list's third fields (empty without them)."""
     from .. import data
 
     if args.data_format is None:
@@ -249,7 +260,7 @@ def inputs_of(args) -> tuple[list[str], list[str], callable]:
         if not args.images:
             raise ValueError("give image files or folders to predict, or --data-format list|folder with --data")
         paths, duplicates = unique_inputs(expand_inputs(args.images))
-        return paths, duplicates, read_image
+        return paths, duplicates, read_image, {}
     if args.images:
         raise ValueError(f"give image files or --data-format {args.data_format} --data, not both")
     if args.data is None:
@@ -266,6 +277,7 @@ def inputs_of(args) -> tuple[list[str], list[str], callable]:
         root = args.image_root if args.image_root is not None else (config.get("image_root") if same else None)
         listed = data.FileList(args.data, image_root=root, depth_scale=None, image_only="all")
         paths = listed.image_paths
+        focals = {p: f for p, f in zip(listed.image_paths, listed.focals) if f is not None}
     else:
         if args.image_root is not None:
             raise ValueError("--image-root is for --data-format list; the folder format reads its photos in --data")
@@ -278,13 +290,14 @@ def inputs_of(args) -> tuple[list[str], list[str], callable]:
         if not found:
             raise ValueError(f"{args.data}: holds no photo ({' '.join(IMAGE_EXTENSIONS)})")
         paths = [found[key] for key in sorted(found)]
+        focals = {}
     paths, duplicates = unique_inputs(paths)
 
     def read(path):
         image = decode_image(path)
         return torch.from_numpy(np.ascontiguousarray(data.kb_crop(image, path) if kb else image))
 
-    return paths, duplicates, read
+    return paths, duplicates, read, focals
 
 
 def checkpoint_config(path: str) -> dict:
@@ -292,3 +305,46 @@ def checkpoint_config(path: str) -> dict:
     from .checkpoint import load
 
     return dict(getattr(load(path, device="cpu"), "fastmde_config", None) or {})
+
+
+# ---------------------------------------------------------------- point clouds
+
+def add_pointcloud_arguments(parser) -> None:
+    g = parser.add_argument_group("point clouds (docs/export.md)")
+    g.add_argument("--pointcloud", action="store_true",
+                   help=("also write <name>.ply: one point per pixel with a depth (the .npy's), x y z in metres "
+                         "(camera frame: x right, y down, z forward) with the photo's RGB, binary little-endian"))
+    for name, what in (("fx", "focal length along x"), ("fy", "focal length along y (default --fx)"),
+                       ("cx", "principal point column (default (W - 1) / 2)"),
+                       ("cy", "principal point row (default (H - 1) / 2)")):
+        g.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{what}, in pixels of the photo (pixel centres at integer coordinates from 0); "
+                            "without --fx: a file list's focal, else NYU's Kinect scaled to the photo")
+
+
+def check_pointcloud_arguments(args, focals: dict) -> None:
+    """Refuse intrinsics without --pointcloud and bad ones before anything is predicted; say once
+    which intrinsics the point clouds use."""
+    from ..pointcloud import intrinsics_for
+
+    given = [f"--{n}" for n in ("fx", "fy", "cx", "cy") if getattr(args, n) is not None]
+    if not args.pointcloud:
+        if given:
+            raise ValueError(f"{', '.join(given)} go with --pointcloud (the intrinsics of the point clouds)")
+        return
+    _, where = intrinsics_for((480, 640), fx=args.fx, fy=args.fy, cx=args.cx, cy=args.cy,
+                              focal=next(iter(focals.values()), None))
+    print(f"predict: point clouds with {where}" + (" (give --fx, --fy, --cx, --cy for another camera)"
+                                                   if "NYU" in where else ""), file=sys.stderr)
+
+
+def write_pointcloud(args, stem: str, depth: np.ndarray, image: torch.Tensor, focal: float | None) -> str:
+    """``<out>/<stem>.ply`` from the depth the .npy holds (clamped unless --no-clamp) and the photo."""
+    from ..pointcloud import intrinsics_for, write_point_cloud
+
+    if args.clamp:
+        depth = np.clip(depth, args.min_depth, args.max_depth)
+    k, where = intrinsics_for(depth.shape, fx=args.fx, fy=args.fy, cx=args.cx, cy=args.cy, focal=focal)
+    path = os.path.join(args.out, stem + ".ply")
+    write_point_cloud(path, depth, image, k, comments=(f"intrinsics from {where}",))
+    return path
