@@ -378,7 +378,11 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     plan = plan_rows(configs, resume=resume, overwrite=overwrite, log=log)
     os.makedirs(out_dir, exist_ok=True)
     results, predictions = [], []
-    _, _, test_set = build_datasets(base)
+    try:
+        _, _, test_set = build_datasets(base)
+    except KeyboardInterrupt:
+        log("sweep: interrupted while building the data, before any row was trained")
+        raise
     if test_set is None:
         raise ValueError("sweep: the dataset has no test split to evaluate the rows on")
     picks = list(range(min(figure_images, len(test_set))))
@@ -386,7 +390,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     current = None
     try:
         for name, cfg, action, result in plan:
-            current = name
+            current = (name, cfg)
             result = _row_result(name, cfg, action, result, log)
             amp_dtype = resolve_amp(cfg.amp, device)
             result_path = os.path.join(cfg.out, "result.json")
@@ -404,18 +408,28 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
             results.append(result)
             log("sweep: " + name + ": " + "  ".join(f"{k} {result['metrics'][k]:.4f}" for k in METRIC_NAMES))
     except KeyboardInterrupt:
-        log(f"sweep: interrupted in row {current!r}; the same command with --resume continues it from its last.pt "
-            "and reuses the finished rows")
+        name, cfg = current
+        if os.path.exists(os.path.join(cfg.out, "last.pt")):
+            log(f"sweep: interrupted in row {name!r}; the same command with --resume continues it from its last.pt "
+                "and reuses the finished rows")
+        else:
+            log(f"sweep: interrupted in row {name!r} before its first checkpoint; the same command trains it and "
+                "reuses the finished rows")
         raise
     table = markdown_table(results, base.epochs, protocol)
     beside = beside_sweep(rows, results)   # the paper's rows under ours (table1/3/4/5 only)
     table += beside or ("\n" + differences_line(results) + "\n" if differences_line(results) else "")
     table_path = os.path.join(out_dir, "table.md")
-    atomic_write_text(table, table_path)
-    atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
     figure_path = os.path.join(out_dir, "figure.png")
-    make_figure([item["image"] for item in fig_items], [item["depth"][0].numpy() for item in fig_items],
-                predictions, figure_path)
+    try:
+        atomic_write_text(table, table_path)
+        atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
+        make_figure([item["image"] for item in fig_items], [item["depth"][0].numpy() for item in fig_items],
+                    predictions, figure_path)
+    except KeyboardInterrupt:
+        log("sweep: interrupted while writing the table and figure; every row is finished: the same command "
+            "writes them again without training")
+        raise
     return {"rows": results, "table": table_path, "figure": figure_path, "markdown": table}
 
 
