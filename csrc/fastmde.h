@@ -8,4 +8,5 @@ void register_all(pybind11::module_& m);
 void register_depth_loss(pybind11::module_& m);
 void register_depth_metrics(pybind11::module_& m);
 void register_up_projection(pybind11::module_& m);
+void register_scale_invariant_loss(pybind11::module_& m);
 }  // namespace fastmde

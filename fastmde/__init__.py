@@ -5,7 +5,8 @@ Public API::
     fastmde.depth_loss(pred, target, preset="hu_blurred")      # scalar, fused forward+backward
     fastmde.depth_loss_terms(pred, target, ...)                # {"total", "depth", "gradient", "normal"}
     fastmde.depth_metrics(pred, target, crop="eigen")          # {"rms", "rel", "log10", "delta1..3"}
-    fastmde.nn.DepthLoss, fastmde.nn.DepthMetrics, fastmde.nn.UpProjection
+    fastmde.scale_invariant_loss(pred, target, preset="silog") # SILog (BTS/AdaBins/DAV2) or MiDaS ssi, fused
+    fastmde.nn.DepthLoss, fastmde.nn.DepthMetrics, fastmde.nn.UpProjection, fastmde.nn.ScaleInvariantLoss
     fastmde.backends()                                         # which kernel serves what
     fastmde.load("runs/train/best.pt", device="cpu")           # a trained model, ready to run
     fastmde.patch(model)                                       # fused up-projections in any depth model
@@ -14,7 +15,7 @@ Public API::
 """
 from . import nn, ops, reference
 from ._backend import BackendUnavailableError, backends, set_backend
-from .functional import depth_loss, depth_loss_terms, depth_metric_sums, depth_metrics
+from .functional import depth_loss, depth_loss_terms, depth_metric_sums, depth_metrics, scale_invariant_loss
 from .patch import PatchReport, patch, unpatch
 from .pointcloud import depth_to_points
 
@@ -60,6 +61,7 @@ __all__ = [
     "depth_loss_terms",
     "depth_metric_sums",
     "depth_metrics",
+    "scale_invariant_loss",
     "depth_to_points",
     "export",
     "load",

@@ -1,6 +1,6 @@
 """Which implementation serves each hot path on each device.
 
-Every hot path (``depth_loss``, ``depth_metrics``, ``up_projection``) has up to three
+Every hot path (``depth_loss``, ``depth_metrics``, ``up_projection``, ``scale_invariant_loss``) has up to three
 implementations with the same file name:
 
 * ``reference`` -- plain PyTorch in ``fastmde/reference/<name>.py`` (always available);
@@ -28,7 +28,7 @@ import os
 import warnings
 from types import ModuleType
 
-HOT_PATHS = ("depth_loss", "depth_metrics", "up_projection")
+HOT_PATHS = ("depth_loss", "depth_metrics", "up_projection", "scale_invariant_loss")
 BACKENDS = ("reference", "native", "triton")
 
 # Functions each implementation module must define for a hot path to count as available.
@@ -38,6 +38,7 @@ NATIVE_ENTRY_POINTS = {
     "depth_loss": ("depth_loss_forward",),
     "depth_metrics": ("depth_metric_sums",),
     "up_projection": ("upsample_conv2d_forward", "upsample_conv2d_backward"),
+    "scale_invariant_loss": ("silog_sums", "silog_backward", "ssi_moments", "ssi_residual_sums", "ssi_backward"),
 }
 TRITON_ENTRY_POINTS = {
     **NATIVE_ENTRY_POINTS,

@@ -1,4 +1,4 @@
-"""The public functions: ``depth_loss``, ``depth_loss_terms``, ``depth_metrics``.
+"""The public functions: ``depth_loss``, ``depth_loss_terms``, ``depth_metrics``, ``scale_invariant_loss``.
 
 They check their input, resolve presets and conventions, and call the ``fastmde::`` ops,
 which pick the fastest available implementation for the device.
@@ -13,12 +13,20 @@ import torch
 from ._checks import as_depth_maps
 from .ops.depth_loss import depth_loss_op
 from .ops.depth_metrics import depth_metric_sums_op
+from .ops.scale_invariant_loss import scale_invariant_loss_op
+from .reference import scale_invariant_loss as _si
 from .reference.depth_loss import DEPTH_TERMS, PRESETS
+from .reference.scale_invariant_loss import PRESETS as SI_PRESETS, SSI_REDUCTIONS
 from .reference.depth_metrics import MetricRules, combine, range_warning, resolve_aggregate, resolve_crop
 
 
 def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
     if preset is not None:
+        if preset in SI_PRESETS:
+            raise ValueError(
+                f"preset {preset!r} is a scale-invariant loss: use fastmde.scale_invariant_loss(pred, target, "
+                f"preset={preset!r}) or fastmde.nn.ScaleInvariantLoss({preset!r})"
+            )
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         options = PRESETS[preset]
@@ -258,3 +266,139 @@ def depth_metrics(
     sums = _metric_sums(pred, target, mask, crop, rules)
     warn_if_out_of_range(sums.sum(dim=0), rules)
     return combine(sums, aggregate)
+
+
+# ------------------------------------------------------------------ scale-invariant losses
+
+
+def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
+    """Validated options of :func:`scale_invariant_loss`: (kind, lambd, scale, alpha,
+    image_reduction, interpolate, eps). Comparisons, not math.isfinite (symbolic floats under
+    torch.compile(dynamic=True); a NaN fails every comparison)."""
+    if preset not in SI_PRESETS:
+        hint = " (a Hu et al. preset: use fastmde.depth_loss)" if preset in PRESETS else ""
+        raise ValueError(f"preset must be one of {sorted(SI_PRESETS)}, got {preset!r}{hint}")
+    options = SI_PRESETS[preset]
+    kind = options["kind"]
+    if kind == "ssi":
+        for name, value in (("lambd", lambd), ("scale", scale)):
+            if value is not None:
+                raise ValueError(f"{name} applies to the silog presets, not to {preset!r}")
+        alpha = options["alpha"] if alpha is None else float(alpha)
+        if not 0.0 <= alpha < math.inf:
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        reduction = options["reduction"] if reduction is None else reduction
+        if reduction not in SSI_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {SSI_REDUCTIONS}, got {reduction!r}")
+        lambd, scale = 0.0, 1.0
+    else:
+        for name, value in (("alpha", alpha), ("reduction", reduction)):
+            if value is not None:
+                raise ValueError(f"{name} applies to the 'ssi' preset, not to {preset!r}")
+        lambd = options["lambd"] if lambd is None else float(lambd)
+        if not 0.0 <= lambd <= 1.0:
+            raise ValueError(f"lambd (BTS variance_focus) must be in [0, 1], got {lambd}")
+        scale = options["scale"] if scale is None else float(scale)
+        if not 0.0 < scale < math.inf:
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        alpha, reduction = 0.0, "batch"
+    eps = float(eps)
+    if not 0.0 < eps < math.inf:
+        raise ValueError(f"eps must be a positive finite number (metres), got {eps}")
+    interpolate = options["interpolate"] if interpolate is None else bool(interpolate)
+    return kind, lambd, scale, alpha, reduction == "image", interpolate, eps
+
+
+def _si_maps(pred, target, mask, interpolate: bool):
+    """(B, H, W) views of pred (bilinearly resized to the ground truth's size first when
+    ``interpolate`` and the sizes differ, align_corners=True, as AdaBins), target (its own dtype)
+    and mask (bool)."""
+    what = "scale_invariant_loss"
+    if isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor) and pred.dim() in (3, 4) \
+            and target.dim() in (3, 4) and pred.shape[-2:] != target.shape[-2:]:
+        if not interpolate:
+            raise ValueError(
+                f"{what}: pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)} "
+                "(interpolate=True resizes pred bilinearly to the ground truth, as AdaBins does)"
+            )
+        if pred.is_floating_point() and pred.numel() > 0 and (pred.dim() == 3 or pred.shape[1] == 1):
+            size = (int(target.shape[-2]), int(target.shape[-1]))
+            p4 = pred if pred.dim() == 4 else pred[:, None]
+            pred = torch.nn.functional.interpolate(p4, size=size, mode="bilinear", align_corners=True)
+            pred = pred if target.dim() == 4 else pred[:, 0]
+    pred3, _, mask3 = as_depth_maps(pred, target, mask, what)
+    target3 = target.reshape(pred3.shape)  # in its own dtype: the op reads it so, never rounded to pred's
+    if target3.requires_grad:
+        raise ValueError(
+            f"{what}: target requires grad, but the loss is differentiable with respect to pred only; "
+            "pass target.detach()"
+        )
+    return pred3, target3, mask3
+
+
+def scale_invariant_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    preset: str = "silog",
+    mask: torch.Tensor | None = None,
+    lambd: float | None = None,
+    scale: float | None = None,
+    alpha: float | None = None,
+    reduction: str | None = None,
+    interpolate: bool | None = None,
+    eps: float = _si.DEFAULT_EPS,
+) -> torch.Tensor:
+    r"""A scale-invariant depth loss, fused: a scalar tensor (differentiable w.r.t. ``pred``).
+
+    ``pred``, ``target`` (ground truth), optional ``mask`` (bool, or numbers: nonzero = valid):
+    (B, 1, H, W) or (B, H, W), depths in metres (``ssi``: any affine-invariant quantity, e.g.
+    disparity). Presets (each as its source's code computes it; docs/losses.md):
+
+    * ``"silog"`` (BTS ``silog_loss``, NeWCRFs): :math:`10\sqrt{\overline{d^2} - λ\bar d^2}`, λ = 0.85;
+    * ``"silog_adabins"`` (AdaBins ``SILogLoss``): :math:`10\sqrt{\mathrm{var}(d) + (1-λ)\bar d^2}`,
+      unbiased variance, λ = 0.85; a prediction of another size is first resized bilinearly to
+      the ground truth (align_corners=True), as AdaBins does (``interpolate``);
+    * ``"silog_dav2"`` (Depth-Anything-V2 metric_depth / GLPDepth ``SiLogLoss``):
+      :math:`\sqrt{\overline{d^2} - λ\bar d^2}`, λ = 0.5;
+    * ``"ssi"`` (MiDaS scale-and-shift-invariant loss): per image the least-squares scale s and
+      shift t of ``pred`` onto ``target``, then :math:`\sum M (s\hat y + t - y)^2 / (2\sum M)`
+      plus α = 0.5 times the gradient-matching term (L1 of the residual's differences at 4
+      scales, strides 1, 2, 4, 8), sums over the batch (``reduction="batch"``, MiDaS's default;
+      ``"image"``: per image, then averaged).
+
+    with :math:`d = \ln\max(\hat y, ε) - \ln y` over the valid pixels of the whole batch: mask
+    true and ground truth finite and > 0 (``ssi``: finite). Options override the preset:
+    ``lambd`` (BTS ``variance_focus``, DAV2 ``lambd``; in [0, 1]), ``scale`` (the factor 10 of
+    BTS/AdaBins), ``alpha`` and ``reduction`` (``ssi``), ``interpolate``, ``eps`` (the floor of the
+    prediction under the log, 1e-6 m: a prediction <= 0 gives a large finite error instead of
+    NaN and passes no gradient).
+
+    Never NaN from the data's edge cases: no valid pixel gives 0 with zero gradient and a
+    ``UserWarning``; a square root of a slightly negative variance (rounding) is 0 with zero
+    gradient; AdaBins' variance of one pixel is 0 (``torch.var`` gives NaN). A NaN prediction
+    still gives NaN (a diverged network is not hidden). float16/bfloat16 are computed in float32
+    and the ground truth is read in its own dtype (never rounded to the prediction's); the loss
+    is float32, float64 when either input is float64.
+
+    Raises ValueError for an unknown preset, options that do not apply to it or are out of
+    range, shapes that differ (without ``interpolate``) or are not (B, [1,] H, W), empty maps,
+    tensors on different devices and a ``target`` that requires grad; TypeError for
+    non-floating ``pred`` / ``target`` and a complex ``mask``.
+    Sources: BTS ``pytorch/bts.py``; AdaBins ``loss.py``; Depth-Anything-V2
+    ``metric_depth/util/loss.py``; MiDaS's published ``midas_loss.py`` (Ranftl et al., TPAMI 2020).
+    """
+    kind, lambd, scale, alpha, image_reduction, interpolate, eps = _si_options(
+        preset, lambd, scale, alpha, reduction, interpolate, eps
+    )
+    pred3, target3, mask3 = _si_maps(pred, target, mask, interpolate)
+    loss, _, count = scale_invariant_loss_op(pred3, target3, mask3, kind, lambd, scale, alpha, image_reduction, eps)
+    if not torch.compiler.is_compiling() and count.item() == 0:
+        warnings.warn(
+            f"scale_invariant_loss ({preset}): no valid ground-truth pixel in the batch (mask empty, or "
+            f"ground truth all {'non-finite' if kind == 'ssi' else 'zero, negative or non-finite'}); "
+            "the loss is 0 with zero gradient",
+            UserWarning,
+            stacklevel=2,
+        )
+    return loss

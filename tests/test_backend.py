@@ -18,7 +18,7 @@ def restore_backend():
 
 def test_table_names_every_hot_path_and_device():
     table = fastmde.backends(("cpu", "cuda"))
-    assert set(table) == {"depth_loss", "depth_metrics", "up_projection"}
+    assert set(table) == {"depth_loss", "depth_metrics", "up_projection", "scale_invariant_loss"}
     for row in table.values():
         assert row["cpu"] in ("native", "reference")
         assert row["cuda"] in ("triton", "reference")

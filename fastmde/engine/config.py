@@ -52,10 +52,12 @@ def model_names() -> tuple[str, ...]:
 
 
 def loss_presets() -> tuple[str, ...]:
-    """The loss presets ``--loss`` accepts (the paper's Table 3)."""
+    """The loss presets ``--loss`` accepts: the paper's Table 3 (Hu et al.'s loss family), then the
+    scale-invariant losses (SILog of BTS / AdaBins / Depth-Anything-V2, MiDaS's ssi)."""
     from ..reference.depth_loss import PRESETS
+    from ..reference.scale_invariant_loss import PRESETS as SI_PRESETS
 
-    return tuple(PRESETS)
+    return tuple(PRESETS) + tuple(SI_PRESETS)
 
 
 def option(default, help: str, *, group: str, choices=None, flag: str | None = None, metavar: str | None = None,
@@ -104,7 +106,9 @@ class TrainConfig:
         None, "initialise the whole model from this checkpoint (a fastmde run, or the paper authors' or Hu et "
               "al.'s); the optimiser starts afresh (--resume continues a run instead)", group=MODEL, metavar="PATH",
         unset="none")
-    loss: str = option("hu_blurred", "loss preset (the paper's Table 3)", group=MODEL, choices=loss_presets)
+    loss: str = option("hu_blurred", "loss preset: the paper's Table 3, or silog (BTS), silog_adabins, "
+                       "silog_dav2 (Depth-Anything-V2), ssi (MiDaS, relative depth); docs/losses.md", group=MODEL,
+                       choices=loss_presets)
     blur: bool | None = option(None, "override the preset's ground-truth blur for the gradient/normal terms",
                                group=MODEL, unset="the preset's")
     extra: dict = option({}, "further model overrides passed to fastmde.models.build (kernel_size, reduce, ...)",
@@ -256,7 +260,7 @@ class TrainConfig:
             raise ValueError(f"{_named('augment_parts')} chooses among the transforms of --augment, which is off "
                              "(--no-augment): drop one of them")
         preset = PRESETS.get(self.loss, {})
-        if self.blur is not None and preset and not (preset.get("gradient") or preset.get("normal")):
+        if self.blur is not None and not (preset.get("gradient") or preset.get("normal")):
             raise ValueError(f"{_named('blur')} sets the ground-truth blur of the gradient and normal terms, and loss "
                              f"{self.loss!r} (--loss) has neither: drop --blur/--no-blur or choose a loss with them")
         if not self.lr_gamma > 0:

@@ -71,7 +71,18 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def make_loss(cfg: TrainConfig):
     from ..nn import DepthLoss
     from ..reference.depth_loss import PRESETS
+    from ..reference.scale_invariant_loss import PRESETS as SI_PRESETS
 
+    if cfg.loss in SI_PRESETS:
+        from ..nn import ScaleInvariantLoss
+
+        if cfg.loss == "ssi":
+            import warnings
+
+            warnings.warn("loss 'ssi' trains relative depth (right up to a per-image scale and shift): the "
+                          "validation and test metrics compare the raw prediction with metric ground truth and "
+                          "do not measure it (see docs/losses.md)", UserWarning, stacklevel=2)
+        return ScaleInvariantLoss(cfg.loss)
     if cfg.blur is None:
         return DepthLoss(cfg.loss)
     if cfg.loss not in PRESETS:

@@ -1,6 +1,7 @@
 """The ``fastmde::`` custom ops, one file per hot path (fake kernel, autograd, device choice)."""
 from .depth_loss import depth_loss_op
 from .depth_metrics import depth_metric_sums_op
+from .scale_invariant_loss import scale_invariant_loss_backward_op, scale_invariant_loss_op
 from .up_projection import upsample_conv2d_backward_op, upsample_conv2d_op
 from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn_backward_op, upsample_conv2d_bn_op
 from .up_projection_block import UpProjectionLayers, up_projection
@@ -10,6 +11,8 @@ __all__ = [
     "batchnorm_add_relu",
     "depth_loss_op",
     "depth_metric_sums_op",
+    "scale_invariant_loss_backward_op",
+    "scale_invariant_loss_op",
     "upsample_conv2d_backward_op",
     "upsample_conv2d_bn_backward_op",
     "upsample_conv2d_bn_op",
