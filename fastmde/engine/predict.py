@@ -1,8 +1,8 @@
 """``fastmde predict``: depth maps for image files, as colourised PNGs and metres (.npy).
 
-Predictions are clamped to ``[--min-depth, --max-depth]`` (default 0.001 to 10 m: the range of
-the ``fastmde`` protocol, which training validates with and which clamps predictions the same
-way before scoring them), in the PNG and in the .npy; ``--no-clamp`` keeps the network's raw
+Predictions are clamped to ``[--min-depth, --max-depth]`` (default: the range of the protocol the
+checkpoint's training validated with, which clamps predictions the same way before scoring them:
+0.001 to 10 m for NYU-like runs, 0.001 to 80 m for ``--dataset kitti``), in the PNG and in the .npy; ``--no-clamp`` keeps the network's raw
 output (negative values included) in the .npy. The PNG is the map in reversed Turbo colours
 (near red, far blue, black = no depth) over that fixed range, the same for every image, with a
 colour bar in metres to its right (:mod:`fastmde.engine.pictures`).
@@ -147,15 +147,41 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=default_of("device"))
     parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
     clamp = PROTOCOLS[VALIDATION_PROTOCOL].clamp
-    parser.add_argument("--min-depth", type=float, default=clamp[0],
+    parser.add_argument("--min-depth", type=float, default=None,
                         help=("predictions are clamped to [--min-depth, --max-depth] metres (in the .png and "
                               "the .npy), as evaluation clamps them, and the colour bar spans that range "
-                              f"(default {clamp[0]:g} to {clamp[1]:g} m: the {VALIDATION_PROTOCOL!r} protocol's, "
-                              "which training validates with)"))
-    parser.add_argument("--max-depth", type=float, default=clamp[1], help="see --min-depth (metres)")
+                              f"(default: the range of the protocol the checkpoint's training validated with: "
+                              f"{clamp[0]:g} to {clamp[1]:g} m, the {VALIDATION_PROTOCOL!r} protocol's; 80 m for a "
+                              "--dataset kitti run)"))
+    parser.add_argument("--max-depth", type=float, default=None, help="see --min-depth (metres)")
     parser.add_argument("--no-clamp", dest="clamp", action="store_false",
                         help="write the network's raw output to the .npy (negative depths included); the .png "
                              "is drawn clamped either way")
+
+
+def depth_range(args, config: dict) -> tuple[float, float]:
+    """(--min-depth, --max-depth), each defaulting to the clamp of the protocol the checkpoint's
+    training validated with (``train.validation_protocol``: ``fastmde``, 0.001-10 m; a KITTI run's
+    ``kitti_garg_kb`` / ``kitti_garg``, 0.001-80 m; a checkpoint of another project: ``fastmde``).
+
+    Raises:
+        ValueError: the range is empty (--min-depth >= --max-depth).
+    """
+    from .config import TrainConfig
+    from .protocols import PROTOCOLS
+    from .train import VALIDATION_PROTOCOL, validation_protocol
+
+    try:
+        name = validation_protocol(TrainConfig.from_dict(config)) if config else VALIDATION_PROTOCOL
+    except (TypeError, ValueError):       # a configuration of an older fastmde: the default
+        name = VALIDATION_PROTOCOL
+    lo, hi = PROTOCOLS[name].clamp
+    lo = lo if args.min_depth is None else args.min_depth
+    hi = hi if args.max_depth is None else args.max_depth
+    if not lo < hi:
+        raise ValueError(f"--min-depth {lo:g} must be below --max-depth {hi:g} (the colour scale runs from the "
+                         f"one to the other; the {name!r} protocol's range is the default)")
+    return lo, hi
 
 
 def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
@@ -210,6 +236,7 @@ def run(args) -> int:
               file=sys.stderr)
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
+    args.min_depth, args.max_depth = depth_range(args, getattr(model, "fastmde_config", None) or {})
     amp_dtype = resolve_amp(args.amp, device)
     written = 0
     try:
