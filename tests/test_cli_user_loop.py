@@ -146,6 +146,20 @@ def test_ctrl_c_in_a_sweep_saves_the_row_and_resume_continues_it(cache, tmp_path
     assert "Every row trained its 1 epoch(s) in full" in table
 
 
+def test_train_overwrite_starts_a_clean_run(cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--out", out, "--no-test", *TINY, *cli_data_args(cache)]
+    assert fastmde_cli(argv, capsys)[0] == 0
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [4]
+    refused(argv, capsys, "already holds a run", "--resume", "--overwrite")
+    status, _, err = fastmde_cli(argv + ["--overwrite", "--max-steps", "1"], capsys)
+    assert status == 0 and "removed the earlier run's last.pt, best.pt, log.jsonl, summary.json" in err
+    # the log, best.pt and summary are the new run's only
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1]
+    assert read_checkpoint(str(out / "best.pt"))["step"] == 1
+    assert json.loads((out / "summary.json").read_text())["step"] == 1
+
+
 # ---------------------------------------------------------------- sweeps never lose work
 
 def test_sweep_refuses_to_replace_rows_of_other_options_and_says_what_rows_trained(cache, tmp_path, capsys):

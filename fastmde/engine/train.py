@@ -142,6 +142,9 @@ def validation_protocol(cfg: TrainConfig) -> str:
         return "kitti_garg_kb" if cfg.setting("kb_crop") else "kitti_garg"
     return VALIDATION_PROTOCOL
 
+#: the files a run writes in its folder (``--overwrite`` removes an earlier run's)
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "summary.json")
+
 #: options the learning-rate schedule reads: a resume that changes one restarts the curve from there
 SCHEDULE_OPTIONS = frozenset({"lr", "lr_step", "lr_gamma", "cosine", "warmup", "epochs", "time_limit", "batch_size"})
 
@@ -311,6 +314,8 @@ class Trainer:
             raise FileExistsError(
                 f"{cfg.out!r} already holds a run (last.pt): pass --resume to continue it or --overwrite to start again"
             )
+        #: --overwrite of a run: its files are removed when this run starts (fit), not mixed with it
+        self.replaces_run = bool(overwrite and not resume and os.path.exists(self.last_path))
 
         seed_everything(cfg.seed)
         # The model first: a bad --pretrained or --init-from file is reported before the data is
@@ -539,6 +544,12 @@ class Trainer:
         cfg = self.cfg
         if self.info.is_main:
             os.makedirs(cfg.out, exist_ok=True)
+            if self.replaces_run:    # the earlier run's log and best.pt must not mix with this one's
+                old = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
+                for name in old:
+                    os.remove(os.path.join(cfg.out, name))
+                self.replaces_run = False
+                self.log(f"--overwrite: removed the earlier run's {', '.join(old)} from {cfg.out}")
             self.log(f"training {cfg.model} at {cfg.size[0]}x{cfg.size[1]} on {self.device} "
                      f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
