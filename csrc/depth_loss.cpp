@@ -12,6 +12,9 @@
 // are recomputed by neighbouring tiles instead of being stored.
 // Loss sums: per tile in double, reduced in tile order, so the value does not depend on the
 // thread count. The counts are taken per tile in the same pass.
+// The ground truth keeps its precision: it is read in its own dtype when that is pred's dtype or
+// the compute dtype (float32; double for float64 pred), else converted to the compute dtype once;
+// a float32 ground truth beside a bfloat16 prediction is never rounded to bfloat16.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -61,8 +64,8 @@ struct LossOptions {
 
 // Validity of one row as 0/1 in T: finite ground truth and mask (two loops, so that neither
 // has a branch on the optional mask inside).
-template <typename scalar_t, typename T>
-void validity_row(const scalar_t* y, const bool* mask, int64_t W, T* m) {
+template <typename target_t, typename T>
+void validity_row(const target_t* y, const bool* mask, int64_t W, T* m) {
   if (mask == nullptr) {
 #pragma omp simd
     for (int64_t q = 0; q < W; ++q) m[q] = std::isfinite(static_cast<T>(y[q])) ? T(1) : T(0);
@@ -169,10 +172,12 @@ void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* 
   }
 }
 
-template <typename scalar_t, typename T>
+// scalar_t: pred's (and the gradients') dtype; target_t: the ground truth's (scalar_t or T);
+// T: the compute dtype.
+template <typename scalar_t, typename target_t, typename T>
 struct LossKernel {
   const scalar_t* pred;
-  const scalar_t* target;
+  const target_t* target;
   const bool* mask;  // may be null
   scalar_t* grad_depth;
   scalar_t* grad_stencil;  // null when neither stencil term is on
@@ -183,7 +188,7 @@ struct LossKernel {
 
   // Row i of the sanitised ground truth (non-finite -> 0) into out[0..W).
   void sanitised_row(int64_t b, int64_t i, T* out) const {
-    const scalar_t* src = target + (b * H + i) * W;
+    const target_t* src = target + (b * H + i) * W;
 #pragma omp simd
     for (int64_t q = 0; q < W; ++q) {
       const T v = static_cast<T>(src[q]);
@@ -335,6 +340,49 @@ struct LossKernel {
   }
 };
 
+// One loss pass over every tile, for pred in scalar_t and the ground truth in target_t; writes the
+// gradients, the terms and the counts.
+template <typename scalar_t, typename target_t, typename T>
+void run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask_ptr, at::Tensor& grad_depth,
+              at::Tensor& grad_stencil, const std::string& depth_term, double alpha, bool gradient, bool normal,
+              bool blur, const std::vector<double>& weights, at::Tensor& terms, at::Tensor& counts) {
+  const int64_t B = pred.size(0), H = pred.size(1), W = pred.size(2);
+  const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
+  const int64_t ntiles = B * tiles_per_image;
+  const bool stencil = gradient || normal;
+  LossKernel<scalar_t, target_t, T> kernel;
+  kernel.pred = pred.data_ptr<scalar_t>();
+  kernel.target = target.data_ptr<target_t>();
+  kernel.mask = mask_ptr;
+  kernel.grad_depth = grad_depth.data_ptr<scalar_t>();
+  kernel.grad_stencil = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
+  kernel.B = B;
+  kernel.H = H;
+  kernel.W = W;
+  kernel.opt = LossOptions{depth_term == "log", gradient, normal, blur, alpha,
+                           weights[0], weights[1], weights[2]};
+  kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
+                           static_cast<T>(weights[2])};
+  kernel.gw = gaussian_weights<T>();
+  std::vector<std::array<double, 5>> sums(ntiles);
+  at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
+      sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
+    }
+  });
+  double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  for (const auto& v : sums)
+    for (int k = 0; k < 5; ++k) s[k] += v[k];
+  const double inv_d = 1.0 / std::max(s[3], 1.0), inv_s = 1.0 / std::max(s[4], 1.0);
+  const double depth = s[0] * inv_d;
+  const double grad_term = gradient ? s[1] * inv_s : 0.0;
+  const double normal_term = normal ? s[2] * inv_s : 0.0;
+  const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
+  terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
+  counts.copy_(at::tensor({s[3], gradient ? s[4] : 0.0, normal ? s[4] : 0.0}, at::kDouble));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& mask_in,
     const std::string& depth_term, double alpha, bool gradient, bool normal, bool blur,
@@ -350,16 +398,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
   TORCH_CHECK(weights.size() == 3, "depth_loss_forward: weights must have 3 values, got ", weights.size());
   TORCH_CHECK(alpha > 0.0 && std::isfinite(alpha), "depth_loss_forward: alpha must be positive, got ", alpha);
   const at::Tensor pred = pred_in.contiguous();
-  const at::Tensor target = target_in.to(pred.scalar_type()).contiguous();
+  TORCH_CHECK(at::isFloatingType(target_in.scalar_type()),
+              "depth_loss_forward: target must be floating point, got ", target_in.scalar_type());
   at::Tensor mask;
   if (mask_in.has_value() && mask_in->defined()) {
     TORCH_CHECK(mask_in->sizes() == pred.sizes(), "depth_loss_forward: mask shape ", mask_in->sizes(),
                 " differs from pred shape ", pred.sizes());
     mask = (mask_in->scalar_type() == at::kBool ? *mask_in : mask_in->ne(0)).contiguous();
   }
-  const int64_t B = pred.size(0), H = pred.size(1), W = pred.size(2);
   const bool is_double = pred.scalar_type() == at::kDouble;
   const auto cdtype = is_double ? at::kDouble : at::kFloat;
+  // the ground truth in pred's dtype or the compute dtype as it is, any other dtype converted to
+  // the compute dtype (never to pred's: that would round a float32 ground truth to bf16/fp16)
+  const at::Tensor target =
+      (target_in.scalar_type() == pred.scalar_type() ? target_in : target_in.to(cdtype)).contiguous();
+  const bool target_in_compute_dtype = target.scalar_type() != pred.scalar_type();
   const bool stencil = gradient || normal;
   at::Tensor grad_depth = at::empty_like(pred);
   at::Tensor grad_stencil = stencil ? at::empty_like(pred) : at::empty({0}, pred.options());
@@ -370,45 +423,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     grad_stencil.zero_();
     return {terms, grad_depth, grad_stencil, counts};
   }
-  const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
-  const int64_t ntiles = B * tiles_per_image;
   const bool* mask_ptr = mask.defined() ? mask.data_ptr<bool>() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "depth_loss_forward", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const scalar_t* p = pred.data_ptr<scalar_t>();
-    const scalar_t* t = target.data_ptr<scalar_t>();
-    LossKernel<scalar_t, T> kernel;
-    kernel.pred = p;
-    kernel.target = t;
-    kernel.mask = mask_ptr;
-    kernel.grad_depth = grad_depth.data_ptr<scalar_t>();
-    kernel.grad_stencil = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
-    kernel.B = B;
-    kernel.H = H;
-    kernel.W = W;
-    kernel.opt = LossOptions{depth_term == "log", gradient, normal, blur, alpha,
-                             weights[0], weights[1], weights[2]};
-    kernel.rp = RowParams<T>{static_cast<T>(alpha), static_cast<T>(weights[0]), static_cast<T>(weights[1]),
-                             static_cast<T>(weights[2])};
-    kernel.gw = gaussian_weights<T>();
-    std::vector<std::array<double, 5>> sums(ntiles);
-    at::parallel_for(0, ntiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t b = tile / tiles_per_image, r0 = (tile % tiles_per_image) * kTileRows;
-        sums[tile] = kernel.run_tile(b, r0, std::min(H, r0 + kTileRows));
-      }
-    });
-    double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
-    for (const auto& v : sums)
-      for (int k = 0; k < 5; ++k) s[k] += v[k];
-    const double inv_d = 1.0 / std::max(s[3], 1.0), inv_s = 1.0 / std::max(s[4], 1.0);
-    const double depth = s[0] * inv_d;
-    const double grad_term = gradient ? s[1] * inv_s : 0.0;
-    const double normal_term = normal ? s[2] * inv_s : 0.0;
-    const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
-    terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
-    counts.copy_(at::tensor({s[3], gradient ? s[4] : 0.0, normal ? s[4] : 0.0}, at::kDouble));
+    if (target_in_compute_dtype) {
+      run_loss<scalar_t, T, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term, alpha, gradient,
+                               normal, blur, weights, terms, counts);
+    } else {
+      run_loss<scalar_t, scalar_t, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term, alpha,
+                                      gradient, normal, blur, weights, terms, counts);
+    }
   });
   return {terms, grad_depth, grad_stencil, counts};
 }

@@ -11,12 +11,16 @@ def as_depth_maps(
     target: torch.Tensor,
     mask: torch.Tensor | None,
     what: str,
+    *,
+    cast_target: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Check a prediction / ground-truth pair and return them as (B, H, W) views.
 
     ``pred`` and ``target`` are (B, 1, H, W) or (B, H, W) floating tensors of the same shape on
-    the same device; ``target`` is cast to ``pred``'s dtype. ``mask`` (optional) has the same
-    shape and is bool or 0/1 numbers (nonzero = valid).
+    the same device. ``cast_target=True`` casts ``target`` to ``pred``'s dtype; ``False`` keeps
+    its own dtype, so a float32 ground truth beside a bfloat16 prediction is not rounded (the
+    op then reads it in :func:`compute_dtype`). ``mask`` (optional) has the same shape and is
+    bool or 0/1 numbers (nonzero = valid).
     """
     for name, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor):
@@ -39,7 +43,7 @@ def as_depth_maps(
         raise ValueError(f"{what}: pred is on {pred.device} but target is on {target.device}")
     pred3 = pred.reshape(pred.shape[0], pred.shape[-2], pred.shape[-1]) if pred.dim() == 4 else pred
     target3 = target.reshape(pred3.shape) if target.dim() == 4 else target
-    if target3.dtype != pred3.dtype:
+    if cast_target and target3.dtype != pred3.dtype:
         target3 = target3.to(pred3.dtype)
     mask3 = None
     if mask is not None:
@@ -71,3 +75,68 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+# ---------------------------------------------------------------- units and value ranges
+# Checks of an input's convention that need its values on the host (one synchronisation): the
+# callers run them once (the first call, the first batch), never per step.
+
+#: a ground-truth median above this many metres is taken for another unit (indoor scenes in
+#: millimetres have medians of 2000-4000, KITTI's unscaled 16-bit PNGs about 5000; outdoor
+#: depths in metres stay well below)
+DEPTH_UNIT_LIMIT_M = 100.0
+
+_depth_units_checked = False
+
+
+def depth_unit_problem(target: torch.Tensor, mask: torch.Tensor | None = None) -> str | None:
+    """A sentence when ``target`` (depth, supposed metres) looks like another unit: the median of
+    its valid pixels (finite, > 0, ``mask`` true) above :data:`DEPTH_UNIT_LIMIT_M`; else None."""
+    valid = torch.isfinite(target) & (target > 0)
+    if mask is not None:
+        valid = valid & mask.reshape(valid.shape).bool()
+    values = target.detach()[valid]
+    if values.numel() == 0:
+        return None
+    median = float(values.float().median())
+    if median <= DEPTH_UNIT_LIMIT_M:
+        return None
+    return (f"the ground truth's median over its valid pixels is {median:.4g}, but fastmde takes depth in metres "
+            f"(a median above {DEPTH_UNIT_LIMIT_M:g} m): millimetres (divide by 1000) or a 16-bit depth PNG "
+            f"read without its scale (NYU 1000, KITTI 256)?")
+
+
+def check_depth_units(target: torch.Tensor, mask: torch.Tensor | None = None, *, force: bool = False) -> str | None:
+    """:func:`depth_unit_problem` on the first call of the process (or with ``force``), else None.
+
+    One check per process keeps the synchronisation off the training step; the trainer forces
+    it on its first batch (and so takes the place of the loss's first-call check)."""
+    global _depth_units_checked
+    if _depth_units_checked and not force:
+        return None
+    _depth_units_checked = True
+    return depth_unit_problem(target, mask)
+
+
+def reset_depth_unit_check() -> None:
+    """Let the next :func:`check_depth_units` check again (tests)."""
+    global _depth_units_checked
+    _depth_units_checked = False
+
+
+def image_range_problem(images: torch.Tensor) -> str | None:
+    """A sentence when float ``images`` meant to be RGB in 0-255 hold another convention: values
+    all in (0, 1] (torchvision's ``ToTensor``), negative values (ImageNet-normalised), or values
+    above 255 (16-bit); else None. One ``aminmax`` (one synchronisation)."""
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if lo != lo or hi != hi:
+        return "the image holds NaN"
+    if lo < -0.5:
+        return (f"the image has negative values (min {lo:.3g}): ImageNet-normalised? fastmde's models take raw "
+                f"RGB in 0-255 (build(..., normalize=True) applies the ImageNet mean/std itself)")
+    if hi > 255.5:
+        return f"the image has values above 255 (max {hi:.4g}): a 16-bit image? fastmde's models take 8-bit RGB in 0-255"
+    if 0.0 < hi <= 1.0:
+        return (f"the image's values all lie in [{lo:.3g}, {hi:.3g}]: a 0-1 image (torchvision's ToTensor)? "
+                f"fastmde's models take RGB in 0-255: multiply by 255")
+    return None

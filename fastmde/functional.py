@@ -10,7 +10,8 @@ import warnings
 
 import torch
 
-from ._checks import as_depth_maps
+from ._checks import as_depth_maps, check_depth_units
+from ._warn import HostValues, warn_at_caller
 from .ops.depth_loss import depth_loss_op
 from .ops.depth_metrics import depth_metric_sums_op
 from .ops.scale_invariant_loss import scale_invariant_loss_op
@@ -36,13 +37,15 @@ def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
     if depth_term not in DEPTH_TERMS:
         raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
     alpha = float(alpha)
-    if not alpha > 0.0 or not math.isfinite(alpha):
+    if not 0.0 < alpha < math.inf:
         raise ValueError(f"alpha must be a positive finite number, got {alpha}")
     weights = [float(w) for w in weights]
-    if len(weights) != 3 or not all(math.isfinite(w) for w in weights):
+    if len(weights) != 3 or not all(-math.inf < w < math.inf for w in weights):
         raise ValueError(f"weights must be three finite numbers (depth, gradient, normal), got {weights}")
     return depth_term, alpha, bool(gradient), bool(normal), bool(blur), weights
 
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are symbolic
+    # and math.isfinite would break the graph (a NaN fails every comparison)
 
 def depth_loss_terms(
     pred: torch.Tensor,
@@ -52,6 +55,25 @@ def depth_loss_terms(
     depth_term: str = "log",
     alpha: float = 0.5,
     gradient: bool = True,
+# the loss's counts reach the host without a synchronisation (checked on a later call on CUDA)
+_LOSS_COUNTS = HostValues()
+
+
+def _empty_terms_message(counts: torch.Tensor, gradient: bool, normal: bool, blur: bool) -> str | None:
+    """Which requested terms counted no pixel in the batch (``counts``: the op's [N_d, N_s, N_s])."""
+    if counts[0] == 0:
+        return ("depth_loss: no valid ground-truth pixel in this batch (finite and mask true): every term is 0 and "
+                "adds no gradient")
+    if (gradient or normal) and counts[1] == 0:
+        names = " and ".join(n for n, on in (("gradient", gradient), ("normal", normal)) if on)
+        window = "9x9" if blur else "3x3"
+        return (f"depth_loss: no pixel of this batch has its whole {window} ground-truth window valid (sparse ground "
+                f"truth such as KITTI's LiDAR?), so the {names} term{'s count' if gradient and normal else ' counts'} "
+                f"nothing (0, no gradient); for sparse "
+                f"ground truth use a preset without stencil terms ('l1')")
+    return None
+
+
     normal: bool = True,
     blur: bool = False,
     mask: torch.Tensor | None = None,
@@ -65,13 +87,24 @@ def depth_loss_terms(
     depth_term, alpha, gradient, normal, blur, weights = _loss_options(
         preset, depth_term, alpha, gradient, normal, blur, weights
     )
-    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_loss")
+    # the ground truth keeps its dtype: the op reads it in the compute dtype, so a float32 target
+    # beside a bfloat16 prediction is never rounded to bfloat16
+    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_loss", cast_target=False)
     if target3.requires_grad:
         raise ValueError(
             "depth_loss: target requires grad, but the loss is differentiable with respect to "
             "pred only; pass target.detach()"
         )
-    terms = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)[0]
+    checking = not torch.compiler.is_compiling()   # the checks read values on the host
+    if checking:
+        message = check_depth_units(target3, mask3)   # the first call of the process only
+        if message is not None:
+            warn_at_caller(f"depth_loss: {message}")
+    terms, _, _, counts = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
+    if checking:
+        check = lambda c: _empty_terms_message(c, gradient, normal, blur)  # noqa: E731
+        for message in _LOSS_COUNTS.submit(counts, check):
+            warn_at_caller(message)
     return {
         "total": terms[3],
         "depth": terms[0].detach(),
@@ -115,8 +148,12 @@ def depth_loss(
     a Sobel or blur, and a prediction equal to the ground truth around a hole puts every term at
     its minimum with no pull on the valid pixels; what the prediction holds inside a hole does
     not change the loss. Without a mask and with finite ground truth every pixel counts in every
-    term (the paper's code). A term with no counted pixel is 0 and adds no gradient.
-    float16/bfloat16 are computed in float32 and return a float32 loss.
+    term (the paper's code). A term with no counted pixel is 0 and adds no gradient, and a
+    ``UserWarning`` says so (on CUDA one call later: the counts reach the host without a
+    synchronisation). float16/bfloat16 predictions are computed in float32 and return a float32
+    loss; the ground truth keeps its own precision (a float32 target is never rounded to the
+    prediction's dtype). On the first call of the process, ground truth whose median exceeds
+    100 m (millimetres, an unscaled 16-bit PNG) gets a ``UserWarning``.
 
     ``mask``: bool, or numbers (nonzero = valid), shaped like ``pred``. Raises ValueError for an
     unknown ``preset`` or ``depth_term``, a non-positive ``alpha``, weights that are not three

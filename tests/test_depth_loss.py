@@ -738,3 +738,176 @@ def test_cuda_realistic_shape(dtype):
         torch.testing.assert_close(grad_stencil.float(), ref[2].float(), rtol=tol, atol=1e-4)
     finally:
         fastmde.set_backend(None)
+
+
+# ---------------------------------------------------------------- input conventions (issue 22 §1, 21 §2, 23)
+
+
+def precision_instance(dtype):
+    """A half-precision prediction beside a float32 ground truth (1 x 32 x 64 = 2048 pixels, a
+    tilted plane with noise, four pixels at 10.01-10.04 m): pytorch-lightning#4840's setting."""
+    g = torch.Generator().manual_seed(22)
+    i = torch.arange(32, dtype=torch.float64)[:, None]
+    j = torch.arange(64, dtype=torch.float64)[None, :]
+    target = (2.0 + 0.1 * j + 0.05 * i + 0.3 * torch.rand(32, 64, generator=g, dtype=torch.float64)).float()[None]
+    target.view(-1)[:4] = torch.tensor([10.01, 10.02, 10.03, 10.04])
+    pred = (target.double() + 0.2 * torch.randn(1, 32, 64, generator=g, dtype=torch.float64)).to(dtype)
+    return pred, target
+
+
+# hu loss of precision_instance in float64 from the half values of pred and the float32 ground
+# truth, and what it was while the ground truth was rounded to pred's dtype first
+PRECISION_VALUES = {torch.bfloat16: (-0.3507346051689185, -0.3484748226801929),
+                    torch.float16: (-0.3490785340529584, -0.34910158967793936)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_ground_truth_keeps_its_precision(backend, device, dtype):
+    """Issue 22 §1: a float32 ground truth is never rounded to the prediction's half dtype."""
+    pred, target = precision_instance(dtype)
+    right, rounded = PRECISION_VALUES[dtype]
+    want = depth_loss_terms_reference(pred.double(), target.double(), **PRESETS["hu"])["total"].item()
+    assert want == pytest.approx(right, abs=1e-12)
+    assert abs(right - rounded) > 2e-5   # the two conventions differ by far more than the tolerance
+    p, t = as_device(device, pred, target)
+    assert t.dtype == torch.float32
+    terms, grad = loss(p, t, None, preset="hu")
+    assert terms[3].item() == pytest.approx(right, abs=2e-6)
+    assert fastmde.nn.DepthLoss("hu")(p, t).item() == pytest.approx(right, abs=2e-6)
+    # the gradient too: the float32 oracle on the float32 ground truth
+    want_terms, want_grad = oracle(pred, target, None, PRESETS["hu"])
+    assert grad.dtype == dtype
+    assert_grad_close(grad, want_grad, 2 * torch.finfo(dtype).eps)
+
+
+def test_ground_truth_dtype_mixes(backend, device):
+    """Every pairing of dtypes is read in the compute dtype: the result is that of the float32 (or
+    float64) reference on the ground truth's own values."""
+    pred, target = depth_pair((2, 7, 9), 5, dtype=torch.float64, bad_fraction=0.1)
+    mask = hole_mask((2, 7, 9), 5)
+    pairs = [(torch.float16, torch.float32), (torch.bfloat16, torch.float64), (torch.float32, torch.float16),
+             (torch.float32, torch.float64), (torch.float64, torch.float32)]
+    for pdt, tdt in pairs:
+        p, t = pred.to(pdt), target.to(tdt)
+        want_terms, _ = oracle(p, t, mask, PRESETS["hu_blurred"])
+        got_terms, got_grad = loss(*as_device(device, p, t, mask), preset="hu_blurred")
+        assert got_grad.dtype == pdt
+        tol = 1e-12 if pdt == torch.float64 else 2e-5
+        torch.testing.assert_close(got_terms.cpu(), want_terms, rtol=tol, atol=tol, msg=f"{pdt} / {tdt}")
+
+
+def test_opcheck_mixed_dtypes(backend, device):
+    pred, target = depth_pair((2, 7, 9), 4, bad_fraction=0.1)
+    mask = hole_mask((2, 7, 9), 4)
+    pred, target, mask = as_device(device, pred.to(torch.bfloat16), target, mask)
+    pred.requires_grad_()
+    torch.library.opcheck(depth_loss_op, (pred, target, mask, "log", 0.5, True, True, True, [1.0, 1.0, 1.0]))
+
+
+def test_millimetre_ground_truth_is_named_on_the_first_call(backend, device):
+    """Issue 23: ground truth in millimetres (loss 23.4 without a word) gets one warning, at the
+    caller's line, on the first call of the process."""
+    from fastmde import _checks
+
+    pred, target = as_device(device, *depth_pair((1, 9, 11), 3))
+    _checks.reset_depth_unit_check()
+    with pytest.warns(UserWarning, match=r"median .* millimetres") as record:
+        fastmde.depth_loss(pred, target * 1000.0)
+    assert [w.filename for w in record] == [__file__]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastmde.depth_loss(pred, target * 1000.0)   # checked once: no synchronisation per call
+    _checks.reset_depth_unit_check()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastmde.depth_loss(pred, target)            # metres: nothing to say
+
+
+@pytest.mark.parametrize("preset", ["hu", "hu_blurred", "l1"])
+def test_a_term_with_no_counted_pixel_is_named(backend, device, preset):
+    """Issue 21 §2: sparse ground truth (no whole valid stencil) leaves the gradient and normal
+    terms at 0; a warning says so, at the caller's line (CPU tensors: at once)."""
+    import warnings
+
+    pred, target = depth_pair((2, 9, 11), 8)
+    sparse = torch.zeros(2, 9, 11, dtype=torch.bool)
+    sparse[:, ::3, ::3] = True            # isolated valid pixels, like projected LiDAR points
+    pred, target, sparse = as_device(device, pred, target, sparse)
+    if preset == "l1":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastmde.depth_loss(pred, target, preset=preset, mask=sparse)   # no stencil term requested
+    else:
+        with pytest.warns(UserWarning, match="gradient and normal terms count nothing") as record:
+            terms, _ = loss(pred, target, sparse, preset=preset)
+        assert terms[1] == 0 and terms[2] == 0 and terms[0] != 0
+        window = "9x9" if preset == "hu_blurred" else "3x3"
+        assert window in str(record[0].message) and record[0].filename == __file__
+    with pytest.warns(UserWarning, match="no valid ground-truth pixel"):
+        fastmde.nn.DepthLoss(preset)(pred, target, torch.zeros_like(sparse))
+
+
+def test_count_checks_never_synchronise_cuda():
+    """On CUDA the counts are checked once their copy has arrived, on a later call (here faked
+    with a tensor whose event completes at the next poll)."""
+    from fastmde._warn import HostValues
+
+    checks = HostValues()
+    seen = []
+    assert checks.submit(torch.zeros(3), lambda c: seen.append(c) or "cpu: at once") == ["cpu: at once"]
+
+    class Done:
+        def query(self):
+            return True
+
+    checks._pending.append((Done(), torch.zeros(3), lambda c: "arrived"))
+    assert checks.poll() == ["arrived"] and checks.poll() == []
+
+
+# ---------------------------------------------------------------- dynamic shapes (issue 22 §3)
+
+
+def compile_counting(fn):
+    """torch.compile(fn, dynamic=True, fullgraph=True) with a backend that counts its calls and
+    runs forward and backward through AOTAutograd (as inductor would)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    return torch.compile(fn, backend=counter, dynamic=True, fullgraph=True), counter
+
+
+@pytest.mark.parametrize("entry", ["depth_loss", "depth_loss_terms", "DepthLoss"])
+def test_compile_dynamic_one_graph_for_every_size(backend, device, entry, monkeypatch):
+    """pytorch#121080: under dynamic=True the option checks (math.isfinite of a symbolic float)
+    broke the graph; one graph now serves several sizes (sizes >= 2: dynamo specialises 0 and 1)."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    module = fastmde.nn.DepthLoss("hu_blurred", weights=(1.0, 0.5, 2.0))
+
+    def f(p, t, m):
+        if entry == "depth_loss":
+            return fastmde.depth_loss(p, t, preset="hu_blurred", mask=m, weights=(1.0, 0.5, 2.0))
+        if entry == "depth_loss_terms":
+            return fastmde.depth_loss_terms(p, t, preset="hu_blurred", mask=m, weights=(1.0, 0.5, 2.0))["total"]
+        return module(p, t, m)
+
+    compiled, counter = compile_counting(f)
+    shapes = [(2, 6, 9), (3, 7, 5), (2, 11, 8)] if backend == "triton" and device.type == "cpu" else \
+        [(2, 9, 13), (3, 16, 11), (4, 23, 30)]
+    for k, shape in enumerate(shapes):
+        pred, target = depth_pair(shape, k, bad_fraction=0.05)
+        mask = hole_mask(shape, k)
+        pred, target, mask = as_device(device, pred, target, mask)
+        p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+        v1 = compiled(p1, target, mask)
+        v1.backward()
+        v2 = f(p2, target, mask)
+        v2.backward()
+        torch.testing.assert_close(v1, v2)
+        torch.testing.assert_close(p1.grad, p2.grad)
+        # the first call may count two backend calls (dynamo restarts its analysis once to
+        # specialise the float options); later sizes add none (error_on_recompile guards it too)
+        first = counter.frame_count if k == 0 else first
+    assert counter.frame_count == first <= 2
