@@ -128,15 +128,19 @@ def check_replaceable(path: str, identity: dict, overwrite: bool) -> None:
     try:
         with open(path) as f:
             old = json.load(f)
-        held = {key: old.get("identity", {}).get(key) for key in IDENTITY}
-    except (OSError, ValueError, AttributeError):
+        if "identity" in old:
+            held = {key: old["identity"].get(key) for key in IDENTITY}
+        else:
+            held = "older" if "metrics" in old and "protocol" in old else None
+    except (OSError, ValueError, AttributeError, TypeError):
         held = None
     if held == identity:
         return
-    what = ("a file that is not an evaluation result" if held is None else
-            "another evaluation (" + ", ".join(f"{k} {held[k]!r} there, {identity[k]!r} now" for k in IDENTITY
-                                               if held[k] != identity[k]) + ")")
-    raise FileExistsError(f"{path!r} holds {what}: pass --overwrite to replace it, or another --out")
+    what = ("is not an evaluation result" if held is None else
+            "holds an evaluation result of an earlier fastmde version" if held == "older" else
+            "holds another evaluation (" + ", ".join(f"{k} {held[k]!r} there, {identity[k]!r} now"
+                                                     for k in IDENTITY if held[k] != identity[k]) + ")")
+    raise FileExistsError(f"{path!r} {what}: pass --overwrite to replace it, or another --out")
 
 
 def run(args) -> int:
