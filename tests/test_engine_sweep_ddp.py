@@ -64,7 +64,7 @@ def test_sweep_with_ema_scores_the_average_in_table_and_figure(cache, tmp_path, 
     from fastmde.engine.inference import predict_images
 
     drawn = {}
-    monkeypatch.setattr(sweep, "make_figure", lambda images, gt, rows, path: drawn.update(rows))
+    monkeypatch.setattr(sweep, "make_figure", lambda images, gt, rows, path, **kw: drawn.update(rows))
     out = tmp_path / "ema"
     base = tiny_config(cache, str(out), ema=0.5, epochs=1, batch_size=4)
     result = sweep.run_sweep(base, [{"name": "avg"}], str(out), figure_images=2, log=lambda text: None)

@@ -66,3 +66,13 @@ def test_bar_grows_with_the_picture():
     assert small["unit"] == 10 and large["unit"] == 30 and large["width"] > small["width"]
     assert colour_bar(960, 0.0, 10.0).size == (large["width"], 960)
     assert colour_bar(20, 0.0, 10.0).size == (small["width"], small["min_height"])
+
+
+def test_sweep_figure_range_follows_the_validation_protocol():
+    # the figure draws every depth map over the clamp of the protocol the rows validate with
+    from fastmde.engine import TrainConfig
+    from fastmde.engine.sweep import figure_range
+
+    assert figure_range(TrainConfig()) == (1e-3, 10.0)
+    kitti = TrainConfig(dataset="kitti", data_format="list", data="train.txt")
+    assert figure_range(kitti) == (1e-3, 80.0)

@@ -305,6 +305,15 @@ def trained_line(results: list[dict], epochs: int, protocol: str) -> str:
             f"split under the `{protocol}` protocol.")
 
 
+def figure_range(base: TrainConfig) -> tuple[float, float]:
+    """The figure's depth range: the clamp of the protocol the rows validate with (0.001-10 m;
+    80 m for ``--dataset kitti``)."""
+    from .protocols import PROTOCOLS
+    from .train import validation_protocol
+
+    return tuple(PROTOCOLS[validation_protocol(base)].clamp)
+
+
 def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *, tile=(120, 160),
                 depth_range: tuple[float, float] | None = None) -> None:
     """A PNG grid: one column per test image; rows = input, ground truth, each configuration;
@@ -312,7 +321,7 @@ def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *
     black = no depth).
 
     Every depth map of the figure shares one fixed range, ``depth_range`` (default: the
-    validation protocol's clamp, 0.001 to 10 m); predictions are clamped to it, as evaluation
+    ``fastmde`` protocol's clamp, 0.001 to 10 m; the sweep passes :func:`figure_range`); predictions are clamped to it, as evaluation
     clamps them, and the ground truth's missing pixels (0) are black.
     """
     import numpy as np
@@ -425,7 +434,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
         atomic_write_text(table, table_path)
         atomic_write_text(json.dumps(results, indent=2) + "\n", os.path.join(out_dir, "results.json"))
         make_figure([item["image"] for item in fig_items], [item["depth"][0].numpy() for item in fig_items],
-                    predictions, figure_path)
+                    predictions, figure_path, depth_range=figure_range(base))
     except KeyboardInterrupt:
         log("sweep: interrupted while writing the table and figure; every row is finished: the same command "
             "writes them again without training")
