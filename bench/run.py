@@ -1,4 +1,4 @@
-"""fastmde benchmarks: ``python bench/run.py [--full] [--only kernels,models,data,train,dropin] [--device cpu|cuda]``.
+"""fastmde benchmarks: ``python bench/run.py [--full] [--only kernels,models,data,train,dropin,export] [--device cpu|cuda]``.
 
 The default is a quick pass (a few minutes on a 2-core CPU) over every section on every device
 present; ``--full`` runs every row. Each section lives in ``bench/sections/<name>.py`` and
@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 # Benchmark the checkout this script belongs to, not whichever fastmde is installed elsewhere.
 sys.path.insert(1, os.path.dirname(HERE))
 
-SECTIONS = ("kernels", "models", "data", "train", "dropin")
+SECTIONS = ("kernels", "models", "data", "train", "dropin", "export")
 PUBLISHED = os.path.join(HERE, "results")             # the numbers the README links to
 LOCAL = os.path.join(PUBLISHED, "local")              # a user's own runs (.gitignore)
 

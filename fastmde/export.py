@@ -351,6 +351,25 @@ def _check_sizes(ranges: dict, size) -> list[tuple[int, int, int]]:
     return [(2, h, w), (1, other(h, "height"), other(w, "width"))]
 
 
+@contextlib.contextmanager
+def _evaluated(model: nn.Module):
+    """``model`` in eval mode on the CPU in float32, the reference the export is compared with:
+    the model itself (each module's training flag restored afterwards) when its parameters are
+    float32 CPU tensors already, else a copy."""
+    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters()) and all(
+        b.device.type == "cpu" and b.dtype not in (torch.float16, torch.bfloat16) for b in model.buffers())
+    if not on_cpu:
+        yield copy.deepcopy(model).cpu().float().eval()
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def _model_name(model: nn.Module) -> str:
     variant = getattr(model, "fastmde_variant", None)
     inner = getattr(model, "size", None)
@@ -389,9 +408,9 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             match it; nothing is written and an existing ``path`` is left as it was.
         ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``.
     """
-    from ._atomic import atomic_path
     from ._text import parse_size
     from .models.plain import PlainExportError, plain_copy
+    from .patch import unpatch
 
     path = os.fspath(path)
     if format is None:
@@ -418,7 +437,14 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
         plain = plain_copy(model)
     except PlainExportError as exc:
         raise ExportError(f"cannot export the model faithfully: {exc}") from None
-    reference = copy.deepcopy(model).cpu().float().eval()
+    unpatch(plain)   # blocks of other projects adopted by fastmde.patch: their own forward again
+    with _evaluated(model) as reference:
+        return _export(model, reference, plain, path, format, size, dynamic_size, opset, tolerance, quiet)
+
+
+def _export(model, reference, plain, path, format, size, dynamic_size, opset, tolerance, quiet) -> ExportReport:
+    from ._atomic import atomic_path
+
     example = _images(2, size, seed=0)
     with torch.no_grad():
         out = reference(example)
@@ -459,9 +485,10 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             except Exception as exc:
                 raise ExportError(f"exporting to {format} failed: {_first_lines(exc)}; nothing was written") from None
         for i, (b, h, w) in enumerate(_check_sizes(ranges, size)):
-            x = example if (b, h, w) == (2, *size) else _images(b, (h, w), seed=1 + i)
-            with torch.no_grad():
-                ref = reference(x)
+            x, ref = (example, out) if (b, h, w) == (2, *size) else (_images(b, (h, w), seed=1 + i), None)
+            if ref is None:
+                with torch.no_grad():
+                    ref = reference(x)
             try:
                 got = run(x)
             except Exception as exc:

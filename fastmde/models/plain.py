@@ -14,9 +14,10 @@ copy of a model (CPU, float32, eval mode) in which
   cropping is a Python decision on the feature map's size, which a graph with a symbolic
   size cannot take; the dropped taps multiply zeros, so the values are the same);
 * an :class:`~fastmde.models.IntermediateResolution` is an :class:`ExportResolution`, whose
-  resizes are written so that one graph is right at every input size (see there);
-* blocks adopted by :func:`fastmde.patch` get their original forward back
-  (:func:`fastmde.unpatch` on the copy).
+  resizes are written so that one graph is right at every input size (see there).
+
+(Blocks of other projects adopted by :func:`fastmde.patch` keep their patched forward here;
+:func:`fastmde.export` gives them their own forward back with :func:`fastmde.unpatch`.)
 
 The copy computes the same function as the model in eval mode up to float rounding (the
 folded weights are rounded once; the tests hold it to 1e-5 relative). The model itself is
@@ -174,15 +175,12 @@ def plain_copy(model: nn.Module) -> nn.Module:
             batch's own statistics at inference, so one image's depth would depend on the
             others in the batch), named by its module path.
     """
-    from ..patch import unpatch
-
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None):
             raise PlainExportError(
                 f"BatchNorm {name or '<model>'!r} has no running statistics (track_running_stats=False): in eval "
                 "mode it normalises with each batch's own statistics, which no exported inference graph reproduces")
     copied = copy.deepcopy(model).cpu()
-    unpatch(copied)
     if any(t.dtype in (torch.float16, torch.bfloat16) for t in (*copied.parameters(), *copied.buffers())):
         copied = copied.float()
     copied.eval()
