@@ -271,23 +271,36 @@ def loss_call(B, H, W, dtype, preset, mask):
     return launch
 
 
-def metrics_call(B, H, W, dtype, mask, crop):
+def metrics_call(B, H, W, dtype, mask, crop, protocol="fastmde", target_dtype=None):
     from fastmde.kernels import depth_metrics
     from fastmde.reference.depth_metrics import resolve_crop
 
     def launch():
-        pred, target = cuda_tensor((B, H, W), dtype), cuda_tensor((B, H, W), dtype)
+        pred = cuda_tensor((B, H, W), dtype)
+        target = cuda_tensor((B, H, W), target_dtype or dtype)
         m = cuda_tensor((B, H, W), torch.bool) if mask else None
         _call_by_name(depth_metrics.depth_metric_sums, dict(
-            pred=pred, target=target, mask=m, min_depth=1e-3, max_depth=10.0, crop=resolve_crop(crop, H, W),
-            **METRIC_RULES))
+            pred=pred, target=target, mask=m, crop=resolve_crop(crop, H, W), **metric_rules(protocol)))
     return launch
 
 
-# The comparison rules of the project's default protocol (the launcher's optional switches; each
-# choice is a constexpr, so a protocol with other rules compiles its own variant).
-METRIC_RULES = dict(min_inclusive=False, max_inclusive=True, pred_min=1e-3, pred_max=10.0, nan_prediction=1e-3,
-                    delta_inclusive=False, rel_by_prediction=False, log10_nonfinite_zero=False)
+def metric_rules(protocol):
+    """The op's rule arguments of a named protocol (each switch is a constexpr of the kernel, so a
+    protocol with other rules compiles its own variant)."""
+    from fastmde.engine.protocols import get_protocol
+    from fastmde.functional import metric_rules as rules_of
+
+    options = get_protocol(protocol).metric_options()
+    rules = rules_of(options.pop("min_depth"), options.pop("max_depth"),
+                     **{k: v for k, v in options.items() if k not in ("crop", "aggregate")})
+    names = ("min_inclusive", "max_inclusive", "pred_min", "pred_max", "nan_prediction", "delta_inclusive",
+             "rel_by_prediction", "log10_nonfinite_zero")
+    return dict(min_depth=rules.min_depth, max_depth=rules.max_depth, **dict(zip(names, rules.op_args())))
+
+
+# The metric rule variants the named protocols compile (fastmde = bts/kitti's switches; paper:
+# inclusive minimum, logarithms zeroed; hu: inclusive delta; densedepth: REL over the prediction).
+METRIC_PROTOCOLS = ("fastmde", "paper", "hu", "densedepth")
 
 
 def _call_by_name(fn, values: dict):
@@ -335,6 +348,12 @@ def quick_calls():
                       upproj_call(2, 64, 128, 16, 24, 32, 48, 3, dt, True, bn=True)))
         calls.append((f"upproj k3 nchw 2x64->64 16x24->32x48 {dn}",
                       upproj_call(2, 64, 64, 16, 24, 32, 48, 3, dt, False, bn=False)))
+    for protocol in METRIC_PROTOCOLS[1:]:
+        calls.append((f"metrics {protocol} mask 2x64x96 fp32", metrics_call(2, 64, 96, torch.float32, True, None,
+                                                                           protocol)))
+    # a bfloat16 prediction beside a float32 ground truth (autocast evaluation), each loaded as is
+    calls.append(("metrics mask eigen 2x64x96 bf16 pred fp32 target",
+                  metrics_call(2, 64, 96, torch.bfloat16, True, "eigen", target_dtype=torch.float32)))
     return calls
 
 
@@ -373,6 +392,9 @@ def full_calls():
                 for crop in ("eigen", None):
                     calls.append((f"metrics{' mask' if mask else ''} {crop or 'nocrop'} {B}x{H}x{W} {dn}",
                                   metrics_call(B, H, W, dt, mask, crop)))
+            for protocol in METRIC_PROTOCOLS[1:]:
+                calls.append((f"metrics {protocol} mask {B}x{H}x{W} {dn}",
+                              metrics_call(B, H, W, dt, True, None, protocol)))
         for k in (3, 5):
             for channels_last in (False, True):
                 for fused in (True, False):

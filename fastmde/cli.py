@@ -15,9 +15,9 @@ import sys
 COMMANDS = {
     "info": ("fastmde.info", "versions, devices, and which kernel serves each hot path"),
     "train": ("fastmde.engine.train", "train a depth model (resumable; DDP under torchrun)"),
-    "eval": ("fastmde.engine.evaluate", "the six metrics of a checkpoint under a named protocol"),
+    "eval": ("fastmde.engine.evaluate", "the nine metrics of a checkpoint under a named protocol"),
     "predict": ("fastmde.engine.predict", "depth maps (.png, .npy) for image files"),
-    "sweep": ("fastmde.engine.sweep", "train a list of configurations and tabulate them (paper protocol)"),
+    "sweep": ("fastmde.engine.sweep", "train a list of configurations and tabulate them"),
     "synth": ("fastmde.data.synth_cli", "render the synthetic NYU-like dataset into an NYU file layout"),
     "export": ("fastmde.export", "a checkpoint as ONNX or a torch.export program (.pt2), verified against the model"),
 }

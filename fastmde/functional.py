@@ -18,7 +18,15 @@ from .ops.scale_invariant_loss import scale_invariant_loss_op
 from .reference import scale_invariant_loss as _si
 from .reference.depth_loss import DEPTH_TERMS, PRESETS
 from .reference.scale_invariant_loss import PRESETS as SI_PRESETS, SSI_REDUCTIONS
-from .reference.depth_metrics import MetricRules, combine, range_warning, resolve_aggregate, resolve_crop
+from .reference.depth_metrics import (
+    SUM_INDEX,
+    MetricRules,
+    combine,
+    nonpositive_hits_warning,
+    range_warning,
+    resolve_aggregate,
+    resolve_crop,
+)
 
 
 def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
@@ -36,6 +44,8 @@ def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
         )
     if depth_term not in DEPTH_TERMS:
         raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are symbolic
+    # and math.isfinite would break the graph (a NaN fails every comparison)
     alpha = float(alpha)
     if not 0.0 < alpha < math.inf:
         raise ValueError(f"alpha must be a positive finite number, got {alpha}")
@@ -44,17 +54,7 @@ def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
         raise ValueError(f"weights must be three finite numbers (depth, gradient, normal), got {weights}")
     return depth_term, alpha, bool(gradient), bool(normal), bool(blur), weights
 
-    # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are symbolic
-    # and math.isfinite would break the graph (a NaN fails every comparison)
 
-def depth_loss_terms(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    preset: str | None = None,
-    depth_term: str = "log",
-    alpha: float = 0.5,
-    gradient: bool = True,
 # the loss's counts reach the host without a synchronisation (checked on a later call on CUDA)
 _LOSS_COUNTS = HostValues()
 
@@ -74,6 +74,14 @@ def _empty_terms_message(counts: torch.Tensor, gradient: bool, normal: bool, blu
     return None
 
 
+def depth_loss_terms(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    preset: str | None = None,
+    depth_term: str = "log",
+    alpha: float = 0.5,
+    gradient: bool = True,
     normal: bool = True,
     blur: bool = False,
     mask: torch.Tensor | None = None,
@@ -182,9 +190,11 @@ def metric_rules(
 ) -> MetricRules:
     """Validate the metric conventions (see :func:`depth_metrics`) and return them as the op's
     :class:`~fastmde.reference.depth_metrics.MetricRules`."""
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are
+    # symbolic and math.isfinite would break the graph (a NaN fails every comparison)
     lo = float(min_depth)
     hi = math.inf if max_depth is None else float(max_depth)
-    if not (lo >= 0.0 and math.isfinite(lo)):
+    if not 0.0 <= lo < math.inf:
         raise ValueError(f"min_depth must be a finite number >= 0 (metres), got {min_depth}")
     if not hi > lo:
         raise ValueError(f"max_depth ({max_depth}) must be greater than min_depth ({min_depth})")
@@ -214,19 +224,29 @@ def metric_rules(
     )
 
 
-def warn_if_out_of_range(sums: torch.Tensor, rules: MetricRules, stacklevel: int = 3) -> None:
-    """Warn when most considered ground truth lies outside [min_depth, max_depth] (a units
-    mistake, usually millimetres). ``sums``: the pooled (9,) sums. Skipped under torch.compile
-    (it needs the counts on the host)."""
+def warn_about_sums(sums: torch.Tensor, rules: MetricRules, protocol: str | None = None,
+                    stacklevel: int = 3) -> None:
+    """The metrics' warnings from the pooled sums (``SUM_FIELDS``, or a state that starts with
+    them): most considered ground truth outside [min_depth, max_depth] (a units mistake, usually
+    millimetres), and predictions <= 0 counted as δ hits (with their share; ``protocol`` names
+    the rules in the message). ``stacklevel`` 3 attributes them to the caller of the public
+    function that calls this. Skipped under torch.compile (they need the counts on the host)."""
     if torch.compiler.is_compiling():
         return
-    message = range_warning(float(sums[0]), float(sums[7]), float(sums[8]), rules.min_depth, rules.max_depth)
-    if message is not None:
-        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+    count = lambda name: float(sums[SUM_INDEX[name]])  # noqa: E731
+    messages = (
+        range_warning(count("n"), count("below_range"), count("above_range"), rules.min_depth, rules.max_depth),
+        nonpositive_hits_warning(count("n"), count("nonpositive_hits"), protocol),
+    )
+    for message in messages:
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def _metric_sums(pred, target, mask, crop, rules: MetricRules) -> torch.Tensor:
-    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_metrics")
+    # the ground truth keeps its dtype: a float32 target beside a bfloat16 prediction is never
+    # rounded to bfloat16 (10.01 m would become 10.0 and pass max_depth=10)
+    pred3, target3, mask3 = as_depth_maps(pred, target, mask, "depth_metrics", cast_target=False)
     bounds = resolve_crop(crop, pred3.shape[-2], pred3.shape[-1])
     return depth_metric_sums_op(
         pred3.detach(), target3.detach(), mask3, rules.min_depth, rules.max_depth, list(bounds), *rules.op_args()
@@ -243,8 +263,9 @@ def depth_metric_sums(
     crop=None,
     **rules,
 ) -> torch.Tensor:
-    """Per-image sums (B, 9) float64 behind the metrics (see ``fastmde.reference.depth_metrics``);
-    ``rules`` are :func:`depth_metrics`' convention keywords (``min_inclusive``, ``clamp``, ...)."""
+    """Per-image sums (B, 13) float64 behind the metrics (columns ``SUM_FIELDS`` of
+    ``fastmde.reference.depth_metrics``); ``rules`` are :func:`depth_metrics`' convention
+    keywords (``min_inclusive``, ``clamp``, ...)."""
     return _metric_sums(pred, target, mask, crop, metric_rules(min_depth, max_depth, **rules))
 
 
@@ -265,34 +286,46 @@ def depth_metrics(
     rel_denominator: str = "target",
     log10_nonfinite: str = "propagate",
 ) -> dict[str, torch.Tensor]:
-    r"""The standard depth metrics: ``{rms, rel, log10, delta1, delta2, delta3}`` (float64 tensors).
+    r"""The nine standard depth metrics of BTS ``compute_errors``: ``{rms, rel, log10, delta1,
+    delta2, delta3, sq_rel, rmse_log, silog}`` (float64 tensors).
 
-    ``pred``, ``target`` (ground truth), optional ``mask``: (B, 1, H, W) or (B, H, W), metres.
-    Over valid pixels: ground truth finite and in (min_depth, max_depth] (``min_inclusive``:
-    ``>=``; ``max_inclusive=False``: ``<``), ``mask`` true, inside ``crop`` (``"eigen"``,
-    ``"densedepth"``, (top, bottom, left, right) or None; named crops are defined on 480x640
-    and scaled to other sizes). A NaN prediction becomes ``nan_prediction`` (None: stays NaN, so
-    its image's metrics are NaN); predictions are then clamped: ``clamp=True`` to
-    [min_depth, max_depth], ``(low, high)`` to that, ``False`` not at all.
+    ``pred``, ``target`` (ground truth), optional ``mask``: (B, 1, H, W) or (B, H, W), metres,
+    each in its own floating dtype (the ground truth is never rounded to the prediction's dtype;
+    comparisons run in float64). Over valid pixels: ground truth finite and in
+    (min_depth, max_depth] (``min_inclusive``: ``>=``; ``max_inclusive=False``: ``<``),
+    ``mask`` true, inside ``crop``: ``"eigen"`` or ``"densedepth"`` (NYU, defined on 480x640
+    and scaled to other sizes), ``"garg"`` or ``"eigen_kitti"`` (KITTI, fractions of the size,
+    truncated as the sources do), (top, bottom, left, right) or None. A NaN prediction becomes
+    ``nan_prediction`` (None: stays NaN, so its image's metrics are NaN); predictions are then
+    clamped: ``clamp=True`` to [min_depth, max_depth], ``(low, high)`` to that, ``False`` not
+    at all. With e = ln ŷ - ln y:
 
     .. math::
         \mathrm{RMS} = \sqrt{\tfrac1n \sum (ŷ-y)^2},\quad
         \mathrm{REL} = \tfrac1n \sum |ŷ-y|/y,\quad
-        \log_{10} = \tfrac1n \sum |\log_{10} ŷ - \log_{10} y|,\quad
+        \mathrm{SqRel} = \tfrac1n \sum (ŷ-y)^2/y,\quad
+        \log_{10} = \tfrac1n \sum |\log_{10} ŷ - \log_{10} y|,
+
+        \mathrm{RMSE_{log}} = \sqrt{\tfrac1n \sum e^2},\quad
+        \mathrm{SILog} = 100 \sqrt{\tfrac1n \sum e^2 - (\tfrac1n \sum e)^2},\quad
         δ_k = \tfrac1n \sum [\max(ŷ/y, y/ŷ) < 1.25^k]
 
-    (``delta_inclusive``: ``<=``; ``rel_denominator="prediction"``: |ŷ-y|/ŷ;
-    ``log10_nonfinite="zero"``: a non-finite log10 of either side counts as 0). ``aggregate``:
-    ``"per_image"`` (the paper's code: each image's metrics averaged over the images that have
-    a valid pixel, RMS = mean per-image RMSE), ``"pooled"`` (all valid pixels at once), or a
-    mapping metric -> rule that may also give ``rms`` the rule ``"per_image_mse"`` (sqrt of the
-    mean per-image MSE, Hu et al.). The named protocols of ``fastmde.engine.protocols`` set all
-    of these from their source's code (``Protocol.metric_options()``).
+    (``delta_inclusive``: ``<=``; ``rel_denominator="prediction"``: REL and SqRel divide by ŷ;
+    ``log10_nonfinite="zero"``: a non-finite logarithm of either side counts as 0, in log10 and
+    in e alike). ``aggregate``: ``"per_image"`` (BTS, the paper's code: each image's metrics
+    averaged over the images that have a valid pixel, RMS = mean per-image RMSE), ``"pooled"``
+    (all valid pixels at once), or a mapping metric -> rule for all nine that may also give
+    ``rms`` the rule ``"per_image_mse"`` (sqrt of the mean per-image MSE, Hu et al.). The named
+    protocols of ``fastmde.engine.protocols`` set all of these from their source's code
+    (``Protocol.metric_options()``; BTS's NYU evaluation is
+    ``depth_metrics(pred, gt, mask=gt > 0, **PROTOCOLS["bts"].metric_options())``).
 
-    Nothing to score (no valid pixel): every metric is NaN, never 0. When most considered
-    ground truth lies outside the range a ``UserWarning`` names the side (ground truth in
-    millimetres scored with ``max_depth=10`` is the usual cause). Raises ``ValueError`` /
+    Nothing to score (no valid pixel): every metric is NaN, never 0. ``UserWarning``: when most
+    considered ground truth lies outside the range (naming the side; ground truth in
+    millimetres scored with ``max_depth=10`` is the usual cause), and when predictions <= 0
+    count as δ hits (rules without a positive clamp), with their share. Raises ``ValueError`` /
     ``TypeError`` for shapes, dtypes, devices or conventions it cannot use.
+    Source: Lee et al., BTS, utils/eval_with_pngs.py ``compute_errors`` (cleinc/bts@118a9da).
     """
     rules = metric_rules(
         min_depth, max_depth, min_inclusive=min_inclusive, max_inclusive=max_inclusive, clamp=clamp,
@@ -301,7 +334,7 @@ def depth_metrics(
     )
     aggregate = resolve_aggregate(aggregate)
     sums = _metric_sums(pred, target, mask, crop, rules)
-    warn_if_out_of_range(sums.sum(dim=0), rules)
+    warn_about_sums(sums.sum(dim=0), rules)
     return combine(sums, aggregate)
 
 

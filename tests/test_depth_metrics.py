@@ -1,7 +1,10 @@
 """The depth metrics on every implementation this machine has (``backend`` fixture: reference,
 native C++, Triton, under the interpreter without a GPU): hand-computed values, every rule of
 ``MetricRules`` against the reference, the named protocols against hand derivations from their
-sources' code, empty evaluations (NaN and the units warning), opcheck, torch.compile, bad input.
+sources' code and against plain renditions of BTS's evaluation code per image (the nine
+metrics of ``compute_errors``, NYU and KITTI crops), ground truth kept in its own dtype beside a
+half-precision prediction, empty evaluations (NaN and the units warning), predictions <= 0
+counted as δ hits (the warning), opcheck, torch.compile (also dynamic=True), bad input.
 """
 import math
 import warnings
@@ -16,11 +19,13 @@ from conftest import requires_cuda
 from fastmde.engine.protocols import PROTOCOLS
 from fastmde.ops import depth_metric_sums_op
 from fastmde.reference.depth_metrics import (
-    CROPS,
     METRIC_NAMES,
     NUM_SUMS,
+    PAPER_METRIC_NAMES,
+    SUM_INDEX,
     MetricRules,
     combine,
+    crop_names,
     depth_metric_sums_reference,
     resolve_crop,
 )
@@ -36,11 +41,13 @@ def close(got, want, tol):
 
 
 def assert_sums_close(got, want, backend):
-    """Counts (n, δ hits, out-of-range counts) exact; error sums to float64 rounding (reference,
-    C++: both accumulate in float64) or float32 rounding (Triton computes per pixel in float32)."""
+    """Counts (n, δ hits, out-of-range and non-positive-hit counts) exact; error sums to float64
+    rounding (reference, C++: both accumulate in float64) or float32 rounding (Triton computes per
+    pixel in float32)."""
     got = got.cpu()
     assert got.dtype == torch.float64 and got.shape == want.shape
-    counts = [0, 4, 5, 6, 7, 8]
+    counts = [SUM_INDEX[name] for name in ("n", "delta1", "delta2", "delta3", "below_range", "above_range",
+                                           "nonpositive_hits")]
     torch.testing.assert_close(got[:, counts], want[:, counts], rtol=0, atol=0)
     tol = 2e-6 if backend == "triton" else 1e-10
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * 10, equal_nan=True)
@@ -68,6 +75,10 @@ def test_small_arrays_by_hand(backend, device):
     assert m["delta1"].item() == pytest.approx(0.5)
     assert m["delta2"].item() == pytest.approx(0.5)
     assert m["delta3"].item() == pytest.approx(0.5)
+    # the three of BTS compute_errors: e = ln ŷ - ln y = [-ln 2, 0, ln 2, 0]
+    assert m["sq_rel"].item() == pytest.approx((1 / 2 + 0 + 4 / 2 + 0) / 4)
+    assert m["rmse_log"].item() == pytest.approx(math.sqrt(2 * math.log(2) ** 2 / 4))
+    assert m["silog"].item() == pytest.approx(100 * math.sqrt(2 * math.log(2) ** 2 / 4 - 0.0))
 
 
 def test_per_image_and_pooled_differ_as_defined(backend, device):
@@ -102,7 +113,7 @@ def test_min_max_depth_and_pred_clamp(backend, device):
     target = torch.tensor([[[1.0, 9.0, 11.0]]], dtype=torch.float64)
     sums = fastmde.depth_metric_sums(*as_device(device, pred, target), max_depth=10.0).cpu()
     assert sums[0, 0].item() == 2  # 11 m is beyond max_depth
-    assert sums[0, 8].item() == 1  # ... and counted above the range
+    assert sums[0, SUM_INDEX["above_range"]].item() == 1  # ... and counted above the range
     # pred 0 clamps to 1e-3, pred 20 clamps to 10
     assert sums[0, 1].item() == pytest.approx((1 - 1e-3) ** 2 + 1.0)
 
@@ -112,6 +123,13 @@ def test_named_crops_and_scaling():
     assert resolve_crop("densedepth", 480, 640) == (20, 460, 24, 616)
     assert resolve_crop("eigen", 240, 320) == (22, 236, 20, 300)  # halves, rounded half to even
     assert resolve_crop(None, 5, 7) == (0, 5, 0, 7)
+    # KITTI crops are fractions of the frame, truncated (BTS eval_with_pngs.py:199, 203): a
+    # 375x1242 frame and its 352x1216 kb crop select different pixels
+    assert resolve_crop("garg", 375, 1242) == (153, 371, 44, 1197)
+    assert resolve_crop("garg", 352, 1216) == (143, 349, 43, 1172)
+    assert resolve_crop("eigen_kitti", 375, 1242) == (124, 342, 44, 1197)
+    assert resolve_crop("garg", 370, 1224) == (int(0.40810811 * 370), int(0.99189189 * 370),
+                                               int(0.03594771 * 1224), int(0.96405229 * 1224))
     with pytest.raises(ValueError, match="does not fit"):
         resolve_crop((0, 6, 0, 7), 5, 7)
     with pytest.raises(ValueError, match="crop must be one of"):
@@ -136,6 +154,11 @@ def test_properties(backend, device):
         scaled = fastmde.depth_metrics(pred * scale, target * scale, aggregate=aggregate)
         tol = metric_tol(backend)   # Triton's error terms are float32
         assert scaled["rel"].item() == pytest.approx(m["rel"].item(), rel=tol, abs=tol * 1e-3)
+        assert scaled["sq_rel"].item() == pytest.approx(m["sq_rel"].item() * scale, rel=tol, abs=tol * 1e-3)
+        # SILog and RMSE-log are scale-invariant and shift-dependent in log space respectively
+        assert scaled["silog"].item() == pytest.approx(m["silog"].item(), rel=1e-3 if backend == "triton" else tol,
+                                                       abs=1e-2 if backend == "triton" else 1e-6)
+        assert scaled["rmse_log"].item() == pytest.approx(m["rmse_log"].item(), rel=tol, abs=tol)
         assert scaled["rms"].item() == pytest.approx(m["rms"].item() * scale, rel=tol, abs=tol * 1e-3)
         assert scaled["log10"].item() == pytest.approx(m["log10"].item(), rel=tol, abs=tol)
 
@@ -154,7 +177,7 @@ def test_combine_rejects_unknown_aggregation():
 
 crops = st.one_of(
     st.none(),
-    st.sampled_from(sorted(CROPS)),
+    st.sampled_from(crop_names()),
     st.tuples(st.floats(0, 0.45), st.floats(0.55, 1.0), st.floats(0, 0.45), st.floats(0.55, 1.0)),
 )
 rules_strategy = st.builds(
@@ -451,7 +474,8 @@ def test_paper_protocol_by_hand(backend, device):
     RMS as the mean of the per-image RMSE."""
     pred = torch.tensor([[[2.0, 12.0, -1.0, 10.0]], [[1.0, 1.0, 1.0, 3.0]]], dtype=torch.float64)
     target = torch.tensor([[[2.0, 11.0, 4.0, 1.0]], [[1.0, 1.0, 1.0, 1.0]]], dtype=torch.float64)
-    m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["paper"].metric_options())
+    with pytest.warns(UserWarning, match=r"12.5% of the scored predictions are <= 0"):  # the -1 of 8 pixels
+        m = fastmde.depth_metrics(*as_device(device, pred, target), **PROTOCOLS["paper"].metric_options())
     tol = dict(rel=1e-6)
     assert m["rms"].item() == pytest.approx((math.sqrt(107 / 4) + 1.0) / 2, **tol)
     assert m["rel"].item() == pytest.approx(((1 / 11 + 5 / 4 + 9) / 4 + 0.5) / 2, **tol)
@@ -485,6 +509,11 @@ def test_bts_protocol_by_hand(backend, device):
     assert m["delta1"].item() == pytest.approx((n - 3) / n, **tol)
     assert m["delta2"].item() == pytest.approx((n - 2) / n, **tol)
     assert m["delta3"].item() == pytest.approx((n - 2) / n, **tol)
+    # compute_errors' other three (eval_with_pngs.py:59-66): e = ln 2, ln(1e-3 / 4), ln 1.25
+    e = [math.log(2), math.log(1e-3 / 4), math.log(1.25)]
+    assert m["sq_rel"].item() == pytest.approx((25 / 5 + 3.999**2 / 4 + 0.25 / 2) / n, **tol)
+    assert m["rmse_log"].item() == pytest.approx(math.sqrt(sum(v * v for v in e) / n), **tol)
+    assert m["silog"].item() == pytest.approx(100 * math.sqrt(sum(v * v for v in e) / n - (sum(e) / n) ** 2), **tol)
 
 
 def test_densedepth_protocol_by_hand(backend, device):
@@ -547,7 +576,7 @@ def metrics_before(pred, target, mask, min_depth, max_depth, crop, aggregate):
     return dict(zip(METRIC_NAMES, values))
 
 
-@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+@pytest.mark.parametrize("name", sorted(PROTOCOLS_BEFORE))
 def test_protocols_without_ties_give_the_values_of_before(backend, device, name):
     g = torch.Generator().manual_seed(11)
     target = 0.5 + 9.0 * torch.rand(3, 48, 64, generator=g, dtype=torch.float64)   # inside every range
@@ -557,7 +586,7 @@ def test_protocols_without_ties_give_the_values_of_before(backend, device, name)
     want = metrics_before(pred, target, mask, lo, hi, crop, aggregate)
     pred_d, target_d, mask_d = as_device(device, pred, target, mask)
     got = fastmde.depth_metrics(pred_d, target_d, mask=mask_d, **PROTOCOLS[name].metric_options())
-    for metric in METRIC_NAMES:
+    for metric in PAPER_METRIC_NAMES:
         if metric in CHANGED_BY_DESIGN.get(name, ()):
             assert abs(got[metric].item() - want[metric].item()) > 1e-5   # the rule changed it
         else:
@@ -578,7 +607,7 @@ def test_default_convention_gives_the_values_of_before(backend, device):
                 warnings.simplefilter("ignore")   # half the ground truth lies above 6 m
                 got = fastmde.depth_metrics(pred_d, target_d, mask=mask_d, max_depth=hi, crop=crop,
                                             aggregate=aggregate)
-            for metric in METRIC_NAMES:
+            for metric in PAPER_METRIC_NAMES:
                 assert got[metric].item() == pytest.approx(want[metric].item(), rel=1e-6, abs=1e-6), metric
 
 
@@ -592,6 +621,14 @@ def test_protocol_fields_are_explicit():
     assert PROTOCOLS["bts"].nan_prediction == 1e-3 and not PROTOCOLS["bts"].max_inclusive
     assert PROTOCOLS["densedepth"].rel_denominator == "prediction"
     assert PROTOCOLS["paper"].log10_nonfinite == "zero" and PROTOCOLS["paper"].clamp is None
+    for name in ("kitti_garg", "kitti_eigen", "kitti_garg_kb"):
+        p = PROTOCOLS[name]
+        assert (p.min_depth, p.max_depth, p.min_inclusive, p.max_inclusive) == (1e-3, 80.0, False, False)
+        assert p.clamp == (1e-3, 80.0) and p.nan_prediction == 1e-3 and set(p.aggregate.values()) == {"per_image"}
+    assert PROTOCOLS["kitti_garg"].crop == PROTOCOLS["kitti_garg_kb"].crop == "garg"
+    assert PROTOCOLS["kitti_eigen"].crop == "eigen_kitti"
+    assert [PROTOCOLS[n].frame for n in ("kitti_garg", "kitti_eigen", "kitti_garg_kb", "bts")] == [
+        "kitti_full", "kitti_full", "kitti_kb", "any"]
 
 
 def test_trainer_protocol_does_not_count_negative_predictions_as_hits(backend, device):
@@ -610,6 +647,231 @@ def test_trainer_protocol_does_not_count_negative_predictions_as_hits(backend, d
     assert paper["delta1"].item() == 1.0                # the source's rule, reproduced
     assert ours["delta1"].item() == 0.0 and ours["delta3"].item() == 0.0
     assert ours["rms"].item() == pytest.approx(2.0 - 1e-3, rel=1e-7)   # |1e-3 - 2| (1e-3 in float32 on Triton)
+
+
+# ---------------------------------------------------------------- BTS's evaluation, rendered plainly
+
+
+def compute_errors(gt, pred):
+    """BTS utils/eval_with_pngs.py@118a9da compute_errors (lines 50-71), in torch float64."""
+    thresh = torch.maximum(gt / pred, pred / gt)
+    d1 = (thresh < 1.25).double().mean()
+    d2 = (thresh < 1.25**2).double().mean()
+    d3 = (thresh < 1.25**3).double().mean()
+    rmse = ((gt - pred) ** 2).mean().sqrt()
+    rmse_log = ((gt.log() - pred.log()) ** 2).mean().sqrt()
+    abs_rel = ((gt - pred).abs() / gt).mean()
+    sq_rel = (((gt - pred) ** 2) / gt).mean()
+    err = pred.log() - gt.log()
+    silog = ((err**2).mean() - err.mean() ** 2).sqrt() * 100
+    log10 = (pred.log10() - gt.log10()).abs().mean()
+    return dict(silog=silog, log10=log10, rel=abs_rel, sq_rel=sq_rel, rms=rmse, rmse_log=rmse_log,
+                delta1=d1, delta2=d2, delta3=d3)
+
+
+def bts_eval(pred_depths, gt_depths, min_depth_eval, max_depth_eval, crop):
+    """BTS's evaluation loop, image by image (eval_with_pngs.py eval(), lines 172-215, with the NaN
+    rule of pytorch/bts_eval.py:273 and bts_main.py online_eval 275-300): clamp, ground-truth range,
+    crop mask from the map's own size, compute_errors, then the mean over images."""
+    per_image = []
+    for pred_depth, gt_depth in zip(pred_depths.double().clone(), gt_depths.double().clone()):
+        pred_depth[pred_depth < min_depth_eval] = min_depth_eval
+        pred_depth[pred_depth > max_depth_eval] = max_depth_eval
+        pred_depth[torch.isinf(pred_depth)] = max_depth_eval
+        pred_depth[torch.isnan(pred_depth)] = min_depth_eval
+        gt_depth[torch.isinf(gt_depth)] = 0
+        gt_depth[torch.isnan(gt_depth)] = 0
+        valid_mask = (gt_depth > min_depth_eval) & (gt_depth < max_depth_eval)
+        gt_height, gt_width = gt_depth.shape
+        eval_mask = torch.zeros_like(valid_mask)
+        if crop == "garg":
+            eval_mask[int(0.40810811 * gt_height):int(0.99189189 * gt_height),
+                      int(0.03594771 * gt_width):int(0.96405229 * gt_width)] = 1
+        elif crop == "eigen_kitti":
+            eval_mask[int(0.3324324 * gt_height):int(0.91351351 * gt_height),
+                      int(0.0359477 * gt_width):int(0.96405229 * gt_width)] = 1
+        else:   # NYU (eval_with_pngs.py:205), bounds given for the map size
+            top, bottom, left, right = crop
+            eval_mask[top:bottom, left:right] = 1
+        valid_mask &= eval_mask
+        per_image.append(compute_errors(gt_depth[valid_mask], pred_depth[valid_mask]))
+    return {k: torch.stack([m[k] for m in per_image]).mean() for k in per_image[0]}
+
+
+def sparse_frames(shape, seed, max_depth):
+    """LiDAR-like ground truth (about 25% of the pixels, 0 elsewhere; some beyond ``max_depth``, a
+    few NaN/inf) and predictions with NaN, inf, negative, zero and out-of-range values."""
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(shape, generator=g, dtype=torch.float64) * 1.1 * max_depth
+    gt = torch.where(torch.rand(shape, generator=g) < 0.25, gt, torch.zeros_like(gt)).float()
+    pred = (gt.double() * torch.exp(0.3 * torch.randn(shape, generator=g, dtype=torch.float64))
+            + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)).float()
+    flat_gt, flat_pred = gt.view(-1), pred.view(-1)
+    flat_gt[7::211] = float("nan")
+    flat_gt[9::223] = float("inf")
+    for k, value in enumerate((float("nan"), float("inf"), -1.0, 0.0, 2.0 * max_depth)):
+        flat_pred[3 + k::97] = value
+    return pred, gt
+
+
+KITTI_FULL, KITTI_KB = (375, 1242), (352, 1216)
+
+
+@pytest.mark.parametrize("name", ["bts", "kitti_garg", "kitti_eigen", "kitti_garg_kb"])
+def test_protocols_equal_bts_evaluation_code_per_image(backend, device, name):
+    """Each BTS-family protocol gives the nine numbers of a plain rendition of BTS's evaluation
+    code (``bts_eval`` above) on the same maps: NYU's Eigen crop on 480x640; KITTI's Garg or Eigen
+    crop on whole 375x1242 frames (eval_with_pngs.py); the Garg crop on the kb-cropped 352x1216
+    array (BTS's online evaluation, its loader having kb-cropped the ground truth). Under the
+    Triton interpreter the frames are small (the crops are fractions, or scaled for NYU)."""
+    protocol = PROTOCOLS[name]
+    small = backend == "triton"
+    size = {"bts": (48, 64) if small else (480, 640), "kitti_garg_kb": (22, 76) if small else KITTI_KB}.get(
+        name, (25, 83) if small else KITTI_FULL)
+    pred, gt = sparse_frames((2, *size), 3, protocol.max_depth)
+    crop = resolve_crop("eigen", *size) if name == "bts" else protocol.crop
+    if not small and name == "bts":
+        assert crop == (45, 471, 41, 601)   # the source's own bounds
+    want = bts_eval(pred, gt, protocol.min_depth, protocol.max_depth, crop)
+    pred_d, gt_d = as_device(device, pred, gt)
+    got = fastmde.depth_metrics(pred_d, gt_d, mask=gt_d > 0, **protocol.metric_options())
+    assert set(got) == set(want) == set(METRIC_NAMES)
+    tol = 2e-5 if backend == "triton" else 1e-9
+    for k in METRIC_NAMES:
+        assert got[k].item() == pytest.approx(want[k].item(), rel=tol, abs=tol), k
+
+
+def test_kitti_full_frame_and_kb_crop_give_different_numbers():
+    """The same KITTI frames scored the two ways BTS does (NeWCRFs#7): the Garg crop on whole
+    frames (eval_with_pngs.py --do_kb_crop pastes the kb-cropped prediction into the frame) and on
+    the kb-cropped array (online evaluation). Each protocol equals its rendition; they differ."""
+    pred, gt = sparse_frames((2, *KITTI_FULL), 4, 80.0)
+    top, left = KITTI_FULL[0] - 352, (KITTI_FULL[1] - 1216) // 2   # bts_dataloader.py:171-172
+    kb = (slice(None), slice(top, top + 352), slice(left, left + 1216))
+    pasted = torch.zeros_like(pred)          # eval_with_pngs.py:190-192
+    pasted[kb] = pred[kb]
+    full = fastmde.depth_metrics(pasted, gt, mask=gt > 0, **PROTOCOLS["kitti_garg"].metric_options())
+    on_kb = fastmde.depth_metrics(pred[kb], gt[kb], mask=gt[kb] > 0, **PROTOCOLS["kitti_garg_kb"].metric_options())
+    want_full = bts_eval(pasted, gt, 1e-3, 80.0, "garg")
+    want_kb = bts_eval(pred[kb], gt[kb], 1e-3, 80.0, "garg")
+    for k in METRIC_NAMES:
+        assert full[k].item() == pytest.approx(want_full[k].item(), rel=1e-9, abs=1e-12), k
+        assert on_kb[k].item() == pytest.approx(want_kb[k].item(), rel=1e-9, abs=1e-12), k
+    assert abs(full["rms"].item() - on_kb["rms"].item()) > 1e-3
+
+
+def test_frame_warning_names_a_kitti_frame_mismatch():
+    assert "kitti_garg_kb" in PROTOCOLS["kitti_garg"].frame_warning(*KITTI_KB)
+    assert "kitti_garg_kb" in PROTOCOLS["kitti_eigen"].frame_warning(*KITTI_KB)
+    assert PROTOCOLS["kitti_garg"].frame_warning(*KITTI_FULL) is None
+    assert PROTOCOLS["kitti_garg"].frame_warning(370, 1224) is None
+    assert "kitti_garg" in PROTOCOLS["kitti_garg_kb"].frame_warning(*KITTI_FULL)
+    assert PROTOCOLS["kitti_garg_kb"].frame_warning(*KITTI_KB) is None
+    assert all(PROTOCOLS[n].frame_warning(*KITTI_KB) is None for n in ("fastmde", "paper", "bts"))
+
+
+# ---------------------------------------------------------------- input conventions
+
+
+@pytest.mark.parametrize("pred_dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_ground_truth_keeps_its_precision_beside_a_half_prediction(backend, device, pred_dtype):
+    """Issue 22 (pytorch-lightning#4840): a half-precision prediction must not round the float32
+    ground truth. 2048 pixels at 2 m, 72 predicted 3 m (δ1 misses), and four at 10.01-10.04 m,
+    beyond max_depth = 10 under the fastmde protocol. Rounded to bfloat16 three of them became
+    10.0 m and were scored (2047 valid, δ1 1973/2047 = 0.9638); right: 2044 valid, δ1
+    1972/2044 = 0.9648, on every backend and through DepthMetrics."""
+    target = torch.full((1, 1, 32, 64), 2.0)
+    pred = target.clone()
+    pred.view(-1)[:72] = 3.0
+    target.view(-1)[-4:] = torch.tensor([10.01, 10.02, 10.03, 10.04])
+    pred.view(-1)[-4:] = torch.tensor([10.0, 2.0, 2.0, 2.0])   # the first would be a δ1 hit
+    pred, target = as_device(device, pred.to(pred_dtype), target)
+    options = PROTOCOLS["fastmde"].metric_options()
+    sums = fastmde.depth_metric_sums(pred, target, **{k: v for k, v in options.items() if k != "aggregate"})
+    assert sums[0, SUM_INDEX["n"]].item() == 2044
+    assert sums[0, SUM_INDEX["above_range"]].item() == 4
+    m = fastmde.depth_metrics(pred, target, **options)
+    assert m["delta1"].item() == pytest.approx(1972 / 2044, abs=1e-12)
+    assert round(m["delta1"].item(), 4) == 0.9648
+    acc = PROTOCOLS["fastmde"].metrics().to(device)
+    acc.update(pred, target)
+    assert acc.compute()["delta1"].item() == pytest.approx(1972 / 2044, abs=1e-12)
+    # the op itself, given the two dtypes, reads each as it is
+    rules = MetricRules(max_depth=10.0, pred_max=10.0).op_args()
+    op_sums = depth_metric_sums_op(pred[:, 0], target[:, 0], None, 1e-3, 10.0, [0, 32, 0, 64], *rules)
+    assert op_sums[0, SUM_INDEX["n"]].item() == 2044
+
+
+# ---------------------------------------------------------------- predictions <= 0 counted as hits
+
+
+def negative_maps(device):
+    """2 x 4 x 8 maps at 2 m; three quarters of the predictions are -1 m."""
+    target = torch.full((2, 1, 4, 8), 2.0)
+    pred = target.clone()
+    pred[:, :, :3] = -1.0
+    return as_device(device, pred, target)
+
+
+def test_protocols_counting_nonpositive_predictions_as_hits_warn_with_their_share(backend, device):
+    """Issue 23: the paper authors' code (and Hu et al.'s) count max(ŷ/y, y/ŷ) < 1.25 for ŷ < 0,
+    so an untrained network's negative output looks accurate. The faithful protocols keep the
+    rule and warn with the share, attributed to the caller's line; the clamping ones do not."""
+    pred, target = negative_maps(device)
+    for name in ("paper", "hu"):
+        acc = PROTOCOLS[name].metrics().to(device)
+        acc.update(pred, target)
+        with pytest.warns(UserWarning, match=rf"75% of the scored predictions are <= 0 and count as δ hits "
+                                             rf"under protocol '{name}'") as caught:
+            values = acc.compute()
+        assert values["delta1"].item() == 1.0                 # the source's rule, reproduced
+        assert [w.filename for w in caught if "δ hits" in str(w.message)] == [__file__]
+        with pytest.warns(UserWarning, match=r"75% .* under these metric rules") as caught:
+            fastmde.depth_metrics(pred, target, **PROTOCOLS[name].metric_options())
+        assert [w.filename for w in caught if "δ hits" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in sorted(set(PROTOCOLS) - {"paper", "hu"}):
+            acc = PROTOCOLS[name].metrics().to(device)
+            acc.update(pred, target)
+            assert acc.compute()["delta1"].item() <= 0.25, name   # only the exact row (2 m) hits
+    # ŷ = +0 is a miss (y/ŷ = inf) and not counted; ŷ = -0.0 is a hit (max(-0, -inf) = -0)
+    sums = fastmde.depth_metric_sums(torch.tensor([[[0.0, -0.0, 2.0]]], device=device),
+                                     torch.full((1, 1, 3), 2.0, device=device), clamp=False)
+    assert sums[0, SUM_INDEX["nonpositive_hits"]].item() == 1 and sums[0, SUM_INDEX["delta1"]].item() == 2
+
+
+def test_eval_defaults_to_the_fastmde_protocol_and_paper_warns(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """``fastmde eval`` without --protocol scores under 'fastmde' (its --help says so) and writes
+    all nine metrics; under --protocol paper a model whose predictions are all negative gets
+    δ1 = 1 and the warning with its share, from fastmde's evaluate.py line."""
+    import importlib
+    import json
+
+    from engine_helpers import synthetic_cache, tiny_config
+
+    from fastmde.cli import main
+    from fastmde.engine import train
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "default: fastmde" in " ".join(capsys.readouterr().out.split())
+    cache = synthetic_cache(tmp_path_factory)
+    out = str(tmp_path / "run")
+    train(tiny_config(cache, out, epochs=1, max_steps=1))
+    code = main(["eval", "--checkpoint", out, "--device", "cpu", "--out", str(tmp_path / "default.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "default.json").read_text())
+    assert result["protocol"]["name"] == "fastmde" and set(METRIC_NAMES) <= set(result["metrics"])
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in METRIC_NAMES), printed
+    evaluate_module = importlib.import_module("fastmde.engine.evaluate")   # (fastmde.engine.evaluate: the function)
+    monkeypatch.setattr(evaluate_module, "predict_depth", lambda model, images, **kw: -torch.ones_like(images[:, :1]))
+    with pytest.warns(UserWarning, match=r"100% of the scored predictions are <= 0 .* protocol 'paper'") as caught:
+        code = main(["eval", "--checkpoint", out, "--device", "cpu", "--protocol", "paper",
+                     "--out", str(tmp_path / "paper.json")])
+    assert code == 0 and json.loads((tmp_path / "paper.json").read_text())["metrics"]["delta1"] == 1.0
+    assert [w.filename for w in caught if "δ hits" in str(w.message)] == [evaluate_module.__file__]
 
 
 # ---------------------------------------------------------------- op contract
@@ -643,6 +905,40 @@ def test_torch_compile_fullgraph(backend, device):
     for f in (rms, hu):
         compiled = torch.compile(f, fullgraph=True, backend=compile_backend)
         torch.testing.assert_close(compiled(pred, target), f(pred, target), equal_nan=True)
+
+
+def test_torch_compile_dynamic_is_one_graph(backend, device):
+    """Issue 22 (pytorch#121080): under torch.compile(dynamic=True, fullgraph=True) the option
+    checks see symbolic floats (min_depth, max_depth as arguments) and the crops symbolic sizes;
+    depth_metrics and DepthMetrics.update trace into one graph that serves several sizes without
+    recompiling, with the eager values. (Sizes 0 and 1 are specialised by dynamo, so batches of
+    2 and more; the rule values reach the op as constants: another max_depth compiles again.)"""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    for crop in ("eigen", "garg"):
+        graphs.clear()
+        compiled = torch.compile(fastmde.depth_metrics, dynamic=True, fullgraph=True, backend=counting_backend)
+        for k, shape in enumerate(((2, 1, 9, 11), (3, 1, 12, 17), (2, 1, 20, 30))):
+            pred, target = as_device(device, *depth_pair(shape, 20 + k, bad_fraction=0.05))
+            got = compiled(pred, target, min_depth=1e-3, max_depth=8.0, crop=crop)
+            want = fastmde.depth_metrics(pred, target, min_depth=1e-3, max_depth=8.0, crop=crop)
+            close(got, want, 1e-12)
+        assert len(graphs) == 1, crop
+    graphs.clear()
+    acc = PROTOCOLS["kitti_garg"].metrics().to(device)
+    update = torch.compile(acc.update, dynamic=True, fullgraph=True, backend=counting_backend)
+    for k, shape in enumerate(((2, 9, 11), (3, 12, 17), (2, 20, 30))):
+        update(*as_device(device, *depth_pair(shape, 30 + k, hi=90.0)))
+    assert len(graphs) == 1
+    eager = PROTOCOLS["kitti_garg"].metrics().to(device)
+    for k, shape in enumerate(((2, 9, 11), (3, 12, 17), (2, 20, 30))):
+        eager.update(*as_device(device, *depth_pair(shape, 30 + k, hi=90.0)))
+    close(acc.compute(), eager.compute(), 1e-12)
 
 
 def test_backends_report(backend, device):

@@ -40,6 +40,7 @@ SWITCH_CHOICES = ("auto", "on", "off")
 ENCODER_DEPTHS = (18, 34, 50, 101)
 BEST_METRICS = {  # metric -> True when higher is better
     "rms": False, "rel": False, "log10": False, "delta1": True, "delta2": True, "delta3": True,
+    "sq_rel": False, "rmse_log": False, "silog": False,
 }
 RESUME_RULES = ("apply", "convert", "fixed")
 

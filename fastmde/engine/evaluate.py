@@ -1,10 +1,11 @@
-"""Evaluation: the six metrics of a model on a dataset under a named protocol; ``fastmde eval``."""
+"""Evaluation: the nine metrics of a model on a dataset under a named protocol; ``fastmde eval``."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import warnings
 
 import torch
 from torch.utils.data import DataLoader
@@ -13,11 +14,11 @@ from .distributed import DistInfo, ShardSampler
 from .inference import predict_depth, to_images
 from ..data.fit import collate_by_size
 from ..reference.depth_metrics import METRIC_NAMES
-from .protocols import PROTOCOLS, get_protocol
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, default_protocol, get_protocol
 
 
 @torch.no_grad()
-def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int = 4, workers: int = 0,
+def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_size: int = 4, workers: int = 0,
              amp_dtype=None, channels_last: bool = False, dist_info: DistInfo | None = None,
              flip: bool | None = None) -> dict:
     """Metrics of ``model`` on ``dataset`` (items {"image", "depth"}) as plain floats.
@@ -36,6 +37,7 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
                         pin_memory=device.type == "cuda", collate_fn=collate_by_size)
     was_training = model.training
     model.eval()
+    sizes_seen = set()
     try:
         for groups in loader:
             for batch in groups:        # one batch per frame size
@@ -43,6 +45,12 @@ def evaluate(model, dataset, protocol="paper", *, device="cpu", batch_size: int 
                 depth = batch["depth"].to(device, non_blocking=True).float()
                 pred = predict_depth(model, images, amp_dtype=amp_dtype,
                                      flip=protocol.flip if flip is None else flip)
+                size = tuple(depth.shape[-2:])
+                if size not in sizes_seen:   # a KITTI protocol given maps of the other frame
+                    sizes_seen.add(size)
+                    message = protocol.frame_warning(*size)
+                    if message is not None:
+                        warnings.warn(message, UserWarning, stacklevel=3)
                 metrics.update(pred, depth, mask=depth > 0)
         values = metrics.compute()
     finally:
@@ -63,7 +71,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default=None, help="dataset path (default: the checkpoint's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the format's test split)")
     add_file_arguments(parser)
-    parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS))
+    parser.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                        help=(f"metric rules (docs/metrics.md; default: {DEFAULT_PROTOCOL}, fastmde's own: per image, "
+                              f"1e-3 < depth <= 10 m, predictions clamped to that range; for a checkpoint trained "
+                              f"with --dataset kitti: kitti_garg_kb, or kitti_garg when its kb crop was off). "
+                              f"'paper' reproduces the paper authors' code, which counts negative predictions as δ "
+                              f"hits"))
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored prediction (default: as the protocol says)")
     parser.add_argument("--batch-size", type=int, default=default_of("eval_batch_size"))
@@ -168,7 +181,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"--data {data_path!r} does not exist"
                                 + ("" if args.data is not None else " (the path the checkpoint was trained on)"))
     split = args.split or test_split_name(data_format)
-    protocol = get_protocol(args.protocol)
+    protocol = get_protocol(args.protocol or default_protocol(cfg))
     synthetic = {name: cfg.get(name, default_of(name)) for name in
                  ("synthetic_train", "synthetic_test", "synthetic_size", "synthetic_views")}
     identity = {"checkpoint": os.path.abspath(model.fastmde_checkpoint), "data_format": data_format,
@@ -196,8 +209,8 @@ def run(args) -> int:
               "data": data_path, "split": split, "items": len(dataset), "protocol": protocol.to_dict(),
               "metrics": values, "identity": identity}
     print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
-    print(" | ".join(f"{k:>7}" for k in METRIC_NAMES))
-    print(" | ".join(f"{values[k]:7.4f}" for k in METRIC_NAMES))
+    print(" | ".join(f"{k:>8}" for k in METRIC_NAMES))
+    print(" | ".join(f"{values[k]:8.4f}" for k in METRIC_NAMES))
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -357,7 +357,7 @@ def make_figure(images, ground_truth, rows: list[tuple[str, list]], path: str, *
         canvas.save(tmp, format="PNG")
 
 
-def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: str = "paper",
+def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: str = "fastmde",
               figure_images: int = 4, log=print, resume: bool = False, overwrite: bool = False) -> dict:
     """Train, evaluate and tabulate every row; returns {"rows": [...], "table": path, "figure": path}.
 
@@ -446,12 +446,14 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
 
 def add_arguments(parser) -> None:
     from .config import add_arguments as add_config_arguments
-    from .protocols import PROTOCOLS
+    from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
     parser.add_argument("--configs", required=True,
                         help="table1, table3, table4, table5 (the paper's lists) or a .json/.toml file of rows")
-    parser.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
-                        help="metric protocol of the table (default: %(default)s)")
+    parser.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                        help=f"metric protocol of the table (docs/metrics.md; default: {DEFAULT_PROTOCOL}, which "
+                             f"clamps predictions to 1e-3..10 m, or kitti_garg_kb with --dataset kitti; 'paper' "
+                             f"reproduces the paper authors' code, which counts negative predictions as δ hits)")
     parser.add_argument("--figure-images", type=int, default=4, help="test images in the figure (default: %(default)s)")
     g = parser.add_argument_group("this command")
     g.add_argument("--resume", action="store_true",
@@ -465,14 +467,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import dataclasses
+
     from .config import config_from_args
+    from .protocols import default_protocol
 
     if args.figure_images < 1:
         raise ValueError(f"--figure-images must be at least 1, got {args.figure_images}")
     base = config_from_args(args)
     rows = read_rows(args.configs)
     try:
-        result = run_sweep(base, rows, args.out, protocol=args.protocol, figure_images=args.figure_images,
+        protocol = args.protocol or default_protocol(dataclasses.asdict(base))
+        result = run_sweep(base, rows, args.out, protocol=protocol, figure_images=args.figure_images,
                            log=lambda text: print(text, file=sys.stderr, flush=True), resume=args.resume,
                            overwrite=args.overwrite)
     except KeyboardInterrupt:      # run_sweep has said where it stopped and how to continue

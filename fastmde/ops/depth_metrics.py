@@ -2,9 +2,10 @@
 
 Schema: ``depth_metric_sums(pred, target, mask?, min_depth, max_depth, crop[4], min_inclusive,
 max_inclusive, pred_min, pred_max, nan_prediction, delta_inclusive, rel_by_prediction,
-log10_nonfinite_zero) -> (B, 9)`` float64, columns ``fastmde.reference.depth_metrics.SUM_FIELDS``;
+log10_nonfinite_zero) -> (B, 13)`` float64, columns ``fastmde.reference.depth_metrics.SUM_FIELDS``;
 ``crop`` is (top, bottom, left, right), already resolved to the map size; the rules are those of
-``fastmde.reference.depth_metrics.MetricRules``. Not differentiable.
+``fastmde.reference.depth_metrics.MetricRules``. ``pred`` and ``target`` may have different
+floating dtypes: each is read as it is (never rounded to the other's). Not differentiable.
 
 Implementations: ``fastmde/reference/depth_metrics.py`` (spec), ``csrc/depth_metrics.cpp``
 (``_C.depth_metric_sums``), ``kernels/depth_metrics.py`` (``depth_metric_sums``); all take the

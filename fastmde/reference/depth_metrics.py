@@ -1,5 +1,5 @@
 r"""Reference depth metrics: per-image sums (the op's contract), the rules behind them, and how
-they combine into the six numbers.
+they combine into the nine numbers of BTS's ``compute_errors``.
 
 Rules (:class:`MetricRules`; every named protocol in ``fastmde.engine.protocols`` sets each one
 from its source's code):
@@ -10,30 +10,46 @@ from its source's code):
   and columns [left, right);
 * the prediction :math:`ŷ` first has a NaN replaced by ``nan_prediction`` (NaN: it stays NaN and
   makes the metrics of its image NaN), then is clamped to [``pred_min``, ``pred_max``]
-  (±inf: no clamp; a clamp keeps NaN);
+  (±inf: no clamp; a clamp keeps NaN; +inf is clamped to a finite ``pred_max``);
 * δ = max(ŷ/y, y/ŷ) is compared with 1.25^k by ``<``, or ``<=`` with ``delta_inclusive``;
-* REL divides |ŷ-y| by y, or by ŷ with ``rel_by_prediction``;
-* log10 error = |log10 ŷ - log10 y|; with ``log10_nonfinite_zero`` a non-finite logarithm
-  (of a value <= 0, +inf or NaN) counts as 0, each side separately.
+* REL and SqRel divide by y, or by ŷ with ``rel_by_prediction`` (DenseDepth passes its maps to
+  ``compute_errors(gt, pred)`` the other way round);
+* logarithms: with ``log10_nonfinite_zero`` a non-finite logarithm (of a value <= 0, +inf or
+  NaN) counts as 0, each side separately; the rule applies to log10 and to the natural
+  logarithm e = ln ŷ - ln y behind RMSE-log and SILog alike.
 
-Per image the op returns, as float64 (B, 9) (``SUM_FIELDS`` names the columns), the sums over
+Ground truth and prediction are read in their own dtypes (never one rounded to the other's) and
+compared in float64.
+
+Per image the op returns, as float64 (B, 13) (``SUM_FIELDS`` names the columns), the sums over
 valid pixels
 
-``[n, Σ(ŷ-y)², Σ|ŷ-y|/y, Σ|log10 ŷ - log10 y|, Σ[δ<1.25], Σ[δ<1.25²], Σ[δ<1.25³], below, above]``
+``[n, Σ(ŷ-y)², Σ|ŷ-y|/y, Σ(ŷ-y)²/y, Σ|log10 ŷ - log10 y|, Σe², Σe, Σ[δ<1.25], Σ[δ<1.25²],
+Σ[δ<1.25³], below, above, nonpositive_hits]``
 
 where ``below`` / ``above`` count the pixels (finite ground truth, mask true, inside the crop)
 that fail the range test on the low side with 0 < y (zero marks missing depth) / on the high
-side: the evidence for a units warning (ground truth in millimetres scored in metres).
-Invalid pixels contribute exactly 0 whatever the prediction holds there.
+side: the evidence for a units warning (ground truth in millimetres scored in metres);
+``nonpositive_hits`` counts the valid pixels whose prediction (after the NaN rule and the clamp)
+is <= 0 and still a δ1 hit (max(ŷ/y, y/ŷ) is negative for ŷ < 0): the evidence that a protocol
+without a positive clamp (the paper authors' code, Hu et al.'s) scores an untrained model's
+negative output as accurate. Invalid pixels contribute exactly 0 whatever the prediction holds.
+
+From one image's sums (``n`` valid pixels), as BTS ``compute_errors`` (utils/eval_with_pngs.py
+@118a9da lines 50-71):
+
+* ``rms`` = sqrt(Σ(ŷ-y)²/n), ``rel`` = Σ|ŷ-y|/y / n, ``sq_rel`` = Σ(ŷ-y)²/y / n,
+  ``log10`` = Σ|log10 ŷ - log10 y| / n, ``delta1..3`` = Σ[δ < 1.25^k] / n;
+* ``rmse_log`` = sqrt(Σe²/n), ``silog`` = 100 sqrt(Σe²/n - (Σe/n)²), e = ln ŷ - ln y (the
+  variance is taken as 0 where float64 rounding makes it slightly negative).
 
 Aggregation, chosen per metric (``AGGREGATIONS``; ``per_image_mse`` is for ``rms`` only):
 
 * ``per_image``: each image's value, averaged over the images with n > 0 (RMS = mean over
-  images of the per-image RMSE: the paper's code, BTS);
+  images of the per-image RMSE: the paper's code, BTS, AdaBins, monodepth2);
 * ``per_image_mse`` (rms): sqrt of the mean over images of the per-image MSE (Hu et al.'s
   ``test.py``);
-* ``pooled``: the sums added over all images first (RMS = sqrt of the pooled mean square:
-  DenseDepth).
+* ``pooled``: the sums added over all images first, then the formulas above (DenseDepth).
 
 Images with no valid pixel are left out. With nothing to score (count 0) every metric is NaN,
 never a perfect-looking 0.
@@ -45,24 +61,43 @@ from dataclasses import dataclass
 
 import torch
 
-SUM_FIELDS = ("n", "sq_err", "abs_rel", "log10", "delta1", "delta2", "delta3", "below_range", "above_range")
+SUM_FIELDS = (
+    "n", "sq_err", "abs_rel", "sq_rel", "log10", "log_sq", "log_sum", "delta1", "delta2", "delta3",
+    "below_range", "above_range", "nonpositive_hits",
+)
+SUM_INDEX = {name: k for k, name in enumerate(SUM_FIELDS)}
 NUM_SUMS = len(SUM_FIELDS)
-# The six metrics, in the order every table and log prints them.
-METRIC_NAMES = ("rms", "rel", "log10", "delta1", "delta2", "delta3")
+# The nine metrics of BTS compute_errors, in the order every table and log prints them: the
+# paper's six first (its tables, ``PAPER_METRIC_NAMES``), then the three the BTS family adds.
+METRIC_NAMES = ("rms", "rel", "log10", "delta1", "delta2", "delta3", "sq_rel", "rmse_log", "silog")
+PAPER_METRIC_NAMES = METRIC_NAMES[:6]
 AGGREGATIONS = ("per_image", "pooled")
 RMS_AGGREGATIONS = ("per_image", "per_image_mse", "pooled")
 DELTA_THRESHOLDS = (1.25, 1.25**2, 1.25**3)  # exact in float32 and float64
 
-# Crops defined on 480x640 images: (top, bottom, left, right), bottom/right exclusive.
+# Crops in pixels of a 480x640 image (NYU): (top, bottom, left, right), bottom/right exclusive;
+# scaled proportionally (rounded) to other sizes.
 CROPS = {
     "eigen": (45, 471, 41, 601),
     "densedepth": (20, 460, 24, 616),
 }
 CROP_REFERENCE_SIZE = (480, 640)
+# Crops as fractions of the image (KITTI): rows [int(a H), int(b H)), columns [int(c W), int(d W)),
+# the sources' own expression (BTS utils/eval_with_pngs.py@118a9da lines 199 and 203; the Eigen
+# crop's left edge is 0.0359477 there, not the Garg crop's 0.03594771).
+FRACTION_CROPS = {
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen_kitti": (0.3324324, 0.91351351, 0.0359477, 0.96405229),
+}
+# The "kb crop" of the KITTI benchmark: the bottom 352 rows and the central 1216 columns
+# (BTS pytorch/bts_dataloader.py@29d6a32 lines 168-175).
+KB_CROP_SIZE = (352, 1216)
 
-# The accumulator state: pooled sums, the sums over images of each per-image value (the six
-# metrics, then the per-image MSE), the number of images with a valid pixel.
-STATE_SIZE = NUM_SUMS + len(METRIC_NAMES) + 1 + 1
+# Per-image values, in this order: the nine metrics, then the MSE (for ``per_image_mse``).
+NUM_VALUES = len(METRIC_NAMES) + 1
+# The accumulator state: pooled sums, the sums over images of each per-image value, the number
+# of images with a valid pixel.
+STATE_SIZE = NUM_SUMS + NUM_VALUES + 1
 
 
 @dataclass(frozen=True)
@@ -89,16 +124,25 @@ class MetricRules:
         )
 
 
+def crop_names() -> list[str]:
+    return sorted((*CROPS, *FRACTION_CROPS))
+
+
 def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
     """Crop name, explicit (top, bottom, left, right) or None -> integer bounds for (H, W).
 
-    Named crops are defined on 480x640 and scaled proportionally (rounded) to other sizes.
+    NYU crops (``CROPS``) are defined on 480x640 and scaled proportionally (rounded) to other
+    sizes; KITTI crops (``FRACTION_CROPS``) are fractions of the size, truncated as the sources
+    compute them (``int(0.40810811 * H)``).
     """
     if crop is None:
         return (0, height, 0, width)
     if isinstance(crop, str):
+        if crop in FRACTION_CROPS:
+            a, b, c, d = FRACTION_CROPS[crop]
+            return (int(a * height), int(b * height), int(c * width), int(d * width))
         if crop not in CROPS:
-            raise ValueError(f"crop must be one of {sorted(CROPS)} or a 4-tuple, got {crop!r}")
+            raise ValueError(f"crop must be one of {crop_names()} or a 4-tuple, got {crop!r}")
         top, bottom, left, right = CROPS[crop]
         rh, rw = CROP_REFERENCE_SIZE
         if (height, width) != (rh, rw):
@@ -115,7 +159,7 @@ def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
 
 
 def resolve_aggregate(aggregate) -> dict[str, str]:
-    """``"per_image"``, ``"pooled"`` or a mapping metric -> rule for all six metrics -> the mapping."""
+    """``"per_image"``, ``"pooled"`` or a mapping metric -> rule for all nine metrics -> the mapping."""
     if isinstance(aggregate, str):
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS} or a per-metric mapping, got {aggregate!r}")
@@ -146,7 +190,8 @@ def depth_metric_sums_reference(
     rel_by_prediction: bool = False,
     log10_nonfinite_zero: bool = False,
 ) -> torch.Tensor:
-    """Per-image sums (B, 9) float64 of (B, H, W) ``pred`` / ``target`` (see module docstring).
+    """Per-image sums (B, 13) float64 of (B, H, W) ``pred`` / ``target`` (see module docstring),
+    each read in its own dtype.
 
     ``pred_min`` / ``pred_max`` default to ``min_depth`` / ``max_depth`` (fastmde's clamp)."""
     pred_min = min_depth if pred_min is None else pred_min
@@ -173,65 +218,87 @@ def depth_metric_sums_reference(
         d = torch.where(d < pred_min, torch.full_like(d, pred_min), d)  # NaN stays NaN
         d = torch.where(d > pred_max, torch.full_like(d, pred_max), d)
         y = torch.where(valid, y, torch.ones_like(y))  # any positive value: left out below
-        log_d, log_y = torch.log10(d), torch.log10(y)
-        if log10_nonfinite_zero:
-            log_d = torch.where(torch.isfinite(log_d), log_d, torch.zeros_like(log_d))
-            log_y = torch.where(torch.isfinite(log_y), log_y, torch.zeros_like(log_y))
+
+        def logs(log):
+            a, b = log(d), log(y)
+            if log10_nonfinite_zero:
+                a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
+                b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
+            return a, b
+
+        log10_d, log10_y = logs(torch.log10)
+        ln_d, ln_y = logs(torch.log)
+        e = ln_d - ln_y
+        denominator = d if rel_by_prediction else y
         ratio = torch.maximum(d / y, y / d)
         hit = (lambda t: ratio <= t) if delta_inclusive else (lambda t: ratio < t)
         per_pixel = [
             torch.ones_like(y),
             (d - y) ** 2,
-            (d - y).abs() / (d if rel_by_prediction else y),
-            (log_d - log_y).abs(),
+            (d - y).abs() / denominator,
+            (d - y) ** 2 / denominator,
+            (log10_d - log10_y).abs(),
+            e**2,
+            e,
             *(hit(t).to(torch.float64) for t in DELTA_THRESHOLDS),
         ]
         zero = torch.zeros_like(y)
         sums = [torch.where(valid, v, zero).sum(dim=(1, 2)) for v in per_pixel]
-        sums += [below.to(torch.float64).sum(dim=(1, 2)), above.to(torch.float64).sum(dim=(1, 2))]
+        nonpositive_hits = valid & (d <= 0) & hit(DELTA_THRESHOLDS[0])
+        sums += [t.to(torch.float64).sum(dim=(1, 2)) for t in (below, above, nonpositive_hits)]
         return torch.stack(sums, dim=1)
 
 
+def _values(sums: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """(..., 13) sums and their (...,) pixel counts (> 0) -> (..., 10) [the nine metrics, mse]."""
+    s = lambda name: sums[..., SUM_INDEX[name]] / n  # noqa: E731
+    mse = s("sq_err")
+    log_sq = s("log_sq")
+    variance = log_sq - s("log_sum") ** 2
+    silog = 100.0 * torch.sqrt(torch.where(variance < 0, torch.zeros_like(variance), variance))
+    return torch.stack([
+        torch.sqrt(mse), s("abs_rel"), s("log10"), s("delta1"), s("delta2"), s("delta3"),
+        s("sq_rel"), torch.sqrt(log_sq), silog, mse,
+    ], dim=-1)
+
+
 def per_image_values(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 9) sums -> (B, 7) per-image [rmse, rel, log10, delta1..3, mse] (0 for images without a
-    valid pixel) and a (B,) bool of the images with n > 0."""
+    """(B, 13) sums -> (B, 10) per-image [the nine metrics (``METRIC_NAMES`` order), mse] (0 for
+    images without a valid pixel) and a (B,) bool of the images with n > 0."""
     n = sums[:, 0]
     has = n > 0
-    safe_n = torch.where(has, n, torch.ones_like(n))
-    mse = sums[:, 1] / safe_n
-    values = torch.stack([torch.sqrt(mse), *(sums[:, k] / safe_n for k in range(2, 7)), mse], dim=1)
+    values = _values(sums, torch.where(has, n, torch.ones_like(n)))
     return torch.where(has[:, None], values, torch.zeros_like(values)), has
 
 
 def accumulate(sums: torch.Tensor) -> torch.Tensor:
-    """(B, 9) per-image sums -> the (STATE_SIZE,) float64 accumulator state of those images.
+    """(B, 13) per-image sums -> the (STATE_SIZE,) float64 accumulator state of those images.
     States add: the state of two batches is the sum of their states (and so across processes)."""
     values, has = per_image_values(sums)
     return torch.cat([sums.sum(dim=0), values.sum(dim=0), has.sum()[None].to(sums.dtype)])
 
 
 def metrics_from_state(state: torch.Tensor, aggregate) -> dict[str, torch.Tensor]:
-    """The six metrics and ``count`` from an accumulator state, each metric aggregated by its rule.
+    """The nine metrics and ``count`` from an accumulator state, each metric aggregated by its rule.
 
     ``count`` is the number of valid pixels when every metric is pooled, else the number of
     images with a valid pixel. When it is 0 every metric is NaN."""
     rules = resolve_aggregate(aggregate)
     pooled = state[:NUM_SUMS]
-    image_values = state[NUM_SUMS:NUM_SUMS + 7]
-    images = state[NUM_SUMS + 7]
+    image_values = state[NUM_SUMS:NUM_SUMS + NUM_VALUES]
+    images = state[NUM_SUMS + NUM_VALUES]
     pixels = pooled[0]
-    pooled_mean = pooled[1:7] / torch.where(pixels > 0, pixels, torch.ones_like(pixels))
+    pooled_values = _values(pooled, torch.where(pixels > 0, pixels, torch.ones_like(pixels)))
     image_mean = image_values / torch.where(images > 0, images, torch.ones_like(images))
     out = {}
     for k, name in enumerate(METRIC_NAMES):
         rule = rules[name]
         if rule == "pooled":
-            value = torch.sqrt(pooled_mean[0]) if name == "rms" else pooled_mean[k]
+            out[name] = pooled_values[k]
         elif rule == "per_image_mse":
-            value = torch.sqrt(image_mean[6])
+            out[name] = torch.sqrt(image_mean[NUM_VALUES - 1])
         else:
-            value = image_mean[k]
-        out[name] = value
+            out[name] = image_mean[k]
     count = pixels if all(r == "pooled" for r in rules.values()) else images
     nan = torch.full_like(count, math.nan)
     out = {name: torch.where(count > 0, v, nan) for name, v in out.items()}
@@ -240,7 +307,7 @@ def metrics_from_state(state: torch.Tensor, aggregate) -> dict[str, torch.Tensor
 
 
 def combine(sums: torch.Tensor, aggregate) -> dict[str, torch.Tensor]:
-    """The six metrics from per-image sums (B, 9) under ``aggregate`` (a rule or a per-metric
+    """The nine metrics from per-image sums (B, 13) under ``aggregate`` (a rule or a per-metric
     mapping); NaN when no pixel is valid."""
     values = metrics_from_state(accumulate(sums), aggregate)
     del values["count"]
@@ -265,6 +332,19 @@ def range_warning(pixels: float, below: float, above: float, min_depth: float, m
     )
 
 
+def nonpositive_hits_warning(pixels: float, hits: float, protocol: str | None = None) -> str | None:
+    """A message when scored predictions <= 0 counted as δ hits (a rule set without a positive
+    clamp: max(ŷ/y, y/ŷ) < 1.25 holds for any ŷ < 0), with their share of the scored pixels."""
+    if not hits > 0 or not pixels > 0:
+        return None
+    where = f"protocol {protocol!r}" if protocol else "these metric rules (no clamp to a positive minimum)"
+    return (
+        f"{100.0 * hits / pixels:.3g}% of the scored predictions are <= 0 and count as δ hits under {where} "
+        f"(max(ŷ/y, y/ŷ) < 1.25 holds for any ŷ < 0, as in the paper authors' and Hu et al.'s code), so δ1-δ3 "
+        f"overstate the model; protocol 'fastmde' (or clamp=True) clamps predictions to [min_depth, max_depth] first"
+    )
+
+
 def depth_metrics_reference(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -276,7 +356,7 @@ def depth_metrics_reference(
     aggregate="per_image",
     **rules,
 ) -> dict[str, torch.Tensor]:
-    """The six metrics of (B, H, W) maps, computed the plain way (oracle of the tests); ``rules``
+    """The nine metrics of (B, H, W) maps, computed the plain way (oracle of the tests); ``rules``
     are :func:`depth_metric_sums_reference`'s keyword arguments."""
     crop_bounds = resolve_crop(crop, pred.shape[-2], pred.shape[-1])
     hi = math.inf if max_depth is None else float(max_depth)
