@@ -91,6 +91,7 @@ def test_readme_python_training_example_is_a_valid_configuration(monkeypatch):
     assert seen["load"] == ("runs/first", "cpu")
 
 
+@pytest.mark.filterwarnings("ignore:.*count as δ hits:UserWarning")   # an untrained model, under 'hu'
 def test_readme_dropin_example_runs_on_examples_adopt():
     # the drop-in lines on examples/adopt.py's plain-PyTorch project (its authors'-style blocks)
     import importlib.util
