@@ -10,7 +10,7 @@ import torch
 
 import fastmde
 from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
-from fastmde.reference.depth_metrics import depth_metrics_reference, resolve_crop
+from fastmde.reference.depth_metrics import combine, depth_metric_sums_reference, resolve_crop
 from fastmde.reference.up_projection import up_projection_block_reference
 
 from common import interleaved_median_ms, peak_memory_bytes, saved_activation_bytes
@@ -104,12 +104,26 @@ def bench_loss(ctx, device, shape, dtype):
                   device, impls, bytes_moved=bytes_moved)
 
 
-def bench_metrics(ctx, device, shape, dtype):
+def bench_metrics(ctx, device, shape, dtype, protocol=None):
+    """The metrics row: ``fastmde.depth_metrics`` against the plain reference (eager) and
+    torch.compile of it. Without ``protocol`` the project's default rules with the Eigen crop
+    (``depth_metrics eigen``); with a protocol name, that protocol's rules (its kernel variant)."""
     pred, target = _loss_inputs(shape, dtype, device, seed=1)
-    opts = dict(crop="eigen", max_depth=10.0)
+    if protocol is None:
+        opts = dict(crop="eigen", max_depth=10.0)
+    else:
+        from fastmde.engine.protocols import get_protocol
+
+        opts = get_protocol(protocol).metric_options()
+    rules = fastmde.functional.metric_rules(opts.get("min_depth", 1e-3), opts.get("max_depth"), **{
+        k: v for k, v in opts.items() if k not in ("min_depth", "max_depth", "crop", "aggregate")})
+    bounds = resolve_crop(opts["crop"], shape[-2], shape[-1])
+    aggregate = opts.get("aggregate", "per_image")
 
     def reference(p, t):
-        return depth_metrics_reference(p[:, 0], t[:, 0], **opts)["rms"]
+        sums = depth_metric_sums_reference(p[:, 0], t[:, 0], None, rules.min_depth, rules.max_depth, bounds,
+                                           *rules.op_args())
+        return combine(sums, aggregate)["rms"]
 
     compiled = torch.compile(reference)
     impls = {
@@ -118,10 +132,16 @@ def bench_metrics(ctx, device, shape, dtype):
         "fastmde": (lambda: fastmde.depth_metrics(pred, target, **opts)["rms"], []),
     }
     # one read of pred and target inside the crop (pixels outside it need not be read)
-    top, bottom, left, right = resolve_crop(opts["crop"], shape[-2], shape[-1])
+    top, bottom, left, right = bounds
     bytes_moved = 2 * shape[0] * (bottom - top) * (right - left) * pred.element_size()
-    _fwd_bwd_rows(ctx, "kernels", "depth_metrics eigen", "x".join(map(str, shape)), dtype, device,
+    _fwd_bwd_rows(ctx, "kernels", f"depth_metrics {protocol or 'eigen'}", "x".join(map(str, shape)), dtype, device,
                   impls, bytes_moved=bytes_moved)
+
+
+# Protocols whose rules run other kernel variants than the default row's (paper: no clamp,
+# logarithms zeroed; densedepth: REL over the prediction, pooled; kitti_garg: KITTI's range and
+# the fractional Garg crop): the quick pass times paper's, --full every one.
+METRIC_PROTOCOL_ROWS = ("paper", "densedepth", "kitti_garg")
 
 
 # U-Net34 decoder blocks at internal size 288x384: (in_channels, out_channels, h, w) of the input.
@@ -175,6 +195,8 @@ def run(ctx, device: str) -> None:
         for shape in loss_shapes:
             bench_loss(ctx, device, shape, dtype)
             bench_metrics(ctx, device, shape, dtype)
+            for protocol in METRIC_PROTOCOL_ROWS if ctx.full or cuda else METRIC_PROTOCOL_ROWS[:1]:
+                bench_metrics(ctx, device, shape, dtype, protocol)
     # the U-Net34 decoder blocks, each dtype and layout; CUDA at batch 16, the CPU at batch 8 (a
     # training batch; --full adds batch 1, where the weights, not the activations, dominate)
     batches = [16] if cuda else ([8, 1] if ctx.full else [8])
