@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
 from .inference import predict_depth, to_images
+from .progress import is_terminal, tqdm
 from ..data.fit import collate_by_size
 from ..reference.depth_metrics import METRIC_NAMES
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, default_protocol, get_protocol
@@ -20,7 +21,7 @@ from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, default_protocol, get_protoc
 @torch.no_grad()
 def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_size: int = 4, workers: int = 0,
              amp_dtype=None, channels_last: bool = False, dist_info: DistInfo | None = None,
-             flip: bool | None = None) -> dict:
+             flip: bool | None = None, progress: bool | None = False) -> dict:
     """Metrics of ``model`` on ``dataset`` (items {"image", "depth"}) as plain floats.
 
     Every rank evaluates its shard; ``DepthMetrics.compute`` all-reduces, so every rank returns
@@ -39,7 +40,9 @@ def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_s
     model.eval()
     sizes_seen = set()
     try:
-        for groups in loader:
+        # a tqdm bar of the batches on stderr: progress=None on a terminal only, True also in logs
+        show = info.is_main and (is_terminal(sys.stderr) if progress is None else bool(progress))
+        for groups in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show, file=sys.stderr):
             for batch in groups:        # one batch per frame size
                 images = to_images(batch["image"], device, channels_last)
                 depth = batch["depth"].to(device, non_blocking=True).float()
@@ -198,7 +201,7 @@ def run(args) -> int:
     model = model.to(device)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
                       workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device),
-                      flip=args.flip)
+                      flip=args.flip, progress=None)
     if not values["count"] > 0:
         print(f"fastmde eval: nothing was scored: no ground-truth pixel of {data_format}/{split} ({len(dataset)} "
               f"images) passed the {protocol.name} protocol's tests (finite, > 0, range {protocol.min_depth:g} to "

@@ -147,6 +147,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=default_of("device"))
     parser.add_argument("--amp", default=default_of("amp"), choices=AMP_CHOICES)
     clamp = PROTOCOLS[VALIDATION_PROTOCOL].clamp
+    parser.epilog = ("Each <name>.png is the depth map at the photo's pixel size (its top-left corner) in reversed "
+                     "Turbo colours, near red and far blue, over [--min-depth, --max-depth], the same range for every "
+                     "image, with a colour bar in metres to its right; black is no depth (a non-finite prediction). "
+                     "Each <name>.npy holds float32 metres.")
     parser.add_argument("--min-depth", type=float, default=None,
                         help=("predictions are clamped to [--min-depth, --max-depth] metres (in the .png and "
                               "the .npy), as evaluation clamps them, and the colour bar spans that range "
