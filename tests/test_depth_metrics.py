@@ -853,9 +853,10 @@ def test_eval_defaults_to_the_fastmde_protocol_and_paper_warns(tmp_path_factory,
     from fastmde.cli import main
     from fastmde.engine import train
 
-    with pytest.raises(SystemExit):
-        main(["eval", "--help"])
-    assert "default: fastmde" in " ".join(capsys.readouterr().out.split())
+    for command in ("eval", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "default: fastmde" in " ".join(capsys.readouterr().out.split()), command
     cache = synthetic_cache(tmp_path_factory)
     out = str(tmp_path / "run")
     train(tiny_config(cache, out, epochs=1, max_steps=1))
@@ -920,7 +921,8 @@ def test_torch_compile_dynamic_is_one_graph(backend, device):
         return gm.forward
 
     torch._dynamo.reset()
-    for crop in ("eigen", "garg"):
+    # (the op is opaque to dynamo, so the Triton interpreter's run checks one crop kind)
+    for crop in ("garg",) if backend == "triton" else ("eigen", "garg"):
         graphs.clear()
         compiled = torch.compile(fastmde.depth_metrics, dynamic=True, fullgraph=True, backend=counting_backend)
         for k, shape in enumerate(((2, 1, 9, 11), (3, 1, 12, 17), (2, 1, 20, 30))):
