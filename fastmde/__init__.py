@@ -4,7 +4,7 @@ Public API::
 
     fastmde.depth_loss(pred, target, preset="hu_blurred")      # scalar, fused forward+backward
     fastmde.depth_loss_terms(pred, target, ...)                # {"total", "depth", "gradient", "normal"}
-    fastmde.depth_metrics(pred, target, crop="eigen")          # {"rms", "rel", "log10", "delta1..3"}
+    fastmde.depth_metrics(pred, target, crop="eigen")          # rms, rel, log10, delta1..3, sq_rel, rmse_log, silog
     fastmde.scale_invariant_loss(pred, target, preset="silog") # SILog (BTS/AdaBins/DAV2) or MiDaS ssi, fused
     fastmde.nn.DepthLoss, fastmde.nn.DepthMetrics, fastmde.nn.UpProjection, fastmde.nn.ScaleInvariantLoss
     fastmde.backends()                                         # which kernel serves what
