@@ -142,7 +142,7 @@ def test_hu2019_file_as_their_train_py_saves_it(archive, tmp_path):
 def test_explicit_source_must_match_the_keys():
     state = fixture_state("freeman2021/Hu34-k5")
     assert from_external(state, source="freeman2021", size=None).fastmde_variant == "hu34-k5"
-    with pytest.raises(ExternalCheckpointError, match="read as a hu2019 checkpoint"):
+    with pytest.raises(ExternalCheckpointError, match="has freeman2021 key names, not hu2019's: pass source='freeman2021'"):
         from_external(state, source="hu2019")
     with pytest.raises(ValueError, match="unknown source"):
         from_external(state, source="bts")
@@ -157,7 +157,42 @@ def test_foreign_state_dict_is_a_clear_error():
         from_external(classifier)
     text = str(info.value)
     assert "not a checkpoint of the paper authors' code" in text and "['classifier', 'features']" in text
-    assert "closest fastmde variant is" in text and "unexpected keys" in text and "classifier.weight" in text
+    # issue 22 §2: nothing of it maps onto a fastmde model, so no "closest variant" is named
+    assert "closest" not in text and "none of fastmde's models is close" in text and "classifier.weight" in text
+
+
+def test_random_state_dict_names_no_closest_variant():
+    """Issue 22 §2: a random state dict got a bogus "closest variant" (unet34-k3 with 252 missing keys)."""
+    g = torch.Generator().manual_seed(0)
+    state = {f"block{i}.conv.weight": torch.randn(4, 4, generator=g) for i in range(5)}
+    with pytest.raises(ExternalCheckpointError) as info:
+        from_external(state)
+    text = str(info.value)
+    assert "closest" not in text and "missing keys" not in text and "5 tensors" in text and "['block0'" in text
+    # a file of the authors' code with one extra module is still measured against its variant
+    extra = fixture_state("freeman2021/Baseline34-k5")
+    extra["classifier.weight"] = torch.zeros(3)
+    with pytest.raises(ExternalCheckpointError, match="closest fastmde variant is 'unet34-k5'.*classifier.weight"):
+        from_external(extra)
+    with pytest.raises(ExternalCheckpointError, match="none of its keys follows the hu2019 names"):
+        from_external(state, source="hu2019")
+
+
+def test_text_file_is_named_without_a_bare_pickle_byte(tmp_path):
+    """Issue 22 §2: a text file ended its message with torch.load's "KeyError: 101"."""
+    text = tmp_path / "weights.txt"
+    text.write_text("epoch 3: loss 0.41\n")
+    with pytest.raises(ExternalCheckpointError) as info:
+        from_external(str(text))
+    message = str(info.value)
+    assert "weights.txt" in message and "starts with text (b'epoch 3: los')" in message
+    assert "zip archive" in message and not message.rstrip().endswith("101") and "KeyError" not in message
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ExternalCheckpointError, match="it is empty"):
+        from_external(str(empty))
+    with pytest.raises(CheckpointError, match=r"weights.txt' is not a fastmde checkpoint: .*starts with text"):
+        fastmde.load(str(text))
 
 
 def test_wrong_shape_names_closest_variant_and_key():
@@ -555,6 +590,30 @@ def test_fastmde_load_takes_external_files(tmp_path):
         assert torch.equal(from_external(path).eval()(x), model(x))
 
 
+def test_fastmde_load_on_a_plain_state_dict_is_one_clear_message(tmp_path):
+    """Issue 22 §2: the message said "not a fastmde checkpoint" twice."""
+    model = build("unet34-k3", size=(32, 48))
+    plain = str(tmp_path / "plain.pt")
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(CheckpointError) as info:
+        fastmde.load(plain)
+    message = str(info.value)
+    assert message.count("not a fastmde checkpoint") == 1
+    assert "plain state_dict of a fastmde model" in message and "source='fastmde'" in message
+    # what the message proposes works
+    loaded = from_external(plain, source="fastmde", size=(32, 48))
+    assert loaded.fastmde_variant == "unet34-k3"
+    encoder = str(tmp_path / "resnet34.pth")
+    torch.save(model.net.encoder.state_dict(), encoder)
+    with pytest.raises(CheckpointError, match="a ResNet's state_dict .*--pretrained") as info:
+        fastmde.load(encoder)
+    assert str(info.value).count("not a fastmde checkpoint") == 1
+    other = str(tmp_path / "other.pt")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(CheckpointError, match=r"a plain state_dict \(1 tensor, e.g. 'fc.weight'\) whose names fit none"):
+        fastmde.load(other)
+
+
 def test_fastmde_load_reports_an_external_file_that_fits_nothing(tmp_path):
     state = fixture_state("freeman2021/Baseline34-k3-1x1")
     state["decoder.up2.conv1_2.weight"] = torch.zeros(64, 64, 7, 7)
@@ -587,6 +646,7 @@ def test_predict_cli_takes_an_external_checkpoint(freeman_file, tmp_path, capsys
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         want = model(x)[0, 0].numpy()
+    want = np.clip(want, 1e-3, 10.0)   # predict clamps as evaluation does (--min-depth/--max-depth defaults)
     assert np.allclose(depth, want, rtol=1e-5, atol=1e-5)
 
 

@@ -22,12 +22,12 @@ import random
 import signal
 import sys
 import threading
-import zipfile
 
 import numpy as np
 import torch
 
 from .._atomic import atomic_write
+from .._files import load_error_text, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
 VERSION = 1
@@ -119,15 +119,26 @@ _FOREIGN_HINTS = {
 }
 
 
-def _describe_foreign(obj) -> str:
+def _describe_state_dict(state: dict, path: str) -> str:
+    """What a plain state dict (names -> tensors) is, and how to load it: the rest of the sentence
+    "<path> is not a fastmde checkpoint: it is ..."."""
+    n = f"{len(state)} tensor{'s' if len(state) != 1 else ''}"
+    keys = list(state)
+    if all(isinstance(k, str) and k.startswith("net.") for k in keys):
+        return (f"a plain state_dict of a fastmde model ({n}), which does not record the variant's internal "
+                f"size or input normalisation: load it with fastmde.models.from_external({path!r}, "
+                f"source='fastmde', size=(H, W)) at the size it was trained at")
+    if "conv1.weight" in state and any(isinstance(k, str) and k.startswith("layer4.") for k in keys):
+        return (f"a ResNet's state_dict ({n}): encoder weights, which train --pretrained {path!r} "
+                f"(models.build(..., pretrained={path!r})) loads")
+    return (f"a plain state_dict ({n}, e.g. {keys[0]!r}) whose names fit none of the models fastmde reads "
+            f"(fastmde's net.*, the paper authors' encoder./decoder./mff./refinement., Hu et al.'s E./D./MFF./R.)")
+
+
+def _describe_foreign(obj, path: str = "path") -> str:
     if isinstance(obj, dict):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return (f"a plain state_dict ({len(obj)} tensors, e.g. {next(iter(obj))!r}), not a fastmde "
-                    "checkpoint: build the network with fastmde.models.build(...) and call "
-                    "load_state_dict on it (fastmde.models.from_external(path, source='fastmde', "
-                    "size=...) infers the variant), or pass it to `fastmde train --pretrained` if "
-                    "it is an encoder's weights; checkpoints of the paper authors' code and of Hu "
-                    "et al.'s code are recognised by their key names")
+            return _describe_state_dict(obj, path)
         if obj.get("format") not in (None, FORMAT):
             return f"a file of format {obj.get('format')!r}"
         for key, what in _FOREIGN_HINTS.items():
@@ -158,20 +169,15 @@ def _resolve(path) -> str:
 def _read_file(path: str, map_location):
     """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for what is not a file of
     tensors and plain values."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (legacy files start with a pickle protocol byte, 0x80).
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        raise CheckpointError(
-            f"{path!r} is not a fastmde checkpoint: it cannot be read as a PyTorch file "
-            f"(neither a torch.save zip archive nor a pickle; first bytes {head!r})"
-        )
+    problem = torch_file_problem(path)   # text or random bytes: say so, not torch.load's "KeyError: 101"
+    if problem is not None:
+        raise CheckpointError(f"{path!r} is not a fastmde checkpoint: {problem}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         # weights_only refuses pickled code (foreign checkpoints with custom classes) as well as
         # files that are not PyTorch archives at all; say which.
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = load_error_text(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"{path!r} is not a fastmde checkpoint: it holds pickled Python objects "
@@ -184,7 +190,7 @@ def _read_file(path: str, map_location):
 
 def _validate(obj, path: str) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} is not a fastmde checkpoint: it is {_describe_foreign(obj)}")
+        raise CheckpointError(f"{path!r} is not a fastmde checkpoint: it is {_describe_foreign(obj, path)}")
     version = obj.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(

@@ -188,24 +188,16 @@ def check_trainable(cfg: TrainConfig, world_size: int = 1) -> None:
     """Refuse (ValueError naming ``--size`` and ``--batch-size``) a configuration whose training
     step BatchNorm cannot take: batch x the deepest map's H x W must exceed 1 in every process
     (each of the ``world_size`` processes normalises its own batch of ``batch_size`` images)."""
-    stride, (h, w) = deepest_map(cfg)
-    if cfg.batch_size * h * w > 1:
-        return
-    height, width = cfg.size
-    g = math.gcd(height, width)
-    unit_h, unit_w = height // g, width // g
-    m = 1
-    while not ((m * unit_h > stride or m * unit_w > stride) and min(m * unit_h, m * unit_w) >= 8):
-        m += 1
-    keep_height = f"{height}x{max(width, stride + 1)}" if height <= stride else None
-    raise ValueError(
-        f"--size {height}x{width} cannot train at --batch-size {cfg.batch_size}: the deepest feature map of "
-        f"{cfg.model} (total stride {stride}) is {h}x{w} there, and BatchNorm needs more than one value per "
-        f"channel in each process's batch ({cfg.batch_size} image(s) in each of {world_size} process(es)). "
-        f"The smallest size of this aspect ratio that trains at batch {cfg.batch_size} is "
-        f"--size {m * unit_h}x{m * unit_w}" + (f" (keeping the height: --size {keep_height})" if keep_height else "")
-        + f"; any size with a side above {stride} works, or use --batch-size 2"
-    )
+    from ..models.trainable import untrainable_message
+
+    stride, _ = deepest_map(cfg)
+    batch = cfg.batch_size
+    message = untrainable_message(
+        cfg.model, *cfg.size, batch, stride, size_words=lambda h, w: f"--size {h}x{w}",
+        batch_words=lambda b: f"--batch-size {b}", larger_batch="use --batch-size 2",
+        each=f"process's batch ({batch} image(s) in each of {world_size} process(es))")
+    if message is not None:
+        raise ValueError(message)
 
 
 def check_paths(cfg: TrainConfig) -> None:

@@ -103,7 +103,9 @@ def build(name: str, *, size=(288, 384), pretrained=None, aspect: str = "stretch
     if aspect not in IntermediateResolution.ASPECTS:
         raise ValueError(f"aspect must be one of {IntermediateResolution.ASPECTS}, got {aspect!r}")
     net = ARCHITECTURES[arch](pretrained=pretrained, **config)
-    return IntermediateResolution(net, size=size, aspect=aspect)
+    model = IntermediateResolution(net, size=size, aspect=aspect)
+    model.fastmde_variant = name   # named in the model's own errors and warnings
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -57,7 +57,8 @@ nested under ``"state_dict"``/``"model"``, with ``module.`` or ``_orig_mod.`` pr
 mapped key by key and loaded strictly: every fastmde tensor must come from the file (except a
 missing ``num_batches_tracked``), every tensor of the file must land in the model, and every
 shape must agree. Otherwise :class:`ExternalCheckpointError` names the closest variant and the
-keys that differ.
+keys that differ (for a file whose keys follow none of the sources' names there is no closest
+variant to name: the error gives its top-level names).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ import re
 import torch
 from torch import nn
 
+from .._files import load_error_text, torch_file_problem
 from .resnet import DEPTHS, CheckpointMismatchError
 
 SOURCES = ("freeman2021", "hu2019", "fastmde")
@@ -201,13 +203,15 @@ def _read(checkpoint):
         path = os.fspath(checkpoint)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        problem = torch_file_problem(path)   # text or random bytes: say so, not torch.load's "KeyError: 101"
+        if problem is not None:
+            raise ExternalCheckpointError(f"checkpoint {path!r}: {problem}")
         try:
             return torch.load(path, map_location="cpu", weights_only=True), repr(path)
         except Exception as exc:  # weights_only refuses pickled code; say what the file is not
-            message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise ExternalCheckpointError(
                 f"checkpoint {path!r} cannot be read as a file of tensors with "
-                f"torch.load(weights_only=True): {message}") from None
+                f"torch.load(weights_only=True) ({load_error_text(exc)})") from None
     return checkpoint, "the checkpoint"
 
 
@@ -412,7 +416,18 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
                 f"names are {roots[:8]}")
     else:
         lead = f"{what} does not fit any fastmde model"
+    if source is not None and found is not None and found != source:
+        raise ExternalCheckpointError(f"{what} has {found} key names, not {source}'s: pass source={found!r} "
+                                      f"(or source=None to recognise it)")
     mapped, origin, unmapped = map_keys(state, chosen)
+    if found is None and source is None and len(mapped) * 2 < len(state):
+        # most keys follow no source's names (a classifier's, a random dict's): a "closest
+        # variant" would only mislead
+        raise ExternalCheckpointError(f"{lead}; none of fastmde's models is close to it ({len(state)} tensors: "
+                                      f"{_shown(sorted(state), 3)})")
+    if not mapped:
+        raise ExternalCheckpointError(f"{what}: none of its keys follows the {chosen} names "
+                                      f"(top-level names {sorted({k.split('.', 1)[0] for k in state})[:8]})")
     name, overrides = infer_variant(mapped)
     expected = _expected_shapes(name, tuple(sorted(overrides.items())))
     diff = _differences(mapped, expected, unmapped)

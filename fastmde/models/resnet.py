@@ -111,6 +111,9 @@ class ResNetEncoder(nn.Module):
     the stride-2 stem output, ceil(H / 2) x ceil(W / 2).
     """
 
+    #: input side / side of the last block's map: block4 is ceil(H / 32) x ceil(W / 32)
+    total_stride = 32
+
     def __init__(self, depth: int = 34, *, pretrained: str | os.PathLike | None = None, normalize: bool = False):
         super().__init__()
         if depth not in DEPTHS:

@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import image_range_problem
 from .._text import PAPER_SIZES, parse_size  # noqa: F401  (PAPER_SIZES: re-exported)
+from .._warn import warn_at_caller
+from .trainable import untrainable_message
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-downscale ``x`` to ``size`` (bilinear where a dimension grows); identity if equal."""
@@ -54,12 +57,26 @@ def resize_depth(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(d, size=size, mode="bicubic", align_corners=True)
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """Whether ``x``'s values can be read now: not under torch.compile / export / jit tracing, not
+    a shape-only (meta) tensor."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or x.device.type == "meta")
+
+
 class IntermediateResolution(nn.Module):
     """Wraps ``net`` (image -> depth) to run at ``size`` = (H, W) internally; see the module doc.
 
     ``aspect``: ``"stretch"`` (resize to ``size``) or ``"keep"`` (scale to cover ``size``, the
     input's aspect ratio kept). ``forward(x)``: x (B, 3, H, W) float image in 0-255 ->
     (B, 1, H, W) depth in metres.
+
+    Conventions checked: the first call (eager, not under torch.compile) looks at the image's
+    range once (one synchronisation) and warns, at the caller's line, about a 0-1 image
+    (torchvision's ``ToTensor``), an ImageNet-normalised one or values above 255. In training
+    mode a batch that BatchNorm cannot take (a 1x1 deepest map at batch 1: an internal size of at
+    most 32x32 with a ResNet encoder) is refused with a ValueError that names the size, the
+    batch and the smallest size that trains (:mod:`fastmde.models.trainable`), a shape check
+    with no synchronisation.
     """
 
     ASPECTS = ("stretch", "keep")
@@ -71,6 +88,7 @@ class IntermediateResolution(nn.Module):
         self.net = net
         self.size = parse_size(size, allow_none=True)
         self.aspect = aspect
+        self._input_checked = False   # the first call's look at the image range (not state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -78,9 +96,39 @@ class IntermediateResolution(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
         out_size = tuple(x.shape[-2:])
+        # _eager first: under torch.compile the flag is never read (no guard, no recompile when it flips)
+        if _eager(x) and not getattr(self, "_input_checked", True):
+            self._input_checked = True
+            problem = image_range_problem(x)
+            if problem is not None:
+                warn_at_caller(f"{self._name()}: {problem}")
+        size = out_size if self.size is None else internal_size(out_size[0], out_size[1], self.size, self.aspect)
+        if self.training:
+            self._check_trainable(x.shape[0], size)
         if self.size is not None:
-            x = resize_image(x, internal_size(out_size[0], out_size[1], self.size, self.aspect))
+            x = resize_image(x, size)
         return resize_depth(self.net(x), out_size)
+
+    def _name(self) -> str:
+        return getattr(self, "fastmde_variant", None) or type(self.net).__name__
+
+    def _check_trainable(self, batch: int, size: tuple[int, int]) -> None:
+        """Refuse a training batch BatchNorm cannot take, in the Python API's words."""
+        stride = getattr(getattr(self.net, "encoder", None), "total_stride", None)
+        if stride is None:
+            return
+        if self.size is None:
+            words = lambda h, w: f"an input of {h}x{w}"  # noqa: E731  (size=None: the network runs at it)
+        elif self.aspect == "keep":
+            words = lambda h, w: f"an internal size of {h}x{w}"  # noqa: E731
+        else:
+            words = lambda h, w: f"size=({h}, {w})"  # noqa: E731
+        message = untrainable_message(
+            self._name(), size[0], size[1], batch, stride, size_words=words,
+            batch_words=lambda b: f"a training batch of {b}",
+            larger_batch="train on batches of 2 or more images (inference: call .eval() first)")
+        if message is not None:
+            raise ValueError(message)
 
     def extra_repr(self) -> str:
         return f"size={self.size}" + (f", aspect={self.aspect!r}" if self.aspect != "stretch" else "")
