@@ -337,6 +337,44 @@ def upproj_call(B, cin, cout, h, w, H, W, k, dtype, channels_last, bn, affine=Tr
     return launch
 
 
+def si_loss_call(B, H, W, dtype, kind, mask, target_dtype=None):
+    """The scale-invariant loss's passes for ``kind`` (silog, ssi), forward and backward."""
+    from fastmde.kernels import scale_invariant_loss as si
+
+    def launch():
+        pred = cuda_tensor((B, H, W), dtype)
+        target = cuda_tensor((B, H, W), target_dtype or dtype)
+        m = cuda_tensor((B, H, W), torch.bool) if mask else None
+        if kind == "ssi":
+            si.ssi_moments(pred, target, m)
+            si.ssi_residual_sums(pred, target, m, cuda_tensor((B, 2), torch.float64))
+            si.ssi_backward(pred, target, m, cuda_tensor((B, 10), torch.float64))
+        else:
+            si.silog_sums(pred, target, m, 1e-6)
+            si.silog_backward(pred, target, m, cuda_tensor((B, 2), torch.float64), 1e-6)
+    return launch
+
+
+def si_loss_calls(quick: bool):
+    """Scale-invariant loss rows: quick (CI), each kind masked at one small shape in float32 and
+    bfloat16; full, every dtype at the training shapes (NYU, KITTI crops), masked or not, and a
+    bfloat16 prediction beside a float32 ground truth."""
+    calls = []
+    shapes = ((2, 64, 96),) if quick else ((16, 480, 640), (8, 352, 704))
+    for dn, dt in DTYPES.items():
+        if quick and dn == "fp16":
+            continue
+        for B, H, W in shapes:
+            for kind in ("silog", "ssi"):
+                for mask in (True,) if quick else (False, True):
+                    calls.append((f"si-loss {kind}{' mask' if mask else ''} {B}x{H}x{W} {dn}",
+                                  si_loss_call(B, H, W, dt, kind, mask)))
+    if not quick:
+        calls.append(("si-loss silog mask 8x352x704 bf16 pred fp32 target",
+                      si_loss_call(8, 352, 704, torch.bfloat16, "silog", True, target_dtype=torch.float32)))
+    return calls
+
+
 def quick_calls():
     """Every kernel x dtype at one small shape (the CI subset)."""
     calls = []
@@ -348,6 +386,7 @@ def quick_calls():
                       upproj_call(2, 64, 128, 16, 24, 32, 48, 3, dt, True, bn=True)))
         calls.append((f"upproj k3 nchw 2x64->64 16x24->32x48 {dn}",
                       upproj_call(2, 64, 64, 16, 24, 32, 48, 3, dt, False, bn=False)))
+    calls += si_loss_calls(quick=True)
     for protocol in METRIC_PROTOCOLS[1:]:
         calls.append((f"metrics {protocol} mask 2x64x96 fp32", metrics_call(2, 64, 96, torch.float32, True, None,
                                                                            protocol)))
@@ -400,6 +439,7 @@ def full_calls():
                 for fused in (True, False):
                     for name, cin, cout, h, w in UNET34_DECODER:
                         calls += unet34_block_calls(16, name, cin, cout, h, w, k, dt, dn, channels_last, fused)
+    calls += si_loss_calls(quick=False)
     return calls
 
 

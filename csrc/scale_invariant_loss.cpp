@@ -189,29 +189,44 @@ std::array<double, 8> ssi_moments_tile(const Maps<P, Y, T>& m, int64_t b, int64_
   return s;
 }
 
-// Residual r = s p + t - y, validity and p of rows [lo, hi) of image b, into row buffers.
+// Residual r = s p + t - y (0 where not valid), validity v (0/1) and p of rows [lo, hi) of image
+// b, each row padded with kMaxStep columns of v = 0 on both sides, and a row of zeros standing
+// for the rows outside the image: a grid neighbour outside the image is simply not valid, so the
+// pair loops below need no bounds tests and vectorise (unit stride at scale 0).
 template <typename P, typename Y, typename T>
 struct ResidualRows {
-  int64_t lo, hi, W;
-  std::vector<T> r, v, p;
+  int64_t lo, hi, W, H, Wp;
+  std::vector<T> r, v, p, zero;
 
   ResidualRows(const Maps<P, Y, T>& m, int64_t b, int64_t lo_, int64_t hi_, T s, T t)
-      : lo(lo_), hi(hi_), W(m.W), r((hi_ - lo_) * m.W), v((hi_ - lo_) * m.W), p((hi_ - lo_) * m.W) {
+      : lo(lo_), hi(hi_), W(m.W), H(m.H), Wp(m.W + 2 * kMaxStep), r((hi_ - lo_) * Wp, T(0)), v((hi_ - lo_) * Wp, T(0)),
+        p((hi_ - lo_) * Wp, T(0)), zero(Wp, T(0)) {
     std::vector<T> y(W);
     for (int64_t i = lo; i < hi; ++i) {
-      T* pr = p.data() + (i - lo) * W;
-      T* vr = v.data() + (i - lo) * W;
-      T* rr = r.data() + (i - lo) * W;
+      T* pr = p.data() + (i - lo) * Wp + kMaxStep;
+      T* vr = v.data() + (i - lo) * Wp + kMaxStep;
+      T* rr = r.data() + (i - lo) * Wp + kMaxStep;
       pred_row(m.pred_row(b, i), W, pr);
       valid_row<false>(m.target_row(b, i), m.mask_row(b, i), W, T(0), vr, y.data());
 #pragma omp simd
       for (int64_t q = 0; q < W; ++q) rr[q] = vr[q] != T(0) ? s * pr[q] + t - y[q] : T(0);
     }
   }
-  const T* R(int64_t i) const { return r.data() + (i - lo) * W; }
-  const T* V(int64_t i) const { return v.data() + (i - lo) * W; }
-  const T* Pp(int64_t i) const { return p.data() + (i - lo) * W; }
+  // Row i (column 0 at the returned pointer); the zero row for i outside the image.
+  const T* R(int64_t i) const { return i >= 0 && i < H ? r.data() + (i - lo) * Wp + kMaxStep : zero.data() + kMaxStep; }
+  const T* V(int64_t i) const { return i >= 0 && i < H ? v.data() + (i - lo) * Wp + kMaxStep : zero.data() + kMaxStep; }
+  const T* Pp(int64_t i) const { return i >= 0 && i < H ? p.data() + (i - lo) * Wp + kMaxStep : zero.data() + kMaxStep; }
 };
+
+// One pair (q, q') of grid neighbours: |r_q' - r_q| and sgn(r_q' - r_q) (p_q' - p_q), 0 unless
+// both are valid (selects, not products: p may hold anything where not valid).
+template <typename T>
+inline void pair_sums(T vq, T vn, T rq, T rn, T pq, T pn, T& g, T& qs) {
+  const bool both = (vq != T(0)) & (vn != T(0));
+  const T dr = rn - rq;
+  g += both ? std::abs(dr) : T(0);
+  qs += both ? sign_of(dr) * (pn - pq) : T(0);
+}
 
 template <typename P, typename Y, typename T>
 std::array<double, 11> ssi_residual_tile(const Maps<P, Y, T>& m, const double* st, int64_t b, int64_t r0,
@@ -227,7 +242,7 @@ std::array<double, 11> ssi_residual_tile(const Maps<P, Y, T>& m, const double* s
     for (int64_t q = 0; q < W; ++q) {
       r2 += r[q] * r[q];  // r is 0 at invalid pixels
       rs += r[q];
-      rp += r[q] * p[q];
+      rp += v[q] != T(0) ? r[q] * p[q] : T(0);
     }
     out[0] += static_cast<double>(r2);
     out[1] += static_cast<double>(rs);
@@ -235,21 +250,13 @@ std::array<double, 11> ssi_residual_tile(const Maps<P, Y, T>& m, const double* s
     for (int k = 0; k < kScales; ++k) {
       const int64_t step = int64_t(1) << k;
       if (i % step != 0) continue;
-      const bool down = i + step < m.H;
-      const T *rd = down ? rows.R(i + step) : r, *vd = down ? rows.V(i + step) : v, *pd = down ? rows.Pp(i + step) : p;
+      // each pair once, at its left / upper member: the right neighbour and the one below
+      const T *rd = rows.R(i + step), *vd = rows.V(i + step), *pd = rows.Pp(i + step);
       T g = 0, qs = 0;
+#pragma omp simd reduction(+ : g, qs)
       for (int64_t q = 0; q < W; q += step) {
-        if (v[q] == T(0)) continue;
-        if (q + step < W && v[q + step] != T(0)) {  // right neighbour
-          const T dr = r[q + step] - r[q];
-          g += std::abs(dr);
-          qs += sign_of(dr) * (p[q + step] - p[q]);
-        }
-        if (down && vd[q] != T(0)) {  // neighbour below
-          const T dr = rd[q] - r[q];
-          g += std::abs(dr);
-          qs += sign_of(dr) * (pd[q] - p[q]);
-        }
+        pair_sums(v[q], v[q + step], r[q], r[q + step], p[q], p[q + step], g, qs);
+        pair_sums(v[q], vd[q], r[q], rd[q], p[q], pd[q], g, qs);
       }
       out[3 + k] += static_cast<double>(g);
       out[7 + k] += static_cast<double>(qs);
@@ -267,6 +274,8 @@ void ssi_backward_tile(const Maps<P, Y, T>& m, const double* coeffs, P* grad, in
   const int64_t lo = std::max<int64_t>(0, r0 - kMaxStep), hi = std::min(H, r1 + kMaxStep);
   const ResidualRows<P, Y, T> rows(m, b, lo, hi, s, t);
   std::vector<T> e(W), y(W), vv(W);
+  // d|r_q - r_q'|/d r_q = sgn(r_q - r_q') for a valid neighbour q' (0 otherwise)
+  auto pull = [](T rq, T rn, T vn) { return vn != T(0) ? sign_of(rq - rn) : T(0); };
   for (int64_t i = r0; i < r1; ++i) {
     const T *r = rows.R(i), *v = rows.V(i), *p = rows.Pp(i);
 #pragma omp simd
@@ -275,25 +284,21 @@ void ssi_backward_tile(const Maps<P, Y, T>& m, const double* coeffs, P* grad, in
       const int64_t step = int64_t(1) << k;
       if (i % step != 0) continue;
       const T gk = static_cast<T>(c[3 + k]);
-      const bool up = i - step >= 0, down = i + step < H;
-      const T *ru = up ? rows.R(i - step) : r, *vu = up ? rows.V(i - step) : v;
-      const T *rd = down ? rows.R(i + step) : r, *vd = down ? rows.V(i + step) : v;
-      // d|r_q - r_q'|/d r_q = sgn(r_q - r_q') for each valid grid neighbour q'
+      const T *ru = rows.R(i - step), *vu = rows.V(i - step);
+      const T *rd = rows.R(i + step), *vd = rows.V(i + step);
+      T* ek = e.data();
+#pragma omp simd
       for (int64_t q = 0; q < W; q += step) {
-        if (v[q] == T(0)) continue;
-        T acc = 0;
-        if (q - step >= 0 && v[q - step] != T(0)) acc += sign_of(r[q] - r[q - step]);
-        if (q + step < W && v[q + step] != T(0)) acc += sign_of(r[q] - r[q + step]);
-        if (up && vu[q] != T(0)) acc += sign_of(r[q] - ru[q]);
-        if (down && vd[q] != T(0)) acc += sign_of(r[q] - rd[q]);
-        e[q] += gk * acc;
+        const T acc = pull(r[q], r[q - step], v[q - step]) + pull(r[q], r[q + step], v[q + step]) +
+                      pull(r[q], ru[q], vu[q]) + pull(r[q], rd[q], vd[q]);
+        ek[q] += v[q] != T(0) ? gk * acc : T(0);
       }
     }
     valid_row<false>(m.target_row(b, i), m.mask_row(b, i), W, T(0), vv.data(), y.data());
     P* out = grad + (b * H + i) * W;
 #pragma omp simd
     for (int64_t q = 0; q < W; ++q)
-      out[q] = static_cast<P>(s * e[q] + v[q] * (k_y * y[q] + k_p * p[q] + k_1));
+      out[q] = static_cast<P>(s * e[q] + (v[q] != T(0) ? k_y * y[q] + k_p * p[q] + k_1 : T(0)));
   }
 }
 

@@ -203,8 +203,8 @@ def assert_grad_close(got, want, rtol, ignore=None):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("shape", [(2, 9, 11), (1, 19, 37)])
-@pytest.mark.parametrize("mask_kind", ["holes", "gt_zero", "none"])
+@pytest.mark.parametrize("shape, mask_kind", [((2, 9, 11), "holes"), ((2, 9, 11), "gt_zero"), ((2, 9, 11), "none"),
+                                              ((1, 19, 37), "holes")])
 def test_presets_equal_their_sources_float64(backend, device, preset, shape, mask_kind):
     pred, target, mask = inputs(shape, 1, mask_kind=mask_kind)
     want, want_grad = source(pred, target, mask, preset)
@@ -294,6 +294,7 @@ def test_no_valid_pixel_gives_zero_and_warns(backend, device, preset):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's discarded branches
 def test_invalid_ground_truth_is_left_out(backend, device, preset):
     """NaN / inf ground truth (and <= 0 for SILog) counts as masked out, whatever it holds."""
     pred, target, mask = inputs((2, 9, 10), 7)
@@ -311,6 +312,11 @@ def test_invalid_ground_truth_is_left_out(backend, device, preset):
     assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-12)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-15)
     assert torch.count_nonzero(got_grad[~valid]) == 0
+    # nor does what the prediction holds there (NaN, inf, <= 0)
+    wild = torch.where(valid, pred, torch.tensor([float("nan"), float("inf"), -2.0], dtype=pred.dtype,
+                                                 device=pred.device).repeat(pred.numel())[: pred.numel()].view_as(pred))
+    got_w, grad_w = fused(wild, bad, None, preset)
+    assert got_w.item() == got.item() and torch.equal(grad_w, got_grad)
 
 
 @pytest.mark.parametrize("preset", ["silog", "silog_adabins", "silog_dav2"])
@@ -477,14 +483,15 @@ def test_analytic_passes_match_autograd_of_the_spec(b, h, w, preset, mask_kind, 
 
 
 @pytest.mark.parametrize("kind", ["silog", "silog_unbiased", "ssi"])
-@pytest.mark.parametrize("masked", [True, False])
-def test_opcheck(backend, device, kind, masked):
+def test_opcheck(backend, device, kind):
     pred, target, mask = inputs((2, 5, 9), 14)
-    pred, target, mask = as_device(device, pred, target, mask if masked else None)
+    pred, target, mask = as_device(device, pred, target, mask)
     pred.requires_grad_()
-    torch.library.opcheck(scale_invariant_loss_op, (pred, target, mask, kind, 0.85, 10.0, 0.5, False, 1e-6))
-    coeffs = torch.rand(2, si.num_coeffs(kind), dtype=torch.float64, device=device)
-    torch.library.opcheck(scale_invariant_loss_backward_op, (pred.detach(), target, mask, coeffs, kind, 1e-6))
+    # the op's contract does not depend on the mask; the interpreter is slow: masked only there
+    for m in (mask, None) if backend != "triton" or device.type == "cuda" else (mask,):
+        torch.library.opcheck(scale_invariant_loss_op, (pred, target, m, kind, 0.85, 10.0, 0.5, False, 1e-6))
+        coeffs = torch.rand(2, si.num_coeffs(kind), dtype=torch.float64, device=device)
+        torch.library.opcheck(scale_invariant_loss_backward_op, (pred.detach(), target, m, coeffs, kind, 1e-6))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -543,7 +550,7 @@ def test_compile_inductor(backend, device):
 
 def test_deterministic(backend, device):
     """Same value run to run and, for the C++ kernels, whatever the thread count."""
-    shape = (2, 17, 19) if backend == "triton" and device.type == "cpu" else (3, 37, 29)
+    shape = (1, 9, 17) if backend == "triton" and device.type == "cpu" else (3, 37, 29)
     pred, target, mask = inputs(shape, 18, dtype=torch.float32)
     pred, target, mask = as_device(device, pred, target, mask)
     threads = torch.get_num_threads()

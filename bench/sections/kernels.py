@@ -185,6 +185,55 @@ def settings(device: str) -> list[tuple[torch.dtype, bool]]:
     return [(dtype, cl) for dtype in dtypes for cl in (False, True)]
 
 
+# ---------------------------------------------------------------- scale-invariant losses
+
+SI_QUICK_PRESETS = ("silog", "ssi")  # silog_adabins and silog_dav2 run silog's kernels (--full)
+
+
+def bench_scale_invariant_loss(ctx, device, shape, dtype, preset):
+    """A scale-invariant preset: ``eager`` / ``compile`` are the plain PyTorch formula of the
+    reference (masks as multiplications, as a user writes it to compile) and torch.compile of it;
+    ``fastmde`` is ``fastmde.scale_invariant_loss``. Ground truth with ~10% holes (mask = y > 0)."""
+    from fastmde.reference.scale_invariant_loss import PRESETS as SI_PRESETS, scale_invariant_loss_reference
+
+    pred, target = _loss_inputs(shape, dtype, device, seed=2)
+    holes = torch.rand(shape, generator=torch.Generator().manual_seed(3)).to(device) < 0.1
+    target = torch.where(holes, torch.zeros_like(target), target)
+    mask = target > 0
+    options = {k: v for k, v in SI_PRESETS[preset].items() if k not in ("interpolate", "reduction")}
+    ps = {k: pred.clone().requires_grad_() for k in ("eager", "compile", "fastmde")}
+
+    def reference(p, t, m):
+        return scale_invariant_loss_reference(p[:, 0], t[:, 0], m[:, 0], **options)
+
+    compiled = torch.compile(reference)
+    impls = {
+        "eager": (lambda: reference(ps["eager"], target, mask), [ps["eager"]]),
+        "compile": (lambda: compiled(ps["compile"], target, mask), [ps["compile"]]),
+        "fastmde": (lambda: fastmde.scale_invariant_loss(ps["fastmde"], target, preset=preset, mask=mask),
+                    [ps["fastmde"]]),
+    }
+    # SILog: forward reads pred, target, mask; backward reads them again and writes the gradient.
+    # ssi: forward reads them twice (moments, residual sums).
+    reads = 3 if preset == "ssi" else 2
+    bytes_moved = pred.numel() * (reads * (2 * pred.element_size() + 1) + pred.element_size())
+    _fwd_bwd_rows(ctx, "kernels", f"scale_invariant_loss {preset}", "x".join(map(str, shape)), dtype, device,
+                  impls, bytes_moved=bytes_moved)
+
+
+def run_scale_invariant_losses(ctx, device: str, shapes=None) -> None:
+    """The scale-invariant loss rows: every preset with --full (or on CUDA), else silog and ssi;
+    NYU-sized batches and, with --full or on CUDA, the KITTI training crop (352x704)."""
+    cuda = device.startswith("cuda")
+    if shapes is None:
+        shapes = [(8, 1, 288, 384)] + ([(8, 1, 352, 704)] if ctx.full or cuda else [])
+    presets = ("silog", "silog_adabins", "silog_dav2", "ssi") if (ctx.full or cuda) else SI_QUICK_PRESETS
+    for dtype in dict.fromkeys(dtype for dtype, _ in settings(device)):
+        for shape in shapes:
+            for preset in presets:
+                bench_scale_invariant_loss(ctx, device, shape, dtype, preset)
+
+
 def run(ctx, device: str) -> None:
     cuda = device.startswith("cuda")
     loss_shapes = [(8, 1, 288, 384)] + ([(8, 1, 480, 640)] if ctx.full or cuda else [])
@@ -204,3 +253,4 @@ def run(ctx, device: str) -> None:
     for batch in batches:
         for dtype, channels_last in settings(device):
             bench_up_projection(ctx, device, batch, dtype, channels_last, blocks)
+    run_scale_invariant_losses(ctx, device)

@@ -249,17 +249,25 @@ def depth_metric_sums_reference(
         return torch.stack(sums, dim=1)
 
 
+# The sum behind each per-image value (the nine metrics in METRIC_NAMES order, then the MSE),
+# before the roots: rms = sqrt(mean sq_err), rmse_log = sqrt(mean log_sq), silog from log_sq and
+# log_sum (column 8 is replaced).
+_VALUE_SUMS = ("sq_err", "abs_rel", "log10", "delta1", "delta2", "delta3", "sq_rel", "log_sq", "log_sq", "sq_err")
+_VALUE_COLUMNS = [SUM_INDEX[name] for name in _VALUE_SUMS]
+_ROOT_VALUES = [METRIC_NAMES.index("rms"), METRIC_NAMES.index("rmse_log")]
+_SILOG = METRIC_NAMES.index("silog")
+
+
 def _values(sums: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """(..., 13) sums and their (...,) pixel counts (> 0) -> (..., 10) [the nine metrics, mse]."""
-    s = lambda name: sums[..., SUM_INDEX[name]] / n  # noqa: E731
-    mse = s("sq_err")
-    log_sq = s("log_sq")
-    variance = log_sq - s("log_sum") ** 2
-    silog = 100.0 * torch.sqrt(torch.where(variance < 0, torch.zeros_like(variance), variance))
-    return torch.stack([
-        torch.sqrt(mse), s("abs_rel"), s("log10"), s("delta1"), s("delta2"), s("delta3"),
-        s("sq_rel"), torch.sqrt(log_sq), silog, mse,
-    ], dim=-1)
+    """(..., 13) sums and their (...,) pixel counts (> 0) -> (..., 10) [the nine metrics, mse]
+    (vectorised: a handful of tensor operations, whatever the batch)."""
+    means = sums / n.unsqueeze(-1)
+    values = means[..., _VALUE_COLUMNS]
+    # SILog: 100 sqrt(mean e² - (mean e)²), a variance rounded below 0 taken as 0 (NaN stays NaN)
+    variance = (values[..., _SILOG] - means[..., SUM_INDEX["log_sum"]] ** 2).clamp_min(0.0)
+    values[..., _SILOG] = 100.0 * variance.sqrt()
+    values[..., _ROOT_VALUES] = values[..., _ROOT_VALUES].sqrt()
+    return values
 
 
 def per_image_values(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +275,7 @@ def per_image_values(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     images without a valid pixel) and a (B,) bool of the images with n > 0."""
     n = sums[:, 0]
     has = n > 0
-    values = _values(sums, torch.where(has, n, torch.ones_like(n)))
+    values = _values(sums, n.clamp_min(1.0))
     return torch.where(has[:, None], values, torch.zeros_like(values)), has
 
 
@@ -284,24 +292,20 @@ def metrics_from_state(state: torch.Tensor, aggregate) -> dict[str, torch.Tensor
     ``count`` is the number of valid pixels when every metric is pooled, else the number of
     images with a valid pixel. When it is 0 every metric is NaN."""
     rules = resolve_aggregate(aggregate)
-    pooled = state[:NUM_SUMS]
-    image_values = state[NUM_SUMS:NUM_SUMS + NUM_VALUES]
+    pooled = [rules[name] == "pooled" for name in METRIC_NAMES]
+    pixels = state[0]
     images = state[NUM_SUMS + NUM_VALUES]
-    pixels = pooled[0]
-    pooled_values = _values(pooled, torch.where(pixels > 0, pixels, torch.ones_like(pixels)))
-    image_mean = image_values / torch.where(images > 0, images, torch.ones_like(images))
-    out = {}
-    for k, name in enumerate(METRIC_NAMES):
-        rule = rules[name]
-        if rule == "pooled":
-            out[name] = pooled_values[k]
-        elif rule == "per_image_mse":
-            out[name] = torch.sqrt(image_mean[NUM_VALUES - 1])
-        else:
-            out[name] = image_mean[k]
-    count = pixels if all(r == "pooled" for r in rules.values()) else images
-    nan = torch.full_like(count, math.nan)
-    out = {name: torch.where(count > 0, v, nan) for name, v in out.items()}
+    image_mean = state[NUM_SUMS:NUM_SUMS + NUM_VALUES] / images.clamp_min(1.0)
+    values = image_mean[:len(METRIC_NAMES)]
+    if rules["rms"] == "per_image_mse":   # sqrt of the mean per-image MSE
+        values = torch.cat([image_mean[NUM_VALUES - 1:].sqrt(), values[1:]])
+    if any(pooled):
+        pooled_values = _values(state[:NUM_SUMS], pixels.clamp_min(1.0))[:len(METRIC_NAMES)]
+        values = pooled_values if all(pooled) else torch.where(
+            torch.tensor(pooled, device=state.device), pooled_values, values)
+    count = pixels if all(pooled) else images
+    values = torch.where(count > 0, values, torch.full_like(values, math.nan))
+    out = dict(zip(METRIC_NAMES, values.unbind()))
     out["count"] = count
     return out
 

@@ -182,19 +182,21 @@ def scale_invariant_loss_reference(
 def _ssi_reference(p, y, valid, alpha, image_reduction):
     cdtype = p.dtype
     m = valid.to(cdtype)
-    y = torch.where(valid, y, torch.zeros_like(y))
+    zero = torch.zeros_like(y)
+    y = torch.where(valid, y, zero)
+    p = torch.where(valid, p, zero)  # what a masked-out pixel predicts never matters
     b = p.shape[0]
-    a00 = (m * p * p).sum((1, 2))
-    a01 = (m * p).sum((1, 2))
+    a00 = (p * p).sum((1, 2))
+    a01 = p.sum((1, 2))
     a11 = m.sum((1, 2))
-    b0 = (m * p * y).sum((1, 2))
-    b1 = (m * y).sum((1, 2))
+    b0 = (p * y).sum((1, 2))
+    b1 = y.sum((1, 2))
     det = a00 * a11 - a01 * a01
     ok = det > degenerate_tolerance(cdtype) * a00 * a11
     safe = torch.where(ok, det, torch.ones_like(det))
     s = torch.where(ok, (a11 * b0 - a01 * b1) / safe, 0.0)
     t = torch.where(ok, (-a01 * b0 + a00 * b1) / safe, 0.0)
-    r = s[:, None, None] * p + t[:, None, None] - y
+    r = torch.where(valid, s[:, None, None] * p + t[:, None, None] - y, zero)
 
     def reduce(image_sums, counts):
         if image_reduction:
@@ -266,8 +268,8 @@ def ssi_moments(pred, target, mask):
         valid = ssi_validity(y, mask)
         m = valid.to(p.dtype)
         y = torch.where(valid, y, 0.0)
-        cols = [m.sum((1, 2)), (m * p).sum((1, 2)), (m * p * p).sum((1, 2)), (m * y).sum((1, 2)),
-                (m * p * y).sum((1, 2))]
+        p = torch.where(valid, p, 0.0)  # what a masked-out pixel predicts never matters
+        cols = [m.sum((1, 2)), p.sum((1, 2)), (p * p).sum((1, 2)), y.sum((1, 2)), (p * y).sum((1, 2))]
         cols += [(valid & _grid(valid, k)).to(p.dtype).sum((1, 2)) for k in range(1, SSI_SCALES)]
         return torch.stack(cols, dim=1).to(torch.float64)
 
@@ -304,7 +306,7 @@ def ssi_residual_sums(pred, target, mask, st):
                 qk = qk + torch.where(both, torch.sign(dr) * (p1 - p0), 0.0).sum((1, 2))
             g.append(gk)
             q.append(qk)
-        cols = [(r * r).sum((1, 2)), r.sum((1, 2)), (r * p).sum((1, 2))] + g + q
+        cols = [(r * r).sum((1, 2)), r.sum((1, 2)), torch.where(valid, r * p, 0.0).sum((1, 2))] + g + q
         return torch.stack(cols, dim=1).to(torch.float64)
 
 
@@ -332,9 +334,7 @@ def ssi_backward(pred, target, mask, coeffs):
                 ek.narrow(axis, step, n - step).add_(sg)
                 ek.narrow(axis, 0, n - step).sub_(sg)
             e = e + c[:, 3 + k] * ek
-        m = valid.to(p.dtype)
-        y = torch.where(valid, y, 0.0)
-        g = c[:, 0] * e + m * (c[:, 7] * y + c[:, 8] * p + c[:, 9])
+        g = c[:, 0] * e + torch.where(valid, c[:, 7] * y + c[:, 8] * p + c[:, 9], 0.0)
         return g.to(pred.dtype)
 
 
