@@ -178,6 +178,24 @@ def test_bad_input():
         Augment(flip=2.0)
 
 
+@pytest.mark.parametrize("color", [(0.6, 1.4), None], ids=["jitter", "no-jitter"])
+def test_float_image_outside_0_1_is_refused_with_its_range(color):
+    """Issue 22 §1 (pytorch/vision#4915): a float image in 0-255 (the models' and to_images'
+    convention) came out 99% white from the colour jitter, or passed through at 0-255 without
+    it. Floating images must be in [0, 1]; the error names the range found and the fix."""
+    image, depth = _batch(b=2, seed=4)                 # uint8
+    aug = Augment(color=color)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*got values in \[\d+(\.\d+)?, 2\d\d(\.\d+)?\].*0-255 float image"):
+        aug(image.float(), depth, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"got values in \[-\d"):
+        aug(image.float() / 255 - 0.5, depth, torch.Generator().manual_seed(0))   # normalised
+    # the documented conventions: uint8 0-255 and float 0-1 give the same picture
+    out_u8, _ = aug(image, depth, torch.Generator().manual_seed(0))
+    out_f, _ = aug(image.float() / 255, depth, torch.Generator().manual_seed(0))
+    assert out_f.dtype == torch.float32 and 0 <= out_f.min() and out_f.max() <= 1
+    assert (out_f * 255 - out_u8.float()).abs().max() <= 0.5 + 1e-3
+
+
 @pytest.mark.parametrize("h,w", [(24, 32), (7, 5)])
 def test_affine_grid_matches_torch(h, w):
     from fastmde.data.augment import affine_grid

@@ -103,10 +103,14 @@ class Augment(nn.Module):
         rotate: the largest rotation in degrees (0 disables).
 
     ``image`` is (B, 3, H, W) uint8 in [0, 255] (returned as uint8, rounded) or floating in
-    [0, 1] (returned floating, clamped to [0, 1]); ``depth`` is floating (B, 1, H, W), 0 =
-    invalid. Both stay on their device; parameters are drawn from ``generator`` (on its own
-    device; default: the global CPU generator) and can be drawn separately with
-    :meth:`sample` and applied with :meth:`apply`.
+    [0, 1] (returned floating, clamped to [0, 1]): torchvision's convention for colour
+    transforms. A floating image with values outside [0, 1] (the models' and ``to_images``'
+    0-255 float convention, or an ImageNet-normalised image) is refused with a ValueError naming
+    its range, with or without the colour jitter: jittered, a 0-255 image would come out
+    clamped to white, and unjittered it would pass through in another range than the jittered
+    ones. ``depth`` is floating (B, 1, H, W), any unit, 0 = invalid. Both stay on their device;
+    parameters are drawn from ``generator`` (on its own device; default: the global CPU
+    generator) and can be drawn separately with :meth:`sample` and applied with :meth:`apply`.
     """
 
     def __init__(self, flip: float = 0.5, color: tuple[float, float] | None = (0.6, 1.4), crop: float = 0.2,
@@ -194,11 +198,23 @@ class Augment(nn.Module):
         return (x.clone() if x is image else x), (d.clone() if d is depth else d)
 
 
+#: how far a floating image may stray outside [0, 1] (rounding of a 0-1 computation)
+_FLOAT_RANGE_SLACK = 1e-3
+
+
 def _check(image: torch.Tensor, depth: torch.Tensor) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"Augment: image must be a (B, 3, H, W) tensor, got {tuple(getattr(image, 'shape', ()))}")
     if image.dtype != torch.uint8 and not image.is_floating_point():
         raise TypeError(f"Augment: image must be uint8 or floating, got {image.dtype}")
+    if image.is_floating_point() and image.numel():
+        # one read of the image and one synchronisation: the uint8 path (the trainer's) skips it
+        lo, hi = (float(v) for v in torch.aminmax(image.detach()))
+        if not (-_FLOAT_RANGE_SLACK <= lo and hi <= 1 + _FLOAT_RANGE_SLACK):
+            hint = ("a 0-255 float image: pass it as uint8, or divide by 255" if hi > 1 and lo >= -_FLOAT_RANGE_SLACK
+                    else "pass uint8 0-255 or a float image in [0, 1]")
+            raise ValueError(f"Augment: a floating image must hold values in [0, 1] (uint8: 0-255), got values in "
+                             f"[{lo:.4g}, {hi:.4g}]: {hint}")
     if not isinstance(depth, torch.Tensor) or depth.dim() != 4 or depth.shape[1] != 1:
         raise ValueError(f"Augment: depth must be a (B, 1, H, W) tensor, got {tuple(getattr(depth, 'shape', ()))}")
     if not depth.is_floating_point():
