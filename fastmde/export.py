@@ -371,11 +371,11 @@ def _evaluated(model: nn.Module):
 
 
 def _model_name(model: nn.Module) -> str:
-    variant = getattr(model, "fastmde_variant", None)
+    """``unet34-k3-1x1 (internal 288x384)``: the variant (else the network's class) and internal size."""
+    net = getattr(model, "net", None)
+    name = getattr(model, "fastmde_variant", None) or type(net if isinstance(net, nn.Module) else model).__name__
     inner = getattr(model, "size", None)
-    if variant:
-        return variant + (f" (internal {inner[0]}x{inner[1]})" if isinstance(inner, tuple) else "")
-    return type(model).__name__
+    return name + (f" (internal {inner[0]}x{inner[1]})" if isinstance(inner, tuple) else "")
 
 
 # ---------------------------------------------------------------- the entry point

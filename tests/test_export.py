@@ -96,18 +96,26 @@ def _quiet(fn, *args, **kwargs):
 # ---------------------------------------------------------------- the three families, exported once
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """family -> {"model", "sizes", "onnx", "pt2", "log": {format: printed report}}."""
+def authors_checkpoint(tmp_path_factory):
+    """A checkpoint file of the paper authors' code: ``Baseline`` (ResNet18 U-Net, 3x3, 1x1)."""
+    ckpt = str(tmp_path_factory.mktemp("authors") / "Baseline_best_val.checkpoint")
+    torch.save(fixture_state("freeman2021/Baseline-k3-1x1"), ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, authors_checkpoint):
+    """family -> {"model", "sizes", "onnx", "pt2", "log": {format: printed report}, "run": {format:
+    the loaded export}, "cases": [(input, the model's output)]}."""
     out = tmp_path_factory.mktemp("export")
     families = {}
 
     # unet: the paper authors' checkpoint file, through the command
-    ckpt = str(out / "Baseline_best_val.checkpoint")
-    torch.save(fixture_state("freeman2021/Baseline-k3-1x1"), ckpt)
+    ckpt = authors_checkpoint
     model = fastmde.load(ckpt)
     assert model.fastmde_source["source"] == "freeman2021" and model.size == (288, 384)
     model.size = (32, 48)   # what --internal-size does (the file's 288x384 costs seconds per run here)
-    entry = {"model": model, "sizes": [(48, 64), (37, 51)], "log": {}, "checkpoint": ckpt}
+    entry = {"model": model, "sizes": [(48, 64), (37, 51)], "log": {}}
     for fmt in ("onnx", "pt2"):
         path = str(out / f"unet.{fmt}")
         status, log = _quiet(main, ["export", ckpt, "--out", path, "--size", "48x64", "--internal-size", "32x48"])
@@ -462,18 +470,18 @@ def test_bad_arguments(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_missing_extra_is_one_line_naming_it(exported, tmp_path, monkeypatch, capsys):
+def test_missing_extra_is_one_line_naming_it(authors_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)       # import onnxruntime -> ImportError
     with pytest.raises(MissingDependencyError, match=r"onnxruntime .*pip install 'fastmde\[export\]'"):
         export(_Tiny(), tmp_path / "depth.onnx")
-    status = console_main(["export", exported["unet"]["checkpoint"], "--out", str(tmp_path / "d.onnx")])
+    status = console_main(["export", authors_checkpoint, "--out", str(tmp_path / "d.onnx")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "fastmde[export]" in err
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_refuses_an_existing_file_and_a_format_it_cannot_tell(exported, tmp_path, capsys):
-    ckpt = exported["unet"]["checkpoint"]
+def test_cli_refuses_an_existing_file_and_a_format_it_cannot_tell(authors_checkpoint, tmp_path, capsys):
+    ckpt = authors_checkpoint
     existing = tmp_path / "depth.onnx"
     existing.write_bytes(b"keep")
     assert console_main(["export", ckpt, "--out", str(existing)]) == 2
