@@ -27,7 +27,8 @@ variant with an internal size). A model whose graph is only valid for some sizes
 with ``size=None``, whose network runs at the input's size: its up-sampling and layer shapes
 assume feature maps of at least 2x2) is exported as a ``.pt2`` with dynamic sizes whose
 conditions ``torch.export`` checks when the program runs, and as ONNX at the fixed example
-size (an ONNX runtime cannot check such conditions; it refuses other sizes itself).
+size (an ONNX runtime cannot check such conditions; it refuses other sizes itself). A wrapper
+with ``aspect="keep"`` (internal size from float rounding) is exported at the fixed example size.
 
 Refused (:class:`ExportError`, nothing written): BatchNorm without running statistics, a
 ``fastmde::`` or other non-ATen op left in the graph, an ONNX node outside the standard
