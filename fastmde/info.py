@@ -38,9 +38,10 @@ def describe() -> list[str]:
     table = _backend.backends()
     devices = list(next(iter(table.values())).keys())
     lines.append("")
-    lines.append(f"{'hot path':<16}" + "".join(f"{d:<12}" for d in devices))
+    width = max(16, max(len(name) for name in table) + 2)
+    lines.append(f"{'hot path':<{width}}" + "".join(f"{d:<12}" for d in devices))
     for hot_path, row in table.items():
-        lines.append(f"{hot_path:<16}" + "".join(f"{row[d]:<12}" for d in devices))
+        lines.append(f"{hot_path:<{width}}" + "".join(f"{row[d]:<12}" for d in devices))
     features = _backend.cpu_features()
     units = [name for name in ("amx_bf16", "avx512_bf16") if features[name]]
     lines.append("")
@@ -48,7 +49,7 @@ def describe() -> list[str]:
     # per dtype and layout: only the settings served otherwise than the table above says
     detail = _backend.backends(tuple(devices), per_setting=True)
     exceptions = [
-        f"  {hot_path:<16}{device_type:<6}{setting:<24}{chosen}"
+        f"  {hot_path:<{width}}{device_type:<6}{setting:<24}{chosen}"
         for hot_path, row in detail.items()
         for device_type, settings in row.items()
         for setting, chosen in settings.items()
