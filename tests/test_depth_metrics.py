@@ -385,8 +385,8 @@ def test_trainer_validation_with_nothing_scored_never_becomes_best(tmp_path_fact
     cache = synthetic_cache(tmp_path_factory)
     build = datasets.build_datasets
 
-    def without_validation_depth(cfg):
-        train_set, val_set, test_set = build(cfg)
+    def without_validation_depth(cfg, **options):
+        train_set, val_set, test_set = build(cfg, **options)
         return train_set, _DepthScaled(val_set, 0.0), test_set
 
     monkeypatch.setattr(datasets, "build_datasets", without_validation_depth)
