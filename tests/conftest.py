@@ -17,6 +17,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch, tmp_path_factory):
+    """Nothing downloads in the tests: torch hub's fetches fail as they do offline, and its cache
+    ($TORCH_HOME) is an empty folder of the session, so a test that needs ImageNet weights puts a
+    file there itself (tests/test_imagenet_weights.py) and the user's own cache plays no part."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in the tests")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
 @pytest.fixture
 def triton_backend():
     """Force the Triton kernels for the test (CPU tensors go through the interpreter); yields the
