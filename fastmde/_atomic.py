@@ -23,34 +23,130 @@ means changing it process-wide for a moment). Folders made by :func:`atomic_dire
 
 The rename itself is not followed by an ``fsync`` of the folder: after a power cut the folder
 may still show the old file, but never a partial one.
+
+A writer killed outright (SIGKILL, a power cut) cannot remove its temporary file. Each writer
+holds an exclusive lock on its temporary file while it writes (``flock``, or a POSIX record lock
+where the writer opens the file by name; the kernel drops either when the process dies, however
+it dies), and :func:`clean_stale_temporaries` removes, from a folder a
+run is about to write into, the files named exactly as this module names its temporaries
+(``.<name>.<12 hex digits>.tmp``) that no live writer holds and that were last written more
+than a few seconds ago. Nothing else is ever removed (other names, folders, links).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import stat
+import time
 
-__all__ = ["atomic_directory", "atomic_path", "atomic_write", "atomic_write_text"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale temporaries are told by their age alone
+    fcntl = None
+
+__all__ = ["atomic_directory", "atomic_path", "atomic_write", "atomic_write_text", "clean_stale_temporaries",
+           "is_temporary_name"]
 
 _ATTEMPTS = 100
+_TOKEN_BYTES = 6
+#: exactly the names :func:`_temporary_name` makes: ``.<name>.<12 lowercase hex digits>.tmp``
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{%d}\.tmp" % (2 * _TOKEN_BYTES))
 
 
 def _temporary_name(path: str) -> str:
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    return os.path.join(directory, f".{name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
 
 
-def _create_temporary(path: str) -> tuple[int, str]:
-    """A new empty file beside ``path`` (mode ``0o666 & ~umask``), as ``(fd, name)``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` (a file name, no folder) is one this module gives its temporary files."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def _lock(fd: int, by_name: bool) -> None:
+    """Hold an exclusive lock on the temporary file while it is written: the mark of a live
+    writer, dropped by the kernel when the process dies. ``flock`` for writers through our file
+    object; a POSIX record lock (``lockf``) for writers that open the file by name, since HDF5
+    takes a ``flock`` of its own on the file it creates (the two kinds do not conflict)."""
+    if fcntl is not None:
+        if by_name:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _create_temporary(path: str, *, by_name: bool = False) -> tuple[int, str]:
+    """A new empty file beside ``path`` (mode ``0o666 & ~umask``), locked, as ``(fd, name)``."""
+    flags = (os.O_RDWR if by_name else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
     for _ in range(_ATTEMPTS):
         tmp = _temporary_name(path)
         try:
-            return os.open(tmp, flags, 0o666), tmp
+            fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
+        try:
+            _lock(fd, by_name)
+        except BaseException:
+            os.close(fd)
+            _remove(tmp)
+            raise
+        return fd, tmp
     raise FileExistsError(f"{path}: no free temporary name beside it after {_ATTEMPTS} attempts")
+
+
+def _held_by_a_writer(name: str) -> bool:
+    """Whether a live process holds either lock of :func:`_lock` on the temporary file ``name``.
+    (A POSIX record lock of this very process does not show: the grace period covers that.)"""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(name, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return True   # vanished or not writable: not ours to remove
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)   # closing drops the probe's locks
+    return False
+
+
+def clean_stale_temporaries(folder, *, grace_s: float = 5.0) -> list[str]:
+    """Remove the temporary files of this module's writers that a killed process left in
+    ``folder`` (not its subfolders); returns the names removed.
+
+    A file is removed only if its name is exactly ``.<name>.<12 hex digits>.tmp``, it is a
+    regular file (not a link or a folder), no live writer holds its flock (on systems without
+    flock: no such test) and it was last written more than ``grace_s`` seconds ago (a writer
+    between creating the file and locking it, or between closing and renaming it, is never
+    caught). A missing folder holds nothing."""
+    folder = os.fspath(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    now = time.time()
+    for name in names:
+        if not is_temporary_name(name):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            info = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < grace_s or _held_by_a_writer(full):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(full)
+            removed.append(name)
+    return removed
 
 
 def _target(path) -> str:
@@ -133,8 +229,10 @@ def atomic_path(path, *, fsync: bool = True):
         FileNotFoundError: the writer removed the temporary file without recreating it.
     """
     path = _target(path)
-    fd, tmp = _create_temporary(path)
-    os.close(fd)
+    fd, tmp = _create_temporary(path, by_name=True)
+    if fcntl is None:   # Windows cannot rename a file held open; it has no flock to hold either
+        os.close(fd)
+        fd = None
     try:
         yield tmp
         if not os.path.exists(tmp):
@@ -145,6 +243,9 @@ def atomic_path(path, *, fsync: bool = True):
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)   # the flock that marked a live writer
 
 
 def atomic_write_text(text: str, path, *, encoding: str = "utf-8") -> None:

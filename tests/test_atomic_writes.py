@@ -277,3 +277,113 @@ def test_no_fixed_temporary_names_in_the_tree():
                             if pattern.search(line):
                                 offenders.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# ---------------------------------------------------------------- a killed writer's leftovers (issue 22 §5)
+
+_KILLED_WRITER = r"""
+import sys, time, torch
+from fastmde.engine.checkpoint import atomic_save
+
+class Slow:
+    '''A state whose pickling stalls half-way: the checkpoint write is caught mid-file.'''
+    def __reduce__(self):
+        print("writing", flush=True)
+        time.sleep(600)
+        return (dict, ())
+
+atomic_save({"model": {"w": torch.zeros(1000)}, "stall": Slow()}, sys.argv[1])
+"""
+
+
+def _age(path, seconds=60.0):
+    past = os.stat(path).st_mtime - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_killed_checkpoint_write_is_cleaned_when_the_next_run_starts(tmp_path, capsys):
+    """A SIGKILL mid-write left ``.last.pt.<hex>.tmp`` in the run folder forever; the next run
+    removes it, and never a live writer's temporary or any other file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fastmde._atomic import clean_stale_temporaries, is_temporary_name
+    from fastmde.engine.checkpoint import clean_output_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(run / "last.pt")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        (left,) = [n for n in os.listdir(run) if n.startswith(".last.pt.")]
+        assert is_temporary_name(left)
+        _age(run / left)
+        assert clean_stale_temporaries(run) == []          # a live writer holds it: never removed
+        assert os.path.exists(run / left)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL and os.listdir(run) == [left]   # the leftover
+    _age(run / left)
+    # beside it: what must survive (another program's names, a folder of the pattern, a fresh file)
+    keep = ["last.pt", ".last.pt.tmp", ".last.pt.0123456789AB.tmp", ".last.pt.0123456789a.tmp", "notes.tmp",
+            ".last.pt.0123456789ab.tmp.bak", "last.pt.0123456789ab.tmp"]
+    for name in keep:
+        (run / name).write_text("keep")
+        _age(run / name)
+    (run / ".best.pt.00000000abcd.tmp").mkdir()
+    (run / ".log.jsonl.0123456789ab.tmp").write_text("written a moment ago: maybe a writer between its steps")
+    planted = ".summary.json.fedcba987654.tmp"   # the exact pattern, no writer alive
+    (run / planted).write_text("{")
+    _age(run / planted)
+    removed = clean_output_folder(run, lambda text: print(text))
+    assert sorted(removed) == sorted([left, planted])
+    assert sorted(os.listdir(run)) == sorted(keep + [".best.pt.00000000abcd.tmp", ".log.jsonl.0123456789ab.tmp"])
+    assert "removed 2 temporary file(s) that a killed write left in" in capsys.readouterr().out
+    assert clean_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_training_start_cleans_the_run_folder(tmp_path, tmp_path_factory, capsys):
+    from engine_helpers import synthetic_cache, tiny_config
+    from fastmde.engine.train import Trainer
+
+    cache = synthetic_cache(tmp_path_factory)
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.pt.a1b2c3d4e5f6.tmp"
+    stale.write_bytes(b"PK\x03\x04 half a checkpoint")
+    _age(stale)
+    said = []
+    Trainer(tiny_config(cache, str(out), max_steps=1, epochs=1), log=said.append).fit()
+    assert not stale.exists() and os.path.exists(out / "last.pt")
+    assert any(".last.pt.a1b2c3d4e5f6.tmp" in line and "killed write" in line for line in said)
+
+
+def test_writers_hold_a_lock_on_their_temporary_while_writing(tmp_path):
+    """Seen from another process (a POSIX record lock is invisible to its own process): both
+    writers mark their temporary while they write, an HDF5 file being written by name included."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    def held(name) -> bool:
+        probe = "import sys; from fastmde._atomic import _held_by_a_writer as h; print(h(sys.argv[1]))"
+        out = subprocess.run([sys.executable, "-c", probe, name], capture_output=True, text=True, check=True)
+        return out.stdout.strip() == "True"
+
+    with atomic_write(tmp_path / "a.bin") as f:
+        f.write(b"x")
+        (name,) = [n for n in os.listdir(tmp_path) if n.startswith(".a.bin.")]
+        assert held(str(tmp_path / name))
+    with atomic_path(tmp_path / "b.h5") as tmp:
+        assert held(tmp)
+        with h5py.File(tmp, "w") as f:    # HDF5 takes its own flock: no conflict with ours
+            f.create_dataset("x", data=np.zeros(3))
+            assert held(tmp)
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.h5"]
+    (tmp_path / ".c.bin.0123456789ab.tmp").write_bytes(b"")
+    assert not held(str(tmp_path / ".c.bin.0123456789ab.tmp"))

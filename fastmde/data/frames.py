@@ -45,7 +45,10 @@ class NYUFrames(Dataset):
                     files.append(os.path.join(scene_dir, name))
                     scenes.append(scene)
         if not files:
-            raise FileNotFoundError(f"{top}: no <scene>/*.h5 files")
+            loose = [n for n in os.listdir(top) if n.endswith(".h5")]
+            where = (f"its {len(loose)} .h5 file(s) lie directly in it, not in a scene folder (NYU's test frames: "
+                     f"val/official/<NNNNN>.h5)" if loose else "it holds none")
+            raise DataFormatError(f"{top}: expected {split}/<scene>/<NNNNN>.h5 files, but {where}")
         self.files, self.scenes = files, scenes
         if self.size is None:
             with open_hdf5(files[0]) as f:

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import torch
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, clean_stale_temporaries
 from .._files import load_error_text, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
@@ -49,6 +49,18 @@ def atomic_save(obj, path: str, *, stopping: bool = False) -> None:
     with interrupts_deferred(raise_after=not stopping):
         with atomic_write(path, "wb") as f:
             torch.save(obj, f)
+
+
+def clean_output_folder(folder, log=None) -> list[str]:
+    """Before a run writes into ``folder`` (a training run, a sweep, an evaluation, predictions):
+    remove the temporary files that writes of fastmde killed mid-way (SIGKILL, a power cut) left
+    there, ``.last.pt.<hex>.tmp`` and the like, and say so through ``log``. Only those: see
+    :func:`fastmde._atomic.clean_stale_temporaries` (exact name pattern, no live writer's lock,
+    not written in the last seconds)."""
+    removed = clean_stale_temporaries(folder)
+    if removed and log is not None:
+        log(f"removed {len(removed)} temporary file(s) that a killed write left in {folder}: {', '.join(removed)}")
+    return removed
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ seeded ``val_fraction`` hold-out of the training split (3% in the paper).
 """
 from __future__ import annotations
 
+import os
+
 from torch.utils.data import Subset
 
 from .config import default_of
@@ -73,8 +75,28 @@ def open_split(data_format: str, path: str | None, split: str, *, cache_dir=None
     raise ValueError(f"unknown data format {data_format!r}")
 
 
-def build_datasets(cfg):
-    """(train, validation, test) for a :class:`TrainConfig`; test may be None if absent."""
+def test_split_location(data_format: str, path: str | None) -> str | None:
+    """The folder or file whose presence means the format's test split is there (frames:
+    ``val/``, csv: ``data/nyu2_test.csv``); None where the format always has one (labeled,
+    synthetic) or never (list, folder)."""
+    if path is None:
+        return None
+    if data_format == "frames":
+        return os.path.join(path, "val")
+    if data_format == "csv":
+        return os.path.join(path, "data", "nyu2_test.csv")
+    return None
+
+
+def build_datasets(cfg, *, test: bool = True):
+    """(train, validation, test) for a :class:`TrainConfig`.
+
+    The test split is None where it is absent: a list or folder (one split), or a frames / csv
+    tree without ``val/`` / ``data/nyu2_test.csv`` (:func:`test_split_location`), and when
+    ``test=False``. A test split that is there but cannot be read (``val/`` without
+    ``official/<NNNNN>.h5`` files, a ``nyu2_test.csv`` separated by ``;``, a first item that
+    cannot be decoded) is an error now, before any training, naming the split and ``--no-test``:
+    it used to become "no test split" without a word (InnerEye-DeepLearning#428)."""
     from .. import data
 
     options = dict(cache_dir=cfg.cache_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test,
@@ -86,13 +108,85 @@ def build_datasets(cfg):
     train, val = data.train_val_split(full, fraction=cfg.val_fraction, seed=cfg.seed, by_scene=cfg.val_by_scene)
     if cfg.setting("train_crop") is not None:
         train = data.RandomCrops(train, cfg.setting("train_crop"), seed=cfg.seed)
-    try:
-        # a list or folder is one split: its test set is another list (fastmde eval --data)
-        test = None if files else open_split(cfg.data_format, cfg.data, test_split_name(cfg.data_format), **options)
-    except (FileNotFoundError, ValueError):
-        test = None
+    # a list or folder is one split: its test set is another list (fastmde eval --data)
+    where = test_split_location(cfg.data_format, cfg.data)
+    test_set = None
+    if test and not files and (where is None or os.path.exists(where)):
+        split = test_split_name(cfg.data_format)
+        try:
+            test_set = open_split(cfg.data_format, cfg.data, split, **options)
+            if len(test_set):
+                test_set[0]   # one item read now: a broken test split fails before training, not after it
+        except (OSError, ValueError) as exc:
+            raise _same_kind(exc, f"the test split ({split!r} of {where or cfg.data}) is there but cannot be read: "
+                                  f"{exc} (fix it, or train with --no-test)") from None
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
             f"the training split has {len(full)} items: too few for a {cfg.val_fraction:.0%} validation hold-out"
         )
-    return train, val, test
+    return train, val, test_set
+
+
+def _same_kind(exc: BaseException, message: str) -> BaseException:
+    """``exc``'s type with another message where it takes one (the CLI prints ValueError,
+    FileNotFoundError, ... as one line), else a ValueError."""
+    kind = type(exc) if isinstance(exc, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)) else ValueError
+    try:
+        return kind(message)
+    except Exception:
+        return ValueError(message)
+
+
+# ---------------------------------------------------------------- errors of DataLoader workers
+
+_WORKER_PREFIX = "Caught "
+
+
+def worker_error(exc: BaseException) -> BaseException | None:
+    """The reader's own error inside a DataLoader worker's re-raised one, or None.
+
+    A worker's exception reaches the main process as the same type with the worker's whole
+    traceback as its message ("Caught DataFormatError in DataLoader worker process 0.
+    Original Traceback (most recent call last): ..."), so `fastmde train --workers 2` printed 28
+    lines where --workers 0 prints one naming the file. This gives back the exception of the
+    traceback's last line: the same type, the reader's message."""
+    text = str(exc)
+    if not text.startswith(_WORKER_PREFIX) or "Original Traceback" not in text:
+        return None
+    kind = type(exc)
+    names = [f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "]
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        for name in names:
+            if lines[i].startswith(name):
+                message = "\n".join([lines[i][len(name):], *lines[i + 1:]]).strip()
+                try:
+                    return kind(message)
+                except Exception:
+                    return None
+    return None
+
+
+def batches(loader):
+    """``iter(loader)``, with a DataLoader worker's error given back as the reader raised it
+    (:func:`worker_error`): the same type and a one-line message naming the file."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            original = worker_error(exc)
+            if original is None:
+                raise
+        else:
+            yield batch
+            continue
+        # the workers are shut down now, not whenever the garbage collector reaches the iterator
+        # (the traceback's frames keep it alive; its shutdown then waits for each worker)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del iterator
+        raise original

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, ShardSampler
+from .._checks import check_depth_units
+from .datasets import batches
 from .inference import predict_depth, to_images
 from .progress import is_terminal, tqdm
 from ..data.fit import collate_by_size
@@ -42,11 +44,16 @@ def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_s
     try:
         # a tqdm bar of the batches on stderr: progress=None on a terminal only, True also in logs
         show = info.is_main and (is_terminal(sys.stderr) if progress is None else bool(progress))
-        for groups in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show, file=sys.stderr):
+        # batches(): a DataLoader worker's error as the reader raised it (one line naming the file)
+        for groups in tqdm(batches(loader), total=len(loader), desc="eval", unit="batch", leave=False,
+                           disable=not show, file=sys.stderr):
             for batch in groups:        # one batch per frame size
                 images = to_images(batch["image"], device, channels_last)
                 depth = batch["depth"].to(device, non_blocking=True).float()
                 pred = predict_depth(model, images, amp_dtype=amp_dtype,
+                units = check_depth_units(depth, depth > 0)   # the process's first check only (one sync)
+                if units is not None and info.is_main:
+                    warnings.warn(f"evaluation data: {units}", UserWarning, stacklevel=1)
                                      flip=protocol.flip if flip is None else flip)
                 size = tuple(depth.shape[-2:])
                 if size not in sizes_seen:   # a KITTI protocol given maps of the other frame
@@ -55,7 +62,14 @@ def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_s
                     if message is not None:
                         warnings.warn(message, UserWarning, stacklevel=3)
                 metrics.update(pred, depth, mask=depth > 0)
-        values = metrics.compute()
+        # the metrics' own warnings (ground truth out of range, predictions <= 0 counted as hits)
+        # are said from this line: from inside torch.no_grad's wrapper their stacklevel pointed
+        # at torch/utils/_contextlib.py
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = metrics.compute()
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=1)
     finally:
         model.train(was_training)
     return {k: float(v) for k, v in values.items()}
@@ -161,7 +175,7 @@ def check_replaceable(path: str, identity: dict, overwrite: bool) -> None:
 
 def run(args) -> int:
     from .._atomic import atomic_write_text
-    from .checkpoint import load
+    from .checkpoint import clean_output_folder, load
     from .config import current_names, default_of
     from .datasets import open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
@@ -215,6 +229,7 @@ def run(args) -> int:
     print(" | ".join(f"{k:>8}" for k in METRIC_NAMES))
     print(" | ".join(f"{values[k]:8.4f}" for k in METRIC_NAMES))
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
+    clean_output_folder(os.path.dirname(os.path.abspath(out)), lambda text: print(text, file=sys.stderr))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -218,7 +218,7 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
 
 
 def run(args) -> int:
-    from .checkpoint import load
+    from .checkpoint import clean_output_folder, load
     from .speed import resolve_amp, resolve_device
 
     if args.batch_size < 1:
@@ -242,6 +242,7 @@ def run(args) -> int:
     model = load(args.checkpoint, device=device)
     args.min_depth, args.max_depth = depth_range(args, getattr(model, "fastmde_config", None) or {})
     amp_dtype = resolve_amp(args.amp, device)
+    clean_output_folder(args.out, lambda text: print(f"predict: {text}", file=sys.stderr))   # killed writes' leftovers
     written = 0
     try:
         # Read and predict in chunks so that memory stays bounded for long lists.

@@ -51,6 +51,7 @@ import sys
 import time
 
 from .._text import PAPER_SIZES, format_size, slug
+from .checkpoint import clean_output_folder
 from .config import TrainConfig, describe_differences, result_differences
 from ..reference.depth_metrics import METRIC_NAMES
 
@@ -395,6 +396,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     if test_set is None:
         raise ValueError("sweep: the dataset has no test split to evaluate the rows on")
     picks = list(range(min(figure_images, len(test_set))))
+    clean_output_folder(out_dir, log)   # each row's folder is cleaned when its training starts
     fig_items = [test_set[i] for i in picks]
     current = None
     try:
@@ -412,6 +414,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
                                              workers=resolve_workers(cfg.workers, device), amp_dtype=amp_dtype)
                 result["protocol"] = protocol
                 atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
+            clean_output_folder(cfg.out, log)   # a row reused without training writes its result.json here
             depths = predict_images(model, [item["image"] for item in fig_items], device=device, amp_dtype=amp_dtype)
             predictions.append((name, depths))
             results.append(result)

@@ -33,16 +33,20 @@ import os
 import random
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from . import distributed as D
+from .._checks import check_depth_units
 from .._atomic import atomic_write_text
 from .checkpoint import atomic_save, capture_rng_states, interrupts_deferred, read_checkpoint, restore_rng_states
+from .checkpoint import clean_output_folder
 from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig, compare_configs, config_from_args, describe_differences
+from .datasets import batches
 from .ema import WeightAverage
 from .schedule import make_scheduler
 from ..reference.depth_metrics import METRIC_NAMES
@@ -273,7 +277,8 @@ def _input_normalisation(model) -> bool | None:
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` trains."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=None):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=None,
+                 test: bool = True):
         from .. import data, models
         from .datasets import build_datasets
 
@@ -323,10 +328,10 @@ class Trainer:
             self.log(f"initialised {cfg.model} from {cfg.init_from}")
         # Rank 0 generates the synthetic cache (if needed) before the others open it.
         if self.info.is_main:
-            self.train_set, self.val_set, self.test_set = build_datasets(cfg)
+            self.train_set, self.val_set, self.test_set = build_datasets(cfg, test=test)
         D.barrier(self.info)
         if not self.info.is_main:
-            self.train_set, self.val_set, self.test_set = build_datasets(cfg)
+            self.train_set, self.val_set, self.test_set = build_datasets(cfg, test=test)
 
         self.sampler = D.ResumableDistributedSampler(
             self.train_set, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, seed=cfg.seed)
@@ -364,6 +369,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen = 0                # training images stepped on, all processes and resumes
         self.samples_in_epoch, self.epoch_items = 0, self.items_per_epoch   # this epoch, per process
+        self._units_checked = False   # the depth units are looked at on this process's first batch
         self.option_changes: list[dict] = []     # options changed by resumes: {"step", "changes"}
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
         self.best = None
@@ -490,6 +496,8 @@ class Trainer:
         loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
+        if not getattr(self, "_units_checked", True):
+            self._check_units(depth)
                 f"loss became {loss.item()} at step {self.step}: lower --lr, or use --amp none / bf16")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -510,6 +518,16 @@ class Trainer:
                         channels_last=self.channels_last, dist_info=self.info, flip=False)
 
     def _should_stop(self) -> str | None:
+    def _check_units(self, depth: torch.Tensor) -> None:
+        """The first batch of this process: depth that looks like millimetres (or a 16-bit PNG
+        without its scale) is said now, from this line, not at the first validation (one
+        synchronisation; it also stands for the loss's own first-call check)."""
+        self._units_checked = True
+        message = check_depth_units(depth, depth > 0, force=True)
+        if message is not None and self.info.is_main:
+            warnings.warn(f"training data ({self.cfg.data_format} {self.cfg.data or ''}): {message}".replace(" )", ")"),
+                          UserWarning, stacklevel=1)
+
         reason = None
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             reason = "max_steps"
@@ -546,6 +564,7 @@ class Trainer:
                      f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
                      f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
+            clean_output_folder(cfg.out, self.log)   # temporaries of a write killed in an earlier run
         # The step this run stops at: the rest of this epoch and the epochs left, within --max-steps
         # (a resumed run's bar starts at its saved step; a changed --batch-size changes the rest).
         total_steps = self.step + (0 if self.epoch >= cfg.epochs else self._steps_left_in_epoch()
@@ -579,7 +598,7 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 self.train_model.train()
                 t0 = time.perf_counter()
-                for batch in loader:
+                for batch in batches(loader):   # a worker's error as the reader raised it
                     loss = self.train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -709,10 +728,10 @@ def test_best(trainer: Trainer) -> dict | None:
 
 
 def run(args) -> int:
-    from .datasets import test_split_name
+    from .datasets import test_split_location, test_split_name
 
     cfg = config_from_args(args)
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, test=args.test)
     try:
         try:
             summary = trainer.fit()
@@ -723,7 +742,8 @@ def run(args) -> int:
         if args.test and trainer.test_set is None and trainer.info.is_main:
             what = (f"a {cfg.data_format} is one split (evaluate a test list or folder with fastmde eval --data)"
                     if cfg.data_format in ("list", "folder") else
-                    f"the {cfg.data_format} data has no test split ({test_split_name(cfg.data_format)!r})")
+                    f"the {cfg.data_format} data has no test split ({test_split_name(cfg.data_format)!r}: "
+                    f"{test_split_location(cfg.data_format, cfg.data) or 'its place'} does not exist)")
             trainer.log(f"no test metrics: {what}; --no-test silences this")
         if args.test and trainer.test_set is not None:
             values = test_best(trainer)
