@@ -50,10 +50,10 @@ def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_s
             for batch in groups:        # one batch per frame size
                 images = to_images(batch["image"], device, channels_last)
                 depth = batch["depth"].to(device, non_blocking=True).float()
-                pred = predict_depth(model, images, amp_dtype=amp_dtype,
                 units = check_depth_units(depth, depth > 0)   # the process's first check only (one sync)
                 if units is not None and info.is_main:
                     warnings.warn(f"evaluation data: {units}", UserWarning, stacklevel=1)
+                pred = predict_depth(model, images, amp_dtype=amp_dtype,
                                      flip=protocol.flip if flip is None else flip)
                 size = tuple(depth.shape[-2:])
                 if size not in sizes_seen:   # a KITTI protocol given maps of the other frame
@@ -228,8 +228,8 @@ def run(args) -> int:
     print(f"{protocol.name} protocol ({protocol.source}) on {data_format}/{split}, {len(dataset)} images:")
     print(" | ".join(f"{k:>8}" for k in METRIC_NAMES))
     print(" | ".join(f"{values[k]:8.4f}" for k in METRIC_NAMES))
-    atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     clean_output_folder(os.path.dirname(os.path.abspath(out)), lambda text: print(text, file=sys.stderr))
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -387,6 +387,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     device = resolve_device(base.device)
     plan = plan_rows(configs, resume=resume, overwrite=overwrite, log=log)
     os.makedirs(out_dir, exist_ok=True)
+    clean_output_folder(out_dir, log)   # each row's folder is cleaned when its training starts
     results, predictions = [], []
     try:
         _, _, test_set = build_datasets(base)
@@ -396,7 +397,6 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     if test_set is None:
         raise ValueError("sweep: the dataset has no test split to evaluate the rows on")
     picks = list(range(min(figure_images, len(test_set))))
-    clean_output_folder(out_dir, log)   # each row's folder is cleaned when its training starts
     fig_items = [test_set[i] for i in picks]
     current = None
     try:
@@ -405,6 +405,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
             result = _row_result(name, cfg, action, result, log)
             amp_dtype = resolve_amp(cfg.amp, device)
             result_path = os.path.join(cfg.out, "result.json")
+            clean_output_folder(cfg.out, log)   # a row reused without training writes its result.json here
             model = scored_model(cfg.out, device)
             # scored again under another protocol, or when it lacks a metric (a result of an older version)
             if result["protocol"] != protocol or any(k not in (result["metrics"] or {}) for k in METRIC_NAMES):
@@ -414,7 +415,6 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
                                              workers=resolve_workers(cfg.workers, device), amp_dtype=amp_dtype)
                 result["protocol"] = protocol
                 atomic_write_text(json.dumps(result, indent=2) + "\n", result_path)
-            clean_output_folder(cfg.out, log)   # a row reused without training writes its result.json here
             depths = predict_images(model, [item["image"] for item in fig_items], device=device, amp_dtype=amp_dtype)
             predictions.append((name, depths))
             results.append(result)

@@ -367,9 +367,9 @@ class Trainer:
         self.aug_generator = torch.Generator(device=self.device)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self._units_checked = False   # the depth units are looked at on this process's first batch
         self.images_seen = 0                # training images stepped on, all processes and resumes
         self.samples_in_epoch, self.epoch_items = 0, self.items_per_epoch   # this epoch, per process
-        self._units_checked = False   # the depth units are looked at on this process's first batch
         self.option_changes: list[dict] = []     # options changed by resumes: {"step", "changes"}
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
         self.best = None
@@ -486,6 +486,8 @@ class Trainer:
         cfg = self.cfg
         images = batch["image"].to(self.device, non_blocking=True)
         depth = batch["depth"].to(self.device, non_blocking=True).float()
+        if not getattr(self, "_units_checked", True):
+            self._check_units(depth)
         if self.augment is not None:
             # On the uint8 batch (Augment's contract: uint8 0-255 or float 0-1 images).
             self.aug_generator.manual_seed(step_seed(cfg.seed, self.step, self.info.rank))
@@ -496,8 +498,6 @@ class Trainer:
         loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-        if not getattr(self, "_units_checked", True):
-            self._check_units(depth)
                 f"loss became {loss.item()} at step {self.step}: lower --lr, or use --amp none / bf16")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -507,6 +507,16 @@ class Trainer:
         if self.average is not None:
             self.average.update(self.model)
         return float(loss.detach())
+
+    def _check_units(self, depth: torch.Tensor) -> None:
+        """The first batch of this process: depth that looks like millimetres (or a 16-bit PNG
+        without its scale) is said now, from this line, not at the first validation (one
+        synchronisation; it also stands for the loss's own first-call check)."""
+        self._units_checked = True
+        message = check_depth_units(depth, depth > 0, force=True)
+        if message is not None and self.info.is_main:
+            warnings.warn(f"training data ({self.cfg.data_format} {self.cfg.data or ''}): {message}".replace(" )", ")"),
+                          UserWarning, stacklevel=1)
 
     def eval_model(self):
         """The weights validation and testing score: the average with --ema, else the model."""
@@ -518,16 +528,6 @@ class Trainer:
                         channels_last=self.channels_last, dist_info=self.info, flip=False)
 
     def _should_stop(self) -> str | None:
-    def _check_units(self, depth: torch.Tensor) -> None:
-        """The first batch of this process: depth that looks like millimetres (or a 16-bit PNG
-        without its scale) is said now, from this line, not at the first validation (one
-        synchronisation; it also stands for the loss's own first-call check)."""
-        self._units_checked = True
-        message = check_depth_units(depth, depth > 0, force=True)
-        if message is not None and self.info.is_main:
-            warnings.warn(f"training data ({self.cfg.data_format} {self.cfg.data or ''}): {message}".replace(" )", ")"),
-                          UserWarning, stacklevel=1)
-
         reason = None
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             reason = "max_steps"
@@ -554,6 +554,7 @@ class Trainer:
         cfg = self.cfg
         if self.info.is_main:
             os.makedirs(cfg.out, exist_ok=True)
+            clean_output_folder(cfg.out, self.log)   # temporaries of a write killed in an earlier run
             if self.replaces_run:    # the earlier run's log and best.pt must not mix with this one's
                 old = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
                 for name in old:
@@ -564,7 +565,6 @@ class Trainer:
                      f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
                      f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
-            clean_output_folder(cfg.out, self.log)   # temporaries of a write killed in an earlier run
         # The step this run stops at: the rest of this epoch and the epochs left, within --max-steps
         # (a resumed run's bar starts at its saved step; a changed --batch-size changes the rest).
         total_steps = self.step + (0 if self.epoch >= cfg.epochs else self._steps_left_in_epoch()
