@@ -117,7 +117,8 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
         rgb: True: uint8 (3, H, W), RGB (see :func:`photo_rgb` for the modes converted and
             refused);
             False: the stored values as a numpy array (H, W) or (H, W, C) in the file's own
-            dtype (e.g. uint16 for 16-bit PNGs), for depth maps.
+            dtype (e.g. uint16 for 16-bit PNGs), for depth maps; a palette image (whose
+            values would be colour-table indices) is refused.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -131,6 +132,10 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img) or img
+            if not rgb and img.mode in ("P", "PA"):
+                # np.asarray of a palette image gives colour-table indices, never depth values
+                raise DataFormatError(f"{path}: is a palette image (mode {img.mode}): its pixels are colour-table "
+                                      "indices, not depth values; save the depth map as a greyscale (L / I;16) PNG")
             array = np.asarray(photo_rgb(img, path) if rgb else img)
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, DataFormatError):
