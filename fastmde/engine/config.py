@@ -171,9 +171,9 @@ class TrainConfig:
                                      unset="all")
     # speed
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", group=SPEED, on_resume="apply", result=False)
-    amp: str = option("auto", "autocast dtype (auto: bf16 on CUDA, none on CPU)", group=SPEED, choices=AMP_CHOICES,
+    amp: str = option("auto", "autocast dtype (auto: bf16 on CUDA and on CPUs with bf16 matrix units, none on other CPUs)", group=SPEED, choices=AMP_CHOICES,
                       on_resume="apply")
-    channels_last: str = option("auto", "channels_last memory format (auto: on CUDA)", group=SPEED,
+    channels_last: str = option("auto", "channels_last memory format (auto: on CUDA and on CPUs with bf16 matrix units)", group=SPEED,
                                 choices=SWITCH_CHOICES, on_resume="apply", result=False)
     compile: str = option("auto", "torch.compile the model (auto: off)", group=SPEED, choices=SWITCH_CHOICES,
                           on_resume="apply", result=False)

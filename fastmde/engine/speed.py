@@ -5,8 +5,11 @@ Defaults ("auto"), chosen by measurement (docs/training.md, "Speed options"):
 * CUDA: bf16 autocast where the GPU supports it (no loss scaling needed), else fp16 with a
   ``GradScaler``; channels_last on; torch.compile off (its compile time outweighs the gain in
   the paper's 3-epoch ablations; turn it on for long runs).
-* CPU: no autocast (bf16 autocast runs slower than float32 on CPUs without native bf16
-  matrix units), channels_last off, compile off.
+* CPU with bf16 matrix units (AMX-BF16 or AVX512-BF16, read by ``_backend.cpu_features``):
+  bf16 autocast and channels_last (oneDNN's bf16 convolutions and the C++ up-projection's bf16
+  GEMMs run on those units; the benchmarks' train section measures the step both ways).
+  A CPU without them: no autocast (bf16 there is emulated and slower than float32),
+  channels_last off. compile off on both.
 * Data loader workers: 0 on CPU (the training process already uses every core), 4 on CUDA.
 """
 from __future__ import annotations
@@ -44,13 +47,45 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16)."""
+    from .._backend import cpu_features
+
+    return cpu_features()["bf16_units"]
+
+
 def resolve_amp(amp: str, device: torch.device):
-    """``auto|bf16|fp16|none`` -> autocast dtype or None."""
+    """``auto|bf16|fp16|none`` -> autocast dtype or None (``auto``: see the module docstring)."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_bf16_units():
+            return torch.bfloat16
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def resolve_channels_last(value: str, device: torch.device) -> bool:
+    """``auto|on|off`` -> whether to run in channels_last (``auto``: on CUDA, and on a CPU with
+    bf16 matrix units, where it goes with bf16 autocast)."""
+    if value == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+    return value == "on"
+
+
+def describe_speed_choice(amp: str, channels_last: str, device: torch.device) -> str:
+    """One line saying what ``--amp`` / ``--channels-last`` resolved to here, and why when auto."""
+    amp_dtype = resolve_amp(amp, device)
+    cl = resolve_channels_last(channels_last, device)
+    text = f"amp {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'none (float32)'}, channels_last {'on' if cl else 'off'}"
+    if "auto" in (amp, channels_last):
+        if device.type == "cpu":
+            why = ("this CPU has bf16 matrix units" if cpu_has_bf16_units()
+                   else "this CPU has no bf16 matrix units: float32 is faster")
+        else:
+            why = f"the {device.type} default"
+        text += f" (auto: {why})"
+    return text
 
 
 def resolve_switch(value: str, device: torch.device, *, cuda_default: bool, cpu_default: bool) -> bool:

@@ -54,7 +54,8 @@ from .evaluate import evaluate
 from .inference import to_images
 from ..data.fit import collate_frames
 from .progress import Progress, format_seconds, log_line
-from .speed import autocast, make_scaler, resolve_amp, resolve_device, resolve_switch, resolve_workers
+from .speed import (autocast, describe_speed_choice, make_scaler, resolve_amp, resolve_channels_last,
+                    resolve_device, resolve_switch, resolve_workers)
 
 
 class TrainingDiverged(RuntimeError):
@@ -290,7 +291,8 @@ class Trainer:
         self.info = D.setup(pre_device.type)
         self.device = resolve_device(cfg.device, self.info.local_rank)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.channels_last = resolve_switch(cfg.channels_last, self.device, cuda_default=True, cpu_default=False)
+        self.channels_last = resolve_channels_last(cfg.channels_last, self.device)
+        self.speed_choice = describe_speed_choice(cfg.amp, cfg.channels_last, self.device)
         self.use_compile = resolve_switch(cfg.compile, self.device, cuda_default=False, cpu_default=False)
         self.workers = resolve_workers(cfg.workers, self.device)
         self.last_path = os.path.join(cfg.out, "last.pt")
@@ -395,10 +397,18 @@ class Trainer:
 
     # ------------------------------------------------------------ state
 
+    def resolved_speed(self) -> dict:
+        """What ``auto`` resolved to on this run's device (the configuration keeps ``auto``)."""
+        return {"device": str(self.device),
+                "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "none",
+                "channels_last": self.channels_last, "compile": self.use_compile,
+                "choice": self.speed_choice}
+
     def state_dict(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION,
             "model_spec": self.cfg.model_spec(), "config": self.cfg.to_dict(),
+            "resolved": self.resolved_speed(),
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -562,7 +572,7 @@ class Trainer:
                 self.replaces_run = False
                 self.log(f"--overwrite: removed the earlier run's {', '.join(old)} from {cfg.out}")
             self.log(f"training {cfg.model} at {cfg.size[0]}x{cfg.size[1]} on {self.device} "
-                     f"(world {self.info.world_size}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
+                     f"(world {self.info.world_size}, {self.speed_choice}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
                      f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
         # The step this run stops at: the rest of this epoch and the epochs left, within --max-steps
@@ -637,7 +647,8 @@ class Trainer:
                    "images_seen": self.images_seen, "option_changes": self.option_changes,
                    "elapsed_s": self.elapsed_now(), "train_s": self.train_time,
                    "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
-                   "best": self.best, "history": self.history, "config": cfg.to_dict()}
+                   "best": self.best, "history": self.history, "config": cfg.to_dict(),
+                   "resolved": self.resolved_speed()}
         if self.info.is_main:
             self.log(f"stopped: {summary['stopped']} after {self.step} steps, {format_seconds(self.elapsed_now())}")
             print(format_history(self.history), flush=True)
