@@ -35,12 +35,21 @@ def assert_one_graph(module, shapes, scale=1.0, atol=1e-5):
     assert counter.frame_count == first <= 2
 
 
-def test_up_projection_one_graph_for_every_size(backend, monkeypatch):
+@pytest.mark.parametrize("backend_name", ["reference", "native"])
+def test_up_projection_one_graph_for_every_size(backend_name, monkeypatch):
+    """The CPU backends (the Triton kernels' compile tests are in test_up_projection.py; under the
+    interpreter a dynamic-shape compile costs half a minute)."""
+    from fastmde import _backend
+
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch.manual_seed(0)
     block = fastmde.nn.UpProjection(6, 4, kernel_size=3, scale=2).eval()   # eval: BatchNorm's running stats
-    shapes = [(2, 6, 3, 5), (3, 6, 4, 2)] if backend == "triton" else [(2, 6, 5, 7), (3, 6, 8, 4), (2, 6, 11, 6)]
-    assert_one_graph(block, shapes)
+    _backend.set_backend(backend_name)
+    try:
+        assert fastmde.backends()["up_projection"]["cpu"] == backend_name
+        assert_one_graph(block, [(2, 6, 5, 7), (3, 6, 8, 4), (2, 6, 11, 6)])
+    finally:
+        _backend.set_backend(None)
 
 
 @pytest.mark.parametrize("name, size", [("unet34-k3", (34, 46)), ("hu34", None)])
