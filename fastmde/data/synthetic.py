@@ -595,7 +595,7 @@ def write_synthetic_dataset(
     import secrets
     import shutil
 
-    from .._atomic import atomic_write_text
+    from .._atomic import _temporary_name, atomic_write_text
 
     if layout not in ("frames", "labeled"):
         raise ValueError(f"layout must be 'frames' or 'labeled', got {layout!r}")
@@ -627,7 +627,7 @@ def write_synthetic_dataset(
     target = os.path.abspath(out_dir)
     parent, base = os.path.dirname(target), os.path.basename(target)
     os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{base}.{secrets.token_hex(6)}.tmp")
+    staging = _temporary_name(target)   # fastmde._atomic's temporary names, and only there
     os.mkdir(staging)
     aside = None
     try:
