@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         write_frames(root, args.batch)
         cfg = TrainConfig(model=args.model, size=size, loss="hu_blurred", batch_size=args.batch, seed=0,
                           data_format="frames", data=root, val_fraction=1 / (args.batch + 1), device="cpu",
-                          amp=args.amp, channels_last=args.channels_last, workers=0, out=f"{root}/run",
+                          amp=args.amp, channels_last=args.channels_last, workers=0, out=f"{root}/run", pretrained="none",
                           progress=False)
         trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
         trainer.train_model.train()

@@ -56,6 +56,7 @@ def make_trainer(root: str, out: str, device: str, size, batch: int, *, amp: str
         model=MODEL, size=size, loss=LOSS, batch_size=batch, seed=0, data_format="frames", data=root,
         val_fraction=1 / (batch + 1), device=device, amp=amp, channels_last=cl,
         compile="on" if compile_model else "off", workers=0, out=out, progress=False,
+        pretrained="none",   # the step's speed does not depend on the encoder's start; nothing downloads
     )
     trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
     trainer.train_model.train()
