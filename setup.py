@@ -90,7 +90,7 @@ setup(
     ],
     # `pip install fastmde[export]`: fastmde.export / `fastmde export` to ONNX (verified in
     # onnxruntime); the tests run the exports, so CI's test extra installs them too
-    extras_require={"export": EXPORT_REQUIRES, "test": ["pytest", "hypothesis", *EXPORT_REQUIRES]},
+    extras_require={"export": EXPORT_REQUIRES, "test": ["pytest", "pytest-xdist", "hypothesis", *EXPORT_REQUIRES]},
     entry_points={"console_scripts": ["fastmde = fastmde.cli:console_main"]},
     zip_safe=False,
 )

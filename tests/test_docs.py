@@ -31,9 +31,9 @@ def test_readme_keeps_the_two_setup_commands():
     # .ci/run and the project's checks run exactly these lines
     commands = [b.strip() for b in blocks(read("README.md"), "bash")]
     assert f"{INSTALL} && python3 bench/run.py" in commands
-    assert f"{INSTALL} && python3 -m pytest -q" in commands
+    assert f"{INSTALL} && python3 -m pytest -q -n 2" in commands
     ci = read(".ci/run")
-    assert f"{INSTALL} && python3 -m pytest -q" in ci
+    assert f"{INSTALL} && python3 -m pytest -q -n 2" in ci
 
 
 @pytest.mark.parametrize("page", PAGES)

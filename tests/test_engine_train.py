@@ -59,7 +59,8 @@ def test_run_writes_log_checkpoints_and_summary(uninterrupted):
     steps_per_epoch = records[0]["step"]
     assert records[1]["step"] == 2 * steps_per_epoch == summary["step"]
     for r in records:
-        assert set(r["val"]) == {"rms", "rel", "log10", "delta1", "delta2", "delta3", "count"}
+        assert set(r["val"]) == {"rms", "rel", "log10", "delta1", "delta2", "delta3", "silog", "sq_rel", "rmse_log",
+                                 "count"}
         assert r["val"]["count"] == 2  # 20% of the 10 training frames held out, every one counted
         assert r["train_loss"] > 0 and r["it_per_s"] > 0
     ckpt = read_checkpoint(os.path.join(out, "last.pt"))
