@@ -11,6 +11,13 @@
 //
 // ssi's gradient-matching pairs join grid pixels 2^k apart (k = 0..3): a tile reads the
 // residual of up to 8 rows beyond its own (recomputed, not shared between tiles).
+// The loops select (a ? x : y) between values that may be inf/NaN; with trapping math gcc 12
+// does not vectorise such selects (as in csrc/depth_metrics.cpp). Before the includes, so the
+// inlined helpers of simd_math.h agree.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
