@@ -41,7 +41,6 @@ def test_up_projection_one_graph_for_every_size(backend_name, monkeypatch):
     interpreter a dynamic-shape compile costs half a minute)."""
     from fastmde import _backend
 
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch.manual_seed(0)
     block = fastmde.nn.UpProjection(6, 4, kernel_size=3, scale=2).eval()   # eval: BatchNorm's running stats
     _backend.set_backend(backend_name)
@@ -57,7 +56,6 @@ def test_models_one_graph_for_every_size(name, size, monkeypatch):
     """Training mode (BatchNorm on batch statistics, the trainable-size check on symbolic sizes).
     The inputs are all larger than the internal size: shrinking (area) and growing (bilinear)
     are two code paths, so an input crossing the internal size compiles the other one."""
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch.manual_seed(0)
     model = models.build(name, size=size, encoder=18)   # ResNet18: the same code paths, less to run
     assert_one_graph(model, [(2, 3, 36, 52), (3, 3, 50, 47)], scale=255.0, atol=1e-3)

@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory):
 def test_eval_cli_matches_direct_metrics(run_dir, name, tmp_path, capsys):
     out, cache = run_dir
     json_path = str(tmp_path / "metrics.json")
-    assert main(["eval", "--checkpoint", os.path.join(out, "last.pt"), "--protocol", name, "--device", "cpu", "--amp", "none",
+    assert main(["eval", "--checkpoint", os.path.join(out, "last.pt"), "--protocol", name, "--device", "cpu",
                  "--out", json_path, "--batch-size", "3"]) == 0   # data: the checkpoint's
     result = json.load(open(json_path))
     assert result["protocol"]["name"] == name and result["items"] == 4
@@ -72,7 +72,7 @@ def test_predict_writes_png_and_npy(run_dir, tmp_path):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images_dir / f"{stem}.png")
     pred_dir = tmp_path / "pred"
     assert main(["predict", str(images_dir), "--checkpoint", out, "--out", str(pred_dir), "--batch-size", "2",
-                 "--device", "cpu", "--amp", "none"]) == 0
+                 "--device", "cpu"]) == 0
     assert sorted(os.listdir(pred_dir)) == ["a.npy", "a.png", "b.npy", "b.png", "c.npy", "c.png"]
     model = fastmde.load(out)
     assert not model.training
@@ -119,7 +119,7 @@ def test_predict_sees_photos_as_shown(run_dir, tmp_path, capsys):
     Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
     pred_dir = tmp_path / "pred"
     assert main(["predict", str(tmp_path / "photo.jpg"), "--checkpoint", out, "--out", str(pred_dir),
-                 "--device", "cpu", "--amp", "none"]) == 0
+                 "--device", "cpu"]) == 0
     assert "wrote 1 depth maps" in capsys.readouterr().err
     with Image.open(tmp_path / "photo.jpg") as im:        # the decoded stored pixels, not turned
         decoded = np.asarray(im.convert("RGB"))
@@ -149,7 +149,7 @@ def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkey
         images[rel] = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
         Image.fromarray(images[rel]).save(rel)
     assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred",
-                 "--device", "cpu", "--amp", "none"]) == 0
+                 "--device", "cpu"]) == 0
     assert "wrote 3 depth maps" in capsys.readouterr().err
     written = sorted(os.path.relpath(os.path.join(d, f), "pred") for d, _, fs in os.walk("pred") for f in fs)
     assert written == ["a_1.npy", "a_1.png", "x/a.npy", "x/a.png", "y/a.npy", "y/a.png"]
@@ -162,10 +162,10 @@ def test_predict_output_names_are_unique_across_inputs(run_dir, tmp_path, monkey
     # A second run into the same folder refuses before writing anything, unless told to replace.
     stamp = os.path.getmtime("pred/x/a.npy")
     with pytest.raises(FileExistsError, match="a.*already exists.*--overwrite"):
-        main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu", "--amp", "none"])
+        main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu"])
     assert os.path.getmtime("pred/x/a.npy") == stamp
     capsys.readouterr()
-    assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu", "--amp", "none",
+    assert main(["predict", "x/a.png", "y/a.png", "a_1.png", "--checkpoint", out, "--out", "pred", "--device", "cpu",
                  "--overwrite"]) == 0
     assert "wrote 3 depth maps (.png, .npy; clamped to 0.001-10 m) to pred, replacing 6 existing files" in capsys.readouterr().err
     assert sorted(os.listdir("pred")) == ["a_1.npy", "a_1.png", "x", "y"]
@@ -181,17 +181,17 @@ def test_predict_refuses_names_that_would_collide(run_dir, tmp_path, capsys):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
     pred = tmp_path / "pred"
     with pytest.raises(ValueError, match=r"a\.jpg.*a\.png.*both be written as a\.png / a\.npy.*nothing was written"):
-        main(["predict", str(folder), "--checkpoint", out, "--out", str(pred), "--device", "cpu", "--amp", "none"])
+        main(["predict", str(folder), "--checkpoint", out, "--out", str(pred), "--device", "cpu"])
     assert not pred.exists()
     # One file named twice (a folder and a file in it) is predicted once, and said so.
     assert main(["predict", str(folder / "b.png"), str(folder / "b.png"), "--checkpoint", out, "--out", str(pred),
-                 "--device", "cpu", "--amp", "none"]) == 0
+                 "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "1 input(s) named twice" in err and "wrote 1 depth maps" in err
     assert sorted(os.listdir(pred)) == ["b.npy", "b.png"]
     # A result that would replace an input image is refused even with --overwrite.
     with pytest.raises(ValueError, match="would replace the input image"):
-        main(["predict", str(folder / "b.png"), "--checkpoint", out, "--out", str(folder), "--device", "cpu", "--amp", "none",
+        main(["predict", str(folder / "b.png"), "--checkpoint", out, "--out", str(folder), "--device", "cpu",
               "--overwrite"])
     assert sorted(os.listdir(folder)) == ["a.jpg", "a.png", "b.png"]
 
@@ -278,7 +278,7 @@ def test_predict_clamps_as_evaluation_does(run_dir, tmp_path, monkeypatch, capsy
             "raw": (["--no-clamp"], (1e-3, 10.0), False)}
     for name, (flags, (lo, hi), clamped) in runs.items():
         assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", out, "--out", str(tmp_path / name),
-                     "--device", "cpu", "--amp", "none", *flags]) == 0
+                     "--device", "cpu", *flags]) == 0
         depth = np.load(tmp_path / name / "a.npy")
         expected = np.clip(raw, lo, hi) if clamped else raw
         np.testing.assert_array_equal(depth, expected)

@@ -60,3 +60,12 @@ def test_train_prints_and_records_the_pick(monkeypatch, tmp_path, cache, units):
     saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
     assert saved["resolved"] == summary["resolved"]
     assert saved["config"]["amp"] == "auto"
+
+
+def test_eval_and_predict_stay_float32_on_a_cpu_with_bf16_units(monkeypatch):
+    """Written depth maps and scored metrics: auto is float32 on the CPU (a bf16 output rounds the
+    depth to 8 significant bits); training's auto is bf16 there."""
+    monkeypatch.setattr(_backend, "_cpu_features", _features(True))
+    assert resolve_amp("auto", CPU, inference=True) is None
+    assert resolve_amp("bf16", CPU, inference=True) is torch.bfloat16
+    assert resolve_amp("auto", CPU) is torch.bfloat16

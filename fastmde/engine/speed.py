@@ -54,12 +54,16 @@ def cpu_has_bf16_units() -> bool:
     return cpu_features()["bf16_units"]
 
 
-def resolve_amp(amp: str, device: torch.device):
-    """``auto|bf16|fp16|none`` -> autocast dtype or None (``auto``: see the module docstring)."""
+def resolve_amp(amp: str, device: torch.device, *, inference: bool = False):
+    """``auto|bf16|fp16|none`` -> autocast dtype or None (``auto``: see the module docstring).
+
+    ``inference`` (``fastmde eval`` / ``predict``): ``auto`` on a CPU is float32, because a bf16
+    network output carries 8 significant bits (depth in steps of ~0.4%) into the written maps and
+    the scored metrics; on CUDA it is bf16 as in training. ``--amp bf16`` still asks for it."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_bf16_units():
+        if device.type == "cpu" and cpu_has_bf16_units() and not inference:
             return torch.bfloat16
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
