@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastmde
+from compile_helpers import assert_compiled_matches_eager, compile_counting
 from conftest import requires_cuda
 from fastmde.ops import depth_loss_op
 from fastmde.reference.depth_loss import (
@@ -667,13 +668,7 @@ def test_compile_fullgraph(backend, device):
         return fastmde.depth_loss(p, t, preset="hu_blurred", mask=m) * 2.0
 
     compiled = torch.compile(f, fullgraph=True)
-    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    v1 = compiled(p1, target, mask)
-    v1.backward()
-    v2 = f(p2, target, mask)
-    v2.backward()
-    torch.testing.assert_close(v1, v2)
-    torch.testing.assert_close(p1.grad, p2.grad)
+    assert_compiled_matches_eager(compiled, f, pred, target, mask)
 
 
 def test_deterministic(backend, device):
@@ -869,16 +864,6 @@ def test_count_checks_never_synchronise_cuda():
 # ---------------------------------------------------------------- dynamic shapes (issue 22 §3)
 
 
-def compile_counting(fn):
-    """torch.compile(fn, dynamic=True, fullgraph=True) with a backend that counts its calls and
-    runs forward and backward through AOTAutograd (as inductor would)."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
-    return torch.compile(fn, backend=counter, dynamic=True, fullgraph=True), counter
-
-
 @pytest.mark.parametrize("entry", ["depth_loss", "depth_loss_terms", "DepthLoss"])
 def test_compile_dynamic_one_graph_for_every_size(backend, device, entry, monkeypatch):
     """pytorch#121080: under dynamic=True the option checks (math.isfinite of a symbolic float)
@@ -899,13 +884,7 @@ def test_compile_dynamic_one_graph_for_every_size(backend, device, entry, monkey
         pred, target = depth_pair(shape, k, bad_fraction=0.05)
         mask = hole_mask(shape, k)
         pred, target, mask = as_device(device, pred, target, mask)
-        p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-        v1 = compiled(p1, target, mask)
-        v1.backward()
-        v2 = f(p2, target, mask)
-        v2.backward()
-        torch.testing.assert_close(v1, v2)
-        torch.testing.assert_close(p1.grad, p2.grad)
+        assert_compiled_matches_eager(compiled, f, pred, target, mask)
         # the first call may count two backend calls (dynamo restarts its analysis once to
         # specialise the float options); later sizes add none
         first = counter.frame_count if k == 0 else first

@@ -8,15 +8,8 @@ import pytest
 import torch
 
 import fastmde
+from compile_helpers import compile_counting
 from fastmde import models
-
-
-def compile_counting(fn):
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
-    return torch.compile(fn, backend=counter, dynamic=True, fullgraph=True), counter
 
 
 def assert_one_graph(module, shapes, scale=1.0, atol=1e-5):

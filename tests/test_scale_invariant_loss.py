@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastmde
+from compile_helpers import assert_compiled_matches_eager
 from fastmde.ops import scale_invariant_loss_backward_op, scale_invariant_loss_op
 from fastmde.reference import scale_invariant_loss as si
 from native_kernel_helpers import depth_pair
@@ -522,13 +523,7 @@ def test_compile_fullgraph_and_dynamic_shapes(backend, device):
         for shape in ((2, 1, 9, 11), (3, 1, 12, 7)):
             pred, target, mask = inputs((shape[0], shape[2], shape[3]), 16, dtype=torch.float32)
             pred, target, mask = as_device(device, pred[:, None], target[:, None], mask[:, None])
-            p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-            v1 = compiled(p1, target, mask)
-            v1.backward()
-            v2 = f(p2, target, mask)
-            v2.backward()
-            torch.testing.assert_close(v1, v2)
-            torch.testing.assert_close(p1.grad, p2.grad)
+            assert_compiled_matches_eager(compiled, f, pred, target, mask)
         assert counter.frame_count == 1, f"{preset}: {counter.frame_count} graphs"
 
 
@@ -541,13 +536,7 @@ def test_compile_inductor(backend, device):
         return fastmde.scale_invariant_loss(p, t, preset="ssi", mask=m) + fastmde.scale_invariant_loss(p, t, mask=m)
 
     compiled = torch.compile(f, fullgraph=True)
-    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    v1 = compiled(p1, target, mask)
-    v1.backward()
-    v2 = f(p2, target, mask)
-    v2.backward()
-    torch.testing.assert_close(v1, v2)
-    torch.testing.assert_close(p1.grad, p2.grad)
+    assert_compiled_matches_eager(compiled, f, pred, target, mask)
 
 
 def test_deterministic(backend, device):
