@@ -283,11 +283,9 @@ def setting_of(tensor) -> tuple[str, str]:
     """(dtype name, layout) of a tensor, the keys of ``choose``'s per-setting rule."""
     import torch
 
-    layout = "channels_last" if (
-        tensor.dim() == 4 and tensor.shape[1] > 1
-        and tensor.is_contiguous(memory_format=torch.channels_last)
-        and not tensor.is_contiguous()
-    ) else "nchw"
+    from ._checks import memory_format_of
+
+    layout = "channels_last" if memory_format_of(tensor) == torch.channels_last else "nchw"
     return str(tensor.dtype).removeprefix("torch."), layout
 
 
