@@ -91,6 +91,9 @@ setup(
     # `pip install fastmde[export]`: fastmde.export / `fastmde export` to ONNX (verified in
     # onnxruntime); the tests run the exports, so CI's test extra installs them too
     extras_require={"export": EXPORT_REQUIRES, "test": ["pytest", "pytest-xdist", "hypothesis", *EXPORT_REQUIRES]},
-    entry_points={"console_scripts": ["fastmde = fastmde.cli:console_main"]},
+    # the console script enters through a module outside the package, so that a Ctrl-C while
+    # `import fastmde` loads torch is one line too (_fastmde_cli.py says why)
+    py_modules=["_fastmde_cli"],
+    entry_points={"console_scripts": ["fastmde = _fastmde_cli:console_main"]},
     zip_safe=False,
 )

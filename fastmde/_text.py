@@ -1,7 +1,8 @@
 """Text forms shared by the command line, the models, the engine and the bench (one copy each).
 
 * :func:`parse_size` / :func:`format_size`: an image size as ``"HxW"`` (rows x columns), e.g.
-  ``"288x384"``; also accepted: ``"288,384"`` and a pair ``(288, 384)``.
+  ``"288x384"``; also accepted: ``"288,384"`` and a pair ``(288, 384)``;
+  :func:`parse_internal_size`: a network's internal size (sides >= 8), for train and export.
 * :data:`PAPER_SIZES`: the five intermediate resolutions of the paper's Table 1 / Table 2, by the
   paper's own names (width x height, as it prints them) -> (H, W), largest first.
 * :func:`slug`: a label made safe as a file or directory name (``"l1 loss"`` -> ``"l1-loss"``).
@@ -44,6 +45,17 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
     if height < minimum or width < minimum:
         raise ValueError(f"{what} must be at least {minimum}x{minimum}, got {height}x{width}")
     return height, width
+
+
+#: The smallest side of a network's internal size: ``fastmde train --size`` and ``fastmde export
+#: --internal-size`` take the same sizes (:func:`parse_internal_size`).
+MIN_INTERNAL_SIDE = 8
+
+
+def parse_internal_size(size, *, what: str = "size") -> tuple[int, int]:
+    """:func:`parse_size` of a network's internal size: each side at least :data:`MIN_INTERNAL_SIDE`
+    (the rule ``fastmde train --size`` and ``fastmde export --internal-size`` share)."""
+    return parse_size(size, what=what, minimum=MIN_INTERNAL_SIDE)
 
 
 def format_size(size) -> str:

@@ -382,6 +382,28 @@ def _model_name(model: nn.Module) -> str:
 # ---------------------------------------------------------------- the entry point
 
 
+def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[int, int]:
+    """Refuse a bad ``format``, ``size``, ``opset`` (ONNX) or ``tolerance`` (ValueError; ``names``
+    maps them to the command line's flags) and a missing ONNX package; returns ``size`` as (H, W).
+    :func:`export` and ``fastmde export`` (before the checkpoint is read) share it."""
+    from ._text import parse_size
+
+    names = {"format": "format", "size": "export size", "opset": "opset", "tolerance": "tolerance", **(names or {})}
+    if format not in FORMATS:
+        raise ValueError(f"{names['format']} must be one of {', '.join(FORMATS)}, got {format!r}")
+    size = parse_size(size, what=names["size"])
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+        raise ValueError(f"{names['tolerance']} must be a positive number, got {tolerance!r}")
+    if format == "onnx":
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        if not isinstance(opset, int) or not OPSET <= opset <= ONNX_MAX_OPSET:
+            raise ValueError(f"{names['opset']} must be an integer from {OPSET} to {ONNX_MAX_OPSET} (torch.onnx's "
+                             f"exporter emits opset {OPSET} and newer), got {opset!r}")
+        require("onnx", "onnxruntime", "onnxscript")
+    return size
+
+
 def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640), dynamic_size: bool | None = None,
            opset: int = OPSET, tolerance: float = TOLERANCE, quiet: bool = False) -> ExportReport:
     """Export ``model`` (image -> depth) to ``path`` as ONNX or a ``torch.export`` program, verified.
@@ -409,7 +431,6 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             match it; nothing is written and an existing ``path`` is left as it was.
         ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``.
     """
-    from ._text import parse_size
     from .models.plain import PlainExportError, plain_copy
     from .patch import unpatch
 
@@ -419,18 +440,7 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
         if format is None:
             raise ValueError(f"cannot tell the format from {path!r}: give format='onnx' or 'pt2' "
                              "(or a .onnx / .pt2 file name)")
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    size = parse_size(size, what="export size")
-    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
-        raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
-    if format == "onnx":
-        from torch.onnx._constants import ONNX_MAX_OPSET
-
-        if not isinstance(opset, int) or not OPSET <= opset <= ONNX_MAX_OPSET:
-            raise ValueError(f"opset must be an integer from {OPSET} to {ONNX_MAX_OPSET} (torch.onnx's "
-                             f"exporter emits opset {OPSET} and newer), got {opset!r}")
-        require("onnx", "onnxruntime", "onnxscript")
+    size = check_options(format, size, opset, tolerance)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
@@ -512,14 +522,14 @@ def _export(model, reference, plain, path, format, size, dynamic_size, opset, to
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help=("fastmde checkpoint, run directory, or a checkpoint of the paper "
                                             "authors' or Hu et al.'s code"))
-    parser.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
+    parser.add_argument("--out", required=True, help="the file to write (.onnx or .pt2); missing folders are created")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="onnx (onnxruntime, TensorRT, ...) or pt2 (torch.export program); default: from --out")
     parser.add_argument("--size", default="480x640",
                         help="HxW of the example input the graph is traced and verified with (default 480x640)")
     parser.add_argument("--internal-size", default=None,
-                        help=("HxW the network runs at inside (default: the checkpoint's, e.g. 288x384); the "
-                              "paper's Table 2 trades accuracy for speed with it"))
+                        help=("HxW the network runs at inside, each side >= 8 as train's --size (default: the "
+                              "checkpoint's, e.g. 288x384); the paper's Table 2 trades accuracy for speed with it"))
     parser.add_argument("--fixed-size", action="store_true",
                         help="fix height and width at --size (default: dynamic where the model allows)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
@@ -529,23 +539,27 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ._text import parse_size
+    from ._outputs import check_output_file
+    from ._text import parse_internal_size
     from .engine.checkpoint import load
 
     format = args.format or EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
     if format is None:
         raise ValueError(f"cannot tell the format from --out {args.out!r}: give --format onnx or pt2")
+    check_output_file(args.out, "--out")      # missing folders are created when the export is written
     if os.path.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out!r} already exists; pass --overwrite to replace it (nothing was written)")
-    if format == "onnx":
-        require("onnx", "onnxruntime", "onnxscript")
+    # every option checked before the checkpoint is read: --internal-size by train's --size rule
+    check_options(format, args.size, args.opset, args.tolerance,
+                  names={"format": "--format", "size": "--size", "opset": "--opset", "tolerance": "--tolerance"})
+    internal = None if args.internal_size is None else parse_internal_size(args.internal_size, what="--internal-size")
     model = load(args.checkpoint, device="cpu")
-    if args.internal_size is not None:
+    if internal is not None:
         from .models.resolution import IntermediateResolution
 
         if not isinstance(model, IntermediateResolution):
             raise ValueError(f"--internal-size: this checkpoint's model ({type(model).__name__}) has no internal size")
-        model.size = parse_size(args.internal_size, what="--internal-size")
+        model.size = internal
     export(model, args.out, format, size=args.size, dynamic_size=False if args.fixed_size else None,
            opset=args.opset, tolerance=args.tolerance)
     return 0

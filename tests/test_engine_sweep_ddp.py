@@ -32,7 +32,8 @@ def test_sweep_writes_table_and_figure(cache, tmp_path, capsys):
     assert main(argv) == 0
     table = (out / "table.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(lines) == 3 and lines[1].startswith("| l1 loss | unet34-k3-1x1 | 32x48 | l1 |")
+    # cli_model_args trains --model unet34-k3-1x1 --encoder 18: the table names the ResNet18 network
+    assert len(lines) == 3 and lines[1].startswith("| l1 loss | unet18-k3-1x1 | 32x48 | l1 |")
     assert lines[2].startswith("| hu loss |")
     assert "δ1" in lines[0] and "it/s" in lines[0] and "train time" in lines[0]
     results = json.loads((out / "results.json").read_text())

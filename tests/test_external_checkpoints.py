@@ -20,7 +20,7 @@ import fastmde
 from fastmde import _backend
 from fastmde.cli import main
 from fastmde.engine import CheckpointError
-from fastmde.models import ExternalCheckpointError, build, from_external
+from fastmde.models import ExternalCheckpointError, build, from_external, variant_name
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "external_checkpoint_keys.json")
 with open(FIXTURE) as _f:
@@ -67,7 +67,8 @@ def test_fixture_loads_strictly_and_builds_the_right_variant(case):
     spec = CASES[case]
     state = fixture_state(case)
     model = from_external(state, size=None)
-    assert model.fastmde_variant == spec["variant"]
+    # named by what it is (the ResNet18 baseline: unet18-k3-1x1), built from the variant's name
+    assert model.fastmde_variant == variant_name(spec["variant"], **spec["overrides"])
     assert model.fastmde_spec == {"name": spec["variant"], "size": None, "overrides": spec["overrides"]}
     assert model.fastmde_source["source"] == spec["source"]
     loaded = model.state_dict()
@@ -120,7 +121,7 @@ def test_nested_and_prefixed_checkpoints_load(wrap, tmp_path):
     torch.save(obj, path)
     for given in (obj, path):
         model = from_external(given, size=None)
-        assert model.fastmde_variant == "unet34-k3-1x1" and model.fastmde_spec["overrides"] == {"encoder": 18}
+        assert model.fastmde_variant == "unet18-k3-1x1" and model.fastmde_spec["overrides"] == {"encoder": 18}
         assert torch.equal(model.state_dict()["net.up1.reduce_conv.weight"], state["decoder.up1.conv0.weight"])
 
 
@@ -663,7 +664,7 @@ def test_eval_cli_takes_an_external_checkpoint(freeman_file, tmp_path, capsys):
     assert main(["eval", "--checkpoint", freeman_file, "--data-format", "csv", "--data", root, "--device", "cpu",
                  "--amp", "none", "--workers", "0", "--batch-size", "2", "--out", out]) == 0
     result = json.load(open(out))
-    assert result["model"] == "unet34-k3-1x1" and result["items"] == 2
+    assert result["model"] == "unet18-k3-1x1" and result["items"] == 2
     assert result["checkpoint"] == freeman_file
     assert all(np.isfinite(v) for v in result["metrics"].values())
 
@@ -681,7 +682,7 @@ def test_train_init_from_takes_an_external_checkpoint(freeman_file, tmp_path_fac
     got = trainer.model.state_dict()
     assert set(got) == set(want)
     assert all(torch.equal(got[k].cpu(), want[k]) for k in want)
-    with pytest.raises(CheckpointError, match="holds a unet34-k3-1x1 model"):
+    with pytest.raises(CheckpointError, match="holds a unet18-k3-1x1 model"):
         Trainer(tiny_config(cache, str(tmp_path / "other"), model="unet34-k5", init_from=freeman_file))
 
 

@@ -1,7 +1,7 @@
 """The models' input conventions (issues 22 §4 and 23): a training batch BatchNorm cannot take is
 refused in the Python API's words (the size, the batch, the smallest size that trains), and
-an image in another range than 0-255 (a 0-1 ToTensor image, an ImageNet-normalised one) gets
-one warning from the first call, at the caller's line."""
+an image in another range than 0-255 (a 0-1 ToTensor image, an ImageNet-normalised one) is
+warned about at the caller's line, on every call that gets one (not on the model's first call only)."""
 import warnings
 
 import pytest
@@ -48,7 +48,9 @@ def test_other_image_ranges_warn_once_at_the_callers_line(image, words):
     assert "unet34-k3" in str(record[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model(image)                                # the first call only: no per-step synchronisation
+        model(torch.rand(1, 3, 40, 56) * 255)      # a 0-255 image between: nothing to say
+    with pytest.warns(UserWarning, match=words):
+        model(image)                                # a later call is checked too, not the first one only
 
 
 def test_a_0_255_image_is_not_warned_about():

@@ -61,6 +61,9 @@ class NYUCsv(Dataset):
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.root, self.split, self.encoding = os.fspath(root), split, encoding
         self.size = parse_size(size)
+        if os.path.isfile(self.root):
+            raise DataFormatError(f"{self.root}: is a file; the CSV layout is a folder holding data/nyu2_{split}.csv "
+                                  "(give the folder)")
         self.csv_path = require_file(os.path.join(self.root, "data", f"nyu2_{split}.csv"))
         pairs = []
         with open(self.csv_path, newline="") as f:

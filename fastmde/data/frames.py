@@ -33,6 +33,9 @@ class NYUFrames(Dataset):
         self.root, self.split = os.fspath(root), split
         self.size = None if size is None else parse_size(size)
         top = os.path.join(self.root, split)
+        if os.path.isfile(self.root):
+            raise DataFormatError(f"{self.root}: is a file; the per-frame layout is a folder holding train/ and val/ "
+                                  "(give the folder)")
         if not os.path.isdir(top):
             raise FileNotFoundError(f"{top}: no such directory (expected {split}/<scene>/<NNNNN>.h5 under {self.root})")
         files, scenes = [], []

@@ -12,11 +12,14 @@ train_crop    none (frames as read)      352x704 at random (BTS/AdaBins ``input_
                                          352, ``input_width`` 704)
 keep_aspect   off (stretch to --size)    on (352x1216 evaluation frames keep the
                                          training crops' scale inside the model)
+loss          hu_blurred (the paper's)   silog (BTS's scale-invariant loss, which
+                                         scores only the sparse LiDAR pixels)
 ============  =========================  ============================================
 
 Sources: BTS ``pytorch/arguments_train_eigen.txt`` (``--input_height 352 --input_width 704
 --max_depth 80 --do_kb_crop``) and ``arguments_train_nyu.txt`` (``--max_depth 10``);
-``bts_dataloader.py`` (``depth_gt / 1000.0`` for nyu, ``/ 256.0`` for kitti). BTS also rotates
+``bts_dataloader.py`` (``depth_gt / 1000.0`` for nyu, ``/ 256.0`` for kitti); BTS trains KITTI
+with its ``silog_loss`` (``bts.py``, variance focus 0.85, as fastmde's ``silog`` preset). BTS also rotates
 KITTI crops by at most 1 degree and never flips vertically; fastmde's ``Augment`` flips only
 horizontally too (its rotation, at most 5 degrees, is chosen with ``--augment-parts``).
 """
@@ -33,13 +36,14 @@ class DatasetSetting:
     kb_crop: bool                        # KITTI's 352x1216 crop of every frame
     train_crop: tuple[int, int] | None   # random training crop (rows, columns); None: frames as read
     keep_aspect: bool                    # the model scales its input keeping the aspect ratio
+    loss: str                            # the --loss preset when none is given
 
 
 DATASETS = {
     "nyu": DatasetSetting("nyu", depth_scale=1000.0, max_depth=10.0, kb_crop=False, train_crop=None,
-                          keep_aspect=False),
+                          keep_aspect=False, loss="hu_blurred"),
     "kitti": DatasetSetting("kitti", depth_scale=256.0, max_depth=80.0, kb_crop=True, train_crop=(352, 704),
-                            keep_aspect=True),
+                            keep_aspect=True, loss="silog"),
 }
 
 

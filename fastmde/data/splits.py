@@ -37,6 +37,12 @@ def nyu_train_indices() -> list[int]:
     return [i for i in range(1, NYU_LABELED_COUNT + 1) if i not in test]
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of ``n`` items :func:`train_val_split` holds out (``by_scene=False``):
+    ``round(fraction * n)``, at least 1, leaving at least 1 to train on (``n >= 2``)."""
+    return min(n - 1, max(1, round(fraction * n)))
+
+
 def train_val_split(
     dataset: Dataset,
     fraction: float = 0.03,
@@ -57,7 +63,7 @@ def train_val_split(
         raise ValueError(f"cannot split a dataset of {n} item(s)")
     g = torch.Generator().manual_seed(int(seed))
     if not by_scene:
-        n_val = min(n - 1, max(1, round(fraction * n)))
+        n_val = held_out_count(n, fraction)
         perm = torch.randperm(n, generator=g).tolist()
         val = sorted(perm[:n_val])
     else:

@@ -25,10 +25,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
+    from .._outputs import check_output_folder
     from .._text import parse_size
     from .synthetic import write_synthetic_dataset
 
     h, w = parse_size(args.size, what="--size", minimum=8)     # a ValueError: one line, exit 2
+    for flag, value in (("--train", args.train), ("--val", args.val), ("--frames-per-scene", args.frames_per_scene),
+                        ("--val-frames-per-scene", args.val_frames_per_scene)):
+        if value < 1:     # fastmde train reads both splits; a split of no frame is not written
+            raise ValueError(f"{flag} must be a positive number of frames, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    check_output_folder(args.out, "--out", "the dataset's folder")
     start = time.perf_counter()
     write_synthetic_dataset(args.out, train=args.train, val=args.val, seed=args.seed, layout=args.layout,
                             size=(h, w), frames_per_scene=args.frames_per_scene, noise=args.noise, progress=True,

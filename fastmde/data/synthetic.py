@@ -599,8 +599,10 @@ def write_synthetic_dataset(
 
     if layout not in ("frames", "labeled"):
         raise ValueError(f"layout must be 'frames' or 'labeled', got {layout!r}")
-    if train < 0 or val < 0 or train + val == 0:
-        raise ValueError(f"need train >= 0, val >= 0 and at least one frame, got train={train}, val={val}")
+    # both splits: the readers and fastmde train read train/ and val/ (a split with no frame is not a split)
+    if train < 1 or val < 1:
+        raise ValueError(f"train and val must be positive numbers of frames (both splits are written), got "
+                         f"train={train}, val={val}")
     if frames_per_scene < 1 or val_frames_per_scene < 1:
         raise ValueError(f"frames per scene must be >= 1, got {frames_per_scene} (train) and "
                          f"{val_frames_per_scene} (val)")

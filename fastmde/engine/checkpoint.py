@@ -3,7 +3,8 @@
 A fastmde checkpoint is a ``torch.save`` dict::
 
     {"format": "fastmde-checkpoint", "version": 1,
-     "model_spec": {"name", "size", "overrides"},   # enough to rebuild the network
+     "model_spec": {"name", "size", "overrides",    # enough to rebuild the network
+                    "variant"},                     # its name (unet18-k3-1x1 under --encoder 18)
      "config": TrainConfig.to_dict(),
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
      "ema": {"decay", "updates", "model": averaged state_dict} | None,
@@ -271,7 +272,8 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
     depth in metres; it is moved to ``device`` and put in eval mode (``eval_mode=False``:
     training mode). Attributes say what was loaded:
 
-    - ``fastmde_variant``: the variant name (``fastmde.models.variants()``);
+    - ``fastmde_variant``: the name of the network it is (``fastmde.models.variant_name``: the
+      variant with its ``--encoder``, e.g. ``unet18-k3-1x1``);
     - ``fastmde_spec``: ``{"name", "size", "overrides"}``; ``fastmde.models.build(spec["name"],
       size=spec["size"], **spec["overrides"])`` is a model the loaded ``state_dict()`` loads into
       strictly (what ``train --init-from`` needs);
@@ -285,6 +287,7 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
     is neither (naming what it is, or, for an external checkpoint that fits no variant, the
     closest variant and the keys that differ).
     """
+    from .. import models
     from ..models import external
 
     path = _resolve(checkpoint)
@@ -299,7 +302,7 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
         ckpt = _validate(obj, path)
         model = build_model_from_checkpoint(ckpt)
         spec = ckpt["model_spec"]
-        model.fastmde_variant = spec["name"]
+        model.fastmde_variant = models.variant_name(spec["name"], **spec.get("overrides", {}))
         model.fastmde_spec = {"name": spec["name"], "size": spec.get("size"),
                               "overrides": dict(spec.get("overrides", {}))}
         model.fastmde_source = {"source": "fastmde"}

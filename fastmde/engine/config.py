@@ -27,7 +27,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
-from .._text import format_size, parse_size
+from .._text import format_size, parse_internal_size, parse_size
 from ..data.augment import Augment, parse_parts
 
 DATA_FORMATS = ("synthetic", "labeled", "frames", "csv", "list", "folder")
@@ -107,9 +107,12 @@ class TrainConfig:
         None, "initialise the whole model from this checkpoint (a fastmde run, or the paper authors' or Hu et "
               "al.'s); the optimiser starts afresh (--resume continues a run instead)", group=MODEL, metavar="PATH",
         unset="none")
-    loss: str = option("hu_blurred", "loss preset: the paper's Table 3, or silog (BTS), silog_adabins, "
-                       "silog_dav2 (Depth-Anything-V2), ssi (MiDaS, relative depth); docs/losses.md", group=MODEL,
-                       choices=loss_presets)
+    # None (unset) becomes the --dataset's preset in __post_init__ (stored resolved, so saved runs,
+    # resumes and sweep rows compare the loss that trains)
+    loss: str | None = option(None, "loss preset: the paper's Table 3, or silog (BTS), silog_adabins, "
+                              "silog_dav2 (Depth-Anything-V2), ssi (MiDaS, relative depth); docs/losses.md",
+                              group=MODEL, choices=loss_presets,
+                              unset="the --dataset's: hu_blurred for nyu (the paper's), silog for kitti (BTS's)")
     blur: bool | None = option(None, "override the preset's ground-truth blur for the gradient/normal terms",
                                group=MODEL, unset="the preset's")
     extra: dict = option({}, "further model overrides passed to fastmde.models.build (kernel_size, reduce, ...)",
@@ -200,12 +203,16 @@ class TrainConfig:
                                    on_resume="apply", result=False, unset="on a terminal only")
 
     def __post_init__(self):
-        self.size = parse_size(self.size, what="size", minimum=8)
+        self.size = parse_internal_size(self.size, what="size")      # the rule export --internal-size has too
         self.synthetic_size = parse_size(self.synthetic_size, what="synthetic_size", minimum=8)
         self.augment_parts = parse_parts(self.augment_parts)
         if self.train_crop is not None:
             self.train_crop = parse_size(self.train_crop, what="train_crop", minimum=8)
         self.extra = dict(self.extra or {})
+        if self.loss is None:        # the --dataset's preset (data/settings.py): silog for KITTI's sparse depth
+            from ..data.settings import dataset_setting
+
+            self.loss = dataset_setting(self.dataset).loss
         # --encoder / --normalize are options of their own; configurations saved before they were
         # (and Python callers) may carry them in ``extra``: one canonical place.
         for name in ("encoder", "normalize"):
@@ -245,12 +252,31 @@ class TrainConfig:
                 raise ValueError(f"{_named(name)} must be a positive number of frames, got {getattr(self, name)}")
         if self.synthetic_views < 1:
             raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
+        self._check_split_sizes()
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
         if self.init_from is not None and self.pretrained not in (None, "auto", "none"):
             raise ValueError("choose one initialisation: init_from (the whole model) or pretrained (the encoder)")
         self._check_file_options()
         self._refuse_options_without_effect()
+
+    def _check_split_sizes(self) -> None:
+        """The validation hold-out (``--val-fraction``, at least one item) needs a training split of
+        two items or more; for the synthetic data this is known before a frame is rendered."""
+        if self.limit_train is not None and self.limit_train < 2:
+            raise ValueError(f"{_named('limit_train')} must be at least 2 (one item is held out for validation), "
+                             f"got {self.limit_train}")
+        if self.data_format != "synthetic" or self.data is not None:
+            return
+        n = self.synthetic_train if self.limit_train is None else min(self.synthetic_train, self.limit_train)
+        if n < 2:
+            raise ValueError(f"{_named('synthetic_train')} must be at least 2: one frame is held out for validation "
+                             f"(--val-fraction), and training needs another; got {n}")
+        rooms = -(-n // self.synthetic_views)
+        if self.val_by_scene and rooms < 2:
+            raise ValueError(f"--val-by-scene holds out whole rooms, and {n} synthetic training frames at "
+                             f"{self.synthetic_views} per room (--synthetic-views) make {rooms} room: give more "
+                             "--synthetic-train or fewer --synthetic-views")
 
     def _refuse_options_without_effect(self) -> None:
         """An option that the rest of the configuration makes meaningless is a mistake to name,
@@ -346,9 +372,21 @@ class TrainConfig:
             overrides["aspect"] = "keep"
         return overrides
 
+    def model_name(self) -> str:
+        """The name of the network this run trains (``fastmde.models.variant_name``): ``--model``
+        with ``--encoder`` (and ``extra``'s kernel size / reduction) applied, e.g. ``unet18-k3-1x1``
+        for ``--model unet34-k3-1x1 --encoder 18``. Every log line and record that names the model
+        uses it."""
+        from ..models import variant_name
+
+        return variant_name(self.model, **self.model_overrides())
+
     def model_spec(self) -> dict:
-        """What ``fastmde.models.build`` needs to rebuild the network (stored in checkpoints)."""
-        return {"name": self.model, "size": list(self.size), "overrides": self.model_overrides()}
+        """What ``fastmde.models.build`` needs to rebuild the network (stored in checkpoints), and
+        ``variant``: the network's name (:meth:`model_name`; a record for readers of the file, the
+        loader derives it from ``name`` and ``overrides``)."""
+        return {"name": self.model, "size": list(self.size), "overrides": self.model_overrides(),
+                "variant": self.model_name()}
 
 
 def _flag_named(name: str) -> str:

@@ -25,6 +25,32 @@ def test_split_name(data_format: str) -> str:
             "folder": "all"}[data_format]
 
 
+#: what ``--data`` names for each format: "folder", "file", or "either" (labeled: the .mat file or
+#: the folder holding nyu_depth_v2_labeled.mat)
+DATA_PATH_KIND = {"synthetic": "folder", "frames": "folder", "csv": "folder", "folder": "folder", "list": "file",
+                  "labeled": "either"}
+_DATA_PATH_WORDS = {
+    "synthetic": "the folder of a synthetic dataset in the frames layout (fastmde synth --out)",
+    "frames": "the folder holding train/ and val/ (NYU's per-frame HDF5 layout)",
+    "csv": "the folder holding data/nyu2_train.csv",
+    "folder": "the photo folder (--depth-root: the depth-map folder)",
+    "list": "the list file ('<rgb> <depth> [focal]' lines)",
+}
+
+
+def check_data_path(data_format: str, path: str, flag: str = "--data") -> None:
+    """Refuse (one line, before any work) a ``--data`` of the wrong kind for ``data_format``: a file
+    where the format reads a folder (frames, csv, folder, synthetic), a folder where it reads a file
+    (list). A missing path is the caller's check (it names where the path came from)."""
+    kind = DATA_PATH_KIND.get(data_format, "either")
+    if kind == "folder" and os.path.isfile(path):
+        raise ValueError(f"{flag} {path!r} is a file; --data-format {data_format} reads a folder: "
+                         f"{_DATA_PATH_WORDS[data_format]}")
+    if kind == "file" and os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path!r} is a folder; --data-format {data_format} reads "
+                                f"{_DATA_PATH_WORDS[data_format]}")
+
+
 def file_options(cfg) -> dict:
     """The reader options of the ``list`` / ``folder`` formats in effect for a :class:`TrainConfig`
     (unset ones from its ``--dataset``)."""

@@ -104,52 +104,81 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=default_of("workers"))
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: the checkpoint's)")
     parser.add_argument("--out", default=None,
-                        help="JSON output file, or an existing folder to write the default name into (default: "
-                             "eval-<checkpoint>-<format>-<split>-<protocol>.json next to the checkpoint, with "
-                             "-flip/-noflip when --flip/--no-flip is given); a file holding another evaluation "
-                             "is refused")
+                        help="JSON output file, or a folder (existing, or a path ending in /) to write the default "
+                             "name into; missing folders are created (default: eval-<checkpoint>-<format>-<split>-"
+                             "<protocol>.json next to the checkpoint, with -flip/-noflip when --flip/--no-flip is "
+                             "given and a part per --image-root, --depth-root, --depth-scale, --kb-crop given); a "
+                             "file holding another evaluation is refused")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a result file that holds another evaluation (the same evaluation is always "
                              "replaced)")
 
 
-def result_name(checkpoint: str, data_format: str, split: str, protocol: str, flip: bool | None) -> str:
-    """``eval-<checkpoint file stem>-<format>-<split>-<protocol>[-flip|-noflip].json``: a result
-    file named by what it evaluated, so that evaluations of one checkpoint do not replace each other."""
+def result_name(checkpoint: str, data_format: str, split: str, protocol: str, flip: bool | None,
+                files: tuple[str, ...] = ()) -> str:
+    """``eval-<checkpoint file stem>-<format>-<split>-<protocol>[-flip|-noflip][-<file option>...].json``:
+    a result file named by what it evaluated, so that evaluations of one checkpoint do not replace
+    each other. ``files``: the list/folder reader options given on the command line
+    (:func:`file_option_parts`: ``kb``, ``scale256``, ``images-<folder>``...)."""
     from .._text import slug
 
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
     parts = [stem, data_format, split, protocol] + ([] if flip is None else ["flip" if flip else "noflip"])
-    return "eval-" + "-".join(slug(p) for p in parts) + ".json"
+    return "eval-" + "-".join(slug(p) for p in parts + list(files)) + ".json"
 
 
 def result_path(out: str | None, checkpoint: str, name: str) -> str:
-    """Where ``fastmde eval`` writes: ``out`` (a file, or an existing folder that gets ``name``),
-    else ``name`` beside ``checkpoint``. Checked before any evaluation.
+    """Where ``fastmde eval`` writes: ``out`` (a file; or a folder, existing or a path ending in
+    ``/``, that gets ``name``), else ``name`` beside ``checkpoint``. Checked before any evaluation,
+    by the rule of every command's outputs (:mod:`fastmde._outputs`): missing folders are created
+    when the result is written.
 
     Raises:
-        FileNotFoundError: the folder ``out`` would be written in does not exist (nothing is
-            created outside an existing folder).
-        PermissionError: that folder cannot be written.
+        FileExistsError: ``out`` lies below a file.
+        PermissionError: the folder cannot be written.
     """
+    from .._outputs import check_output_file, check_output_folder
+
     if out is None:
         path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
     elif os.path.isdir(out) or out.endswith(("/", os.sep)):
-        if not os.path.isdir(out):
-            raise FileNotFoundError(f"--out {out!r}: no such folder (create it first)")
+        check_output_folder(out, "--out", "the folder the result goes to")
         path = os.path.join(out, name)
     else:
         path = out
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--out {out!r}: the folder {folder!r} does not exist (create it first)")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"--out {out!r}: the folder {folder!r} cannot be written")
+    check_output_file(path, "--out" if out is not None else "the result file")
     return path
 
 
-#: what makes two evaluations the same one (a result file holding another is not replaced silently)
-IDENTITY = ("checkpoint", "data_format", "data", "split", "protocol_name", "flip", "synthetic")
+#: what makes two evaluations the same one (a result file holding another is not replaced silently);
+#: ``files``: the list / folder reader options in effect (image and depth roots, depth scale, kb crop)
+IDENTITY = ("checkpoint", "data_format", "data", "split", "protocol_name", "flip", "synthetic", "files")
+
+
+def file_identity(files: dict | None) -> dict | None:
+    """The reader options of a list / folder evaluation that change what is scored (folders as
+    absolute paths), for :data:`IDENTITY`; None for the other formats."""
+    if files is None:
+        return None
+    root = lambda p: None if p is None else os.path.abspath(p)  # noqa: E731
+    return {"image_root": root(files.get("image_root")), "depth_root": root(files.get("depth_root")),
+            "depth_scale": files.get("depth_scale"), "kb_crop": bool(files.get("kb_crop"))}
+
+
+def file_option_parts(args) -> tuple[str, ...]:
+    """The reader options given on the command line, as parts of the result's name (options left
+    to the checkpoint's defaults add nothing, so the usual name stays short): ``images-<folder>``,
+    ``depths-<folder>``, ``scale<value>``, ``kb`` / ``nokb``."""
+    parts = []
+    for name, word in (("image_root", "images"), ("depth_root", "depths")):
+        value = getattr(args, name, None)
+        if value is not None:
+            parts.append(f"{word}-{os.path.basename(os.path.normpath(value))}")
+    if getattr(args, "depth_scale", None) is not None:
+        parts.append(f"scale{args.depth_scale:g}")
+    if getattr(args, "kb_crop", None) is not None:
+        parts.append("kb" if args.kb_crop else "nokb")
+    return tuple(parts)
 
 
 def check_replaceable(path: str, identity: dict, overwrite: bool) -> None:
@@ -179,7 +208,7 @@ def run(args) -> int:
     from .._atomic import atomic_write_text
     from .checkpoint import clean_output_folder, load
     from .config import current_names, default_of
-    from .datasets import open_split, test_split_name
+    from .datasets import check_data_path, open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
 
     if args.batch_size < 1:
@@ -199,21 +228,26 @@ def run(args) -> int:
     if data_path is not None and not os.path.exists(data_path):
         raise FileNotFoundError(f"--data {data_path!r} does not exist"
                                 + ("" if args.data is not None else " (the path the checkpoint was trained on)"))
+    if data_path is not None:
+        check_data_path(data_format, data_path)
     split = args.split or test_split_name(data_format)
     protocol = get_protocol(args.protocol or default_protocol(cfg))
     synthetic = {name: cfg.get(name, default_of(name)) for name in
                  ("synthetic_train", "synthetic_test", "synthetic_size", "synthetic_views")}
+    files = file_options_for(args, cfg, data_format, protocol)
     identity = {"checkpoint": os.path.abspath(model.fastmde_checkpoint), "data_format": data_format,
                 "data": None if data_path is None else os.path.abspath(data_path), "split": split,
                 "protocol_name": protocol.name, "flip": protocol.flip if args.flip is None else bool(args.flip),
                 "synthetic": ({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in synthetic.items()}
-                              if data_format == "synthetic" and data_path is None else None)}
+                              if data_format == "synthetic" and data_path is None else None),
+                "files": file_identity(files)}
     out = result_path(args.out, model.fastmde_checkpoint,
-                      result_name(model.fastmde_checkpoint, data_format, split, protocol.name, args.flip))
+                      result_name(model.fastmde_checkpoint, data_format, split, protocol.name, args.flip,
+                                  file_option_parts(args)))
     check_replaceable(out, identity, args.overwrite)
     device = resolve_device(args.device)
     dataset = open_split(data_format, data_path, split, cache_dir=args.cache_dir or cfg.get("cache_dir"),
-                         files=file_options_for(args, cfg, data_format, protocol), **synthetic)
+                         files=files, **synthetic)
     model = model.to(device)
     values = evaluate(model, dataset, protocol, device=device, batch_size=args.batch_size,
                       workers=resolve_workers(args.workers, device), amp_dtype=resolve_amp(args.amp, device, inference=True),

@@ -8,8 +8,11 @@ output (negative values included) in the .npy. The PNG is the map in reversed Tu
 colour bar in metres to its right (:mod:`fastmde.engine.pictures`).
 
 Photos are read as shown (EXIF orientation applied), so a depth map lines up with the photo
-in any viewer. Output names mirror each input's path below the inputs' common folder
-(``fastmde predict x/a.png y/a.png a_1.png --out d`` writes ``d/x/a.*``, ``d/y/a.*`` and
+in any viewer. A folder given is read with its sub-folders (as Depth-Anything-V2's ``run.py``
+globs ``**/*``; hidden folders and the ``--out`` folder, when it lies inside, are left out).
+Output names mirror each input's path below the inputs' common folder (a folder given counts
+as the folder itself: ``fastmde predict photos/ --out d`` writes ``d/<path below photos>.*``;
+``fastmde predict x/a.png y/a.png a_1.png --out d`` writes ``d/x/a.*``, ``d/y/a.*`` and
 ``d/a_1.*``); two inputs that would still share a name, a result that would replace an
 input, or a result already in ``--out`` (without ``--overwrite``) are refused before anything
 is written. Every file is written atomically; the count printed is the count written.
@@ -28,6 +31,8 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path, atomic_write
+from .._outputs import check_output_folder
+from .datasets import check_data_path
 from ..data._common import decode_image
 from .inference import predict_images
 from .pictures import colourise, depth_picture  # noqa: F401  (colourise: predict's name before pictures.py)
@@ -47,46 +52,70 @@ def read_image(path) -> torch.Tensor:
     return torch.from_numpy(decode_image(path))
 
 
-def expand_inputs(inputs) -> list[str]:
-    """Files as given; directories -> their image files (not recursive), sorted.
+def expand_inputs(inputs, *, exclude: str | None = None, anchors: list[str] | None = None) -> list[str]:
+    """Files as given; folders -> their image files, sub-folders included (``os.walk``, sorted;
+    hidden files and folders, and the folder ``exclude`` (``--out``: earlier results are PNG
+    images too) left out).
+
+    ``anchors``, when given, receives for each path the folder its output name is relative to
+    (:func:`output_stems`): a file's own folder, or the folder given that it was found in.
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: a directory holds no image file.
+        ValueError: a folder holds no image file (in any sub-folder).
     """
+    skip = None if exclude is None else os.path.normcase(os.path.realpath(exclude))
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
+            found = []
+            for folder, dirs, names in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and os.path.normcase(os.path.realpath(os.path.join(folder, d))) != skip)
+                found.extend(os.path.join(folder, f) for f in sorted(names)
+                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
             if not found:
-                raise ValueError(f"directory {item!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ValueError(f"folder {item!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}), "
+                                 "in its sub-folders neither")
             paths.extend(found)
+            if anchors is not None:
+                anchors.extend([item] * len(found))
         elif os.path.isfile(item):
             paths.append(item)
+            if anchors is not None:
+                anchors.append(os.path.dirname(item) or ".")
         else:
             raise FileNotFoundError(f"input {item!r} does not exist")
     return paths
 
 
-def unique_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
-    """``(kept, dropped)``: the inputs with second mentions of one file (same real path) dropped."""
+def unique_inputs(paths: list[str], anchors: list[str] | None = None):
+    """``(kept, dropped)``: the inputs with second mentions of one file (same real path) dropped;
+    with ``anchors`` (one per path), ``(kept, dropped, the kept paths' anchors)``."""
     seen: set[str] = set()
-    kept, dropped = [], []
-    for p in paths:
+    kept, dropped, kept_anchors = [], [], []
+    for i, p in enumerate(paths):
         key = os.path.normcase(os.path.realpath(p))
-        (dropped if key in seen else kept).append(p)
+        if key in seen:
+            dropped.append(p)
+        else:
+            kept.append(p)
+            if anchors is not None:
+                kept_anchors.append(anchors[i])
         seen.add(key)
-    return kept, dropped
+    return (kept, dropped) if anchors is None else (kept, dropped, kept_anchors)
 
 
-def output_stems(paths: list[str]) -> list[str]:
+def output_stems(paths: list[str], anchors: list[str] | None = None) -> list[str]:
     """Output names (without extension) that mirror each input's path below the inputs' common folder.
 
     ``photos/a.jpg photos/b.jpg`` -> ``a``, ``b``; ``x/a.png y/a.png a_1.png`` -> ``x/a``,
-    ``y/a``, ``a_1``; a single folder or file -> its images' own names. Two different inputs
-    that still share a name (``x/a.jpg`` and ``x/a.png``) are refused, before anything is
-    written.
+    ``y/a``, ``a_1``; a single file -> its own name. ``anchors`` (one per path, from
+    :func:`expand_inputs`) are the folders the common folder is taken over (default: each
+    path's folder): a folder given anchors the images found under it, so ``photos/`` holding
+    ``a.jpg`` and ``sub/b.jpg`` gives ``a`` and ``sub/b``, and ``photos/`` holding only
+    ``sub/b.jpg`` gives ``sub/b``. Two different inputs that still share a name (``x/a.jpg`` and
+    ``x/a.png``) are refused, before anything is written.
 
     Raises:
         ValueError: two inputs map to one output name; the message names both.
@@ -94,7 +123,8 @@ def output_stems(paths: list[str]) -> list[str]:
     if not paths:
         return []
     absolute = [os.path.abspath(p) for p in paths]
-    base = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    folders = [os.path.dirname(a) for a in absolute] if anchors is None else [os.path.abspath(a) for a in anchors]
+    base = os.path.commonpath(folders)
     stems = [os.path.splitext(os.path.relpath(a, base))[0] for a in absolute]
     owner: dict[str, str] = {}
     for path, stem in zip(paths, stems):
@@ -191,7 +221,7 @@ def depth_range(args, config: dict) -> tuple[float, float]:
 
 
 def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
-                 extensions=(".png", ".npy")) -> tuple[list[str], int]:
+                 extensions=(".png", ".npy"), anchors: list[str] | None = None) -> tuple[list[str], int]:
     """Output stems for ``paths`` and how many existing result files (of ``extensions``) they replace.
 
     Checked before anything is written: unique names (:func:`output_stems`), no result that
@@ -201,7 +231,7 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
         ValueError: two inputs share an output name, or an output is one of the inputs.
         FileExistsError: a result exists and ``overwrite`` is False; names the file.
     """
-    stems = output_stems(paths)
+    stems = output_stems(paths, anchors)
     inputs = {os.path.normcase(os.path.realpath(p)): p for p in paths}
     existing = 0
     for stem in stems:
@@ -231,12 +261,11 @@ def run(args) -> int:
     if args.min_depth is not None and args.max_depth is not None and not args.min_depth < args.max_depth:
         raise ValueError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g} "
                          "(the colour scale runs from the one to the other)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise FileExistsError(f"--out {args.out!r} is a file; it names the folder the depth maps go to")
-    paths, duplicates, read, focals = inputs_of(args)
+    check_output_folder(args.out, "--out", "the folder the depth maps go to")
+    paths, duplicates, read, focals, anchors = inputs_of(args)
     check_pointcloud_arguments(args, focals)
     kinds = (".png", ".npy") + ((".ply",) if args.pointcloud else ())
-    stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite, extensions=kinds)
+    stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite, extensions=kinds, anchors=anchors)
     if duplicates:
         print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
               file=sys.stderr)
@@ -246,6 +275,7 @@ def run(args) -> int:
     amp_dtype = resolve_amp(args.amp, device, inference=True)
     clean_output_folder(args.out, lambda text: print(f"predict: {text}", file=sys.stderr))   # killed writes' leftovers
     written = 0
+    cameras: dict[str, int] = {}     # the point clouds' intrinsics, as each .ply's header names them
     try:
         # Read and predict in chunks so that memory stays bounded for long lists.
         chunk = max(args.batch_size * 8, 32)
@@ -255,7 +285,8 @@ def run(args) -> int:
             for i, (stem, depth) in enumerate(zip(stems[start:start + chunk], depths)):
                 write_prediction(depth, args.out, stem, lo=args.min_depth, hi=args.max_depth, clamp=args.clamp)
                 if args.pointcloud:
-                    write_pointcloud(args, stem, depth, images[i], focals.get(paths[start + i]))
+                    _, where = write_pointcloud(args, stem, depth, images[i], focals.get(paths[start + i]))
+                    cameras[where] = cameras.get(where, 0) + 1
                 written += 1
     except BaseException:
         print(f"predict: stopped after writing {written} of {len(paths)} depth maps to {args.out}", file=sys.stderr)
@@ -263,7 +294,17 @@ def run(args) -> int:
     note = f", replacing {replaced} existing files" if replaced else ""
     clamped = f"clamped to {args.min_depth:g}-{args.max_depth:g} m" if args.clamp else "raw in .npy"
     print(f"wrote {written} depth maps ({', '.join(kinds)}; {clamped}) to {args.out}{note}", file=sys.stderr)
+    if cameras:
+        print(f"predict: point clouds with {describe_cameras(cameras)}", file=sys.stderr)
     return 0
+
+
+def describe_cameras(cameras: dict[str, int]) -> str:
+    """The intrinsics the .ply files were written with, from ``{where: count}`` (each photo's own:
+    ``NYU Kinect intrinsics scaled to 640x480`` for all, or one entry per size with its count)."""
+    if len(cameras) == 1:
+        return next(iter(cameras))
+    return "; ".join(f"{where} ({n} photo{'s' if n > 1 else ''})" for where, n in cameras.items())
 
 # ---------------------------------------------------------------- file lists and folders
 
@@ -281,11 +322,13 @@ def add_data_arguments(parser) -> None:
         add_option(g, name, default=None)
 
 
-def inputs_of(args) -> tuple[list[str], list[str], callable, dict]:
-    """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W), {path: focal length})
-    of ``fastmde predict``: the IMAGES given, or the photos of ``--data`` (``--data-format
-    list|folder``), kb-cropped when ``--kb-crop`` is on (default: as the checkpoint was trained on
-    this format); the focal lengths are a file list's third fields (empty without them)."""
+def inputs_of(args) -> tuple[list[str], list[str], callable, dict, list[str] | None]:
+    """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W), {path: focal length},
+    the folders output names are relative to (:func:`output_stems`; None: each photo's)) of
+    ``fastmde predict``: the IMAGES given (folders with their sub-folders, ``--out`` left out),
+    or the photos of ``--data`` (``--data-format list|folder``), kb-cropped when ``--kb-crop`` is
+    on (default: as the checkpoint was trained on this format); the focal lengths are a file
+    list's third fields (empty without them)."""
     from .. import data
 
     if args.data_format is None:
@@ -293,8 +336,10 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict]:
             raise ValueError("--data, --image-root and --kb-crop go with --data-format list or folder")
         if not args.images:
             raise ValueError("give image files or folders to predict, or --data-format list|folder with --data")
-        paths, duplicates = unique_inputs(expand_inputs(args.images))
-        return paths, duplicates, read_image, {}
+        anchors: list[str] = []
+        found = expand_inputs(args.images, exclude=args.out, anchors=anchors)
+        paths, duplicates, anchors = unique_inputs(found, anchors)
+        return paths, duplicates, read_image, {}, anchors
     if args.images:
         raise ValueError(f"give image files or --data-format {args.data_format} --data, not both")
     if args.data is None:
@@ -318,9 +363,10 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict]:
         from ..data._common import IMAGE_EXTENSIONS
         from ..data.folder import _files_by_stem
 
-        if not os.path.isdir(args.data):
-            raise FileNotFoundError(f"--data {args.data!r}: no such folder")
+        check_data_path("folder", args.data)
         found = _files_by_stem(args.data, IMAGE_EXTENSIONS, "photo")
+        out = os.path.normcase(os.path.realpath(args.out)) + os.sep     # earlier results are photos too
+        found = {k: p for k, p in found.items() if not os.path.normcase(os.path.realpath(p)).startswith(out)}
         if not found:
             raise ValueError(f"{args.data}: holds no photo ({' '.join(IMAGE_EXTENSIONS)})")
         paths = [found[key] for key in sorted(found)]
@@ -331,7 +377,7 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict]:
         image = decode_image(path)
         return torch.from_numpy(np.ascontiguousarray(data.kb_crop(image, path) if kb else image))
 
-    return paths, duplicates, read, focals
+    return paths, duplicates, read, focals, None
 
 
 def checkpoint_config(path: str) -> dict:
@@ -358,7 +404,8 @@ def add_pointcloud_arguments(parser) -> None:
 
 def check_pointcloud_arguments(args, focals: dict) -> None:
     """Refuse intrinsics without --pointcloud and bad ones before anything is predicted; say once
-    which intrinsics the point clouds use."""
+    where the point clouds' intrinsics come from (each photo's own size scales NYU's Kinect; the
+    line after the run names the sizes: :func:`describe_cameras`)."""
     from ..pointcloud import intrinsics_for
 
     given = [f"--{n}" for n in ("fx", "fy", "cx", "cy") if getattr(args, n) is not None]
@@ -368,12 +415,14 @@ def check_pointcloud_arguments(args, focals: dict) -> None:
         return
     _, where = intrinsics_for((480, 640), fx=args.fx, fy=args.fy, cx=args.cx, cy=args.cy,
                               focal=next(iter(focals.values()), None))
-    print(f"predict: point clouds with {where}" + (" (give --fx, --fy, --cx, --cy for another camera)"
-                                                   if "NYU" in where else ""), file=sys.stderr)
+    if "NYU" in where:      # scaled to each photo's size, known once it is read
+        where = "NYU Kinect intrinsics scaled to each photo's size (give --fx, --fy, --cx, --cy for another camera)"
+    print(f"predict: point clouds with {where}", file=sys.stderr)
 
 
-def write_pointcloud(args, stem: str, depth: np.ndarray, image: torch.Tensor, focal: float | None) -> str:
-    """``<out>/<stem>.ply`` from the depth the .npy holds (clamped unless --no-clamp) and the photo."""
+def write_pointcloud(args, stem: str, depth: np.ndarray, image: torch.Tensor, focal: float | None) -> tuple[str, str]:
+    """``<out>/<stem>.ply`` from the depth the .npy holds (clamped unless --no-clamp) and the photo:
+    (its path, where its intrinsics come from, as its header says)."""
     from ..pointcloud import intrinsics_for, write_point_cloud
 
     if args.clamp:
@@ -381,4 +430,4 @@ def write_pointcloud(args, stem: str, depth: np.ndarray, image: torch.Tensor, fo
     k, where = intrinsics_for(depth.shape, fx=args.fx, fy=args.fy, cx=args.cx, cy=args.cy, focal=focal)
     path = os.path.join(args.out, stem + ".ply")
     write_point_cloud(path, depth, image, k, comments=(f"intrinsics from {where}",))
-    return path
+    return path, where

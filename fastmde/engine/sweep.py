@@ -270,7 +270,7 @@ def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
         m, c = r["metrics"], r["config"]
         trained = r.get("epochs_trained")
         lines.append(
-            f"| {r['name']} | {c['model']} | {option_text(c['size'])} | {c['loss']} | "
+            f"| {r['name']} | {model_name_of(c)} | {option_text(c['size'])} | {c['loss']} | "
             + "".join(f"{option_text(c.get(name))} | " for name in varied)
             + " | ".join("-" if m.get(k) is None else f"{m[k]:.3f}" for k in METRIC_NAMES)   # results of older versions
             + f" | {r.get('steps', '?')} | {'?' if trained is None else f'{trained:.2f}'} | {r.get('images_seen', '?')}"
@@ -282,6 +282,17 @@ def markdown_table(results: list[dict], epochs: int, protocol: str) -> str:
                          + ", ".join(f"{flags.get(k, k)} {option_text(a)} -> {option_text(b)}"
                                      for k, (a, b) in change["changes"].items()))
     return "\n".join(lines) + "\n"
+
+
+def model_name_of(config: dict) -> str:
+    """The name of the network a row trained (``fastmde.models.variant_name``: ``unet18-k3-1x1`` for
+    ``model unet34-k3-1x1, encoder 18``); the ``model`` option as saved where it names no variant."""
+    from ..models import variant_name
+
+    try:
+        return variant_name(config["model"], encoder=config.get("encoder"), **(config.get("extra") or {}))
+    except (KeyError, TypeError, ValueError):
+        return str(config.get("model"))
 
 
 def trained_line(results: list[dict], epochs: int, protocol: str) -> str:
@@ -374,7 +385,9 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     from .train import Trainer
 
     from .train import check_paths, check_trainable
+    from .._outputs import check_output_folder
 
+    check_output_folder(out_dir, "--out", "the sweep's folder")
     configs = row_configs(base, rows, out_dir)
     for name, cfg in configs:     # every row checked before anything is trained
         try:
@@ -382,8 +395,6 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
             check_paths(cfg)
         except (ValueError, OSError) as exc:
             raise type(exc)(f"sweep row {name!r}: {exc}") from None
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"--out {out_dir!r} is a file; it names the sweep's folder")
     device = resolve_device(base.device)
     plan = plan_rows(configs, resume=resume, overwrite=overwrite, log=log)
     os.makedirs(out_dir, exist_ok=True)

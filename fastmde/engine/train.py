@@ -139,6 +139,16 @@ def describe_start(cfg: TrainConfig, weights: str | None) -> str:
     return f"encoder: weights of {weights}"
 
 
+def describe_loss(cfg: TrainConfig) -> str:
+    """``loss silog (--dataset kitti's default; --loss to change)``: the loss of the start line, and
+    where it came from when the ``--dataset`` chose it (``data/settings.py``)."""
+    from ..data.settings import dataset_setting
+
+    if cfg.dataset != "nyu" and cfg.loss == dataset_setting(cfg.dataset).loss:
+        return f"loss {cfg.loss} (--dataset {cfg.dataset}'s default; --loss to change)"
+    return f"loss {cfg.loss}"
+
+
 def validation_protocol(cfg: TrainConfig) -> str:
     """The protocol validation, the final test and best.pt use: ``VALIDATION_PROTOCOL`` for NYU;
     for ``--dataset kitti`` BTS's KITTI evaluation (1e-3 < y < 80 m, predictions clamped, the Garg
@@ -198,18 +208,38 @@ def check_trainable(cfg: TrainConfig, world_size: int = 1) -> None:
     stride, _ = deepest_map(cfg)
     batch = cfg.batch_size
     message = untrainable_message(
-        cfg.model, *cfg.size, batch, stride, size_words=lambda h, w: f"--size {h}x{w}",
+        cfg.model_name(), *cfg.size, batch, stride, size_words=lambda h, w: f"--size {h}x{w}",
         batch_words=lambda b: f"--batch-size {b}", larger_batch="use --batch-size 2",
         each=f"process's batch ({batch} image(s) in each of {world_size} process(es))")
     if message is not None:
         raise ValueError(message)
+    if cfg.data_format == "synthetic" and cfg.data is None and not cfg.val_by_scene:
+        # the synthetic split's sizes are known before a frame is rendered (data.splits.held_out_count)
+        from ..data.splits import held_out_count
+
+        n = cfg.synthetic_train if cfg.limit_train is None else min(cfg.synthetic_train, cfg.limit_train)
+        message = too_few_items(cfg, -(-(n - held_out_count(n, cfg.val_fraction)) // world_size), world_size,
+                                more="more --synthetic-train frames")
+        if message is not None:
+            raise ValueError(message)
+
+
+def too_few_items(cfg: TrainConfig, items: int, world_size: int, more: str = "more training data") -> str | None:
+    """The refusal of ``items`` training items per process per epoch (fewer than a batch: the epoch
+    is one partial batch) when BatchNorm cannot train on that batch, else None."""
+    if items >= cfg.batch_size or items >= smallest_trainable_batch(cfg):
+        return None
+    return (f"each of the {world_size} process(es) gets {items} training item(s) per epoch, one batch smaller than "
+            f"--batch-size {cfg.batch_size}, and {cfg.model_name()} at --size {cfg.size[0]}x{cfg.size[1]} cannot "
+            f"train on a batch of {items} (BatchNorm at its 1x1 deepest map): use {more} or fewer processes")
 
 
 def check_paths(cfg: TrainConfig) -> None:
     """Refuse, before any work, a path option that cannot be what it names: ``--pretrained`` and
     ``--init-from`` must exist (their contents are read when the model is built, which is also
-    before any data), ``--data``, ``--image-root`` and ``--depth-root`` must exist, and ``--out`` /
-    ``--cache-dir`` must be folders if they exist. Errors name the flag and the path."""
+    before any data), ``--data``, ``--image-root`` and ``--depth-root`` must exist, ``--data`` must
+    be the kind its format reads (``datasets.check_data_path``), and ``--out`` / ``--cache-dir`` must
+    be folders that can be made and written (``fastmde._outputs``). Errors name the flag and the path."""
     weights = cfg.encoder_weights()        # a file, "imagenet" (checked when the model is built) or None
     weights = None if weights == "imagenet" else weights
     for flag, path in (("--pretrained", weights), ("--init-from", cfg.init_from), ("--data", cfg.data),
@@ -219,9 +249,18 @@ def check_paths(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"{flag} {path!r} does not exist")
     if weights is not None and os.path.isdir(weights):
         raise IsADirectoryError(f"--pretrained {weights!r} is a folder; it takes a weights file (.pth)")
+    if cfg.data is not None:
+        from .datasets import check_data_path
+
+        check_data_path(cfg.data_format, cfg.data)     # a file where the format reads a folder, or the reverse
+    for flag, path in (("--image-root", cfg.image_root), ("--depth-root", cfg.depth_root)):
+        if path is not None and not os.path.isdir(path):
+            raise ValueError(f"{flag} {path!r} is a file; it names a folder")
+    from .._outputs import check_output_folder
+
     for flag, path in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir)):
-        if path is not None and os.path.exists(path) and not os.path.isdir(path):
-            raise FileExistsError(f"{flag} {path!r} is a file; it names a folder (choose another path)")
+        if path is not None:        # a file, a path below a file, a folder that cannot be written
+            check_output_folder(path, flag)
 
 
 def resume_differences(ckpt: dict, cfg: TrainConfig, path: str) -> list[tuple[str, object, object]]:
@@ -246,14 +285,16 @@ def init_weights_from(model, path: str, variant: str) -> None:
     """Copy every weight of the model in checkpoint ``path`` (anything ``fastmde.load`` reads) into
     ``model``, a fresh ``variant``; the optimiser state is not touched (that is ``--resume``)."""
     from .. import load
+    from ..models import variant_name
 
     loaded = load(path)
     source = getattr(loaded, "fastmde_variant", None)
     if source is None:
-        source = read_checkpoint(path)["model_spec"]["name"]
+        spec = read_checkpoint(path)["model_spec"]
+        source = variant_name(spec["name"], **spec.get("overrides", {}))
     if source != variant:
-        raise CheckpointError(f"--init-from {path!r} holds a {source} model, but --model is {variant}: "
-                              f"pass --model {source}, or a checkpoint of {variant}")
+        raise CheckpointError(f"--init-from {path!r} holds a {source} model, but --model/--encoder make a {variant}: "
+                              f"pass the --model and --encoder of a {source}, or a checkpoint of {variant}")
     # The input normalisation is not a weight: a model trained on ImageNet-normalised input (Hu
     # et al.'s) fine-tuned on raw 0-255 input would load but start from nonsense.
     want, have = _input_normalisation(unwrap(model)), _input_normalisation(loaded)
@@ -326,8 +367,8 @@ class Trainer:
             self.log(describe_start(cfg, weights))
         self.protocol = validation_protocol(cfg)
         if cfg.init_from is not None:
-            init_weights_from(model, cfg.init_from, cfg.model)
-            self.log(f"initialised {cfg.model} from {cfg.init_from}")
+            init_weights_from(model, cfg.init_from, model.fastmde_variant)
+            self.log(f"initialised {model.fastmde_variant} from {cfg.init_from}")
         # Rank 0 generates the synthetic cache (if needed) before the others open it.
         if self.info.is_main:
             self.train_set, self.val_set, self.test_set = build_datasets(cfg, test=test)
@@ -345,12 +386,9 @@ class Trainer:
         n = self.sampler.num_samples
         self.items_per_epoch = n // cfg.batch_size * cfg.batch_size if n >= cfg.batch_size else n
         self.steps_per_epoch = math.ceil(self.items_per_epoch / cfg.batch_size)
-        if self.items_per_epoch < cfg.batch_size and self.items_per_epoch < smallest_trainable_batch(cfg):
-            raise ValueError(
-                f"each of the {self.info.world_size} process(es) gets {self.items_per_epoch} training item(s) per "
-                f"epoch, one batch smaller than --batch-size {cfg.batch_size}, and {cfg.model} at --size "
-                f"{cfg.size[0]}x{cfg.size[1]} cannot train on a batch of {self.items_per_epoch} (BatchNorm at its "
-                "1x1 deepest map): use more training data or fewer processes")
+        message = too_few_items(cfg, self.items_per_epoch, self.info.world_size)
+        if message is not None:
+            raise ValueError(message)
 
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -466,7 +504,7 @@ class Trainer:
         if left and saved_batch != self.cfg.batch_size and smallest_trainable_batch(self.cfg) > left:
             self.epoch_items -= left
             self.log(f"resume: the last {left} item(s) of this epoch are skipped: a batch of {left} cannot train "
-                     f"{self.cfg.model} at {self.cfg.size[0]}x{self.cfg.size[1]} (BatchNorm)")
+                     f"{self.cfg.model_name()} at {self.cfg.size[0]}x{self.cfg.size[1]} (BatchNorm)")
 
     def _restart_schedule(self) -> None:
         """Resumed with another rate or schedule: the new curve from the current position on.
@@ -571,7 +609,7 @@ class Trainer:
                     os.remove(os.path.join(cfg.out, name))
                 self.replaces_run = False
                 self.log(f"--overwrite: removed the earlier run's {', '.join(old)} from {cfg.out}")
-            self.log(f"training {cfg.model} at {cfg.size[0]}x{cfg.size[1]} on {self.device} "
+            self.log(f"training {cfg.model_name()} at {cfg.size[0]}x{cfg.size[1]} with {describe_loss(cfg)} on {self.device} "
                      f"(world {self.info.world_size}, {self.speed_choice}, "
                      f"compile {self.use_compile}, workers {self.workers}); {len(self.train_set)} train / "
                      f"{len(self.val_set)} val items, {self.steps_per_epoch} steps per epoch")
@@ -642,7 +680,8 @@ class Trainer:
             self.log(f"interrupted: saved {self.last_path} at step {self.step}; continue with --resume")
             raise
         progress.close()
-        summary = {"out": cfg.out, "stopped": stop_reason or "completed", "step": self.step, "epoch": self.epoch,
+        summary = {"out": cfg.out, "model": cfg.model_name(), "stopped": stop_reason or "completed",
+                   "step": self.step, "epoch": self.epoch,
                    "epochs_trained": self.epoch + (self.samples_in_epoch / self.epoch_items if self.epoch_items else 0.0),
                    "images_seen": self.images_seen, "option_changes": self.option_changes,
                    "elapsed_s": self.elapsed_now(), "train_s": self.train_time,

@@ -15,7 +15,8 @@ paper's slimmed Hu et al. model), depth 34 or 50, k 3 or 5, ``-1x1`` for the pap
 reduction in the up-projections; ``hu34`` and ``hu50`` are Hu et al.'s original model (5x5, no
 1x1, 1x1 entry conv, half-resolution output). This grid covers the architecture rows of the
 paper's Table 4 (U-Net against Hu et al.) and Tables 5/6 (encoder, kernel size, 1x1 filter).
-Other encoders (18, 101) via ``build(name, encoder=18)``.
+Other encoders (18, 101) via ``build(name, encoder=18)``; such a model is named by what it is
+(:func:`variant_name`: ``unet18-k3-1x1``) wherever fastmde shows or records a model's name.
 
 A built model takes a (B, 3, H, W) float image in 0-255 (convert uint8 first) and returns
 (B, 1, H, W) depth in metres at the input's size, whatever H, W.
@@ -78,6 +79,33 @@ def _config(name: str, overrides: dict) -> dict:
     return config
 
 
+#: the ``build`` overrides that change the network's architecture, hence its name
+NAMED_OVERRIDES = ("encoder", "kernel_size", "reduce", "original")
+
+
+def variant_name(name: str, **overrides) -> str:
+    """The name of the network ``build(name, **overrides)`` makes: the variant's name with the
+    encoder depth, kernel size and 1x1 reduction it really has.
+
+    ``variant_name("unet34-k3-1x1", encoder=18) == "unet18-k3-1x1"``; without overrides (or with
+    the variant's own values) the variant's name. Hu et al.'s original model is ``hu<depth>``
+    (``-original-k<k>[-1x1]`` where its kernel size or reduction is overridden, to stay apart from
+    the slimmed ``hu<depth>-k<k>``). Other overrides (``normalize``, ``aspect``) and ``None``
+    values do not change the name. Every name fastmde shows or records for a model (``train``'s
+    log, checkpoints' ``fastmde_variant``, ``eval`` results, export metadata, sweep tables) is this.
+
+    Raises ValueError for an unknown ``name`` (with the list of names).
+    """
+    given = {k: v for k, v in overrides.items() if k in NAMED_OVERRIDES and v is not None}
+    config = _config(name, given)
+    depth, k, reduce = config["encoder"], config["kernel_size"], config["reduce"]
+    if config["arch"] == "hu" and config.get("original"):
+        if k == 5 and not reduce:
+            return f"hu{depth}"
+        return f"hu{depth}-original-k{k}" + ("-1x1" if reduce else "")
+    return f"{config['arch']}{depth}-k{k}" + ("-1x1" if reduce else "")
+
+
 def build(name: str, *, size=(288, 384), pretrained=None, aspect: str = "stretch", **overrides) -> nn.Module:
     """Build the named variant, wrapped to run at the internal ``size``.
 
@@ -93,7 +121,9 @@ def build(name: str, *, size=(288, 384), pretrained=None, aspect: str = "stretch
             (``hu`` only), ``normalize`` (ImageNet mean/std on the 0-255 input; default False).
 
     Returns an :class:`IntermediateResolution` around the network (``.net``): input
-    (B, 3, H, W) float in 0-255, output (B, 1, H, W) depth in metres.
+    (B, 3, H, W) float in 0-255, output (B, 1, H, W) depth in metres; its ``fastmde_variant``
+    is :func:`variant_name` (``build("unet34-k3-1x1", encoder=18).fastmde_variant ==
+    "unet18-k3-1x1"``).
     """
     config = _config(name, overrides)
     arch = config.pop("arch")
@@ -104,7 +134,8 @@ def build(name: str, *, size=(288, 384), pretrained=None, aspect: str = "stretch
         raise ValueError(f"aspect must be one of {IntermediateResolution.ASPECTS}, got {aspect!r}")
     net = ARCHITECTURES[arch](pretrained=pretrained, **config)
     model = IntermediateResolution(net, size=size, aspect=aspect)
-    model.fastmde_variant = name   # named in the model's own errors and warnings
+    # what the network is, named in the model's own errors and warnings (and by the engine)
+    model.fastmde_variant = variant_name(name, **overrides)
     return model
 
 
@@ -194,5 +225,6 @@ __all__ = [
     "from_external",
     "load_checkpoint",
     "parse_size",
+    "variant_name",
     "variants",
 ]

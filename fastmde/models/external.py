@@ -385,7 +385,8 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
     with every tensor of the checkpoint loaded. It maps (B, 3, H, W) float images in 0-255 to
     (B, 1, H, W) depth in metres. Attributes describe it:
 
-    - ``fastmde_variant``: the variant name (e.g. ``"unet34-k3-1x1"``, ``"hu50"``);
+    - ``fastmde_variant``: the name of the network it is (:func:`fastmde.models.variant_name`:
+      ``"unet34-k3-1x1"``, ``"hu50"``, ``"unet18-k3-1x1"`` for the ResNet18 baseline);
     - ``fastmde_spec``: ``{"name", "size", "overrides"}`` as in fastmde checkpoints, so
       ``build(spec["name"], size=spec["size"], **spec["overrides"])`` builds a model its
       ``state_dict()`` loads into (``overrides`` carries ``normalize=True`` for hu2019 and
@@ -399,7 +400,7 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
             the keys, or the weights fit no fastmde variant (the message names the closest
             variant and a few of the missing, unexpected and mis-shaped keys).
     """
-    from . import build
+    from . import build, variant_name
 
     obj, what = _read(checkpoint)
     state = unwrap(obj)
@@ -447,7 +448,7 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
         if key not in mapped:  # a num_batches_tracked the file lacks (PyTorch < 0.4.1)
             mapped[key] = torch.zeros_like(reference[key])
     model.load_state_dict(mapped, strict=True)
-    model.fastmde_variant = name
+    model.fastmde_variant = variant_name(name, **overrides)   # unet18-k3-1x1 for a ResNet18 encoder
     model.fastmde_spec = {"name": name, "size": None if model.size is None else list(model.size),
                           "overrides": dict(overrides)}
     model.fastmde_source = {"source": chosen, "architecture": _architecture(chosen, name, overrides),

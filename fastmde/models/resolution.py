@@ -24,14 +24,20 @@ inside runs a 352x1216 evaluation frame at 176x608 (the same pixel scale), where
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._checks import image_range_problem
 from .._text import PAPER_SIZES, parse_size  # noqa: F401  (PAPER_SIZES: re-exported)
-from .._warn import warn_at_caller
+from .._warn import HostValues, warn_at_caller
 from .trainable import untrainable_message
+
+# The range check of each model's calls after its first: pending device copies of (min, max), kept
+# outside the module so that deepcopy / pickling a model never meets a CUDA event.
+_RANGE_CHECKS: "weakref.WeakKeyDictionary[nn.Module, HostValues]" = weakref.WeakKeyDictionary()
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-downscale ``x`` to ``size`` (bilinear where a dimension grows); identity if equal."""
@@ -70,9 +76,14 @@ class IntermediateResolution(nn.Module):
     input's aspect ratio kept). ``forward(x)``: x (B, 3, H, W) float image in 0-255 ->
     (B, 1, H, W) depth in metres.
 
-    Conventions checked: the first call (eager, not under torch.compile) looks at the image's
-    range once (one synchronisation) and warns, at the caller's line, about a 0-1 image
-    (torchvision's ``ToTensor``), an ImageNet-normalised one or values above 255. In training
+    Conventions checked: every eager call (not under torch.compile, export or tracing) looks at
+    the image's range and warns, at the caller's line, about a 0-1 image (torchvision's
+    ``ToTensor``), an ImageNet-normalised one or values above 255 (Python's warning filter shows a
+    message once per line; images of another range give another message). The cost is one
+    ``aminmax`` of the input: on the CPU it is read at once; on CUDA the model's first call reads it
+    at once (one synchronisation) and later calls queue a non-blocking copy of the two values that
+    a later call reads once it has arrived (:class:`fastmde._warn.HostValues`: no synchronisation,
+    the warning comes a call or two late). In training
     mode a batch that BatchNorm cannot take (a 1x1 deepest map at batch 1: an internal size of at
     most 32x32 with a ResNet encoder) is refused with a ValueError that names the size, the
     batch and the smallest size that trains (:mod:`fastmde.models.trainable`), a shape check
@@ -88,7 +99,6 @@ class IntermediateResolution(nn.Module):
         self.net = net
         self.size = parse_size(size, allow_none=True)
         self.aspect = aspect
-        self._input_checked = False   # the first call's look at the image range (not state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -96,11 +106,8 @@ class IntermediateResolution(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
         out_size = tuple(x.shape[-2:])
-        # _eager first: under torch.compile the flag is never read (no guard, no recompile when it flips)
-        if _eager(x) and not getattr(self, "_input_checked", True):
-            self._input_checked = True
-            problem = image_range_problem(x)
-            if problem is not None:
+        if _eager(x):     # under torch.compile nothing is read (no guard, no graph break)
+            for problem in self._range_problems(x):
                 warn_at_caller(f"{self._name()}: {problem}")
         size = out_size if self.size is None else internal_size(out_size[0], out_size[1], self.size, self.aspect)
         if self.training:
@@ -108,6 +115,22 @@ class IntermediateResolution(nn.Module):
         if self.size is not None:
             x = resize_image(x, size)
         return resize_depth(self.net(x), out_size)
+
+    def _range_problems(self, x: torch.Tensor) -> list[str]:
+        """What :func:`fastmde._checks.image_range_problem` says of this call's image (a CPU or
+        other non-CUDA device, or a model's first call), or of an earlier call's whose (min, max)
+        copy has arrived (CUDA)."""
+        checks = _RANGE_CHECKS.get(self)
+        if checks is None or x.device.type != "cuda":
+            if checks is None:
+                _RANGE_CHECKS[self] = HostValues(limit=2)
+            problem = image_range_problem(x)
+            return [] if problem is None else [problem]
+        if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return []                     # a CUDA graph being captured: no copy may be queued
+        bounds = torch.stack(torch.aminmax(x.detach()))
+        # image_range_problem of the two values is that of the image (the same min and max)
+        return checks.submit(bounds, image_range_problem)
 
     def _name(self) -> str:
         return getattr(self, "fastmde_variant", None) or type(self.net).__name__
