@@ -79,7 +79,8 @@ def run18(cache, tmp_path_factory):
     return str(out), err
 
 
-def photo(path, size, value=120):
+def photo(path, size):
+    """A random RGB photo of ``size`` = (H, W) at ``path`` (its folders made)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(len(str(path)))
     Image.fromarray(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)).save(path)
