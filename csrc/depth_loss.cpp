@@ -317,14 +317,14 @@ struct LossKernel {
                                                        mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
       scalar_t* out = grad_depth + (b * H + i) * W;
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) out[q] = static_cast<scalar_t>(grow[q]);
+      for (int64_t q = 0; q < W; ++q) store_narrow(out, q, grow[q]);
       if constexpr (SOBEL) {
         const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
         const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
         sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
         scalar_t* out_s = grad_stencil + (b * H + i) * W;
 #pragma omp simd
-        for (int64_t q = 0; q < W; ++q) out_s[q] = static_cast<scalar_t>(grow[q]);
+        for (int64_t q = 0; q < W; ++q) store_narrow(out_s, q, grow[q]);
       }
     }
     return {s_depth, s_grad, s_norm, static_cast<double>(count), static_cast<double>(count_s)};

@@ -155,7 +155,7 @@ void silog_backward_tile(const Maps<P, Y, T>& m, T eps, const double* coeffs, P*
       const T pq = p[q];
       const bool on = v[q] != T(0) && pq >= eps;  // the floor passes no gradient
       const T g = (a * log_error(pq, y[q], eps) + c) / (on ? pq : T(1));
-      out[q] = static_cast<P>(on ? g : T(0));
+      store_narrow(out, q, on ? g : T(0));
     }
   }
 }
@@ -305,7 +305,7 @@ void ssi_backward_tile(const Maps<P, Y, T>& m, const double* coeffs, P* grad, in
     P* out = grad + (b * H + i) * W;
 #pragma omp simd
     for (int64_t q = 0; q < W; ++q)
-      out[q] = static_cast<P>(s * e[q] + (v[q] != T(0) ? k_y * y[q] + k_p * p[q] + k_1 : T(0)));
+      store_narrow(out, q, s * e[q] + (v[q] != T(0) ? k_y * y[q] + k_p * p[q] + k_1 : T(0)));
   }
 }
 

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <limits>
 
+#include <c10/util/BFloat16.h>
+
 namespace fastmde {
 
 // Natural log of a positive float: Cephes logf (relative error about 1 ulp over normal
@@ -75,6 +77,22 @@ __attribute__((always_inline)) inline double inv_sqrt_approx(double x) {
 template <typename T>
 __attribute__((always_inline)) inline T sign_of(T v) {
   return static_cast<T>(v > T(0)) - static_cast<T>(v < T(0));
+}
+
+// out[q] = v rounded to P. For bfloat16 the rounding of c10::BFloat16(float) (to nearest even,
+// NaN -> 0x7FC0) written branch-free: c10's conversion branches on NaN, which keeps gcc from
+// vectorising a loop that stores bfloat16.
+template <typename P, typename T>
+__attribute__((always_inline)) inline void store_narrow(P* out, std::int64_t q, T v) {
+  out[q] = static_cast<P>(v);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store_narrow(c10::BFloat16* out, std::int64_t q, T v) {
+  const float f = static_cast<float>(v);
+  const std::uint32_t u = __builtin_bit_cast(std::uint32_t, f);
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  reinterpret_cast<std::uint16_t*>(out)[q] = static_cast<std::uint16_t>(f != f ? 0x7FC0u : rounded);
 }
 
 }  // namespace fastmde
