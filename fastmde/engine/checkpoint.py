@@ -10,10 +10,12 @@ A fastmde checkpoint is a ``torch.save`` dict::
      "ema": {"decay", "updates", "model": averaged state_dict} | None,
      "rng": {"torch", "cuda", "numpy", "python", "augment"},
      "epoch": int, "batch_in_epoch": int, "step": int, "elapsed": float,
-     "best": {"metric", "value", "epoch"} | None, "history": [epoch records]}
+     "best": {"metric", "value", "epoch"} | None, "history": [epoch records],
+     "validation_due": bool}    # a --val-every validation not yet run (a Ctrl-C came first)
 
 It holds only tensors and plain Python values, so it loads with ``weights_only=True`` (no
-code from the file runs). ``epoch``/``batch_in_epoch`` point at the next batch to train.
+code from the file runs). ``epoch``/``batch_in_epoch`` point at the next batch to train; the
+state is that at the end of the step before it (a Ctrl-C mid-step saves the last completed one).
 """
 from __future__ import annotations
 

@@ -296,12 +296,17 @@ def model_name_of(config: dict) -> str:
 
 
 def trained_line(results: list[dict], epochs: int, protocol: str) -> str:
-    """One sentence: how long the rows trained (in full, or stopped by which limit) and how they
-    are scored."""
+    """One sentence: how long the rows trained (in full, or stopped by which limit; a row resumed
+    with a ``--max-steps`` below its checkpoint's step is named with the step it is at) and how
+    they are scored."""
     stops: dict[str, list[str]] = {}
     for r in results:
-        c, stopped = r["config"], r.get("stopped")
-        if stopped in ("max_steps", "time_limit"):
+        c, stopped, steps = r["config"], r.get("stopped"), r.get("steps")
+        if stopped == "max_steps" and steps is not None and c.get("max_steps") is not None and steps > c["max_steps"]:
+            # resumed with a --max-steps below the step its last.pt had reached: nothing trained
+            stops.setdefault(f"was already at step {steps}, past --max-steps {c['max_steps']}, when resumed "
+                             "(nothing trained)", []).append(r["name"])
+        elif stopped in ("max_steps", "time_limit"):
             limit = (f"--max-steps {c.get('max_steps')}" if stopped == "max_steps"
                      else f"--time-limit {c.get('time_limit'):g} s")
             stops.setdefault(f"stopped by {limit} before its {c.get('epochs', epochs)} epoch(s)", []).append(r["name"])

@@ -7,6 +7,15 @@ generator is re-seeded from (seed, step, rank) before every step, so a run resum
 checkpoint taken mid-epoch continues with exactly the batches, augmentations and updates the
 uninterrupted run would have made: on CPU the final weights are bitwise identical.
 
+Ctrl-C saves the state at the end of the last completed step, wherever it lands. A step is all
+or nothing (:meth:`Trainer.train_step`): its forward and backward may be cut short (they change
+only the gradients, BatchNorm's running statistics and the random generators, which are put
+back from their copy taken when the previous step completed), and its update (optimiser,
+grad scaler, schedule, weight average) is applied together with the step counter and the
+position in the epoch while Ctrl-C is held. The cut-short step is trained again on resume. A
+validation cut short (or not begun) at a ``--val-every`` point is run when the run resumes, and
+validation draws nothing from the training's random generators.
+
 Resuming with changed options (``--resume``; :func:`resume_differences`). Every option is
 compared with the configuration saved in ``last.pt``, by the rule its ``TrainConfig`` field
 declares: the learning rate, the schedule, the epochs, the limits, logging and speed options
@@ -414,6 +423,9 @@ class Trainer:
         self.epoch_loss = [0.0, 0]          # sum and count of this epoch's step losses
         self.best = None
         self.history: list[dict] = []
+        self.resumed = resume_ckpt is not None
+        #: a --val-every validation the saved run had not yet run (Ctrl-C): fit runs it first
+        self._resume_validation = bool(resume_ckpt and resume_ckpt.get("validation_due"))
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
             self.log(f"resumed {self.last_path} at epoch {self.epoch + 1}, sample {self.samples_in_epoch} of "
@@ -459,7 +471,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "option_changes": self.option_changes,
             "elapsed": self.elapsed_now(), "train_time": self.train_time, "epoch_loss": list(self.epoch_loss),
-            "best": self.best, "history": self.history,
+            "best": self.best, "history": self.history, "validation_due": self.validation_due(),
         }
 
     def _load_state(self, ckpt: dict) -> None:
@@ -531,6 +543,57 @@ class Trainer:
     # ------------------------------------------------------------ steps
 
     def train_step(self, batch) -> float:
+        """One optimiser step on ``batch``, all or nothing; returns its loss.
+
+        The forward and backward may be cut short by Ctrl-C: until the update they change only
+        the gradients, BatchNorm's running statistics and the random generators, which
+        :meth:`discard_partial_step` puts back. The update (optimiser, grad scaler, schedule,
+        weight average) and the run's counters (step, position in the epoch, images seen, the
+        epoch's loss) are applied with Ctrl-C held (:func:`interrupts_deferred`), so a Ctrl-C
+        never leaves the weights one step ahead of the step counter."""
+        loss = self._forward_backward(batch)
+        items = len(batch["image"])
+        with interrupts_deferred():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.average is not None:
+                self.average.update(self.model)
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.samples_in_epoch += items
+            self.images_seen += items * self.info.world_size
+            self.epoch_loss[0] += loss
+            self.epoch_loss[1] += 1
+            self._keep_step_state()
+        return loss
+
+    def _keep_step_state(self) -> None:
+        """Copy what the next step's forward may change before its update (BatchNorm's running
+        statistics, every random generator): the state of this completed step, which
+        :meth:`discard_partial_step` puts back when a Ctrl-C cuts the next step short."""
+        buffers = list(unwrap(self.model).buffers())
+        kept = getattr(self, "_kept_buffers", None)
+        if kept is None or len(kept) != len(buffers):
+            self._kept_buffers = [b.detach().clone() for b in buffers]
+        elif buffers:
+            torch._foreach_copy_(kept, buffers)
+        self._kept_rng = capture_rng_states(self.aug_generator)
+
+    def discard_partial_step(self) -> None:
+        """Undo what a step cut short by Ctrl-C changed (BatchNorm's running statistics, the
+        random generators): the state is again the one at the end of the last completed step.
+        Its gradients are left; the next step sets them anew."""
+        kept = getattr(self, "_kept_buffers", None)
+        if kept is None:
+            return
+        with torch.no_grad():
+            torch._foreach_copy_(list(unwrap(self.model).buffers()), kept)
+        restore_rng_states(self._kept_rng, self.aug_generator)
+
+    def _forward_backward(self, batch) -> float:
+        """Augmentation, forward, loss and backward of a step (gradients in the parameters'
+        ``.grad``); the update is :meth:`train_step`'s."""
         cfg = self.cfg
         images = batch["image"].to(self.device, non_blocking=True)
         depth = batch["depth"].to(self.device, non_blocking=True).float()
@@ -549,11 +612,6 @@ class Trainer:
                 f"loss became {loss.item()} at step {self.step}: lower --lr, or use --amp none / bf16")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.average is not None:
-            self.average.update(self.model)
         return float(loss.detach())
 
     def _check_units(self, depth: torch.Tensor) -> None:
@@ -571,9 +629,22 @@ class Trainer:
         return unwrap(self.model) if self.average is None else self.average.module
 
     def validate(self) -> dict:
-        return evaluate(self.eval_model(), self.val_set, self.protocol, device=self.device,
-                        batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
-                        channels_last=self.channels_last, dist_info=self.info, flip=False)
+        """The validation metrics of :meth:`eval_model`. The random generators are as before
+        (its DataLoader draws a seed from torch's): a run validated more often, or once more
+        after a Ctrl-C, trains on the same random numbers."""
+        devices = [] if self.device.type != "cuda" else [self.device.index if self.device.index is not None
+                                                        else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=devices):
+            return evaluate(self.eval_model(), self.val_set, self.protocol, device=self.device,
+                            batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
+                            channels_last=self.channels_last, dist_info=self.info, flip=False)
+
+    def validation_due(self) -> bool:
+        """A ``--val-every`` point inside an epoch that has no validation record yet: a run stopped
+        (Ctrl-C) between that step and its validation, which it runs first when resumed."""
+        every = self.cfg.val_every
+        return bool(every and self.step % every == 0 and 0 < self.samples_in_epoch < self.epoch_items
+                    and not (self.history and self.history[-1]["step"] == self.step))
 
     def _should_stop(self) -> str | None:
         reason = None
@@ -624,13 +695,20 @@ class Trainer:
             return None if cfg.time_limit is None else cfg.time_limit - self.elapsed_now()
 
         stop_reason = None
+        start_step = self.step
         self._loop_start = time.perf_counter()
         progress = Progress(total_steps, initial=self.step, show=cfg.progress if self.info.is_main else False,
                             time_left=time_left)
+        self._keep_step_state()      # what a Ctrl-C in the first step goes back to
         try:
+            if self._resume_validation:     # stopped between a --val-every step and its validation
+                self._resume_validation = False
+                self._end_epoch(partial=True, epoch_time=0.0)
             while self.epoch < cfg.epochs and stop_reason is None:
                 stop_reason = self._should_stop()
                 if stop_reason:      # e.g. resumed with a limit already reached
+                    if self.step == start_step and self.resumed and self.info.is_main:
+                        self.log(self._nothing_trained(stop_reason))
                     self.save()
                     break
                 self.sampler.set_epoch(self.epoch)
@@ -647,13 +725,7 @@ class Trainer:
                 self.train_model.train()
                 t0 = time.perf_counter()
                 for batch in batches(loader):   # a worker's error as the reader raised it
-                    loss = self.train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self.samples_in_epoch += len(batch["image"])
-                    self.images_seen += len(batch["image"]) * self.info.world_size
-                    self.epoch_loss[0] += loss
-                    self.epoch_loss[1] += 1
+                    self.train_step(batch)      # also counts the step and the position in the epoch
                     now = time.perf_counter()
                     self.train_time += now - t0
                     progress.update(self.step, self.epoch_loss[0] / self.epoch_loss[1],
@@ -673,8 +745,10 @@ class Trainer:
                 partial = self.samples_in_epoch < self.epoch_items
                 self._end_epoch(partial=partial, epoch_time=time.perf_counter() - epoch_start)
         except KeyboardInterrupt:
-            # Further Ctrl-Cs wait for this save (a save cut short would leave no checkpoint).
+            # Further Ctrl-Cs wait for this save (a save cut short would leave no checkpoint). A
+            # step cut short is dropped: the state saved is the last completed step's.
             with interrupts_deferred(raise_after=False):
+                self.discard_partial_step()
                 progress.close()
                 self.save(stopping=True)
             self.log(f"interrupted: saved {self.last_path} at step {self.step}; continue with --resume")
@@ -684,6 +758,7 @@ class Trainer:
                    "step": self.step, "epoch": self.epoch,
                    "epochs_trained": self.epoch + (self.samples_in_epoch / self.epoch_items if self.epoch_items else 0.0),
                    "images_seen": self.images_seen, "option_changes": self.option_changes,
+                   "steps_this_run": self.step - start_step,
                    "elapsed_s": self.elapsed_now(), "train_s": self.train_time,
                    "it_per_s": self.step / self.train_time if self.train_time > 0 else None,
                    "best": self.best, "history": self.history, "config": cfg.to_dict(),
@@ -700,8 +775,21 @@ class Trainer:
     def _checkpoint_now(self) -> None:
         self.save()
 
+    def _nothing_trained(self, stop_reason: str) -> str:
+        """The line of a resume that trains nothing: its checkpoint already reached the limit."""
+        if stop_reason == "max_steps":
+            where = "past" if self.step > self.cfg.max_steps else "at"
+            return (f"nothing trained: {self.last_path} is already at step {self.step}, {where} --max-steps "
+                    f"{self.cfg.max_steps} (a larger --max-steps continues it)")
+        return (f"nothing trained: {self.last_path} has already run {format_seconds(self.elapsed)}, at "
+                f"--time-limit {self.cfg.time_limit:g} s (a larger --time-limit continues it)")
+
     def _end_epoch(self, *, partial: bool, epoch_time: float) -> None:
-        values = self.validate()
+        values = self.validate()     # may be cut short by Ctrl-C: nothing has changed yet
+        with interrupts_deferred():  # the record, the epoch's end and the checkpoints: all or nothing
+            self._close_epoch(values, partial=partial, epoch_time=epoch_time)
+
+    def _close_epoch(self, values: dict, *, partial: bool, epoch_time: float) -> None:
         record = self._record(values, partial=partial, epoch_time=epoch_time)
         if not partial:
             self.epoch += 1
