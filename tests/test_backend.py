@@ -185,6 +185,38 @@ def test_the_up_projection_op_runs_the_reference_in_a_slower_setting(slower_bf16
         upsample_conv2d_op(x.contiguous(), w, [6, 10], False)
 
 
+@pytest.mark.parametrize("hot_path", ["depth_loss", "depth_metrics", "scale_invariant_loss"])
+def test_the_loss_and_metric_ops_follow_a_slower_setting(hot_path, monkeypatch):
+    """Every op chooses per call from its input's dtype: a row for bfloat16 sends a bfloat16 call to
+    the reference (the native kernels made to fail) while a float32 call still reaches them."""
+    native = _backend.native_module()
+    if native is None:
+        pytest.fail("fastmde._C is not built")
+    monkeypatch.setitem(_backend.SLOWER_SETTINGS, hot_path, [("cpu", "bfloat16", None, None, "measured faster here")])
+
+    class Failing:
+        def __getattr__(self, name):
+            if name != "num_threads":
+                raise AssertionError("the native kernel was called")
+            return getattr(native, name)
+
+    monkeypatch.setattr(_backend, "native_module", lambda: Failing())
+    monkeypatch.setattr(_backend, "_native_has", lambda hot_path: True)
+    target = torch.rand(2, 1, 6, 7) * 5 + 1
+    pred = target * 1.1
+
+    def run(p):
+        if hot_path == "depth_loss":
+            return fastmde.depth_loss(p, target, preset="hu_blurred")
+        if hot_path == "depth_metrics":
+            return fastmde.depth_metrics(p, target)["rms"]
+        return fastmde.scale_invariant_loss(p, target)
+
+    assert torch.isfinite(torch.as_tensor(run(pred.bfloat16())).float()).all()
+    with pytest.raises(AssertionError, match="native kernel was called"):
+        run(pred)
+
+
 def test_cpu_features_are_booleans():
     features = _backend.cpu_features()
     assert set(features) >= {"amx_bf16", "avx512_bf16", "bf16_units"}

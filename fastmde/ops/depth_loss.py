@@ -48,7 +48,7 @@ def depth_loss_op(
     blur: bool,
     weights: list[float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _, module = implementation("depth_loss", pred.device)
+    _, module = implementation("depth_loss", pred.device, pred)
     with no_autocast(pred.device):
         if module is None:
             return depth_loss_forward_reference(

@@ -38,7 +38,7 @@ def depth_metric_sums_op(
     rel_by_prediction: bool,
     log10_nonfinite_zero: bool,
 ) -> torch.Tensor:
-    _, module = implementation("depth_metrics", pred.device)
+    _, module = implementation("depth_metrics", pred.device, pred)
     rules = (min_inclusive, max_inclusive, pred_min, pred_max, nan_prediction, delta_inclusive,
              rel_by_prediction, log10_nonfinite_zero)
     with no_autocast(pred.device):

@@ -51,8 +51,9 @@ _REFERENCE = SimpleNamespace(
 )
 
 
-def _impl(device: torch.device):
-    _, module = implementation(HOT_PATH, device)
+def _impl(pred: torch.Tensor):
+    """The module serving the op for ``pred``'s device, dtype and layout (``_backend.choose``)."""
+    _, module = implementation(HOT_PATH, pred.device, pred)
     return _REFERENCE if module is None else module
 
 
@@ -72,7 +73,7 @@ def scale_invariant_loss_op(
     image_reduction: bool,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = _impl(pred.device)
+    impl = _impl(pred)
     with no_autocast(pred.device):
         pred, target, mask = _contiguous(pred, target, mask)
         return ref.scale_invariant_loss_forward(
@@ -96,7 +97,7 @@ def scale_invariant_loss_backward_op(
     kind: str,
     eps: float,
 ) -> torch.Tensor:
-    impl = _impl(pred.device)
+    impl = _impl(pred)
     with no_autocast(pred.device):
         pred, target, mask = _contiguous(pred, target, mask)
         coeffs = coeffs.to(torch.float64).contiguous()
