@@ -280,6 +280,27 @@ def test_ctrl_c_with_a_loader_worker_resumes_exactly(cache, tmp_path, monkeypatc
     assert_same_run(out, losses, reference)
 
 
+def test_ctrl_c_in_the_validation_of_a_max_steps_stop_runs_it_on_resume(cache, tmp_path, monkeypatch, reference):
+    """A --max-steps run validates where it stops; Ctrl-C inside that validation, then --resume with
+    the same limit: nothing is trained, the stop's validation is run, once."""
+    out = str(tmp_path / "run")
+    cfg = tiny_config(cache, out, **OPTIONS, max_steps=5)
+    with monkeypatch.context() as patch:
+        trainer = Trainer(cfg)
+        install(trainer, Trap("validation", 5), patch)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    assert [r["step"] for r in log_records(out)] == [3, 4]
+    summary = Trainer(cfg, resume=True).fit()
+    assert (summary["step"], summary["steps_this_run"], summary["stopped"]) == (5, 0, "max_steps")
+    records = log_records(out)
+    assert [(r["step"], r["partial"]) for r in records] == [(3, True), (4, False), (5, True)]
+    assert records[:2] == reference["log"][:2]
+    last = read_checkpoint(os.path.join(out, "last.pt"))
+    assert_equal(fingerprint({k: last[k] for k in STATE}), reference["states"][5])
+    assert without_times(last["history"]) == records
+
+
 # A driver of the real entry point that presses Ctrl-C (a real SIGINT to itself) once, inside the
 # forward of training step FORWARD_AT, after a BatchNorm updated its running statistics.
 DRIVER = r"""

@@ -13,8 +13,8 @@ only the gradients, BatchNorm's running statistics and the random generators, wh
 back from their copy taken when the previous step completed), and its update (optimiser,
 grad scaler, schedule, weight average) is applied together with the step counter and the
 position in the epoch while Ctrl-C is held. The cut-short step is trained again on resume. A
-validation cut short (or not begun) at a ``--val-every`` point is run when the run resumes, and
-validation draws nothing from the training's random generators.
+validation cut short or not begun (at a ``--val-every`` point, an epoch's end, a limit's stop) is
+run when the run resumes, and validation draws nothing from the training's random generators.
 
 Resuming with changed options (``--resume``; :func:`resume_differences`). Every option is
 compared with the configuration saved in ``last.pt``, by the rule its ``TrainConfig`` field
@@ -709,6 +709,9 @@ class Trainer:
                 if stop_reason:      # e.g. resumed with a limit already reached
                     if self.step == start_step and self.resumed and self.info.is_main:
                         self.log(self._nothing_trained(stop_reason))
+                    if self.step and not (self.history and self.history[-1]["step"] == self.step):
+                        # the validation of a stop (or an epoch's end) that a Ctrl-C cut short
+                        self._end_epoch(partial=self.samples_in_epoch < self.epoch_items, epoch_time=0.0)
                     self.save()
                     break
                 self.sampler.set_epoch(self.epoch)
