@@ -75,15 +75,26 @@ void validity_row(const target_t* y, const bool* mask, int64_t W, T* m) {
   }
 }
 
+// The number of ones in a row of 0/1 values (summed in T: exact, a row is far below 2^24).
+template <typename T>
+int64_t row_count(const T* v, int64_t W) {
+  T n = T(0);
+#pragma omp simd reduction(+ : n)
+  for (int64_t q = 0; q < W; ++q) n += v[q];
+  return static_cast<int64_t>(n);
+}
+
 // Horizontal erosion of one row of 0/1 values: out[q] = min(v[q-h..q+h]) over the columns
 // inside the image (``padded`` holds v at [h, h+W) and 1 in the h columns each side).
+// (One pass per offset: with the offsets as an inner loop of run-time length gcc keeps it scalar.)
 template <typename T>
 void erode_row(const T* __restrict padded, T* __restrict out, int64_t W, int h) {
 #pragma omp simd
-  for (int64_t q = 0; q < W; ++q) {
-    T s = padded[q];
-    for (int k = 1; k <= 2 * h; ++k) s = std::min(s, padded[q + k]);
-    out[q] = s;
+  for (int64_t q = 0; q < W; ++q) out[q] = padded[q];
+  for (int k = 1; k <= 2 * h; ++k) {
+    const T* shifted = padded + k;
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) out[q] = std::min(out[q], shifted[q]);
   }
 }
 
@@ -198,27 +209,40 @@ struct LossKernel {
 
   // Row i of the ground truth for the Sobel stencil (blurred when asked) into out[0..W).
   // ``cache`` holds the sanitised rows [cache_lo, cache_hi); rows outside it (only reached by
-  // the reflection on tiny maps) are sanitised into ``row`` on the fly.
+  // the reflection on tiny maps) are sanitised on the fly into ``row`` (7 rows of scratch).
   void stencil_row(int64_t b, int64_t i, T* out, T* tmp, T* row, const T* cache, int64_t cache_lo,
                    int64_t cache_hi) const {
     if (!opt.blur) {
       sanitised_row(b, i, out);
       return;
     }
-    // vertical pass into tmp (in the reference's order: taps 0..6), then horizontal
-    // (reflect-101 indices, folded for tiny maps)
-    for (int64_t q = 0; q < W; ++q) tmp[q] = T(0);
+    // vertical pass into tmp (in the reference's order: taps 0..6, one pass over the seven rows),
+    // then horizontal (reflect-101 indices, folded for tiny maps)
+    const T* r[7];
     for (int k = 0; k < 7; ++k) {
       const int64_t src = reflect101(i + k - kBlurRadius, H);
-      const T* r = row;
       if (src >= cache_lo && src < cache_hi) {
-        r = cache + (src - cache_lo) * W;
+        r[k] = cache + (src - cache_lo) * W;
       } else {
-        sanitised_row(b, src, row);
+        sanitised_row(b, src, row + k * W);
+        r[k] = row + k * W;
       }
-      const T wk = gw[k];
+    }
+    {
+      const T w0 = gw[0], w1 = gw[1], w2 = gw[2], w3 = gw[3], w4 = gw[4], w5 = gw[5], w6 = gw[6];
+      const T *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6];
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) tmp[q] += wk * r[q];
+      for (int64_t q = 0; q < W; ++q) {
+        T v = T(0);
+        v += w0 * r0[q];
+        v += w1 * r1[q];
+        v += w2 * r2[q];
+        v += w3 * r3[q];
+        v += w4 * r4[q];
+        v += w5 * r5[q];
+        v += w6 * r6[q];
+        tmp[q] = v;
+      }
     }
     auto border = [&](int64_t q) {
       T s = T(0);
@@ -245,7 +269,7 @@ struct LossKernel {
     // pred and stencil ground truth on rows [r0-2, r1+2), one zero column each side;
     // validity, stencil validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
     std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), sbuf, dpx, dpy;
-    std::vector<T> tmp(W), row(W), grow(W);
+    std::vector<T> tmp(W), row(7 * W), grow(W);
     const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
     const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
     for (int64_t j = dlo; j < dhi; ++j) {
@@ -271,15 +295,26 @@ struct LossKernel {
         validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
                      vbuf.data() + (j - vlo) * W);
       sbuf.assign((rows + 2) * W, T(0));
+      // vertical: the 0/1 minimum over rows [lo, hi) is (their sum == hi - lo); the sum slides
+      // with j (lo and hi only grow), two row passes per row instead of 2h + 1 (exact: small integers)
+      std::vector<T> acc(W, T(0));
+      int64_t a_lo = vlo, a_hi = vlo;  // acc = the sum of rows [a_lo, a_hi)
       for (int64_t j = mlo; j < mhi; ++j) {
         T* col = padded.data() + h;
         const int64_t lo = std::max<int64_t>(vlo, j - h), hi = std::min<int64_t>(vhi, j + h + 1);
-        std::copy(vbuf.data() + (lo - vlo) * W, vbuf.data() + (lo - vlo + 1) * W, col);
-        for (int64_t k = lo + 1; k < hi; ++k) {
-          const T* v = vbuf.data() + (k - vlo) * W;
+        for (; a_hi < hi; ++a_hi) {
+          const T* v = vbuf.data() + (a_hi - vlo) * W;
 #pragma omp simd
-          for (int64_t q = 0; q < W; ++q) col[q] = std::min(col[q], v[q]);
+          for (int64_t q = 0; q < W; ++q) acc[q] += v[q];
         }
+        for (; a_lo < lo; ++a_lo) {
+          const T* v = vbuf.data() + (a_lo - vlo) * W;
+#pragma omp simd
+          for (int64_t q = 0; q < W; ++q) acc[q] -= v[q];
+        }
+        const T full = static_cast<T>(hi - lo);
+#pragma omp simd
+        for (int64_t q = 0; q < W; ++q) col[q] = acc[q] == full ? T(1) : T(0);
         erode_row(padded.data(), sbuf.data() + (j - r0 + 1) * W, W, h);
       }
       ybuf.assign((rows + 4) * Wp, T(0));
@@ -304,14 +339,14 @@ struct LossKernel {
         if (j >= r0 && j < r1) {
           s_grad += static_cast<double>(sg);
           s_norm += static_cast<double>(sn);
-          for (int64_t q = 0; q < W; ++q) count_s += static_cast<int64_t>(s[q]);
+          count_s += row_count(s, W);
         }
       }
     }
     int64_t count = 0;
     for (int64_t i = r0; i < r1; ++i) {
       const T* m = mbuf.data() + (i - r0 + 1) * W;
-      for (int64_t q = 0; q < W; ++q) count += static_cast<int64_t>(m[q]);
+      count += row_count(m, W);
       sanitised_row(b, i, row.data());
       s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
                                                        mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
