@@ -64,7 +64,7 @@ from .inference import to_images
 from ..data.fit import collate_frames
 from .progress import Progress, format_seconds, log_line
 from .speed import (autocast, describe_speed_choice, make_scaler, resolve_amp, resolve_channels_last,
-                    resolve_device, resolve_switch, resolve_workers)
+                    resolve_device, resolve_switch, resolve_workers, tune_cpu_allocator)
 
 
 class TrainingDiverged(RuntimeError):
@@ -343,6 +343,10 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, self.device)
         self.speed_choice = describe_speed_choice(cfg.amp, cfg.channels_last, self.device)
+        if self.device.type == "cpu":
+            allocator = tune_cpu_allocator()
+            if allocator:
+                self.speed_choice += f"; {allocator}"
         self.use_compile = resolve_switch(cfg.compile, self.device, cuda_default=False, cpu_default=False)
         self.workers = resolve_workers(cfg.workers, self.device)
         self.last_path = os.path.join(cfg.out, "last.pt")
