@@ -23,6 +23,14 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line (``fastmde train: error: ... (--help: the
+    options)``) instead of the whole usage before them."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help: the options)\n")
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     """The ``fastmde`` parser; the options of ``commands`` (names; None = all) are filled in.
 
@@ -30,8 +38,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     ``commands`` are imported to add their options and ``run``.
     """
     wanted = set(COMMANDS) if commands is None else set(commands)
-    parser = argparse.ArgumentParser(prog="fastmde", description="Fast monocular depth estimation.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="fastmde", description="Fast monocular depth estimation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name in wanted:

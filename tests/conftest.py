@@ -4,12 +4,18 @@
 at collection time, and only when no CUDA device exists (on a GPU the same tests run natively).
 """
 import os
+import signal
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A test run started in the background (`nohup`, `cmd &` in a script) inherits SIGINT as ignored,
+# and so would every fastmde process the tests start: the Ctrl-C tests need Python's handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Under pytest-xdist (`pytest -n N`) each worker is one process per core: one thread each, so
 # that N workers do not fight over the cores with N thread pools.

@@ -369,3 +369,37 @@ def test_eval_results_are_told_apart_by_the_reader_options(kitti_run, tmp_path):
     target = tmp_path / "r.json"
     assert fastmde_cli(run + ["--out", target])[0] == 0
     refused(run + ["--out", target, "--depth-scale", "512"], "holds another evaluation", "files", "512")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["train", "--epochs", "abc"], "--epochs"),
+    (["train", "--model", "nosuch"], "--model"),
+    (["eval", "--protocol", "nosuch"], "--protocol"),
+    (["nosuchcommand"], "COMMAND"),
+])
+def test_option_errors_are_one_line(argv, option):
+    """argparse's own refusals (a bad choice or type) in one line naming the option, not the usage."""
+    with pytest.raises(SystemExit) as stop:   # argparse exits (status 2) before the command runs
+        fastmde_cli(argv)
+    code = stop.value.code
+    err = stop_stderr(argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "error:" in err and option in err and "usage:" not in err
+
+
+def stop_stderr(argv) -> str:
+    """stderr of ``fastmde <argv>`` that exits through SystemExit (argparse)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        console_main([str(a) for a in argv])
+    return err.getvalue()
+
+
+def test_a_binary_file_as_a_file_list_is_named(tmp_path):
+    png = tmp_path / "0.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png)
+    message = refused(["train", "--data-format", "list", "--data", str(png), "--pretrained", "none",
+                       "--out", str(tmp_path / "run")],
+                      str(png), "not a text file list")
+    assert "codec" not in message

@@ -73,38 +73,43 @@ class FileList(PairedFiles):
         has_focal = None        # (line number, bool) of the first sample line
         missing = []
         total = 0
-        with open(self.path) as f:
-            for n, raw in enumerate(f, 1):
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split()
-                if len(parts) not in (2, 3):
-                    raise DataFormatError(f"{self.path}:{n}: expected '<rgb path> <depth path> [focal]', got "
-                                          f"{len(parts)} fields: {line!r}")
-                focal = _focal(parts[2], self.path, n) if len(parts) == 3 else None
-                if has_focal is None:
-                    has_focal = (n, focal is not None)
-                elif has_focal[1] != (focal is not None):
-                    raise DataFormatError(f"{self.path}:{n}: {'has' if focal is not None else 'has no'} focal "
-                                          f"length, line {has_focal[0]} {'has' if has_focal[1] else 'has none'}: "
-                                          "give it on every line or on none")
-                total += 1
-                rgb_rel, depth_rel = parts[0], parts[1]
-                no_depth = depth_rel == NO_DEPTH or image_only == "all"
-                depth = None if no_depth else self._join(self.depth_root, depth_rel)
-                if depth is None and image_only == "skip":
-                    self.skipped += 1
-                    continue
-                rgb = self._join(self.image_root, rgb_rel)
-                for p in (rgb, depth):
-                    if p is not None and not os.path.isfile(p):
-                        missing.append(f"line {n}: {p}")
-                self.image_paths.append(rgb)
-                self.depth_paths.append(depth)
-                self.focals.append(focal)
-                self.lines.append(n)
-                self.scenes.append(os.path.dirname(rgb_rel.lstrip("/")))
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise DataFormatError(f"{self.path}: is not a text file list (expected lines '<rgb path> <depth path> "
+                                  "[focal]'; is it an image?)") from None
+        for n, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) not in (2, 3):
+                raise DataFormatError(f"{self.path}:{n}: expected '<rgb path> <depth path> [focal]', got "
+                                      f"{len(parts)} fields: {line!r}")
+            focal = _focal(parts[2], self.path, n) if len(parts) == 3 else None
+            if has_focal is None:
+                has_focal = (n, focal is not None)
+            elif has_focal[1] != (focal is not None):
+                raise DataFormatError(f"{self.path}:{n}: {'has' if focal is not None else 'has no'} focal "
+                                      f"length, line {has_focal[0]} {'has' if has_focal[1] else 'has none'}: "
+                                      "give it on every line or on none")
+            total += 1
+            rgb_rel, depth_rel = parts[0], parts[1]
+            no_depth = depth_rel == NO_DEPTH or image_only == "all"
+            depth = None if no_depth else self._join(self.depth_root, depth_rel)
+            if depth is None and image_only == "skip":
+                self.skipped += 1
+                continue
+            rgb = self._join(self.image_root, rgb_rel)
+            for p in (rgb, depth):
+                if p is not None and not os.path.isfile(p):
+                    missing.append(f"line {n}: {p}")
+            self.image_paths.append(rgb)
+            self.depth_paths.append(depth)
+            self.focals.append(focal)
+            self.lines.append(n)
+            self.scenes.append(os.path.dirname(rgb_rel.lstrip("/")))
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             raise FileNotFoundError(f"{self.path}: {len(missing)} listed file(s) do not exist: "
