@@ -543,9 +543,13 @@ def run(args) -> int:
     from ._text import parse_internal_size
     from .engine.checkpoint import load
 
-    format = args.format or EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
+    implied = EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
+    format = args.format or implied
     if format is None:
         raise ValueError(f"cannot tell the format from --out {args.out!r}: give --format onnx or pt2")
+    if implied is not None and format != implied:
+        raise ValueError(f"--format {format} contradicts --out {args.out!r} (a .{implied} name): name the file "
+                         f".{format} or drop --format")
     check_output_file(args.out, "--out")      # missing folders are created when the export is written
     if os.path.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out!r} already exists; pass --overwrite to replace it (nothing was written)")

@@ -403,3 +403,19 @@ def test_a_binary_file_as_a_file_list_is_named(tmp_path):
                        "--out", str(tmp_path / "run")],
                       str(png), "not a text file list")
     assert "codec" not in message
+
+
+def test_export_refuses_a_format_that_contradicts_the_file_name(run18, tmp_path):
+    run, _ = run18
+    for out, fmt in (("x.onnx", "pt2"), ("y.pt2", "onnx")):
+        refused(["export", run, "--out", str(tmp_path / out), "--format", fmt], "--format", "contradicts")
+        assert not (tmp_path / out).exists()
+
+
+def test_an_unknown_fastmde_malloc_value_is_refused(monkeypatch):
+    from fastmde.engine import speed
+
+    monkeypatch.setattr(speed, "_allocator_note", None)
+    monkeypatch.setenv("FASTMDE_MALLOC", "off")
+    with pytest.raises(ValueError, match="FASTMDE_MALLOC='off'"):
+        speed.tune_cpu_allocator()

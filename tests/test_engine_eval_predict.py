@@ -120,7 +120,7 @@ def test_predict_sees_photos_as_shown(run_dir, tmp_path, capsys):
     pred_dir = tmp_path / "pred"
     assert main(["predict", str(tmp_path / "photo.jpg"), "--checkpoint", out, "--out", str(pred_dir),
                  "--device", "cpu"]) == 0
-    assert "wrote 1 depth maps" in capsys.readouterr().err
+    assert "wrote 1 depth map " in capsys.readouterr().err
     with Image.open(tmp_path / "photo.jpg") as im:        # the decoded stored pixels, not turned
         decoded = np.asarray(im.convert("RGB"))
     assert decoded.shape == (40, 60, 3)
@@ -187,7 +187,7 @@ def test_predict_refuses_names_that_would_collide(run_dir, tmp_path, capsys):
     assert main(["predict", str(folder / "b.png"), str(folder / "b.png"), "--checkpoint", out, "--out", str(pred),
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "1 input(s) named twice" in err and "wrote 1 depth maps" in err
+    assert "1 input(s) named twice" in err and "wrote 1 depth map " in err
     assert sorted(os.listdir(pred)) == ["b.npy", "b.png"]
     # A result that would replace an input image is refused even with --overwrite.
     with pytest.raises(ValueError, match="would replace the input image"):

@@ -293,7 +293,8 @@ def run(args) -> int:
         raise
     note = f", replacing {replaced} existing files" if replaced else ""
     clamped = f"clamped to {args.min_depth:g}-{args.max_depth:g} m" if args.clamp else "raw in .npy"
-    print(f"wrote {written} depth maps ({', '.join(kinds)}; {clamped}) to {args.out}{note}", file=sys.stderr)
+    maps = "depth map" if written == 1 else "depth maps"
+    print(f"wrote {written} {maps} ({', '.join(kinds)}; {clamped}) to {args.out}{note}", file=sys.stderr)
     if cameras:
         print(f"predict: point clouds with {describe_cameras(cameras)}", file=sys.stderr)
     return 0

@@ -101,8 +101,11 @@ def tune_cpu_allocator() -> str | None:
     global _allocator_note
     if _allocator_note is not None:
         return _allocator_note or None
+    setting = os.environ.get("FASTMDE_MALLOC", "").strip().lower()
+    if setting not in ("", "tuned", "default"):
+        raise ValueError(f"FASTMDE_MALLOC={setting!r}: use 'default' (leave malloc alone) or 'tuned' (the default)")
     _allocator_note = ""
-    if os.environ.get("FASTMDE_MALLOC", "").strip().lower() == "default":
+    if setting == "default":
         return None
     import ctypes
     import ctypes.util
