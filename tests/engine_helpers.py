@@ -2,8 +2,44 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
 
 from fastmde.engine import TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for a module's tests (autouse where imported): the engine's bitwise
+    comparisons need run-to-run deterministic kernels (the C++ up-projection's weight gradient is
+    summed in a scheduling-dependent order on several threads), and the CLI tests run fastmde in
+    the test's own process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_interrupted(driver: str, argv, **env) -> subprocess.CompletedProcess:
+    """``python -c driver argv...`` in its own process (one thread, its own session, from the
+    repository), for the Ctrl-C tests: ``driver`` hooks the trainer and sends itself SIGINT; ``env``
+    adds environment variables. A command that does not stop within 240 s is killed and fails."""
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in env.items()})
+    proc = subprocess.Popen([sys.executable, "-c", driver, *map(str, argv)], cwd=REPO, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail("the interrupted command did not stop:\n" + err[-3000:])
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 FRAME_SIZE = (48, 64)      # synthetic frames (the real NYU size is 480x640)
 MODEL_SIZE = (32, 48)      # internal network resolution

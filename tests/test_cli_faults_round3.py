@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from _data_files import write_kitti_tree
-from engine_helpers import cli_data_args, cli_model_args, synthetic_cache
+from engine_helpers import cli_data_args, cli_model_args, one_thread, synthetic_cache  # noqa: F401 (one_thread: autouse)
 from fastmde.cli import console_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,12 +38,6 @@ TINY = [*cli_model_args(), "--pretrained", "none", "--batch-size", "2", "--eval-
         "--seed", "3", "--val-fraction", "0.2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fastmde_cli(argv) -> tuple[int, str, str]:

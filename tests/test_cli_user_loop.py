@@ -17,7 +17,8 @@ import sys
 import pytest
 import torch
 
-from engine_helpers import FRAME_SIZE, TEST_FRAMES, cli_data_args, cli_model_args, synthetic_cache
+from engine_helpers import (FRAME_SIZE, TEST_FRAMES, cli_data_args, cli_model_args,  # noqa: F401 (one_thread: autouse)
+                            one_thread, run_interrupted, synthetic_cache)
 from fastmde.cli import console_main
 from fastmde.engine import read_checkpoint
 
@@ -31,12 +32,6 @@ def cache(tmp_path_factory):
     return synthetic_cache(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fastmde_cli(argv, capsys) -> tuple[int, str, str]:
@@ -95,16 +90,7 @@ sys.exit(console_main(sys.argv[1:]))
 
 
 def run_with_ctrl_c(argv, **env) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, OMP_NUM_THREADS="1", **env)
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, argv)], cwd=REPO, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("the interrupted command did not stop:\n" + err[-3000:])
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_interrupted(DRIVER, argv, **env)
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from _data_files import pattern_depth, pattern_image, truncate, write_csv_layout, write_frame
-from engine_helpers import cli_model_args
+from engine_helpers import cli_model_args, one_thread  # noqa: F401 (one_thread: autouse)
 from fastmde import _checks
 from fastmde.cli import console_main, main
 from fastmde.data import DataFormatError
@@ -25,12 +25,6 @@ TINY = [*cli_model_args(), "--pretrained", "none", "--batch-size", "2", "--eval-
         "--val-fraction", "0.2", "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def frames_tree(root, *, train=6, test=2, test_dir="val/official", depth_scale=1.0):

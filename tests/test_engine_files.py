@@ -16,6 +16,7 @@ import torch
 import fastmde
 from fastmde.cli import console_main, main
 from _data_files import pattern_image, sparse_depth, write_kitti_tree
+from engine_helpers import one_thread  # noqa: F401 (autouse: one torch thread for this module)
 from test_imagenet_weights import torchvision_state
 
 KITTI_SIZES = ((375, 1242), (370, 1226))
@@ -24,12 +25,6 @@ MODEL = ["--model", "unet34-k3-1x1", "--encoder", "18", "--size", "32x64", "--de
          "--lr", "1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,11 @@ import os
 import pytest
 import torch
 
-from engine_helpers import synthetic_cache, tiny_config
+from engine_helpers import one_thread, synthetic_cache, tiny_config  # noqa: F401 (one_thread: autouse)
 from fastmde.engine import TrainConfig, read_checkpoint, train
 from fastmde.engine.train import Trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bitwise comparisons need run-to-run deterministic kernels: the native CPU up-projection's
-    weight gradient reduces across threads in a scheduling-dependent order, so these tests run
-    on one thread (the engine's own determinism is what they check)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

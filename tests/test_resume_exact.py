@@ -28,26 +28,18 @@ import sys
 import pytest
 import torch
 
-from engine_helpers import cli_data_args, cli_model_args, synthetic_cache, tiny_config
+from engine_helpers import (cli_data_args, cli_model_args, one_thread,  # noqa: F401 (one_thread: autouse)
+                            run_interrupted, synthetic_cache, tiny_config)
 from fastmde.cli import console_main
 from fastmde.engine import read_checkpoint
 from fastmde.engine.train import Trainer, unwrap
 
 TRAIN = sys.modules["fastmde.engine.train"]     # the module (fastmde.engine.train is also a function's name)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8          # 2 epochs of 4 steps (8 training frames, batch 2)
 OPTIONS = dict(pretrained="none", epochs=2, val_every=3, ema=0.9)
 STATE = ("model", "optimizer", "ema", "scheduler", "scaler", "rng")   # compared exactly
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bitwise comparisons need run-to-run deterministic kernels (the C++ up-projection's weight
-    gradient is summed in a scheduling-dependent order on several threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -322,17 +314,8 @@ sys.exit(console_main(sys.argv[1:]))
 """
 
 
-def run_with_ctrl_c(argv, **env):
-    environment = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in env.items()})
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, argv)], cwd=REPO, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("the interrupted command did not stop:\n" + err[-3000:])
-    return proc.returncode, out, err
+def run_with_ctrl_c(argv, **env) -> subprocess.CompletedProcess:
+    return run_interrupted(DRIVER, argv, **env)
 
 
 def test_fastmde_train_interrupted_twice_then_resumed_equals_the_uninterrupted_run(cache, tmp_path, capsys,
@@ -344,7 +327,8 @@ def test_fastmde_train_interrupted_twice_then_resumed_equals_the_uninterrupted_r
     args = ["train", *cli_model_args(), *cli_data_args(cache), "--pretrained", "none", "--batch-size", "2",
             "--eval-batch-size", "2", "--lr", "1e-3", "--seed", "3", "--val-fraction", "0.2", "--epochs", "2",
             "--val-every", "3", "--ema", "0.9", "--no-test", "--out", str(out)]
-    status, _, err = run_with_ctrl_c(args, FORWARD_AT=2)
+    proc = run_with_ctrl_c(args, FORWARD_AT=2)
+    status, err = proc.returncode, proc.stderr
     assert status == 130 and "Traceback" not in err, err[-3000:]
     assert f"interrupted: saved {out}/last.pt at step 2; continue with --resume" in err
 
