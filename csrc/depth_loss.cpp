@@ -473,6 +473,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
   return {terms, grad_depth, grad_stencil, counts};
 }
 
+// d total / d pred = g (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), in one pass
+// (fastmde/reference/depth_loss.py: depth_loss_backward_reference is the spec). The products and
+// the sum are rounded one by one in the compute dtype, as the reference's tensor operations do:
+// no fused multiply-add here, so the result is the reference's to the bit.
+template <typename scalar_t, typename T>
+__attribute__((optimize("fp-contract=off"))) void loss_backward_tile(const scalar_t* __restrict gd,
+                                                                      const scalar_t* __restrict gs,
+                                                                      scalar_t* __restrict out, int64_t begin,
+                                                                      int64_t end, T a, T b) {
+  if (gs == nullptr) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) store_narrow(out, i, static_cast<T>(gd[i]) * a);
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const T depth = static_cast<T>(gd[i]) * a;
+      const T stencil = static_cast<T>(gs[i]) * b;
+      store_narrow(out, i, depth + stencil);
+    }
+  }
+}
+
+at::Tensor depth_loss_backward(const at::Tensor& grad_total, const at::Tensor& grad_depth_in,
+                               const at::Tensor& grad_stencil_in, const at::Tensor& counts) {
+  TORCH_CHECK(grad_depth_in.device().is_cpu(), "depth_loss_backward: grad_depth must be a CPU tensor");
+  TORCH_CHECK(grad_total.numel() == 1, "depth_loss_backward: grad_total must hold one value");
+  TORCH_CHECK(counts.numel() == 3, "depth_loss_backward: counts must be (3,)");
+  const bool stencil = grad_stencil_in.numel() > 0;
+  TORCH_CHECK(!stencil || grad_stencil_in.sizes() == grad_depth_in.sizes(),
+              "depth_loss_backward: grad_stencil shape ", grad_stencil_in.sizes(), " differs from grad_depth shape ",
+              grad_depth_in.sizes());
+  const at::Tensor grad_depth = grad_depth_in.contiguous();
+  const at::Tensor grad_stencil = stencil ? grad_stencil_in.to(grad_depth.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor out = at::empty_like(grad_depth);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_depth.scalar_type(), "depth_loss_backward", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const at::Tensor c = counts.to(c10::CppTypeToScalarType<T>::value);
+    const T g = grad_total.to(c10::CppTypeToScalarType<T>::value).item<T>();
+    const T* n = c.data_ptr<T>();
+    const T a = g / std::max(n[0], T(1));
+    const T b = g / std::max(std::max(n[1], n[2]), T(1));  // NaN counts propagate as in max()
+    const scalar_t* gd = grad_depth.data_ptr<scalar_t>();
+    const scalar_t* gs = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, grad_depth.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+      loss_backward_tile<scalar_t, T>(gd, gs, o, begin, end, a, b);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 void register_depth_loss(pybind11::module_& m) {
@@ -482,6 +533,10 @@ void register_depth_loss(pybind11::module_& m) {
         pybind11::arg("pred"), pybind11::arg("target"), pybind11::arg("mask"),
         pybind11::arg("depth_term"), pybind11::arg("alpha"), pybind11::arg("gradient"),
         pybind11::arg("normal"), pybind11::arg("blur"), pybind11::arg("weights"));
+  m.def("depth_loss_backward", &depth_loss_backward,
+        "d total / d pred = grad_total (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), like grad_depth",
+        pybind11::arg("grad_total"), pybind11::arg("grad_depth"), pybind11::arg("grad_stencil"),
+        pybind11::arg("counts"));
 }
 
 }  // namespace fastmde

@@ -12,9 +12,9 @@ import torch
 
 from ._checks import as_depth_maps, check_depth_units
 from ._warn import HostValues, warn_at_caller
-from .ops.depth_loss import depth_loss_op
-from .ops.depth_metrics import depth_metric_sums_op
-from .ops.scale_invariant_loss import scale_invariant_loss_op
+from .ops.depth_loss import depth_loss as depth_loss_op  # the op, or its direct eager path
+from .ops.depth_metrics import depth_metric_sums as depth_metric_sums_op
+from .ops.scale_invariant_loss import scale_invariant_loss as scale_invariant_loss_op
 from .reference import scale_invariant_loss as _si
 from .reference.depth_loss import DEPTH_TERMS, PRESETS
 from .reference.scale_invariant_loss import PRESETS as SI_PRESETS, SSI_REDUCTIONS
@@ -233,7 +233,8 @@ def warn_about_sums(sums: torch.Tensor, rules: MetricRules, protocol: str | None
     function that calls this. Skipped under torch.compile (they need the counts on the host)."""
     if torch.compiler.is_compiling():
         return
-    count = lambda name: float(sums[SUM_INDEX[name]])  # noqa: E731
+    host = sums[:len(SUM_INDEX)].tolist()   # one copy to the host, not one per count
+    count = lambda name: host[SUM_INDEX[name]]  # noqa: E731
     messages = (
         range_warning(count("n"), count("below_range"), count("above_range"), rules.min_depth, rules.max_depth),
         nonpositive_hits_warning(count("n"), count("nonpositive_hits"), protocol),

@@ -350,3 +350,40 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
 
 
 __all__ = ["depth_loss_forward"]
+
+
+@triton.jit
+def _depth_loss_backward_kernel(grad_total_ptr, counts_ptr, gd_ptr, gs_ptr, out_ptr, numel,
+                                STENCIL: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
+    # d total / d pred = g (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), elementwise;
+    # g and the counts are read on the device (no host synchronisation)
+    g = tl.load(grad_total_ptr).to(CDT)
+    a = g / tl.maximum(tl.load(counts_ptr).to(CDT), 1.0)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < numel
+    grad = tl.load(gd_ptr + offs, mask=live, other=0).to(CDT) * a
+    if STENCIL:
+        n_s = tl.maximum(tl.load(counts_ptr + 1).to(CDT), tl.load(counts_ptr + 2).to(CDT))
+        b = g / tl.maximum(n_s, 1.0)
+        grad = grad + tl.load(gs_ptr + offs, mask=live, other=0).to(CDT) * b
+    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=live)
+
+
+def depth_loss_backward(grad_total, grad_depth, grad_stencil, counts):
+    """d total / d pred = ``grad_total`` (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)),
+    shaped and typed like ``grad_depth`` (``depth_loss_backward_reference`` is the spec)."""
+    grad_depth = grad_depth.contiguous()
+    stencil = grad_stencil.numel() > 0
+    grad_stencil = grad_stencil.to(grad_depth.dtype).contiguous() if stencil else grad_depth
+    cdtype = compute_dtype(grad_depth.dtype)
+    out = torch.empty_like(grad_depth)
+    numel = grad_depth.numel()
+    if numel == 0:
+        return out
+    block = 1024 if grad_depth.device.type == "cuda" else 256
+    _depth_loss_backward_kernel[(triton.cdiv(numel, block),)](
+        grad_total.to(cdtype).reshape(1), counts.to(cdtype).contiguous(), grad_depth, grad_stencil, out, numel,
+        STENCIL=stencil, CDT=tl.float64 if cdtype == torch.float64 else tl.float32, BLOCK=block,
+        num_warps=4,
+    )
+    return out

@@ -486,8 +486,8 @@ def test_block_path_follows_the_backend(monkeypatch):
     import fastmde.ops.up_projection_block as module
 
     calls = []
-    real = module.upsample_conv2d_bn_op
-    monkeypatch.setattr(module, "upsample_conv2d_bn_op", lambda *args: calls.append(1) or real(*args))
+    real = module.upsample_conv2d_bn
+    monkeypatch.setattr(module, "upsample_conv2d_bn", lambda *args: calls.append(1) or real(*args))
     block = fastmde.nn.UpProjection(4, 3, stack_convs=True)
     x = torch.randn(2, 4, 3, 3)
     block(x)

@@ -22,3 +22,52 @@ def no_autocast(device: torch.device):
     """Op implementations compute in their inputs' dtypes: an autocast region around the op
     must not re-type the ATen calls inside them (the op's output dtype is fixed by its inputs)."""
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def runs_eagerly(args) -> bool:
+    """Whether a call may skip torch.library and run the op's implementation as a Python call:
+    plain eager execution (not under torch.compile / torch.export tracing, torch.jit tracing, a
+    functorch transform, or a Python dispatch or function mode) with plain CPU or CUDA tensors (no
+    subclass such as FakeTensor, no meta tensor). Everything else goes through the registered op,
+    which those need."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    # meta tensors (shape-only runs, e.g. counting a model's FLOPs) take the op's fake kernel
+    return all(type(a) is torch.Tensor and a.device.type in ("cpu", "cuda")
+               for a in args if isinstance(a, torch.Tensor))
+
+
+def with_eager_path(op, impl, backward=None, setup_context=None):
+    """``op`` (a ``torch.library.custom_op`` of ``impl``, with ``backward`` / ``setup_context``
+    registered as its autograd) as a function that, where :func:`runs_eagerly` allows, calls
+    ``impl`` directly, under an ``autograd.Function`` of the same ``setup_context`` and
+    ``backward`` when a gradient is needed. Same values and gradients as the op (tests compare
+    them); the op's Python dispatch costs about 60 µs a forward and backward on this project's
+    2-core CPU when warm, and several times that when a large kernel has just evicted the
+    interpreter's caches (the bench's "fastmde" rows and a training step's loss)."""
+    direct = None
+    if backward is not None:
+        def forward(ctx, *args):
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        direct = type(f"{op._name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+    def call(*args):
+        if not runs_eagerly(args):
+            return op(*args)
+        if direct is not None and torch.is_grad_enabled() and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return direct.apply(*args)
+        return impl(*args)
+
+    call.op = op
+    call.__name__ = call.__qualname__ = impl.__name__
+    call.__doc__ = impl.__doc__
+    return call

@@ -23,7 +23,9 @@ precision: 1/N alone is below float16's normal range for a batch of NYU frames.
 
 Implementations: ``fastmde/reference/depth_loss.py`` (spec), ``csrc/depth_loss.cpp``
 (``_C.depth_loss_forward``), ``kernels/depth_loss.py`` (``depth_loss_forward``); all take the
-op's arguments in order, with contiguous (B, H, W) tensors.
+op's arguments in order, with contiguous (B, H, W) tensors. The backward,
+``fastmde::depth_loss_backward(grad_total, grad_depth, grad_stencil, counts) -> grad_pred``, is
+one elementwise pass in each (``depth_loss_backward_reference`` is its spec).
 """
 from __future__ import annotations
 
@@ -32,12 +34,11 @@ from typing import Optional
 import torch
 
 from .._checks import compute_dtype
-from ..reference.depth_loss import depth_loss_forward_reference
-from ._dispatch import implementation, no_autocast
+from ..reference.depth_loss import depth_loss_backward_reference, depth_loss_forward_reference
+from ._dispatch import implementation, no_autocast, with_eager_path
 
 
-@torch.library.custom_op("fastmde::depth_loss", mutates_args=())
-def depth_loss_op(
+def _depth_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: Optional[torch.Tensor],
@@ -67,6 +68,9 @@ def depth_loss_op(
         )
 
 
+depth_loss_op = torch.library.custom_op("fastmde::depth_loss", mutates_args=())(_depth_loss)
+
+
 @depth_loss_op.register_fake
 def _(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
     compute = compute_dtype(pred.dtype)
@@ -78,6 +82,26 @@ def _(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
     return pred.new_empty((4,), dtype=compute), grad_depth, grad_stencil, pred.new_empty((3,), dtype=compute)
 
 
+def _depth_loss_backward(
+    grad_total: torch.Tensor, grad_depth: torch.Tensor, grad_stencil: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    _, module = implementation("depth_loss", grad_depth.device, grad_depth)
+    with no_autocast(grad_depth.device):
+        if module is None:
+            return depth_loss_backward_reference(grad_total, grad_depth, grad_stencil, counts)
+        return module.depth_loss_backward(grad_total, grad_depth, grad_stencil, counts)
+
+
+depth_loss_backward_op = torch.library.custom_op(
+    "fastmde::depth_loss_backward", mutates_args=())(_depth_loss_backward)
+depth_loss_backward = with_eager_path(depth_loss_backward_op, _depth_loss_backward)
+
+
+@depth_loss_backward_op.register_fake
+def _(grad_total, grad_depth, grad_stencil, counts):
+    return torch.empty_like(grad_depth, memory_format=torch.contiguous_format)
+
+
 def _setup_context(ctx, inputs, output):
     _, grad_depth, grad_stencil, counts = output
     ctx.save_for_backward(grad_depth, grad_stencil, counts)
@@ -85,12 +109,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_terms, grad_grad_depth, grad_grad_stencil, grad_counts):
     grad_depth, grad_stencil, counts = ctx.saved_tensors
-    # Only the total (terms[3]) is differentiable; the other terms are returned detached.
-    g = grad_terms[3]
-    grad_pred = grad_depth.to(g.dtype) * (g / counts[0].clamp_min(1.0))
-    if grad_stencil.numel() > 0:
-        grad_pred = grad_pred + grad_stencil.to(g.dtype) * (g / counts[1:].amax().clamp_min(1.0))
-    return grad_pred.to(grad_depth.dtype), None, None, None, None, None, None, None, None
+    # Only the total (terms[3]) is differentiable; the other terms are returned detached. One
+    # pass over the two parts (``fastmde::depth_loss_backward``), not four tensor operations
+    # that would each write a fresh map.
+    grad_pred = depth_loss_backward(grad_terms[3], grad_depth, grad_stencil, counts)
+    return grad_pred, None, None, None, None, None, None, None, None
 
 
 depth_loss_op.register_autograd(_backward, setup_context=_setup_context)
+# what callers use: the op, or the same implementation called directly in plain eager mode
+depth_loss = with_eager_path(depth_loss_op, _depth_loss, _backward, _setup_context)

@@ -18,11 +18,10 @@ from typing import Optional
 import torch
 
 from ..reference.depth_metrics import NUM_SUMS, depth_metric_sums_reference
-from ._dispatch import implementation, no_autocast
+from ._dispatch import implementation, no_autocast, with_eager_path
 
 
-@torch.library.custom_op("fastmde::depth_metric_sums", mutates_args=())
-def depth_metric_sums_op(
+def _depth_metric_sums(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: Optional[torch.Tensor],
@@ -55,6 +54,13 @@ def depth_metric_sums_op(
         )
 
 
+depth_metric_sums_op = torch.library.custom_op("fastmde::depth_metric_sums", mutates_args=())(_depth_metric_sums)
+
+
 @depth_metric_sums_op.register_fake
 def _(pred, target, mask, min_depth, max_depth, crop, *rules):
     return pred.new_empty((pred.shape[0], NUM_SUMS), dtype=torch.float64)
+
+
+# what callers use: the op, or the same implementation called directly in plain eager mode
+depth_metric_sums = with_eager_path(depth_metric_sums_op, _depth_metric_sums)

@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..reference import scale_invariant_loss as ref
-from ._dispatch import implementation, no_autocast
+from ._dispatch import implementation, no_autocast, with_eager_path
 
 HOT_PATH = "scale_invariant_loss"
 _REFERENCE = SimpleNamespace(
@@ -61,8 +61,7 @@ def _contiguous(pred, target, mask):
     return pred.contiguous(), target.contiguous(), None if mask is None else mask.contiguous()
 
 
-@torch.library.custom_op("fastmde::scale_invariant_loss", mutates_args=())
-def scale_invariant_loss_op(
+def _scale_invariant_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: Optional[torch.Tensor],
@@ -81,6 +80,10 @@ def scale_invariant_loss_op(
         )
 
 
+scale_invariant_loss_op = torch.library.custom_op(
+    "fastmde::scale_invariant_loss", mutates_args=())(_scale_invariant_loss)
+
+
 @scale_invariant_loss_op.register_fake
 def _(pred, target, mask, kind, lambd, scale, alpha, image_reduction, eps):
     loss = pred.new_empty((), dtype=ref.loss_dtype(pred.dtype, target.dtype))
@@ -88,8 +91,7 @@ def _(pred, target, mask, kind, lambd, scale, alpha, image_reduction, eps):
     return loss, coeffs, pred.new_empty((), dtype=torch.float64)
 
 
-@torch.library.custom_op("fastmde::scale_invariant_loss_backward", mutates_args=())
-def scale_invariant_loss_backward_op(
+def _scale_invariant_loss_backward(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: Optional[torch.Tensor],
@@ -106,6 +108,11 @@ def scale_invariant_loss_backward_op(
         return impl.silog_backward(pred, target, mask, coeffs, eps)
 
 
+scale_invariant_loss_backward_op = torch.library.custom_op(
+    "fastmde::scale_invariant_loss_backward", mutates_args=())(_scale_invariant_loss_backward)
+scale_invariant_loss_backward = with_eager_path(scale_invariant_loss_backward_op, _scale_invariant_loss_backward)
+
+
 @scale_invariant_loss_backward_op.register_fake
 def _(pred, target, mask, coeffs, kind, eps):
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
@@ -120,8 +127,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_coeffs, grad_count):
     pred, target, mask, coeffs = ctx.saved_tensors
     scaled = ref.scale_coeffs(ctx.kind, coeffs, grad_loss)
-    grad = scale_invariant_loss_backward_op(pred, target, mask, scaled, ctx.kind, ctx.eps)
+    grad = scale_invariant_loss_backward(pred, target, mask, scaled, ctx.kind, ctx.eps)
     return grad, None, None, None, None, None, None, None, None
 
 
 scale_invariant_loss_op.register_autograd(_backward, setup_context=_setup_context)
+# what callers use: the op, or the same implementation called directly in plain eager mode
+scale_invariant_loss = with_eager_path(scale_invariant_loss_op, _scale_invariant_loss, _backward, _setup_context)

@@ -20,7 +20,7 @@ from ..reference.up_projection import (
     upsample_conv2d_backward_reference,
     upsample_conv2d_forward_reference,
 )
-from ._dispatch import implementation, no_autocast
+from ._dispatch import implementation, no_autocast, with_eager_path
 
 
 def upsample_conv2d_kernels(device: torch.device, x: torch.Tensor | None = None):
@@ -33,8 +33,7 @@ def upsample_conv2d_kernels(device: torch.device, x: torch.Tensor | None = None)
     return module.upsample_conv2d_forward, module.upsample_conv2d_backward
 
 
-@torch.library.custom_op("fastmde::upsample_conv2d", mutates_args=())
-def upsample_conv2d_op(
+def _upsample_conv2d(
     x: torch.Tensor, weight: torch.Tensor, size: list[int], align_corners: bool
 ) -> torch.Tensor:
     forward, _ = upsample_conv2d_kernels(x.device, x)
@@ -43,14 +42,16 @@ def upsample_conv2d_op(
     return out.contiguous(memory_format=memory_format_of(x))
 
 
+upsample_conv2d_op = torch.library.custom_op("fastmde::upsample_conv2d", mutates_args=())(_upsample_conv2d)
+
+
 @upsample_conv2d_op.register_fake
 def _(x, weight, size, align_corners):
     out = x.new_empty((x.shape[0], weight.shape[0], size[0], size[1]))
     return out.contiguous(memory_format=memory_format_of(x))
 
 
-@torch.library.custom_op("fastmde::upsample_conv2d_backward", mutates_args=())
-def upsample_conv2d_backward_op(
+def _upsample_conv2d_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -61,6 +62,11 @@ def upsample_conv2d_backward_op(
     with no_autocast(x.device):
         grad_x, grad_w = backward(grad_out, x, weight, list(size), align_corners)
     return grad_x.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
+
+
+upsample_conv2d_backward_op = torch.library.custom_op(
+    "fastmde::upsample_conv2d_backward", mutates_args=())(_upsample_conv2d_backward)
+upsample_conv2d_backward = with_eager_path(upsample_conv2d_backward_op, _upsample_conv2d_backward)
 
 
 @upsample_conv2d_backward_op.register_fake
@@ -79,10 +85,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
-    grad_x, grad_w = upsample_conv2d_backward_op(
+    grad_x, grad_w = upsample_conv2d_backward(
         grad_out, x, weight, ctx.size, ctx.align_corners
     )
     return grad_x, grad_w, None, None
 
 
 upsample_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+# what callers use: the op, or the same implementation called directly in plain eager mode
+upsample_conv2d = with_eager_path(upsample_conv2d_op, _upsample_conv2d, _backward, _setup_context)

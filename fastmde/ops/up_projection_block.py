@@ -31,8 +31,8 @@ from torch import nn
 
 from .. import _backend
 from ..reference.up_projection import batchnorm_affine_reference
-from .up_projection import upsample_conv2d_op
-from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn_op
+from .up_projection import upsample_conv2d
+from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn
 
 
 class UpProjectionLayers(NamedTuple):
@@ -91,11 +91,11 @@ def _plain(x, layers: UpProjectionLayers, size, align_corners, stack):
         x = F.relu(layers.reduce_bn(layers.reduce_conv(x)))
     if stack:
         weight = torch.cat((layers.conv1.weight, layers.shortcut_conv.weight), dim=0)
-        both = upsample_conv2d_op(x, weight.to(x.dtype), size, align_corners)
+        both = upsample_conv2d(x, weight.to(x.dtype), size, align_corners)
         branch, shortcut = both.split([layers.conv1.weight.shape[0], layers.shortcut_conv.weight.shape[0]], dim=1)
     else:
-        branch = upsample_conv2d_op(x, layers.conv1.weight.to(x.dtype), size, align_corners)
-        shortcut = upsample_conv2d_op(x, layers.shortcut_conv.weight.to(x.dtype), size, align_corners)
+        branch = upsample_conv2d(x, layers.conv1.weight.to(x.dtype), size, align_corners)
+        shortcut = upsample_conv2d(x, layers.shortcut_conv.weight.to(x.dtype), size, align_corners)
     branch = layers.bn2(layers.conv2(F.relu(layers.bn1(branch))))
     return F.relu(branch + layers.shortcut_bn(shortcut))
 
@@ -106,19 +106,19 @@ def _fused(x, layers: UpProjectionLayers, size, align_corners, stack):
     dtype, ac = x.dtype, align_corners
     scale = shift = None
     if layers.reduce_conv is not None:
-        x, mean, var = upsample_conv2d_bn_op(x, None, None, layers.reduce_conv.weight.to(dtype), list(x.shape[-2:]), ac)
+        x, mean, var = upsample_conv2d_bn(x, None, None, layers.reduce_conv.weight.to(dtype), list(x.shape[-2:]), ac)
         scale, shift = batchnorm_affine_reference(layers.reduce_bn, mean, var, x.shape)
     if stack:
         c = layers.conv1.weight.shape[0]
         weight = torch.cat((layers.conv1.weight, layers.shortcut_conv.weight), dim=0).to(dtype)
-        both, mean, var = upsample_conv2d_bn_op(x, scale, shift, weight, size, ac)
+        both, mean, var = upsample_conv2d_bn(x, scale, shift, weight, size, ac)
         branch, shortcut = both.split([c, both.shape[1] - c], dim=1)
         stats1, stats_s = (mean[:c], var[:c]), (mean[c:], var[c:])
     else:
-        branch, *stats1 = upsample_conv2d_bn_op(x, scale, shift, layers.conv1.weight.to(dtype), size, ac)
-        shortcut, *stats_s = upsample_conv2d_bn_op(x, scale, shift, layers.shortcut_conv.weight.to(dtype), size, ac)
+        branch, *stats1 = upsample_conv2d_bn(x, scale, shift, layers.conv1.weight.to(dtype), size, ac)
+        shortcut, *stats_s = upsample_conv2d_bn(x, scale, shift, layers.shortcut_conv.weight.to(dtype), size, ac)
     scale1, shift1 = batchnorm_affine_reference(layers.bn1, *stats1, branch.shape)
     scale_s, shift_s = batchnorm_affine_reference(layers.shortcut_bn, *stats_s, shortcut.shape)
-    branch, mean2, var2 = upsample_conv2d_bn_op(branch, scale1, shift1, layers.conv2.weight.to(dtype), size, ac)
+    branch, mean2, var2 = upsample_conv2d_bn(branch, scale1, shift1, layers.conv2.weight.to(dtype), size, ac)
     scale2, shift2 = batchnorm_affine_reference(layers.bn2, mean2, var2, branch.shape)
     return batchnorm_add_relu(branch, scale2, shift2, shortcut, scale_s, shift_s).to(dtype)

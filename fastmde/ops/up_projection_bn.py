@@ -41,12 +41,11 @@ from ..reference.up_projection import (
     upsample_conv2d_bn_backward_reference,
     upsample_conv2d_bn_forward_reference,
 )
-from ._dispatch import implementation, no_autocast
+from ._dispatch import implementation, no_autocast, with_eager_path
 from .up_projection import upsample_conv2d_kernels
 
 
-@torch.library.custom_op("fastmde::upsample_conv2d_bn", mutates_args=())
-def upsample_conv2d_bn_op(
+def _upsample_conv2d_bn(
     x: torch.Tensor,
     in_scale: Optional[torch.Tensor],
     in_shift: Optional[torch.Tensor],
@@ -67,6 +66,9 @@ def upsample_conv2d_bn_op(
     return out.contiguous(memory_format=memory_format_of(x)), mean, var
 
 
+upsample_conv2d_bn_op = torch.library.custom_op("fastmde::upsample_conv2d_bn", mutates_args=())(_upsample_conv2d_bn)
+
+
 @upsample_conv2d_bn_op.register_fake
 def _(x, in_scale, in_shift, weight, size, align_corners):
     out = x.new_empty((x.shape[0], weight.shape[0], size[0], size[1])).contiguous(memory_format=memory_format_of(x))
@@ -74,8 +76,7 @@ def _(x, in_scale, in_shift, weight, size, align_corners):
     return out, stats, stats.clone()
 
 
-@torch.library.custom_op("fastmde::upsample_conv2d_bn_backward", mutates_args=())
-def upsample_conv2d_bn_backward_op(
+def _upsample_conv2d_bn_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     in_scale: Optional[torch.Tensor],
@@ -94,6 +95,11 @@ def upsample_conv2d_bn_backward_op(
             grad_a, grad_w = upsample_conv2d_bn_backward_reference(
                 grad_out, x, in_scale, in_shift, weight, size, align_corners, backward)
     return grad_a.contiguous(memory_format=memory_format_of(x)), grad_w.contiguous()
+
+
+upsample_conv2d_bn_backward_op = torch.library.custom_op(
+    "fastmde::upsample_conv2d_bn_backward", mutates_args=())(_upsample_conv2d_bn_backward)
+upsample_conv2d_bn_backward = with_eager_path(upsample_conv2d_bn_backward_op, _upsample_conv2d_bn_backward)
 
 
 @upsample_conv2d_bn_backward_op.register_fake
@@ -120,7 +126,7 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
             total = total + (grad_mean / n)[:, None, None]
         if grad_var is not None:
             total = total + (2.0 / n) * grad_var[:, None, None] * (out.to(mean.dtype) - mean[:, None, None])
-    grad_a, grad_w = upsample_conv2d_bn_backward_op(
+    grad_a, grad_w = upsample_conv2d_bn_backward(
         total.to(x.dtype), x, in_scale, in_shift, weight, ctx.size, ctx.align_corners)
     if in_scale is None:
         return grad_a, None, None, grad_w, None, None
@@ -134,6 +140,8 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
 
 
 upsample_conv2d_bn_op.register_autograd(_backward, setup_context=_setup_context)
+# what callers use: the op, or the same implementation called directly in plain eager mode
+upsample_conv2d_bn = with_eager_path(upsample_conv2d_bn_op, _upsample_conv2d_bn, _backward, _setup_context)
 
 
 class _BatchNormAddReLU(torch.autograd.Function):

@@ -291,3 +291,18 @@ def depth_loss_forward_reference(
         terms = torch.stack((depth, grad_term, normal_term, total))
         counts = torch.stack((count, count_s if gradient else zero, count_s if normal else zero))
         return terms, grad_depth.to(pred.dtype), grad_stencil, counts
+
+
+def depth_loss_backward_reference(
+    grad_total: torch.Tensor, grad_depth: torch.Tensor, grad_stencil: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    r"""d total / d pred from the forward's two unnormalised parts (see
+    :func:`depth_loss_forward_reference`): :math:`g\,(\mathrm{grad\_depth} / \max(N_d, 1) +
+    \mathrm{grad\_stencil} / \max(N_s, 1))` with :math:`g` = ``grad_total`` (0-dim, the compute
+    dtype), computed in the compute dtype (each product and the sum rounded there), returned
+    shaped and typed like ``grad_depth``; ``grad_stencil`` empty (0,) when no stencil term is on."""
+    g = grad_total
+    grad_pred = grad_depth.to(g.dtype) * (g / counts[0].clamp_min(1.0))
+    if grad_stencil.numel() > 0:
+        grad_pred = grad_pred + grad_stencil.to(g.dtype) * (g / counts[1:].amax().clamp_min(1.0))
+    return grad_pred.to(grad_depth.dtype)

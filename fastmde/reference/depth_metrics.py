@@ -56,6 +56,7 @@ never a perfect-looking 0.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -258,15 +259,23 @@ _ROOT_VALUES = [METRIC_NAMES.index("rms"), METRIC_NAMES.index("rmse_log")]
 _SILOG = METRIC_NAMES.index("silog")
 
 
+@functools.lru_cache(maxsize=None)
+def _value_index(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_VALUE_COLUMNS, device=device)
+
+
 def _values(sums: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """(..., 13) sums and their (...,) pixel counts (> 0) -> (..., 10) [the nine metrics, mse]
-    (vectorised: a handful of tensor operations, whatever the batch)."""
+    (vectorised: a handful of tensor operations, whatever the batch; few, as every evaluation
+    call pays them)."""
     means = sums / n.unsqueeze(-1)
-    values = means[..., _VALUE_COLUMNS]
+    columns = _VALUE_COLUMNS if torch.compiler.is_compiling() else _value_index(sums.device)
+    values = means[..., columns]
     # SILog: 100 sqrt(mean e² - (mean e)²), a variance rounded below 0 taken as 0 (NaN stays NaN)
     variance = (values[..., _SILOG] - means[..., SUM_INDEX["log_sum"]] ** 2).clamp_min(0.0)
     values[..., _SILOG] = 100.0 * variance.sqrt()
-    values[..., _ROOT_VALUES] = values[..., _ROOT_VALUES].sqrt()
+    for k in _ROOT_VALUES:
+        values[..., k] = values[..., k].sqrt()
     return values
 
 
