@@ -113,12 +113,8 @@ MetricSums metric_tile(const scalar_t* pred, const scalar_t* target, const bool*
       }
       double e;  // ln ŷ - ln y
       if constexpr (LOG_NONFINITE_ZERO) {
-        // ln ŷ - ln y with a non-finite logarithm counting as 0 on either side, through one
-        // logarithm: of ŷ/y when both are finite, else of the side that is (negated for y)
-        const bool d_finite = (d > 0) & (d < kInf), y_finite = (y > 0) & (y < kInf);
-        const bool both = d_finite & y_finite;
-        const double l = log_approx(both ? ratio : (d_finite ? d : (y_finite ? y : 1.0)));
-        e = (both | d_finite) ? l : (y_finite ? -l : 0.0);
+        const double ld = log_approx(d), ly = log_approx(y);  // then selected: finite logarithms only
+        e = (((d > 0) & (d < kInf)) ? ld : 0.0) - (((y > 0) & (y < kInf)) ? ly : 0.0);
       } else {
         // one logarithm: ln(ŷ / y); ln 0 = -inf, ln of a negative or NaN is NaN
         e = ratio > 0 ? log_approx(ratio) : (ratio == 0 ? -kInf : kNaN);
