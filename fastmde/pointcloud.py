@@ -18,7 +18,7 @@ convention, and flips y (``[x3 -y3 z3]``); ZoeDepth's and Depth-Anything-V2's po
 scripts count from 0 as here.
 
 **Intrinsics** (:class:`Intrinsics`): focal lengths ``fx``, ``fy`` and principal point ``cx``,
-``cy`` in pixels of the depth map. :data:`NYU_KINECT` is the NYU Depth V2 RGB camera at 640x480
+``cy`` in pixels of the depth map. :data:`NYU_KINECT` is the NYU Depth V2 RGB camera at 480x640 (HxW)
 (the NYU toolbox's ``camera_params.m``: fx_rgb = 5.1885790117450188e+02, fy_rgb =
 5.1946961112127485e+02, cx_rgb = 3.2558244941119034e+02, cy_rgb = 2.5373616633400465e+02; the
 focal BTS's NYU file lists carry is the same 518.8579). :meth:`Intrinsics.scaled` resizes
@@ -96,7 +96,7 @@ class Intrinsics:
         return f"fx={self.fx:.4f} fy={self.fy:.4f} cx={self.cx:.4f} cy={self.cy:.4f}"
 
 
-#: NYU Depth V2's Kinect RGB camera at 640x480 (NYU toolbox camera_params.m)
+#: NYU Depth V2's Kinect RGB camera at 480x640 (HxW; NYU toolbox camera_params.m)
 NYU_KINECT = Intrinsics(fx=5.1885790117450188e02, fy=5.1946961112127485e02,
                         cx=3.2558244941119034e02, cy=2.5373616633400465e02)
 NYU_KINECT_SIZE = (480, 640)
@@ -127,7 +127,7 @@ def intrinsics_for(size, *, fx=None, fy=None, cx=None, cy=None, focal=None) -> t
                              "--cy), or none of them for NYU's Kinect intrinsics")
         if focal is not None:
             return Intrinsics(float(focal), float(focal), (w - 1) / 2, (h - 1) / 2), "the file list's focal length"
-        return nyu_kinect((h, w)), f"NYU Kinect intrinsics scaled to {w}x{h}"
+        return nyu_kinect((h, w)), f"NYU Kinect intrinsics scaled to {h}x{w}"   # HxW, as every size fastmde prints
     k = Intrinsics(float(fx), float(fy if fy is not None else fx),
                    float(cx if cx is not None else (w - 1) / 2), float(cy if cy is not None else (h - 1) / 2))
     return k, "--fx/--fy/--cx/--cy"
@@ -247,11 +247,17 @@ def write_ply(path, points, colours=None, *, comments=()) -> int:
 def write_point_cloud(path, depth, image, intrinsics, *, comments=()) -> int:
     """``depth`` (H, W) metres and the photo ``image`` ((3, H, W) or (H, W, 3) uint8 RGB, the
     same size) as a coloured PLY at ``path`` (:func:`depth_to_points`, :func:`write_ply`):
-    one point per pixel with a depth. Returns the number of points."""
+    one point per pixel with a depth. Returns the number of points.
+
+    The layout is told from the depth map's size; a 3x3 image, which fits both, is read as
+    (3, H, W) when it is a torch tensor (fastmde's and torchvision's layout) and as (H, W, 3)
+    when it is a numpy array (Pillow's and OpenCV's)."""
     d = _as_map(depth)
     d = d.detach().cpu().numpy() if isinstance(d, torch.Tensor) else d
-    rgb = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
-    if rgb.ndim == 3 and rgb.shape[0] == 3 and rgb.shape[-1] != 3:
+    channels_first = isinstance(image, torch.Tensor)
+    rgb = np.asarray(image.detach().cpu() if channels_first else image)
+    chw, hwc = rgb.shape == (3, *d.shape), rgb.shape == (*d.shape, 3)
+    if chw and (channels_first or not hwc):
         rgb = rgb.transpose(1, 2, 0)
     if rgb.shape != (*d.shape, 3) or rgb.dtype != np.uint8:
         raise ValueError(f"image must be uint8 RGB of the depth map's size {d.shape}, got {rgb.dtype} "

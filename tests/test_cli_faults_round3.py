@@ -142,12 +142,12 @@ def test_pointcloud_summary_names_each_photos_intrinsics(run18, tmp_path):
     status, _, err = fastmde_cli(["predict", tmp_path / "in", "--checkpoint", out, "--device", "cpu",
                                   "--out", tmp_path / "d", "--pointcloud"])
     assert status == 0, err
-    assert "640x480" not in err
+    assert "480x640" not in err and "640x480" not in err
     assert "point clouds with NYU Kinect intrinsics scaled to each photo's size" in err
     last = err.strip().splitlines()[-1]
-    assert last == ("predict: point clouds with NYU Kinect intrinsics scaled to 64x48 (1 photo); "
-                    "NYU Kinect intrinsics scaled to 40x24 (1 photo)"), last
-    for name, size in (("big", "64x48"), ("small", "40x24")):
+    assert last == ("predict: point clouds with NYU Kinect intrinsics scaled to 48x64 (1 photo); "
+                    "NYU Kinect intrinsics scaled to 24x40 (1 photo)"), last      # HxW, as every size printed
+    for name, size in (("big", "48x64"), ("small", "24x40")):
         header = (tmp_path / "d" / f"{name}.ply").read_bytes().split(b"end_header")[0].decode()
         assert f"intrinsics from NYU Kinect intrinsics scaled to {size}" in header
 

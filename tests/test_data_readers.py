@@ -316,7 +316,7 @@ def test_csv_errors_name_the_file(tmp_path):
         f.write(b"\x89PNG garbage")
     with pytest.raises(DataFormatError, match="1.png.*decoded"):
         ds[1]
-    with pytest.raises(DataFormatError, match="0.png.*expected 640x480"):
+    with pytest.raises(DataFormatError, match=rf"0.png: image is {h}x{w} \(rows x columns\).*expected 480x640"):
         NYUCsv(tmp_path, "train", encoding="png16mm")[0]
     os.remove(os.path.join(tmp_path, ds.pairs[0][1]))
     with pytest.raises(FileNotFoundError, match="0_depth.png"):

@@ -116,7 +116,7 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
         path: a JPEG, PNG, BMP, TIFF, WebP, PPM, ... file.
         rgb: True: uint8 (3, H, W), RGB (see :func:`photo_rgb` for the modes converted and
             refused);
-            False: the stored values as a numpy array (H, W) or (H, W, C) in the file's own
+            False: the stored values as a (writable) numpy array (H, W) or (H, W, C) in the file's own
             dtype (e.g. uint16 for 16-bit PNGs), for depth maps; a palette image (whose
             values would be colour-table indices) is refused.
 
@@ -141,9 +141,12 @@ def decode_image(path, *, rgb: bool = True) -> np.ndarray:
         if isinstance(exc, DataFormatError):
             raise
         raise DataFormatError(f"{path}: cannot be decoded as an image: {exc}") from exc
+    # Always a writable array of its own: np.asarray of a Pillow image is read-only, and the
+    # transposed copy is the same read-only array for a 1x1 photo (already contiguous), which
+    # torch.from_numpy warns about.
     if rgb:
-        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.uint8)
-    return array
+        return np.array(array.transpose(2, 0, 1), dtype=np.uint8, order="C")
+    return array if array.flags.writeable else array.copy()
 
 
 #: Pillow modes of 8-bit photos whose conversion to RGB is exact (grey replicated, palette looked up,

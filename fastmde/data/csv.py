@@ -89,10 +89,11 @@ class NYUCsv(Dataset):
         depth = decode_depth_png(depth_path, self.encoding)
         h, w = self.size
         if rgb.shape != (3, h, w):
-            raise DataFormatError(f"{rgb_path}: image is {rgb.shape[2]}x{rgb.shape[1]} as shown (EXIF orientation "
-                                  f"applied), expected {w}x{h}")
+            raise DataFormatError(f"{rgb_path}: image is {rgb.shape[1]}x{rgb.shape[2]} (rows x columns) as shown "
+                                  f"(EXIF orientation applied), expected {h}x{w}")
         if depth.shape != (h, w):
-            raise DataFormatError(f"{depth_path}: depth image is {depth.shape[1]}x{depth.shape[0]}, expected {w}x{h}")
+            raise DataFormatError(f"{depth_path}: depth image is {depth.shape[0]}x{depth.shape[1]} (rows x columns), "
+                                  f"expected {h}x{w}")
         return make_item(rgb, depth)
 
     def __repr__(self) -> str:

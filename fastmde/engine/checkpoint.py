@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, clean_stale_temporaries
-from .._files import load_error_text, torch_file_problem
+from .._files import load_error_text, torch_file_damage, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
 VERSION = 1
@@ -183,13 +183,20 @@ def _resolve(path) -> str:
 
 def _read_file(path: str, map_location):
     """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for what is not a file of
-    tensors and plain values."""
+    tensors and plain values, and for a damaged one (cut short, or bytes that fail the archive's
+    CRC-32: :func:`fastmde._files.torch_file_damage`)."""
     problem = torch_file_problem(path)   # text or random bytes: say so, not torch.load's "KeyError: 101"
     if problem is not None:
         raise CheckpointError(f"{path!r} is not a fastmde checkpoint: {problem}")
+    damage = torch_file_damage(path)     # a torch.save file cut short or with changed bytes
+    if damage is not None:
+        raise CheckpointError(f"checkpoint {path!r} is damaged or truncated: {damage}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        damage = torch_file_damage(path, exc)     # a legacy (pickle) checkpoint cut short
+        if damage is not None:
+            raise CheckpointError(f"checkpoint {path!r} is damaged or truncated: {damage}") from None
         # weights_only refuses pickled code (foreign checkpoints with custom classes) as well as
         # files that are not PyTorch archives at all; say which.
         message = load_error_text(exc)

@@ -302,7 +302,7 @@ def run(args) -> int:
 
 def describe_cameras(cameras: dict[str, int]) -> str:
     """The intrinsics the .ply files were written with, from ``{where: count}`` (each photo's own:
-    ``NYU Kinect intrinsics scaled to 640x480`` for all, or one entry per size with its count)."""
+    ``NYU Kinect intrinsics scaled to 480x640`` (HxW) for all, or one entry per size with its count)."""
     if len(cameras) == 1:
         return next(iter(cameras))
     return "; ".join(f"{where} ({n} photo{'s' if n > 1 else ''})" for where, n in cameras.items())

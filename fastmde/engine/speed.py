@@ -75,6 +75,22 @@ def resolve_amp(amp: str, device: torch.device, *, inference: bool = False):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
+def scoring_precision(device: torch.device):
+    """The autocast dtype (None: float32) that ``fastmde eval`` and ``fastmde predict`` run a model
+    in by default on ``device`` (their ``--amp auto``, :func:`resolve_amp` with ``inference``;
+    they run it in NCHW, channels_last off). Training's validation and final test score in it
+    too, whatever precision the run trains in, so that the numbers a run prints (and the best.pt
+    it keeps) are those ``fastmde eval`` gives for its checkpoints."""
+    return resolve_amp("auto", device, inference=True)
+
+
+def describe_scoring(device: torch.device) -> str:
+    """The words for :func:`scoring_precision` in ``fastmde train``'s first line."""
+    dtype = scoring_precision(device)
+    name = "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    return f"validation and test in {name} NCHW, as fastmde eval scores"
+
+
 def resolve_channels_last(value: str, device: torch.device) -> bool:
     """``auto|on|off`` -> whether to run in channels_last (``auto``: on CUDA, and on a CPU with
     bf16 matrix units, where it goes with bf16 autocast)."""

@@ -386,7 +386,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     from .evaluate import evaluate
     from .inference import predict_images
     from .paper import beside_sweep, differences_line
-    from .speed import resolve_amp, resolve_device, resolve_workers
+    from .speed import resolve_device, resolve_workers, scoring_precision
     from .train import Trainer
 
     from .train import check_paths, check_trainable
@@ -419,7 +419,7 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
         for name, cfg, action, result in plan:
             current = (name, cfg)
             result = _row_result(name, cfg, action, result, log)
-            amp_dtype = resolve_amp(cfg.amp, device)
+            amp_dtype = scoring_precision(device)    # fastmde eval's default precision, whatever the row trained in
             result_path = os.path.join(cfg.out, "result.json")
             clean_output_folder(cfg.out, log)   # a row reused without training writes its result.json here
             model = scored_model(cfg.out, device)

@@ -35,6 +35,7 @@ epoch, and one marked ``partial`` when a run stops mid-epoch), ``summary.json``.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -63,8 +64,8 @@ from .evaluate import evaluate
 from .inference import to_images
 from ..data.fit import collate_frames
 from .progress import Progress, format_seconds, log_line
-from .speed import (autocast, describe_speed_choice, make_scaler, resolve_amp, resolve_channels_last,
-                    resolve_device, resolve_switch, resolve_workers, tune_cpu_allocator)
+from .speed import (autocast, describe_scoring, describe_speed_choice, make_scaler, resolve_amp, resolve_channels_last,
+                    resolve_device, resolve_switch, resolve_workers, scoring_precision, tune_cpu_allocator)
 
 
 class TrainingDiverged(RuntimeError):
@@ -343,6 +344,10 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, self.device)
         self.speed_choice = describe_speed_choice(cfg.amp, cfg.channels_last, self.device)
+        # Validation and the final test score as fastmde eval does by default (its precision, NCHW):
+        # the printed numbers and best.pt's choice are those eval gives for the checkpoints.
+        self.score_amp_dtype = scoring_precision(self.device)
+        self.speed_choice += f"; {describe_scoring(self.device)}"
         if self.device.type == "cpu":
             allocator = tune_cpu_allocator()
             if allocator:
@@ -632,6 +637,22 @@ class Trainer:
         """The weights validation and testing score: the average with --ema, else the model."""
         return unwrap(self.model) if self.average is None else self.average.module
 
+    def scoring_model(self):
+        """:meth:`eval_model` in the layout ``fastmde eval`` runs a loaded checkpoint in (NCHW): the
+        model itself, or, when the run trains in channels_last, an NCHW copy of it (same values;
+        a convolution's result depends on the layout in its last bits)."""
+        model = self.eval_model()
+        if not self.channels_last:
+            return model
+        return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+
+    def score(self, dataset, **options) -> dict:
+        """:func:`evaluate` of :meth:`scoring_model` on ``dataset`` in ``fastmde eval``'s default
+        precision (:func:`fastmde.engine.speed.scoring_precision`), whatever the run trains in."""
+        return evaluate(self.scoring_model(), dataset, self.protocol, device=self.device,
+                        batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.score_amp_dtype,
+                        channels_last=False, dist_info=self.info, **options)
+
     def validate(self) -> dict:
         """The validation metrics of :meth:`eval_model`. The random generators are as before
         (its DataLoader draws a seed from torch's): a run validated more often, or once more
@@ -639,9 +660,7 @@ class Trainer:
         devices = [] if self.device.type != "cuda" else [self.device.index if self.device.index is not None
                                                         else torch.cuda.current_device()]
         with torch.random.fork_rng(devices=devices):
-            return evaluate(self.eval_model(), self.val_set, self.protocol, device=self.device,
-                            batch_size=self.cfg.eval_batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
-                            channels_last=self.channels_last, dist_info=self.info, flip=False)
+            return self.score(self.val_set, flip=False)
 
     def validation_due(self) -> bool:
         """A ``--val-every`` point inside an epoch that has no validation record yet: a run stopped
@@ -867,9 +886,7 @@ def test_best(trainer: Trainer) -> dict | None:
     """Metrics (the validation protocol) of the final weights on the test split, or None without one."""
     if trainer.test_set is None:
         return None
-    return evaluate(trainer.eval_model(), trainer.test_set, trainer.protocol, device=trainer.device,
-                    batch_size=trainer.cfg.eval_batch_size, workers=trainer.workers,
-                    amp_dtype=trainer.amp_dtype, channels_last=trainer.channels_last, dist_info=trainer.info)
+    return trainer.score(trainer.test_set)
 
 
 def run(args) -> int:

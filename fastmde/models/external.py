@@ -69,7 +69,7 @@ import re
 import torch
 from torch import nn
 
-from .._files import load_error_text, torch_file_problem
+from .._files import load_error_text, torch_file_damage, torch_file_problem
 from .resnet import DEPTHS, CheckpointMismatchError
 
 SOURCES = ("freeman2021", "hu2019", "fastmde")
@@ -206,9 +206,15 @@ def _read(checkpoint):
         problem = torch_file_problem(path)   # text or random bytes: say so, not torch.load's "KeyError: 101"
         if problem is not None:
             raise ExternalCheckpointError(f"checkpoint {path!r}: {problem}")
+        damage = torch_file_damage(path)     # a torch.save file cut short or with changed bytes
+        if damage is not None:
+            raise ExternalCheckpointError(f"checkpoint {path!r} is damaged or truncated: {damage}")
         try:
             return torch.load(path, map_location="cpu", weights_only=True), repr(path)
         except Exception as exc:  # weights_only refuses pickled code; say what the file is not
+            damage = torch_file_damage(path, exc)
+            if damage is not None:
+                raise ExternalCheckpointError(f"checkpoint {path!r} is damaged or truncated: {damage}") from None
             raise ExternalCheckpointError(
                 f"checkpoint {path!r} cannot be read as a file of tensors with "
                 f"torch.load(weights_only=True) ({load_error_text(exc)})") from None

@@ -199,19 +199,24 @@ def load_checkpoint(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
             f"torchvision/timm resnet{encoder.depth} state dict there, or pass pretrained='imagenet' / "
             "--pretrained imagenet for torchvision's ImageNet weights through the torch hub cache)"
         )
-    import zipfile
+    from .._files import torch_file_damage, torch_file_problem
 
-    with open(path, "rb") as f:
-        head = f.read(8)
     # torch.save writes a zip archive (legacy files: a pickle, first byte 0x80); anything else
     # would fail inside torch.load with a bare "KeyError: <byte>".
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+    problem = torch_file_problem(path)
+    if problem is not None:
         raise CheckpointMismatchError(
-            f"pretrained weights {path!r} are not a PyTorch file (torch.save's zip archive or a pickle; the file starts "
-            f"with {head!r}): pass a torchvision/timm ResNet state dict (.pth)")
+            f"pretrained weights {path!r} are not a PyTorch file: pass a torchvision/timm ResNet state dict "
+            f"(.pth) ({problem})")
+    damage = torch_file_damage(path)     # a download cut short, or bytes changed
+    if damage is not None:
+        raise CheckpointMismatchError(f"pretrained weights {path!r} are damaged or truncated: {damage}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        damage = torch_file_damage(path, exc)
+        if damage is not None:
+            raise CheckpointMismatchError(f"pretrained weights {path!r} are damaged or truncated: {damage}") from None
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointMismatchError(f"pretrained weights {path!r} cannot be read by torch.load "
                                       f"({type(exc).__name__}: {first[:200]})") from exc
