@@ -9,8 +9,10 @@ the flag and the path:
 * a path below a file (``notes.txt/run``: no folder can be made there);
 * a path whose nearest existing folder cannot be written (``PermissionError``).
 
-Nothing is created here: the writers (:mod:`fastmde._atomic`, ``os.makedirs``) create the folders
-when they write, so a refused or failed command leaves no empty folder behind.
+The checks create nothing: the writers (:mod:`fastmde._atomic`) create the folders when they
+write, and a training run makes its folder when it starts (:func:`make_output_folder`) and
+removes what it made if it fails before writing into it (:func:`remove_empty_folders`), so a
+refused or failed command leaves no empty folder behind.
 """
 from __future__ import annotations
 
@@ -59,3 +61,29 @@ def check_output_file(path: str, flag: str = "--out") -> None:
     if os.path.isdir(path):
         raise IsADirectoryError(f"{flag} {path!r} is a folder; it names the file to write")
     _check_ancestors(path, flag)
+
+
+def make_output_folder(path: str) -> list[str]:
+    """Make folder ``path``, parents included (``mkdir -p``); returns the folders this made,
+    innermost first ([] when ``path`` was there), for :func:`remove_empty_folders`."""
+    made, current = [], os.path.abspath(path)
+    while not os.path.lexists(current):
+        made.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    os.makedirs(path, exist_ok=True)
+    return made
+
+
+def remove_empty_folders(made: list[str]) -> None:
+    """Remove the folders of :func:`make_output_folder`, innermost first, while each is empty: a
+    command that failed before writing anything leaves no folder behind; one that wrote keeps it."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:      # not empty: something was written there
+            return

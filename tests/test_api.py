@@ -192,9 +192,10 @@ def test_console_prints_user_errors_without_a_traceback():
                                      capture_output=True, text=True, env={**os.environ, **env})
     plain = run({})
     assert plain.returncode == 2
-    assert plain.stderr.strip() == "fastmde: error: size must be HxW such as 288x384, got 'abc'"
+    assert plain.stderr.strip() == "fastmde: error: size (--size) must be HxW such as 288x384, got 'abc'"
     debug = run({"FASTMDE_DEBUG": "1"})
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ValueError: size must be HxW" in debug.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert "ValueError: size (--size) must be HxW" in debug.stderr
 
 
 def test_subpackages_load_on_first_use():

@@ -209,7 +209,7 @@ def test_predict_reads_sub_folders_mirrors_them_and_never_reads_its_out(run18, t
      ["--internal-size must be at least 8x8, got 7x7"]),
     (["export", "{tmp}/missing.pt", "--out", "{tmp}/m.onnx", "--opset", "7"], ["--opset must be an integer from 18"]),
     (["export", "{tmp}/missing.pt", "--out", "{tmp}/m.onnx", "--tolerance", "0"], ["--tolerance must be a positive"]),
-    (["train", "--size", "7x7"], ["size must be at least 8x8, got 7x7"]),
+    (["train", "--size", "7x7"], ["size (--size) must be at least 8x8, got 7x7"]),
     # outputs below a file: every command that writes
     (["export", "{tmp}/missing.pt", "--out", "{tmp}/file.txt/m.onnx"], ["--out", "file.txt' is a file, so no folder"]),
     (["synth", "--out", "{tmp}/file.txt/data"], ["--out", "file.txt' is a file, so no folder"]),

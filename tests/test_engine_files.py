@@ -237,7 +237,7 @@ def test_pretrained_imagenet_names_the_missing_file(tmp_path, monkeypatch, offli
      r"image_root \(--image-root\) is for --data-format list"),
     (["--data-format", "list", "--data", "d", "--depth-scale", "0"], r"depth_scale \(--depth-scale\) must be a "
                                                                       r"positive number"),
-    (["--train-crop", "4x4"], r"train_crop must be at least 8x8"),
+    (["--train-crop", "4x4"], r"train_crop \(--train-crop\) must be at least 8x8"),
 ])
 def test_file_options_are_refused_where_they_do_not_apply(argv, message, tmp_path, capsys):
     import re

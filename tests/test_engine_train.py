@@ -378,9 +378,9 @@ def test_encoder_in_extra_is_the_encoder_option():
     old = TrainConfig(extra={"encoder": 18, "normalize": True, "kernel_size": 5})
     assert (old.encoder, old.normalize, old.extra) == (18, True, {"kernel_size": 5})
     assert old.model_spec()["overrides"] == {"kernel_size": 5, "encoder": 18, "normalize": True}
-    with pytest.raises(ValueError, match="encoder is given twice"):
+    with pytest.raises(ValueError, match=r"encoder \(--encoder\) is given twice"):
         TrainConfig(encoder=34, extra={"encoder": 18})
-    with pytest.raises(ValueError, match="model must be one of"):
+    with pytest.raises(ValueError, match=r"model \(--model\) must be one of"):
         TrainConfig(model="unet99")
 
 

@@ -35,7 +35,7 @@ def kb_crop_box(height: int, width: int, path=None) -> tuple[int, int, int, int]
     if height < h or width < w:
         where = f"{path}: " if path is not None else ""
         raise DataFormatError(f"{where}frame is {height}x{width}; the kb crop needs at least {h}x{w} "
-                              "(turn the kb crop off for frames that are not KITTI's)")
+                              "(frames that are not KITTI's: turn it off, --no-kb-crop / kb_crop=False)")
     top, left = height - h, (width - w) // 2
     return top, top + h, left, left + w
 

@@ -203,11 +203,11 @@ class TrainConfig:
                                    on_resume="apply", result=False, unset="on a terminal only")
 
     def __post_init__(self):
-        self.size = parse_internal_size(self.size, what="size")      # the rule export --internal-size has too
-        self.synthetic_size = parse_size(self.synthetic_size, what="synthetic_size", minimum=8)
+        self.size = parse_internal_size(self.size, what=_named("size"))   # export --internal-size's rule too
+        self.synthetic_size = parse_size(self.synthetic_size, what=_named("synthetic_size"), minimum=8)
         self.augment_parts = parse_parts(self.augment_parts)
         if self.train_crop is not None:
-            self.train_crop = parse_size(self.train_crop, what="train_crop", minimum=8)
+            self.train_crop = parse_size(self.train_crop, what=_named("train_crop"), minimum=8)
         self.extra = dict(self.extra or {})
         if self.loss is None:        # the --dataset's preset (data/settings.py): silog for KITTI's sparse depth
             from ..data.settings import dataset_setting
@@ -219,44 +219,48 @@ class TrainConfig:
             if name in self.extra:
                 value = self.extra.pop(name)
                 if getattr(self, name) is not None and getattr(self, name) != value:
-                    raise ValueError(f"{name} is given twice, as {getattr(self, name)!r} and extra[{name!r}] = {value!r}")
+                    raise ValueError(f"{_named(name)} is given twice, as {getattr(self, name)!r} and extra[{name!r}] = "
+                                     f"{value!r}")
                 setattr(self, name, value)
         for f in fields():
             choices = choices_of(f)
             value = getattr(self, f.name)
             if choices is not None and value is not None and value not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+                raise ValueError(f"{_named(f.name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
         if self.data_format != "synthetic" and not self.data:
-            raise ValueError(f"data_format {self.data_format!r} needs a data path (--data)")
+            raise ValueError(f"{_named('data_format')} {self.data_format} needs the dataset's path, {_named('data')}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_named(name)} must be a positive integer, got {getattr(self, name)}")
         if self.workers < -1:
             raise ValueError(f"{_named('workers')} must be -1 (auto) or a number of processes >= 0, got {self.workers}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ValueError(f"{_named('lr')} must be a positive number, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ValueError(f"{_named('val_fraction')} must be in (0, 1), got {self.val_fraction}")
         for name in ("max_steps", "save_every", "val_every", "lr_step", "limit_train"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {value}")
+                raise ValueError(f"{_named(name)} must be a positive integer, got {value}")
         if self.cosine and self.lr_step:
-            raise ValueError("choose one learning-rate decay: lr_step (step) or cosine, not both")
+            raise ValueError(f"choose one learning-rate decay, step or cosine: {_named('lr_step')} or "
+                             f"{_named('cosine')}, not both")
         if self.warmup < 0:
-            raise ValueError(f"warmup must be a number of steps >= 0, got {self.warmup}")
+            raise ValueError(f"{_named('warmup')} must be a number of steps >= 0, got {self.warmup}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise ValueError(f"ema must be a decay in (0, 1) such as 0.99, got {self.ema}")
+            raise ValueError(f"{_named('ema')} must be a decay in (0, 1) such as 0.99, got {self.ema}")
         for name in ("synthetic_train", "synthetic_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_named(name)} must be a positive number of frames, got {getattr(self, name)}")
         if self.synthetic_views < 1:
-            raise ValueError(f"synthetic_views (frames per training room) must be >= 1, got {self.synthetic_views}")
+            raise ValueError(f"{_named('synthetic_views')} must be at least 1 frame per training room, got "
+                             f"{self.synthetic_views}")
         self._check_split_sizes()
         if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"time_limit must be positive seconds, got {self.time_limit}")
+            raise ValueError(f"{_named('time_limit')} must be positive seconds, got {self.time_limit}")
         if self.init_from is not None and self.pretrained not in (None, "auto", "none"):
-            raise ValueError("choose one initialisation: init_from (the whole model) or pretrained (the encoder)")
+            raise ValueError(f"choose one initialisation, of the whole model or of the encoder: {_named('init_from')} "
+                             f"or {_named('pretrained')}")
         self._check_file_options()
         self._refuse_options_without_effect()
 
@@ -411,7 +415,7 @@ def current_names(options: dict) -> dict:
             if old in out:
                 value = out.pop(old)
                 if f.name in out and out[f.name] != value:
-                    raise ValueError(f"{f.name} is given twice, as {out[f.name]!r} and under its former name "
+                    raise ValueError(f"{_named(f.name)} is given twice, as {out[f.name]!r} and under its former name "
                                      f"{old} = {value!r}")
                 out[f.name] = value
     return out

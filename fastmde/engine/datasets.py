@@ -130,10 +130,21 @@ def build_datasets(cfg, *, test: bool = True):
     files = cfg.data_format in ("list", "folder")
     full = open_split(cfg.data_format, cfg.data, "train", files=file_options(cfg) if files else None, **options)
     if cfg.limit_train is not None and cfg.limit_train < len(full):
+        scenes = getattr(full, "scenes", None)
         full = Subset(full, list(range(cfg.limit_train)))
+        if scenes is not None:       # --val-by-scene splits the first items by their scenes
+            full.scenes = list(scenes[:cfg.limit_train])
+    check_split(cfg, full)
     train, val = data.train_val_split(full, fraction=cfg.val_fraction, seed=cfg.seed, by_scene=cfg.val_by_scene)
     if cfg.setting("train_crop") is not None:
         train = data.RandomCrops(train, cfg.setting("train_crop"), seed=cfg.seed)
+    # The first item of each split is read now, as the trainer will read it: data that cannot
+    # train (a frame smaller than the kb crop, a depth map of another size than its photo, a
+    # depth array of another shape) is refused before the run folder is made and the run's start
+    # line printed, not at the first step. Each reader's error names the file.
+    for split in (train, val):
+        if len(split):
+            split[0]
     # a list or folder is one split: its test set is another list (fastmde eval --data)
     where = test_split_location(cfg.data_format, cfg.data)
     test_set = None
@@ -147,10 +158,27 @@ def build_datasets(cfg, *, test: bool = True):
             raise _same_kind(exc, f"the test split ({split!r} of {where or cfg.data}) is there but cannot be read: "
                                   f"{exc} (fix it, or train with --no-test)") from None
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(
-            f"the training split has {len(full)} items: too few for a {cfg.val_fraction:.0%} validation hold-out"
-        )
+        raise ValueError(f"the training split has {len(full)} items: too few for a {cfg.val_fraction:.0%} validation "
+                         "hold-out (--val-fraction)")
     return train, val, test_set
+
+
+def check_split(cfg, full) -> None:
+    """Refuse, naming the flags, a training split that the validation hold-out cannot split: fewer
+    than two items, or ``--val-by-scene`` on data without scenes or with one scene only."""
+    if len(full) < 2:
+        raise ValueError(f"the training split has {len(full)} item(s): the validation hold-out (--val-fraction) "
+                         "needs one and training another")
+    if not cfg.val_by_scene:
+        return
+    scenes = getattr(full, "scenes", None)
+    if scenes is None:
+        raise ValueError(f"--val-by-scene holds out whole scenes, and --data-format {cfg.data_format} names no "
+                         "scene of its items: drop --val-by-scene")
+    count = len(set(scenes))
+    if count < 2:
+        raise ValueError(f"--val-by-scene holds out whole scenes, and the training split's {len(full)} items are "
+                         f"of {count} scene (list and folder: a scene is a photo's folder): drop --val-by-scene")
 
 
 def _same_kind(exc: BaseException, message: str) -> BaseException:

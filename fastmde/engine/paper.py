@@ -238,11 +238,16 @@ RECIPE = {"epochs": 3, "batch_size": 1, "lr": 1e-4, "val_fraction": 0.03}
 NYU_TRAIN_FRAMES = 46156
 
 
-def recipe_differences(config: dict, setting: dict | None = None) -> list[str]:
+def recipe_differences(config: dict, setting: dict | None = None, *, stopped: str | None = None,
+                       steps: int | None = None) -> list[str]:
     """What a run's configuration (``TrainConfig.to_dict()``, or a part of one) does otherwise
     than the paper: one ``"<option> <ours> (paper <theirs>)"`` text per difference, the
     table's own ``setting`` (model, size or loss) first. Options missing from ``config`` are
-    not compared."""
+    not compared.
+
+    ``stopped`` and ``steps`` (a run's summary or sweep result: ``"completed"``, ``"max_steps"``,
+    ``"time_limit"``, and the step it is at) make the limits' texts say what the run did: a limit
+    that did not stop it is no difference; unknown (None), the limit is named as set."""
     out = []
     c = dict(config)
     for option, value in (setting or {}).items():
@@ -254,10 +259,7 @@ def recipe_differences(config: dict, setting: dict | None = None) -> list[str]:
         out.append(f"{c['epochs']} epoch(s) (paper 3)")
     if c.get("batch_size", 1) != 1:
         out.append(f"batch size {c['batch_size']} (paper 1; it/s counts steps)")
-    if c.get("max_steps") is not None:
-        out.append(f"stopped at --max-steps {c['max_steps']} (paper: whole epochs)")
-    if c.get("time_limit") is not None:
-        out.append(f"stopped at --time-limit {c['time_limit']:g} s (paper: whole epochs)")
+    out += _limit_texts(c, stopped, steps)
     if "lr" in c and c["lr"] != RECIPE["lr"]:
         out.append(f"lr {c['lr']:g} (paper 0.0001)")
     if c.get("lr_step") is not None:
@@ -302,12 +304,34 @@ def recipe_differences(config: dict, setting: dict | None = None) -> list[str]:
     return out
 
 
+def _limit_texts(c: dict, stopped: str | None, steps: int | None) -> list[str]:
+    """The texts of ``--max-steps`` and ``--time-limit``, true of the run (see
+    :func:`recipe_differences`): ``stopped at --max-steps 10``, ``at step 25, past --max-steps 10,
+    when resumed`` (nothing trained), nothing for a limit the run did not reach."""
+    out = []
+    max_steps, time_limit = c.get("max_steps"), c.get("time_limit")
+    if max_steps is not None:
+        if stopped is None:
+            out.append(f"--max-steps {max_steps} (paper: whole epochs)")
+        elif stopped == "max_steps" and steps is not None and steps > max_steps:
+            out.append(f"at step {steps}, past --max-steps {max_steps}, when resumed (paper: whole epochs)")
+        elif stopped == "max_steps":
+            out.append(f"stopped at --max-steps {max_steps} (paper: whole epochs)")
+    if time_limit is not None:
+        if stopped is None:
+            out.append(f"--time-limit {time_limit:g} s (paper: whole epochs)")
+        elif stopped == "time_limit":
+            out.append(f"stopped at --time-limit {time_limit:g} s (paper: whole epochs)")
+    return out
+
+
 def differences_line(results: list[dict], setting: dict | None = None) -> str:
     """``"Differences from the paper's setting: <text> in every row; <text> in a, b."`` for the
-    results of a sweep (each ``{"name", "config"}``), or '' when there is none."""
+    results of a sweep (each ``{"name", "config"}``, with ``"stopped"`` and ``"steps"`` where
+    recorded), or '' when there is none."""
     differences: dict[str, list[str]] = {}   # "option ours (paper theirs)" -> run rows
     for r in results:
-        for text in recipe_differences(r["config"], setting):
+        for text in recipe_differences(r["config"], setting, stopped=r.get("stopped"), steps=r.get("steps")):
             differences.setdefault(text, []).append(r["name"])
     if not differences:
         return ""

@@ -232,8 +232,8 @@ def _row_result(name: str, cfg: TrainConfig, action: str, result: dict | None, l
     start = time.perf_counter()
     trainer = Trainer(cfg, resume=action == "resume", overwrite=action == "train", log=log)
     summary = trainer.fit()
-    return {"name": name, "config": cfg.to_dict(), "metrics": None, "train_s": summary["train_s"],
-            "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start, "steps": summary["step"],
+    return {"name": name, "model": model_name_of(cfg.to_dict()), "config": cfg.to_dict(), "metrics": None,
+            "train_s": summary["train_s"], "it_per_s": summary["it_per_s"], "wall_s": time.perf_counter() - start, "steps": summary["step"],
             "epochs_trained": summary["epochs_trained"], "images_seen": summary["images_seen"],
             "stopped": summary["stopped"], "option_changes": summary["option_changes"], "protocol": None}
 
@@ -310,6 +310,10 @@ def trained_line(results: list[dict], epochs: int, protocol: str) -> str:
             limit = (f"--max-steps {c.get('max_steps')}" if stopped == "max_steps"
                      else f"--time-limit {c.get('time_limit'):g} s")
             stops.setdefault(f"stopped by {limit} before its {c.get('epochs', epochs)} epoch(s)", []).append(r["name"])
+        elif stopped == "completed" and (r.get("epochs_trained") or 0) > c.get("epochs", epochs):
+            # resumed with an --epochs below the epochs its last.pt had trained: nothing trained
+            stops.setdefault(f"had already trained {r['epochs_trained']:g} epoch(s), past --epochs "
+                             f"{c.get('epochs', epochs)}, when resumed (nothing trained)", []).append(r["name"])
         elif stopped == "completed":
             stops.setdefault(f"trained its {c.get('epochs', epochs)} epoch(s) in full", []).append(r["name"])
         else:
@@ -402,7 +406,8 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
             raise type(exc)(f"sweep row {name!r}: {exc}") from None
     device = resolve_device(base.device)
     plan = plan_rows(configs, resume=resume, overwrite=overwrite, log=log)
-    os.makedirs(out_dir, exist_ok=True)
+    # the sweep's folder is made by its first row's training (or its first write): a sweep that
+    # fails before leaves no empty folder
     clean_output_folder(out_dir, log)   # each row's folder is cleaned when its training starts
     results, predictions = [], []
     try:
@@ -419,6 +424,8 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
         for name, cfg, action, result in plan:
             current = (name, cfg)
             result = _row_result(name, cfg, action, result, log)
+            # the network's name, as the table gives it (results of earlier versions lack it)
+            result["model"] = model_name_of(result["config"])
             amp_dtype = scoring_precision(device)    # fastmde eval's default precision, whatever the row trained in
             result_path = os.path.join(cfg.out, "result.json")
             clean_output_folder(cfg.out, log)   # a row reused without training writes its result.json here
@@ -502,6 +509,11 @@ def run(args) -> int:
                            overwrite=args.overwrite)
     except KeyboardInterrupt:      # run_sweep has said where it stopped and how to continue
         return 130
-    print(result["markdown"])
-    print(f"wrote {result['table']} and {result['figure']}", file=sys.stderr)
+    try:
+        print(result["markdown"], flush=True)
+        print(f"wrote {result['table']} and {result['figure']}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:      # every file is written: nothing is lost, and the line says so
+        print(f"sweep: interrupted after every row was finished; {result['table']}, results.json and "
+              f"{result['figure']} are written", file=sys.stderr, flush=True)
+        return 130
     return 0

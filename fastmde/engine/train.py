@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader
 from . import distributed as D
 from .._checks import check_depth_units
 from .._atomic import atomic_write_text
+from .._outputs import make_output_folder, remove_empty_folders
 from .checkpoint import atomic_save, capture_rng_states, interrupts_deferred, read_checkpoint, restore_rng_states
 from .checkpoint import clean_output_folder
 from .checkpoint import FORMAT, VERSION, CheckpointError
@@ -381,13 +382,11 @@ class Trainer:
         # global generators, so the initial weights are those of building the model last.
         weights = cfg.encoder_weights()
         model = models.build(cfg.model, size=cfg.size, pretrained=weights, **cfg.model_overrides()).to(self.device)
-        if self.info.is_main and cfg.init_from is None:
-            self.log(describe_start(cfg, weights))
         self.protocol = validation_protocol(cfg)
         if cfg.init_from is not None:
             init_weights_from(model, cfg.init_from, model.fastmde_variant)
-            self.log(f"initialised {model.fastmde_variant} from {cfg.init_from}")
-        # Rank 0 generates the synthetic cache (if needed) before the others open it.
+        # Rank 0 generates the synthetic cache (if needed) before the others open it. Each reads
+        # the first item of its splits: data that cannot train is refused here, before any line.
         if self.info.is_main:
             self.train_set, self.val_set, self.test_set = build_datasets(cfg, test=test)
         D.barrier(self.info)
@@ -407,6 +406,9 @@ class Trainer:
         message = too_few_items(cfg, self.items_per_epoch, self.info.world_size)
         if message is not None:
             raise ValueError(message)
+        if self.info.is_main:     # said once every check has passed: a refused run prints only its error
+            self.log(describe_start(cfg, weights) if cfg.init_from is None else
+                     f"initialised {model.fastmde_variant} from {cfg.init_from}")
 
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -693,9 +695,21 @@ class Trainer:
     # ------------------------------------------------------------ loop
 
     def fit(self) -> dict:
+        """Train until ``--epochs``, a limit or Ctrl-C; returns the run's summary.
+
+        Makes the run folder (parents included). A run that fails (an exception; not Ctrl-C, which
+        saves ``last.pt``) before writing anything there removes the folders it made: no empty run
+        folder is left behind."""
+        made = make_output_folder(self.cfg.out) if self.info.is_main else []
+        try:
+            return self._fit()
+        except Exception:
+            remove_empty_folders(made)
+            raise
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         if self.info.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
             clean_output_folder(cfg.out, self.log)   # temporaries of a write killed in an earlier run
             if self.replaces_run:    # the earlier run's log and best.pt must not mix with this one's
                 old = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
@@ -727,6 +741,8 @@ class Trainer:
             if self._resume_validation:     # stopped between a --val-every step and its validation
                 self._resume_validation = False
                 self._end_epoch(partial=True, epoch_time=0.0)
+            if self.resumed and self.epoch >= cfg.epochs and self.info.is_main:
+                self.log(self._nothing_trained("epochs"))     # resumed with its --epochs already trained
             while self.epoch < cfg.epochs and stop_reason is None:
                 stop_reason = self._should_stop()
                 if stop_reason:      # e.g. resumed with a limit already reached
@@ -790,10 +806,20 @@ class Trainer:
                    "best": self.best, "history": self.history, "config": cfg.to_dict(),
                    "resolved": self.resolved_speed()}
         if self.info.is_main:
-            self.log(f"stopped: {summary['stopped']} after {self.step} steps, {format_seconds(self.elapsed_now())}")
-            print(format_history(self.history), flush=True)
-            atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
+            try:
+                self.log(f"stopped: {summary['stopped']} after {self.step} steps, "
+                         f"{format_seconds(self.elapsed_now())}")
+                print(format_history(self.history), flush=True)
+                atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
+            except KeyboardInterrupt:     # last.pt was saved when the training stopped
+                self.log(self.interrupted_after_training())
+                raise
         return summary
+
+    def interrupted_after_training(self, what: str = "") -> str:
+        """The line of a Ctrl-C once the training has finished (``what``: during what)."""
+        return (f"interrupted{what} after the training finished: {self.last_path} holds it at step {self.step}; "
+                "the same command with --resume finishes without training")
 
     def _steps_left_in_epoch(self) -> int:
         return math.ceil((self.epoch_items - self.samples_in_epoch) / self.cfg.batch_size)
@@ -803,6 +829,11 @@ class Trainer:
 
     def _nothing_trained(self, stop_reason: str) -> str:
         """The line of a resume that trains nothing: its checkpoint already reached the limit."""
+        if stop_reason == "epochs":
+            done = round(self.epoch + (self.samples_in_epoch / self.epoch_items if self.epoch_items else 0.0), 2)
+            where = "past" if done > self.cfg.epochs else "at"
+            return (f"nothing trained: {self.last_path} has already trained {done:g} epoch(s), {where} --epochs "
+                    f"{self.cfg.epochs} (a larger --epochs continues it)")
         if stop_reason == "max_steps":
             where = "past" if self.step > self.cfg.max_steps else "at"
             return (f"nothing trained: {self.last_path} is already at step {self.step}, {where} --max-steps "
@@ -890,8 +921,6 @@ def test_best(trainer: Trainer) -> dict | None:
 
 
 def run(args) -> int:
-    from .datasets import test_split_location, test_split_name
-
     cfg = config_from_args(args)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, test=args.test)
     try:
@@ -899,26 +928,40 @@ def run(args) -> int:
             summary = trainer.fit()
         except KeyboardInterrupt:
             return 130
-        # Every stop is tested, a stop at a limit included: the weights are what a user would
-        # evaluate, and the line says how far the run got.
-        if args.test and trainer.test_set is None and trainer.info.is_main:
-            what = (f"a {cfg.data_format} is one split (evaluate a test list or folder with fastmde eval --data)"
-                    if cfg.data_format in ("list", "folder") else
-                    f"the {cfg.data_format} data has no test split ({test_split_name(cfg.data_format)!r}: "
-                    f"{test_split_location(cfg.data_format, cfg.data) or 'its place'} does not exist)")
-            trainer.log(f"no test metrics: {what}; --no-test silences this")
-        if args.test and trainer.test_set is not None:
-            values = test_best(trainer)
-            stopped = summary["stopped"]
-            planned = cfg.epochs * trainer.steps_per_epoch
-            how = ("final weights" if stopped == "completed" else
-                   f"weights at step {summary['step']} of {planned}: stopped by --{stopped.replace('_', '-')}, "
-                   "resumable")
+        try:
+            _finish(args, cfg, trainer, summary)
+        except KeyboardInterrupt:     # training has finished: what was not done is said in one line
             if trainer.info.is_main:
-                print(f"test ({len(trainer.test_set)} held-out items, {trainer.protocol} protocol, {how}): "
-                      + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
-                summary["test"] = values
-                atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
+                testing = args.test and trainer.test_set is not None
+                trainer.log(trainer.interrupted_after_training(" while testing" if testing else ""))
+            return 130
     finally:
         D.teardown(trainer.info)
     return 0
+
+
+def _finish(args, cfg: TrainConfig, trainer: Trainer, summary: dict) -> None:
+    """After the training: the test metrics, printed and added to summary.json (or why there are none).
+
+    Every stop is tested, a stop at a limit included: the weights are what a user would
+    evaluate, and the line says how far the run got."""
+    from .datasets import test_split_location, test_split_name
+
+    if args.test and trainer.test_set is None and trainer.info.is_main:
+        what = (f"a {cfg.data_format} is one split (evaluate a test list or folder with fastmde eval --data)"
+                if cfg.data_format in ("list", "folder") else
+                f"the {cfg.data_format} data has no test split ({test_split_name(cfg.data_format)!r}: "
+                f"{test_split_location(cfg.data_format, cfg.data) or 'its place'} does not exist)")
+        trainer.log(f"no test metrics: {what}; --no-test silences this")
+    if args.test and trainer.test_set is not None:
+        values = test_best(trainer)
+        stopped = summary["stopped"]
+        planned = cfg.epochs * trainer.steps_per_epoch
+        how = ("final weights" if stopped == "completed" else
+               f"weights at step {summary['step']} of {planned}: stopped by --{stopped.replace('_', '-')}, "
+               "resumable")
+        if trainer.info.is_main:
+            print(f"test ({len(trainer.test_set)} held-out items, {trainer.protocol} protocol, {how}): "
+                  + "  ".join(f"{k} {values[k]:.4f}" for k in METRIC_NAMES), flush=True)
+            summary["test"] = values
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(cfg.out, "summary.json"))
