@@ -6,7 +6,8 @@ through the real entry point (``fastmde.cli.console_main`` in this process):
   --pretrained, eval, predict, export, fastmde.load, from_external), not "not a fastmde
   checkpoint";
 * sizes are printed height x width everywhere (the point clouds' intrinsics said width x height);
-* tiny photos (1x1, 1xN, Nx1, 3x3) are predicted, point clouds included, without a warning;
+* tiny photos (1x1, 1xN, Nx1, 3x3) are predicted, point clouds included, without a warning, and
+  a dark photo (pixels 0 and 1) is not taken for a 0-1 image;
 * training validates and tests in the precision and layout ``fastmde eval`` scores in by default,
   so its final test line is what ``fastmde eval`` gives for last.pt.
 
@@ -190,6 +191,25 @@ def test_tiny_photos_are_predicted_without_a_warning(run, tmp_path):
         # one point per pixel, row-major, with that pixel's colour (3x3: (3, H, W) read as such)
         assert np.array_equal(points["rgb"], rgb.reshape(-1, 3)), name
         assert np.allclose(points["xyz"][:, 2], depth.reshape(-1))
+
+
+def test_a_dark_photo_is_not_taken_for_a_0_1_image(run, tmp_path):
+    """An 8-bit photo whose pixels are all 0 or 1 is what it is: predict and eval convert 8-bit
+    files themselves, so the model's 0-1 (ToTensor) warning is not for them."""
+    import fastmde
+
+    dark = np.ones((4, 6, 3), np.uint8)
+    dark[0, 0] = 0
+    os.makedirs(tmp_path / "in")
+    Image.fromarray(dark).save(tmp_path / "in" / "dark.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, _, err = fastmde_cli(["predict", tmp_path / "in", "--checkpoint", run[0], "--device", "cpu",
+                                      "--out", tmp_path / "d"])
+    assert status == 0 and [str(w.message) for w in caught] == [], err
+    # the model called on the same values as a float tensor still says what they look like
+    with pytest.warns(UserWarning, match="0-1 image"), torch.no_grad():
+        fastmde.load(run[0])(torch.from_numpy(dark).permute(2, 0, 1)[None].float())
 
 
 def test_a_3x3_photo_is_read_in_its_own_layout():

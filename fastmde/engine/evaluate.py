@@ -53,8 +53,8 @@ def evaluate(model, dataset, protocol=DEFAULT_PROTOCOL, *, device="cpu", batch_s
                 units = check_depth_units(depth, depth > 0)   # the process's first check only (one sync)
                 if units is not None and info.is_main:
                     warnings.warn(f"evaluation data: {units}", UserWarning, stacklevel=1)
-                pred = predict_depth(model, images, amp_dtype=amp_dtype,
-                                     flip=protocol.flip if flip is None else flip)
+                pred = predict_depth(model, images, amp_dtype=amp_dtype, flip=protocol.flip if flip is None else flip,
+                                     from_uint8=batch["image"].dtype == torch.uint8)
                 size = tuple(depth.shape[-2:])
                 if size not in sizes_seen:   # a KITTI protocol given maps of the other frame
                     sizes_seen.add(size)

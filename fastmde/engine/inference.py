@@ -6,6 +6,8 @@ return (B, 1, H, W) depth in metres at the input's size.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -20,14 +22,19 @@ def to_images(batch_images: torch.Tensor, device, channels_last: bool = False) -
     return images
 
 
-def predict_depth(model, images: torch.Tensor, *, amp_dtype=None, flip: bool = False) -> torch.Tensor:
+def predict_depth(model, images: torch.Tensor, *, amp_dtype=None, flip: bool = False,
+                  from_uint8: bool = False) -> torch.Tensor:
     """(B, 1, H, W) float32 depth in metres for float (B, 3, H, W) images in 0-255.
 
     With ``flip`` the result is ``(f(x) + mirror(f(mirror(x)))) / 2``, the mean with the
     prediction of the horizontally mirrored image (the test-time flip of DenseDepth's
     ``evaluate.py``). ``amp_dtype`` (bf16/fp16 or None) runs the model under autocast.
+    ``from_uint8``: the images are :func:`to_images` of uint8 images, so the model's input-range
+    check is skipped (a dark photo, all values 0 or 1, is not a 0-1 image).
     """
-    with autocast(images.device, amp_dtype):
+    from ..models.resolution import image_range_known
+
+    with autocast(images.device, amp_dtype), (image_range_known() if from_uint8 else contextlib.nullcontext()):
         pred = model(images).float()
         if flip:
             pred = 0.5 * (pred + model(images.flip(-1)).float().flip(-1))
@@ -61,7 +68,7 @@ def predict_images(model, images: list[torch.Tensor], *, device="cpu", batch_siz
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             batch = to_images(torch.stack([images[i] for i in chunk]), device)
-            pred = predict_depth(model, batch, amp_dtype=amp_dtype, flip=flip)
+            pred = predict_depth(model, batch, amp_dtype=amp_dtype, flip=flip, from_uint8=True)
             for i, p in zip(chunk, pred[:, 0].cpu().numpy()):
                 out[i] = p.astype(np.float32)
     return out

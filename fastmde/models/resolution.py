@@ -24,6 +24,8 @@ inside runs a 352x1216 evaluation frame at 176x608 (the same pixel scale), where
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import weakref
 
 import torch
@@ -38,6 +40,21 @@ from .trainable import untrainable_message
 # The range check of each model's calls after its first: pending device copies of (min, max), kept
 # outside the module so that deepcopy / pickling a model never meets a CUDA event.
 _RANGE_CHECKS: "weakref.WeakKeyDictionary[nn.Module, HostValues]" = weakref.WeakKeyDictionary()
+# Set while a caller runs models on images it made from 8-bit files (fastmde's eval and predict)
+_RANGE_KNOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("fastmde_image_range_known", default=False)
+
+
+@contextlib.contextmanager
+def image_range_known():
+    """Calls of the models inside this block skip the input-range check (the 0-1 / ImageNet /
+    16-bit warning): for a caller whose images are 8-bit files converted to float 0-255 (fastmde's
+    readers, ``eval``, ``predict``), where a dark photo whose values all lie in [0, 1] is what it
+    is, not a ToTensor image."""
+    token = _RANGE_KNOWN.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_KNOWN.reset(token)
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-downscale ``x`` to ``size`` (bilinear where a dimension grows); identity if equal."""
@@ -106,7 +123,7 @@ class IntermediateResolution(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
         out_size = tuple(x.shape[-2:])
-        if _eager(x):     # under torch.compile nothing is read (no guard, no graph break)
+        if _eager(x) and not _RANGE_KNOWN.get():     # under torch.compile nothing is read (no guard, no graph break)
             for problem in self._range_problems(x):
                 warn_at_caller(f"{self._name()}: {problem}")
         size = out_size if self.size is None else internal_size(out_size[0], out_size[1], self.size, self.aspect)
