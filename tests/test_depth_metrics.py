@@ -44,10 +44,19 @@ def assert_silog_close(got, want, rmse_log, tol, eps):
     """SILog = 100 sqrt(E[e²] - E[e]²) loses digits to cancellation where the log errors are nearly
     constant (one pixel: 0 in exact arithmetic, the rounding of E[e²] in any other): its square is
     compared, within ``tol`` plus the rounding of E[e²] (= rmse_log²) at ``eps`` per term."""
-    floor = 64 * eps * float(torch.as_tensor(rmse_log).double().nan_to_num(0).max()) ** 2
+    # a non-finite RMSE-log (a prediction clamped to 0 m: ln 0) leaves SILog non-finite: no floor
+    floor = 64 * eps * float(torch.as_tensor(rmse_log).double().nan_to_num(0.0, posinf=0.0, neginf=0.0).max()) ** 2
     torch.testing.assert_close((torch.as_tensor(got).cpu().double() / 100) ** 2,
                                (torch.as_tensor(want).cpu().double() / 100) ** 2, rtol=tol, atol=tol + floor,
                                equal_nan=True)
+
+
+def test_silog_comparison_takes_a_non_finite_rmse_log():
+    """min_depth=0 with the clamp: a negative prediction becomes 0 m, ln 0 = -inf, RMSE-log inf and
+    SILog NaN on every backend; the comparison must not overflow squaring the floor (a hypothesis
+    example of test_values_match_reference on Triton did)."""
+    inf, nan = torch.tensor(math.inf, dtype=torch.float64), torch.tensor(math.nan, dtype=torch.float64)
+    assert_silog_close(nan, nan, inf, 1e-9, 2.0**-23)
 
 
 def close(got, want, tol, eps=2.0**-52):
