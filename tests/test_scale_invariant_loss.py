@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fastmde
@@ -457,6 +457,7 @@ def test_values_and_gradients_match_reference(backend, device, b, h, w, preset, 
     mask_kind=st.sampled_from(["holes", "gt_zero", "none"]), seed=st.integers(0, 2**16),
     image=st.booleans(),
 )
+@example(b=1, h=1, w=2, preset="ssi", mask_kind="none", seed=0, image=False)
 def test_analytic_passes_match_autograd_of_the_spec(b, h, w, preset, mask_kind, seed, image):
     """The reference passes and the algebra between them (the kernels' contract) against
     autograd of the plain formula, float64."""
@@ -479,7 +480,8 @@ def test_analytic_passes_match_autograd_of_the_spec(b, h, w, preset, mask_kind, 
         grad = si.silog_backward(pred, target, mask, coeffs, si.DEFAULT_EPS)
         assert count.item() == (mask & (target > 0)).sum().item()
     assert loss.item() == pytest.approx(want.item(), rel=1e-10, abs=1e-14)
-    assert_grad_close(grad, want_grad, 1e-9)
+    # ssi on two pixels fits them exactly: a gradient of rounding noise (1e-15), compared absolutely
+    assert_grad_close(grad, want_grad, 1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- op contract, autograd, compile
