@@ -35,7 +35,7 @@ BACKENDS = ("reference", "native", "triton")
 # The Triton up-projection also folds BatchNorm into its convs (``fastmde::upsample_conv2d_bn``);
 # elsewhere that op runs the reference stage over the device's ``upsample_conv2d``.
 NATIVE_ENTRY_POINTS = {
-    "depth_loss": ("depth_loss_forward",),
+    "depth_loss": ("depth_loss_forward", "depth_loss_backward"),
     "depth_metrics": ("depth_metric_sums",),
     "up_projection": ("upsample_conv2d_forward", "upsample_conv2d_backward"),
     "scale_invariant_loss": ("silog_sums", "silog_backward", "ssi_moments", "ssi_residual_sums", "ssi_backward"),
