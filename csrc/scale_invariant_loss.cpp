@@ -162,10 +162,25 @@ void silog_backward_tile(const Maps<P, Y, T>& m, T eps, const double* coeffs, P*
 
 // -------------------------------------------------------------------------------------- ssi
 
+// The grid of scale k keeps every 2^k-th column: grid[k][q] = 1 where q % 2^k == 0, else 0. The
+// grid loops below run over every column with this factor on the validity, instead of striding
+// by 2^k: a strided loop stays scalar (gcc does not vectorise it), a unit-stride one vectorises,
+// and columns off the grid add exactly 0.
+template <typename T>
+std::array<std::vector<T>, kScales> column_grids(int64_t W) {
+  std::array<std::vector<T>, kScales> grid;
+  for (int k = 0; k < kScales; ++k) {
+    grid[k].assign(W, T(0));
+    for (int64_t q = 0; q < W; q += int64_t(1) << k) grid[k][q] = T(1);
+  }
+  return grid;
+}
+
 template <typename P, typename Y, typename T>
 std::array<double, 8> ssi_moments_tile(const Maps<P, Y, T>& m, int64_t b, int64_t r0, int64_t r1) {
   const int64_t W = m.W;
   std::vector<T> p(W), v(W), y(W);
+  const auto grid = column_grids<T>(W);
   std::array<double, 8> s{};
   for (int64_t i = r0; i < r1; ++i) {
     pred_row(m.pred_row(b, i), W, p.data());
@@ -188,8 +203,10 @@ std::array<double, 8> ssi_moments_tile(const Maps<P, Y, T>& m, int64_t b, int64_
     for (int k = 1; k < kScales; ++k) {
       const int64_t step = int64_t(1) << k;
       if (i % step != 0) continue;
+      const T* on_grid = grid[k].data();
       T c = 0;
-      for (int64_t q = 0; q < W; q += step) c += v[q];
+#pragma omp simd reduction(+ : c)
+      for (int64_t q = 0; q < W; ++q) c += v[q] * on_grid[q];
       s[4 + k] += static_cast<double>(c);
     }
   }
@@ -241,6 +258,7 @@ std::array<double, 11> ssi_residual_tile(const Maps<P, Y, T>& m, const double* s
   const int64_t W = m.W;
   const T s = static_cast<T>(st[b * 2]), t = static_cast<T>(st[b * 2 + 1]);
   const ResidualRows<P, Y, T> rows(m, b, r0, std::min(m.H, r1 + kMaxStep), s, t);
+  const auto grid = column_grids<T>(W);
   std::array<double, 11> out{};
   for (int64_t i = r0; i < r1; ++i) {
     const T *r = rows.R(i), *v = rows.V(i), *p = rows.Pp(i);
@@ -259,11 +277,13 @@ std::array<double, 11> ssi_residual_tile(const Maps<P, Y, T>& m, const double* s
       if (i % step != 0) continue;
       // each pair once, at its left / upper member: the right neighbour and the one below
       const T *rd = rows.R(i + step), *vd = rows.V(i + step), *pd = rows.Pp(i + step);
+      const T* on_grid = grid[k].data();
       T g = 0, qs = 0;
 #pragma omp simd reduction(+ : g, qs)
-      for (int64_t q = 0; q < W; q += step) {
-        pair_sums(v[q], v[q + step], r[q], r[q + step], p[q], p[q + step], g, qs);
-        pair_sums(v[q], vd[q], r[q], rd[q], p[q], pd[q], g, qs);
+      for (int64_t q = 0; q < W; ++q) {
+        const T vq = v[q] * on_grid[q];
+        pair_sums(vq, v[q + step], r[q], r[q + step], p[q], p[q + step], g, qs);
+        pair_sums(vq, vd[q], r[q], rd[q], p[q], pd[q], g, qs);
       }
       out[3 + k] += static_cast<double>(g);
       out[7 + k] += static_cast<double>(qs);
@@ -281,6 +301,7 @@ void ssi_backward_tile(const Maps<P, Y, T>& m, const double* coeffs, P* grad, in
   const int64_t lo = std::max<int64_t>(0, r0 - kMaxStep), hi = std::min(H, r1 + kMaxStep);
   const ResidualRows<P, Y, T> rows(m, b, lo, hi, s, t);
   std::vector<T> e(W), y(W), vv(W);
+  const auto grid = column_grids<T>(W);
   // d|r_q - r_q'|/d r_q = sgn(r_q - r_q') for a valid neighbour q' (0 otherwise)
   auto pull = [](T rq, T rn, T vn) { return vn != T(0) ? sign_of(rq - rn) : T(0); };
   for (int64_t i = r0; i < r1; ++i) {
@@ -294,11 +315,12 @@ void ssi_backward_tile(const Maps<P, Y, T>& m, const double* coeffs, P* grad, in
       const T *ru = rows.R(i - step), *vu = rows.V(i - step);
       const T *rd = rows.R(i + step), *vd = rows.V(i + step);
       T* ek = e.data();
+      const T* on_grid = grid[k].data();
 #pragma omp simd
-      for (int64_t q = 0; q < W; q += step) {
+      for (int64_t q = 0; q < W; ++q) {
         const T acc = pull(r[q], r[q - step], v[q - step]) + pull(r[q], r[q + step], v[q + step]) +
                       pull(r[q], ru[q], vu[q]) + pull(r[q], rd[q], vd[q]);
-        ek[q] += v[q] != T(0) ? gk * acc : T(0);
+        ek[q] += v[q] * on_grid[q] != T(0) ? gk * acc : T(0);
       }
     }
     valid_row<false>(m.target_row(b, i), m.mask_row(b, i), W, T(0), vv.data(), y.data());
