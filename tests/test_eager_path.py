@@ -188,3 +188,19 @@ def test_compiled_loss_and_metrics_keep_the_ops():
     assert any("fastmde.depth_loss" in g for g in graphs)
     assert any("fastmde.depth_metric_sums" in g for g in graphs)
     del CompileCounterWithBackend
+
+
+@pytest.mark.parametrize("loss", ["depth_loss", "silog", "ssi"])
+def test_a_second_derivative_is_refused_not_silently_wrong(loss):
+    """The ops' backward passes compute from saved maps with the kernels: not differentiable
+    again. A gradient taken with create_graph=True and differentiated once more raises instead
+    of contributing nothing (a gradient-penalty term would silently vanish)."""
+    pred, target, mask = maps(torch.float64)
+    p = pred.requires_grad_()
+    if loss == "depth_loss":
+        value = fastmde.depth_loss(p, target, preset="hu", mask=mask)
+    else:
+        value = fastmde.scale_invariant_loss(p, target, preset=loss, mask=mask)
+    (grad,) = torch.autograd.grad(value, p, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.square().sum().backward()

@@ -296,7 +296,7 @@ def test_ema_cosine_warmup_run_scores_the_average_and_resumes_bitwise(uninterrup
     from fastmde.engine import CheckpointError
 
     plain_out, _ = uninterrupted
-    with pytest.raises(CheckpointError, match=r"--ema None \(saved\) -> 0.9 \(now\)"):
+    with pytest.raises(CheckpointError, match=r"--ema unset \(saved\) -> 0.9 \(now\)"):
         Trainer(tiny_config(cache, plain_out, ema=0.9), resume=True)
 
 

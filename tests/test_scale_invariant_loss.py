@@ -696,3 +696,21 @@ def test_train_with_a_scale_invariant_loss(tmp_path_factory, tmp_path):
         assert any("relative depth" in str(w.message) for w in caught) == (preset == "ssi")
     with pytest.raises(ValueError, match="blur"):
         TrainConfig(loss="silog", blur=True)
+
+
+@pytest.mark.parametrize("preset", ["silog", "silog_adabins", "silog_dav2", "ssi"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_nan_or_infinite_prediction_gives_a_nan_loss(backend, device, preset, bad):
+    """A diverged network is not hidden: one NaN (or +inf) prediction makes the loss NaN on every
+    backend and in the reference (the SILog root returned 0 for a NaN variance, so the trainer's
+    divergence check never fired for --loss silog)."""
+    pred, target, mask = inputs((2, 6, 7), 5)
+    pred[0, 0, 0] = bad
+    p = pred.to(device).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = fastmde.scale_invariant_loss(p, target.to(device), preset=preset, mask=mask.to(device))
+    assert math.isnan(loss.item())
+    want = si.scale_invariant_loss_reference(pred, target, mask, **{
+        k: v for k, v in si.PRESETS[preset].items() if k not in ("interpolate", "reduction")})
+    assert math.isnan(want.item())

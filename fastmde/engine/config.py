@@ -445,7 +445,10 @@ def default_of(name: str):
 
 
 def option_text(value) -> str:
-    """An option's value as it is typed on the command line (sizes ``HxW``, lists comma-separated)."""
+    """An option's value as it is typed on the command line (sizes ``HxW``, lists comma-separated;
+    an option not given: ``unset``)."""
+    if value is None:
+        return "unset"
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return format_size(value)
     if isinstance(value, (tuple, list)):
@@ -481,7 +484,7 @@ def _add(parser, f: dataclasses.Field, **changes) -> argparse.Action:
     meta = f.metadata
     default = default_of(f.name)
     kwargs = dict(dest=f.name, default=None if default is None else
-                  (option_text(default) if kind is tuple else default), metavar=meta.get("metavar"))
+                  (option_text(default) if kind is tuple and default is not None else default), metavar=meta.get("metavar"))
     if kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:

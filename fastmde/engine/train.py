@@ -120,7 +120,12 @@ def fused_adam_supported(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def metric_improved(value: float, best: float | None, metric: str) -> bool:
+def metric_improved(value: float, best: float | None, metric: str, values: dict | None = None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best``. Never for a validation with any NaN metric
+    (``values``): a NaN prediction makes RMS NaN while δ counts it as a miss, so a network that
+    predicts NaN would otherwise become best.pt on a δ tie."""
+    if values is not None and any(math.isnan(float(values[k])) for k in METRIC_NAMES if k in values):
+        return False
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best if BEST_METRICS[metric] else value < best
@@ -855,7 +860,7 @@ class Trainer:
             self.epoch_loss = [0.0, 0]
         self.history.append(record)
         improved = metric_improved(values[self.cfg.best_metric],
-                                   None if self.best is None else self.best["value"], self.cfg.best_metric)
+                                   None if self.best is None else self.best["value"], self.cfg.best_metric, values)
         if improved:
             self.best = {"metric": self.cfg.best_metric, "value": values[self.cfg.best_metric],
                          "epoch": record["epoch"], "step": self.step}

@@ -1,6 +1,8 @@
 """``UpProjection``: the paper's up-projection block and Hu et al.'s original, over the fused op."""
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,6 +68,13 @@ class UpProjection(nn.Module):
         fuse_batchnorm: bool | None = None,
     ):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            try:
+                whole = operator.index(value)
+            except TypeError:
+                whole = 0
+            if whole < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if kernel_size % 2 != 1 or kernel_size < 1:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if second_kernel_size is None:
@@ -98,6 +107,9 @@ class UpProjection(nn.Module):
         self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         if skip is not None:
+            if skip.dim() != 4 or x.dim() != 4 or skip.shape[0] != x.shape[0]:
+                raise ValueError(f"UpProjection: skip {tuple(skip.shape)} must be (B, C, H, W) with x's batch "
+                                 f"size, x is {tuple(x.shape)}")
             if skip.shape[-2:] != x.shape[-2:]:
                 x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
             x = torch.cat((x, skip), dim=1)

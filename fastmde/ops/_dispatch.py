@@ -1,6 +1,8 @@
 """Helpers shared by the op files: pick the implementation module for a call, keep autocast out."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _backend
@@ -41,6 +43,38 @@ def runs_eagerly(args) -> bool:
                for a in args if isinstance(a, torch.Tensor))
 
 
+def not_differentiable_again(backward):
+    """``backward`` (ctx, *grads) -> grads, run without building a graph; under create_graph=True
+    its results carry an error node, so differentiating them again raises ("... twice ...")
+    instead of silently contributing nothing. (``torch.autograd.function.once_differentiable``
+    does this only when an incoming gradient requires grad, which autograd.grad's default ones
+    do not.)"""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not create_graph:
+            return outputs
+        single = not isinstance(outputs, tuple)
+        outputs = (outputs,) if single else outputs
+        error = torch._C._functions.DelayedError(
+            b"trying to differentiate twice a fastmde op, whose backward is not differentiable", len(outputs))
+
+        def alias(t):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                t = t.detach()
+                t.requires_grad_(True)
+            return t
+
+        wrapped = error(*[alias(t) for t in outputs])
+        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+        return wrapped[0] if single else wrapped
+
+    return wrapper
+
+
 def with_eager_path(op, impl, backward=None, setup_context=None):
     """``op`` (a ``torch.library.custom_op`` of ``impl``, with ``backward`` / ``setup_context``
     registered as its autograd) as a function that, where :func:`runs_eagerly` allows, calls
@@ -56,8 +90,10 @@ def with_eager_path(op, impl, backward=None, setup_context=None):
             setup_context(ctx, args, output)
             return output
 
+        # the backward computes from saved maps with the kernels: a second derivative through it
+        # would be silently wrong, so it raises instead
         direct = type(f"{op._name}_eager", (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+            "forward": staticmethod(forward), "backward": staticmethod(not_differentiable_again(backward))})
 
     def call(*args):
         if not runs_eagerly(args):

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,15 @@ def crop_names() -> list[str]:
     return sorted((*CROPS, *FRACTION_CROPS))
 
 
+def _whole_number(v) -> bool:
+    """An integer of any kind (int, numpy, torch), or a float with no fractional part."""
+    try:
+        operator.index(v)
+        return True
+    except TypeError:
+        return isinstance(v, float) and v.is_integer()
+
+
 def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
     """Crop name, explicit (top, bottom, left, right) or None -> integer bounds for (H, W).
 
@@ -150,7 +160,14 @@ def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
             top, bottom = round(top * height / rh), round(bottom * height / rh)
             left, right = round(left * width / rw), round(right * width / rw)
         return (top, bottom, left, right)
-    bounds = tuple(int(v) for v in crop)
+    try:
+        values = tuple(crop)
+    except TypeError:
+        raise ValueError(f"crop must be a name or (top, bottom, left, right) in pixels, got {crop!r}") from None
+    if not all(_whole_number(v) for v in values):
+        # 0.9 would silently become row 0: pixel bounds are whole numbers
+        raise ValueError(f"crop (top, bottom, left, right) is in whole pixels, got {crop!r}")
+    bounds = tuple(int(v) for v in values)
     if len(bounds) != 4:
         raise ValueError(f"crop must be (top, bottom, left, right), got {crop!r}")
     top, bottom, left, right = bounds

@@ -82,6 +82,8 @@ gradient in pred's dtype.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import compute_dtype
@@ -136,9 +138,12 @@ def ssi_validity(target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 def _safe_sqrt(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sqrt(v) where v > 0 else 0, v > 0), with no NaN or inf in either branch's gradient."""
+    """(sqrt(v) where v > 0, NaN where v is NaN, else 0; and v > 0), with no NaN or inf in either
+    branch's gradient. A NaN variance (a NaN or infinite prediction: a diverged network) stays NaN,
+    so the loss shows it; the gradient through that branch is 0 (NaN only where d is)."""
     ok = v > 0
-    return torch.where(ok, torch.sqrt(torch.where(ok, v, torch.ones_like(v))), torch.zeros_like(v)), ok
+    rest = torch.where(torch.isnan(v), torch.full_like(v, math.nan), torch.zeros_like(v))
+    return torch.where(ok, torch.sqrt(torch.where(ok, v, torch.ones_like(v))), rest), ok
 
 
 # ------------------------------------------------------------------ the differentiable oracle

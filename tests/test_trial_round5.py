@@ -1,0 +1,62 @@
+"""Faults a fresh-user trial found in the losses, metrics, trainer and up-projection (round 5);
+each with the value it must give."""
+import math
+
+import pytest
+import torch
+
+import fastmde
+from fastmde.engine.train import metric_improved
+from fastmde.reference.depth_metrics import METRIC_NAMES, resolve_crop
+
+
+def test_a_validation_with_a_nan_metric_never_becomes_best():
+    """A network that predicts NaN scores RMS NaN while δ counts its pixels as misses: on a δ tie
+    (0.0 = 0.0 after divergence) it became best.pt."""
+    finite = {name: 0.5 for name in METRIC_NAMES}
+    diverged = {**{name: 0.0 for name in METRIC_NAMES}, "rms": math.nan, "rel": math.nan}
+    assert not metric_improved(0.0, None, "delta1", diverged)
+    assert not metric_improved(0.9, 0.1, "delta1", diverged)
+    assert metric_improved(0.5, None, "delta1", finite)
+    assert metric_improved(0.5, 0.4, "delta1", finite) and not metric_improved(0.3, 0.4, "delta1", finite)
+    assert metric_improved(0.3, 0.4, "rms", finite)
+
+
+def test_losses_and_metrics_run_on_meta_tensors():
+    """Shape-only runs (meta tensors) take the ops' fake kernels and skip the checks that read
+    values (scale_invariant_loss's count, the metrics' warnings, the depth loss's unit check)."""
+    pred = torch.empty(2, 1, 6, 7, device="meta")
+    target = torch.empty(2, 1, 6, 7, device="meta")
+    assert fastmde.depth_loss(pred, target).device.type == "meta"
+    assert fastmde.scale_invariant_loss(pred, target, preset="silog").shape == ()
+    assert fastmde.scale_invariant_loss(pred, target, preset="ssi").device.type == "meta"
+    assert fastmde.depth_metrics(pred, target)["rms"].device.type == "meta"
+
+
+def test_a_crop_is_whole_pixels():
+    """(0.9, 5.9, 0, 7) was truncated to (0, 5, 0, 7) without a word; NaN gave int()'s error."""
+    import numpy as np
+
+    assert resolve_crop((0, 5, 0, 7), 6, 8) == (0, 5, 0, 7)
+    assert resolve_crop((np.int64(1), 5.0, torch.tensor(0), 7), 6, 8) == (1, 5, 0, 7)
+    for bad in ((0.9, 5.9, 0, 7), (math.nan, 5, 0, 7)):
+        with pytest.raises(ValueError, match="whole pixels"):
+            fastmde.depth_metrics(torch.rand(1, 1, 6, 8) + 1, torch.rand(1, 1, 6, 8) + 1, crop=bad)
+    with pytest.raises(ValueError, match="top, bottom, left, right"):
+        resolve_crop(5, 6, 8)
+
+
+def test_up_projection_refuses_what_it_cannot_build_or_join():
+    with pytest.raises(ValueError, match="in_channels must be a positive integer"):
+        fastmde.nn.UpProjection(0, 4)
+    with pytest.raises(ValueError, match="out_channels must be a positive integer"):
+        fastmde.nn.UpProjection(4, -1)
+    block = fastmde.nn.UpProjection(6, 4)
+    with pytest.raises(ValueError, match="batch size"):
+        block(torch.randn(2, 3, 4, 5), skip=torch.randn(1, 3, 4, 5))
+
+
+def test_a_resume_message_says_unset_not_none():
+    from fastmde.engine.config import option_text
+
+    assert option_text(None) == "unset" and option_text((288, 384)) == "288x384" and option_text(3) == "3"
