@@ -60,3 +60,22 @@ def test_a_resume_message_says_unset_not_none():
     from fastmde.engine.config import option_text
 
     assert option_text(None) == "unset" and option_text((288, 384)) == "288x384" and option_text(3) == "3"
+
+
+def test_a_bad_frame_met_after_a_save_says_last_pt_is_kept(tmp_path, capsys):
+    """A frame that only a training step reads (the list's last line) stops the run with its one
+    error line, after a line saying that last.pt is kept and how to continue."""
+    from test_cli_faults_round4 import KITTI, fastmde_cli, kitti_list
+
+    # list line 4 is read by the second step (seed 3), after the save of step 1; line 0 by the first
+    def argv(line, out):
+        return ["train", *KITTI, *kitti_list(tmp_path / f"data{line}", "depth-size", line=line), "--no-kb-crop",
+                "--train-crop", "32x48", "--val-fraction", "0.34", "--max-steps", "3", "--save-every", "1",
+                "--out", out]
+
+    status, _, err = fastmde_cli(argv(4, tmp_path / "run"), capsys)
+    assert status == 2 and "depth map is 30x50" in err and "Traceback" not in err, err
+    assert (tmp_path / "run" / "last.pt").exists()
+    assert "is kept as last saved" in err and "--resume continues" in err, err
+    status, _, err = fastmde_cli(argv(0, tmp_path / "run0"), capsys)
+    assert status == 2 and "is kept" not in err and not (tmp_path / "run0").exists()

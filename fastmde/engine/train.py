@@ -63,6 +63,7 @@ from .schedule import make_scheduler
 from ..reference.depth_metrics import METRIC_NAMES
 from .evaluate import evaluate
 from .inference import to_images
+from ..data._common import DataFormatError
 from ..data.fit import collate_frames
 from .progress import Progress, format_seconds, log_line
 from .speed import (autocast, describe_scoring, describe_speed_choice, make_scaler, resolve_amp, resolve_channels_last,
@@ -708,6 +709,13 @@ class Trainer:
         made = make_output_folder(self.cfg.out) if self.info.is_main else []
         try:
             return self._fit()
+        except DataFormatError:
+            # a frame later in a split that the checks before the run could not see
+            if self.info.is_main and os.path.exists(self.last_path):
+                self.log(f"stopped by the data error below: {self.last_path} is kept as last saved; "
+                         "fix or leave out that item, then the same command with --resume continues")
+            remove_empty_folders(made)
+            raise
         except Exception:
             remove_empty_folders(made)
             raise
