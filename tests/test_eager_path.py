@@ -3,6 +3,8 @@ each op's implementation is called directly, under an autograd.Function of the o
 setup_context/backward; everywhere torch.library is needed (torch.compile, FakeTensor, Python
 dispatch and function modes, functorch transforms, tensor subclasses) the registered op runs.
 Both paths must give the same values and gradients, bit for bit, on every backend."""
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -190,17 +192,27 @@ def test_compiled_loss_and_metrics_keep_the_ops():
     del CompileCounterWithBackend
 
 
+@pytest.mark.parametrize("path", ["eager", "op"])
 @pytest.mark.parametrize("loss", ["depth_loss", "silog", "ssi"])
-def test_a_second_derivative_is_refused_not_silently_wrong(loss):
-    """The ops' backward passes compute from saved maps with the kernels: not differentiable
-    again. A gradient taken with create_graph=True and differentiated once more raises instead
-    of contributing nothing (a gradient-penalty term would silently vanish)."""
+def test_a_second_derivative_is_refused_not_silently_wrong(loss, path):
+    """The losses' backward passes are kernels over saved maps: not differentiable again.
+    create_graph=True raises in one line, on the eager path and through the op (a torch function
+    mode such as torch.device takes the op), instead of a gradient penalty silently adding 0 or
+    autograd.functional.jvp returning 0."""
     pred, target, mask = maps(torch.float64)
-    p = pred.requires_grad_()
-    if loss == "depth_loss":
-        value = fastmde.depth_loss(p, target, preset="hu", mask=mask)
-    else:
-        value = fastmde.scale_invariant_loss(p, target, preset=loss, mask=mask)
-    (grad,) = torch.autograd.grad(value, p, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.square().sum().backward()
+
+    def value(p):
+        if loss == "depth_loss":
+            return fastmde.depth_loss(p, target, preset="hu", mask=mask)
+        return fastmde.scale_invariant_loss(p, target, preset=loss, mask=mask)
+
+    p = pred.clone().requires_grad_()
+    with torch.device("cpu") if path == "op" else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(value(p), p, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.functional.jvp(value, pred, torch.ones_like(pred))
+        (grad,) = torch.autograd.grad(value(p), p)      # first order: unchanged
+    p2 = pred.clone().requires_grad_()
+    value(p2).backward()
+    assert torch.equal(grad, p2.grad)

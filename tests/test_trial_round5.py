@@ -79,3 +79,29 @@ def test_a_bad_frame_met_after_a_save_says_last_pt_is_kept(tmp_path, capsys):
     assert "is kept as last saved" in err and "--resume continues" in err, err
     status, _, err = fastmde_cli(argv(0, tmp_path / "run0"), capsys)
     assert status == 2 and "is kept" not in err and not (tmp_path / "run0").exists()
+    # leaving the bad line out of the list and resuming: the epoch it stopped in cannot finish on
+    # fewer items (it looped forever at its end): refused in one line
+    resume = argv(4, tmp_path / "run")
+    listed = resume[resume.index("--data") + 1]
+    lines = open(listed).read().splitlines()
+    with open(listed, "w") as f:
+        f.write("\n".join(lines[:4] + lines[5:]) + "\n")
+    status, _, err = fastmde_cli([*resume, "--resume"], capsys)
+    assert status == 2 and "resume on the same data" in err.strip().splitlines()[-1], err
+
+
+def test_a_validation_that_scores_nan_stops_the_run_as_diverged(tmp_path_factory, tmp_path, capsys):
+    """--loss silog at --lr 1e4: the training loss stays finite (SILog floors predictions <= 0)
+    while the network predicts NaN; the run went on and exited 0. It stops at that validation
+    with one line (exit 2), as a non-finite training loss does."""
+    from engine_helpers import cli_data_args, cli_model_args, synthetic_cache
+    from test_cli_faults_round4 import fastmde_cli
+
+    argv = ["train", *cli_model_args(), *cli_data_args(synthetic_cache(tmp_path_factory)), "--pretrained", "none",
+            "--loss", "silog", "--lr", "1e4", "--max-steps", "8", "--val-every", "2", "--seed", "0",
+            "--out", tmp_path / "div"]
+    status, _, err = fastmde_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("fastmde: error: validation at step ") and "scored NaN" in lines[-1], err
+    assert "lower --lr" in lines[-1]

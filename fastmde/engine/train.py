@@ -70,8 +70,9 @@ from .speed import (autocast, describe_scoring, describe_speed_choice, make_scal
                     resolve_device, resolve_switch, resolve_workers, scoring_precision, tune_cpu_allocator)
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(RuntimeError, ValueError):
+    """The run diverged (a non-finite training loss, or a validation whose predictions hold NaN):
+    a user-fixable outcome (--lr, --amp), which the command reports in one line (a ValueError)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -529,6 +530,12 @@ class Trainer:
             return
         n = self.sampler.num_samples   # checkpoints before "stop": the saved batch size's full batches
         self.epoch_items = int(sampler.get("stop", n // saved_batch * saved_batch if n >= saved_batch else n))
+        if self.epoch_items > n:
+            # the epoch it stopped in cannot be finished on fewer items (it would loop at its end)
+            raise ValueError(
+                f"--resume: {self.last_path} stopped inside an epoch of {self.epoch_items} training items, and the "
+                f"training data now has {n}: resume on the same data (fix a bad item in place), or start a new run "
+                "(another --out, or --overwrite)")
         left = (self.epoch_items - self.samples_in_epoch) % self.cfg.batch_size
         if left and saved_batch != self.cfg.batch_size and smallest_trainable_batch(self.cfg) > left:
             self.epoch_items -= left
@@ -713,7 +720,7 @@ class Trainer:
             # a frame later in a split that the checks before the run could not see
             if self.info.is_main and os.path.exists(self.last_path):
                 self.log(f"stopped by the data error below: {self.last_path} is kept as last saved; "
-                         "fix or leave out that item, then the same command with --resume continues")
+                         "fix that item in place (the same list), then the same command with --resume continues")
             remove_empty_folders(made)
             raise
         except Exception:
@@ -856,6 +863,12 @@ class Trainer:
 
     def _end_epoch(self, *, partial: bool, epoch_time: float) -> None:
         values = self.validate()     # may be cut short by Ctrl-C: nothing has changed yet
+        if float(values.get("count", 0)) > 0 and math.isnan(float(values["rms"])):
+            # pixels were scored and RMS is NaN: the network predicts NaN (the training loss can
+            # stay finite: the SILog family floors predictions <= 0 before its logarithm)
+            kept = f"; {self.last_path} holds the last save before it" if os.path.exists(self.last_path) else ""
+            raise TrainingDiverged(f"validation at step {self.step} scored NaN: the network predicts NaN (diverged): "
+                                   f"lower --lr, or use --amp none / bf16{kept}")
         with interrupts_deferred():  # the record, the epoch's end and the checkpoints: all or nothing
             self._close_epoch(values, partial=partial, epoch_time=epoch_time)
 

@@ -44,33 +44,20 @@ def runs_eagerly(args) -> bool:
 
 
 def not_differentiable_again(backward):
-    """``backward`` (ctx, *grads) -> grads, run without building a graph; under create_graph=True
-    its results carry an error node, so differentiating them again raises ("... twice ...")
-    instead of silently contributing nothing. (``torch.autograd.function.once_differentiable``
-    does this only when an incoming gradient requires grad, which autograd.grad's default ones
-    do not.)"""
+    """``backward`` (ctx, *grads) -> grads, refusing ``create_graph=True``: the ops' backward
+    passes are kernels over saved maps, so a graph of them would hold no second derivative, and
+    a gradient penalty, ``autograd.functional.jvp`` / ``hvp`` / ``hessian`` would silently get 0
+    (an error node hung on the results is not on the path ``autograd.grad`` follows to the
+    inputs, so it cannot catch every such use: the refusal comes here, in one line)."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
-        create_graph = torch.is_grad_enabled()
-        with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        if not create_graph:
-            return outputs
-        single = not isinstance(outputs, tuple)
-        outputs = (outputs,) if single else outputs
-        error = torch._C._functions.DelayedError(
-            b"trying to differentiate twice a fastmde op, whose backward is not differentiable", len(outputs))
-
-        def alias(t):
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                t = t.detach()
-                t.requires_grad_(True)
-            return t
-
-        wrapped = error(*[alias(t) for t in outputs])
-        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
-        return wrapped[0] if single else wrapped
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "fastmde's losses, metrics and up-projection are differentiable once: their backward is a "
+                "kernel, so create_graph=True (second derivatives, gradient penalties, "
+                "torch.autograd.functional.jvp/hvp/hessian) is not supported")
+        return backward(ctx, *grads)
 
     return wrapper
 

@@ -35,7 +35,7 @@ import torch
 
 from .._checks import compute_dtype
 from ..reference.depth_loss import depth_loss_backward_reference, depth_loss_forward_reference
-from ._dispatch import implementation, no_autocast, with_eager_path
+from ._dispatch import implementation, no_autocast, not_differentiable_again, with_eager_path
 
 
 def _depth_loss(
@@ -116,6 +116,6 @@ def _backward(ctx, grad_terms, grad_grad_depth, grad_grad_stencil, grad_counts):
     return grad_pred, None, None, None, None, None, None, None, None
 
 
-depth_loss_op.register_autograd(_backward, setup_context=_setup_context)
+depth_loss_op.register_autograd(not_differentiable_again(_backward), setup_context=_setup_context)
 # what callers use: the op, or the same implementation called directly in plain eager mode
 depth_loss = with_eager_path(depth_loss_op, _depth_loss, _backward, _setup_context)

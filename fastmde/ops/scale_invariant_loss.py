@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..reference import scale_invariant_loss as ref
-from ._dispatch import implementation, no_autocast, with_eager_path
+from ._dispatch import implementation, no_autocast, not_differentiable_again, with_eager_path
 
 HOT_PATH = "scale_invariant_loss"
 _REFERENCE = SimpleNamespace(
@@ -131,6 +131,6 @@ def _backward(ctx, grad_loss, grad_coeffs, grad_count):
     return grad, None, None, None, None, None, None, None, None
 
 
-scale_invariant_loss_op.register_autograd(_backward, setup_context=_setup_context)
+scale_invariant_loss_op.register_autograd(not_differentiable_again(_backward), setup_context=_setup_context)
 # what callers use: the op, or the same implementation called directly in plain eager mode
 scale_invariant_loss = with_eager_path(scale_invariant_loss_op, _scale_invariant_loss, _backward, _setup_context)
