@@ -26,6 +26,32 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def fastmde_cli(argv, capsys=None) -> tuple[int, str, str]:
+    """``fastmde <argv>`` through the real entry point in this process: (exit status, stdout,
+    stderr), read through pytest's ``capsys`` when given, else through redirected streams."""
+    import contextlib
+    import io
+
+    from fastmde.cli import console_main
+
+    argv = [str(a) for a in argv]
+    if capsys is not None:
+        capsys.readouterr()
+        status = console_main(argv)
+        out, err = capsys.readouterr()
+        return status, out, err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = console_main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The session's tiny synthetic dataset (``synthetic_cache``), for a module's CLI runs."""
+    return synthetic_cache(tmp_path_factory)
+
+
 def run_interrupted(driver: str, argv, **env) -> subprocess.CompletedProcess:
     """``python -c driver argv...`` in its own process (one thread, its own session, from the
     repository), for the Ctrl-C tests: ``driver`` hooks the trainer and sends itself SIGINT; ``env``

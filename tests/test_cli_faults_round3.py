@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from _data_files import write_kitti_tree
-from engine_helpers import cli_data_args, cli_model_args, one_thread, synthetic_cache  # noqa: F401 (one_thread: autouse)
+from engine_helpers import (cache, cli_data_args, cli_model_args, fastmde_cli,  # noqa: F401 (one_thread: autouse; cache: fixture)
+                            one_thread)
 from fastmde.cli import console_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,14 +39,6 @@ TINY = [*cli_model_args(), "--pretrained", "none", "--batch-size", "2", "--eval-
         "--seed", "3", "--val-fraction", "0.2"]
 
 
-
-
-def fastmde_cli(argv) -> tuple[int, str, str]:
-    """``fastmde <argv>`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = console_main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 def refused(argv, *parts) -> str:
@@ -56,11 +49,6 @@ def refused(argv, *parts) -> str:
     for part in parts:
         assert part in lines[0], (part, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return synthetic_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

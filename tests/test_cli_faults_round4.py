@@ -25,27 +25,13 @@ import pytest
 from PIL import Image
 
 from _data_files import write_kitti_tree
-from engine_helpers import (cli_data_args, cli_model_args,  # noqa: F401 (one_thread: autouse)
-                            one_thread, run_interrupted, synthetic_cache)
-from fastmde.cli import console_main
+from engine_helpers import (cli_data_args, cli_model_args,  # noqa: F401 (one_thread: autouse; cache: fixture)
+                            cache, fastmde_cli, one_thread, run_interrupted)
 
 TINY = [*cli_model_args(), "--pretrained", "none", "--batch-size", "2", "--eval-batch-size", "2", "--lr", "1e-3",
         "--seed", "3", "--val-fraction", "0.2"]
 #: a --dataset kitti run on a KITTI-style list (kb crop on unless the test turns it off)
 KITTI = ["--dataset", "kitti", "--data-format", "list", *TINY, "--max-steps", "1", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return synthetic_cache(tmp_path_factory)
-
-
-def fastmde_cli(argv, capsys) -> tuple[int, str, str]:
-    """``fastmde <argv>`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = console_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def refused_alone(argv, capsys, *parts) -> str:

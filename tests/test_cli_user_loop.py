@@ -17,9 +17,8 @@ import sys
 import pytest
 import torch
 
-from engine_helpers import (FRAME_SIZE, TEST_FRAMES, cli_data_args, cli_model_args,  # noqa: F401 (one_thread: autouse)
-                            one_thread, run_interrupted, synthetic_cache)
-from fastmde.cli import console_main
+from engine_helpers import (FRAME_SIZE, TEST_FRAMES, cli_data_args, cli_model_args,  # noqa: F401 (one_thread: autouse; cache: fixture)
+                            cache, fastmde_cli, one_thread, run_interrupted)
 from fastmde.engine import read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,19 +26,6 @@ TINY = [*cli_model_args(), "--pretrained", "none", "--batch-size", "2", "--eval-
         "--seed", "3", "--val-fraction", "0.2"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return synthetic_cache(tmp_path_factory)
-
-
-
-
-def fastmde_cli(argv, capsys) -> tuple[int, str, str]:
-    """``fastmde <argv>`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = console_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def refused(argv, capsys, *parts) -> str:

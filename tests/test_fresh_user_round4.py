@@ -15,8 +15,6 @@ Tiny everything: 48x64 synthetic frames, ResNet18 at 32x48, three steps.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -28,27 +26,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine_helpers import cli_data_args, cli_model_args, one_thread, synthetic_cache  # noqa: F401 (one_thread: autouse)
-from fastmde.cli import console_main
+from engine_helpers import (cache, cli_data_args, cli_model_args, fastmde_cli,  # noqa: F401 (one_thread: autouse; cache: fixture)
+                            one_thread)
 
 # bf16 autocast and channels_last: not what `fastmde eval` runs in by default on any CPU. lr 2e-3
 # for three steps puts most predictions inside the protocol's 1e-3..10 m, where the precision
 # shows in the metrics (an untrained net's ~0 m or a diverged one's >10 m clamp to the same values).
 TINY = [*cli_model_args(), "--amp", "bf16", "--channels-last", "on", "--pretrained", "none", "--batch-size", "2",
         "--eval-batch-size", "2", "--lr", "2e-3", "--seed", "3", "--val-fraction", "0.2"]
-
-
-def fastmde_cli(argv) -> tuple[int, str, str]:
-    """``fastmde <argv>`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = console_main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return synthetic_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

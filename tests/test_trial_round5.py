@@ -65,7 +65,8 @@ def test_a_resume_message_says_unset_not_none():
 def test_a_bad_frame_met_after_a_save_says_last_pt_is_kept(tmp_path, capsys):
     """A frame that only a training step reads (the list's last line) stops the run with its one
     error line, after a line saying that last.pt is kept and how to continue."""
-    from test_cli_faults_round4 import KITTI, fastmde_cli, kitti_list
+    from engine_helpers import fastmde_cli
+    from test_cli_faults_round4 import KITTI, kitti_list
 
     # list line 4 is read by the second step (seed 3), after the save of step 1; line 0 by the first
     def argv(line, out):
@@ -94,8 +95,7 @@ def test_a_validation_that_scores_nan_stops_the_run_as_diverged(tmp_path_factory
     """--loss silog at --lr 1e4: the training loss stays finite (SILog floors predictions <= 0)
     while the network predicts NaN; the run went on and exited 0. It stops at that validation
     with one line (exit 2), as a non-finite training loss does."""
-    from engine_helpers import cli_data_args, cli_model_args, synthetic_cache
-    from test_cli_faults_round4 import fastmde_cli
+    from engine_helpers import cli_data_args, cli_model_args, fastmde_cli, synthetic_cache
 
     argv = ["train", *cli_model_args(), *cli_data_args(synthetic_cache(tmp_path_factory)), "--pretrained", "none",
             "--loss", "silog", "--lr", "1e4", "--max-steps", "8", "--val-every", "2", "--seed", "0",
