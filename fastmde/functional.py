@@ -103,8 +103,7 @@ def depth_loss_terms(
             "depth_loss: target requires grad, but the loss is differentiable with respect to "
             "pred only; pass target.detach()"
         )
-    # the checks read values on the host: none under torch.compile, none in meta tensors
-    checking = not torch.compiler.is_compiling() and pred3.device.type != "meta"
+    checking = _values_readable(pred3)
     if checking:
         message = check_depth_units(target3, mask3)   # the first call of the process only
         if message is not None:
@@ -225,6 +224,12 @@ def metric_rules(
     )
 
 
+def _values_readable(t: torch.Tensor) -> bool:
+    """Whether the checks and warnings that read a result's values on the host may run: not
+    under torch.compile (a graph break), not on meta tensors (no values)."""
+    return not torch.compiler.is_compiling() and t.device.type != "meta"
+
+
 def warn_about_sums(sums: torch.Tensor, rules: MetricRules, protocol: str | None = None,
                     stacklevel: int = 3) -> None:
     """The metrics' warnings from the pooled sums (``SUM_FIELDS``, or a state that starts with
@@ -232,7 +237,7 @@ def warn_about_sums(sums: torch.Tensor, rules: MetricRules, protocol: str | None
     millimetres), and predictions <= 0 counted as δ hits (with their share; ``protocol`` names
     the rules in the message). ``stacklevel`` 3 attributes them to the caller of the public
     function that calls this. Skipped under torch.compile (they need the counts on the host)."""
-    if torch.compiler.is_compiling() or sums.device.type == "meta":   # no values to read
+    if not _values_readable(sums):
         return
     host = sums[:len(SUM_INDEX)].tolist()   # one copy to the host, not one per count
     count = lambda name: host[SUM_INDEX[name]]  # noqa: E731
@@ -465,7 +470,7 @@ def scale_invariant_loss(
     )
     pred3, target3, mask3 = _si_maps(pred, target, mask, interpolate)
     loss, _, count = scale_invariant_loss_op(pred3, target3, mask3, kind, lambd, scale, alpha, image_reduction, eps)
-    if not torch.compiler.is_compiling() and count.device.type != "meta" and count.item() == 0:
+    if _values_readable(count) and count.item() == 0:
         warnings.warn(
             f"scale_invariant_loss ({preset}): no valid ground-truth pixel in the batch (mask empty, or "
             f"ground truth all {'non-finite' if kind == 'ssi' else 'zero, negative or non-finite'}); "
