@@ -93,6 +93,37 @@ def as_device(device, *tensors):
 # ---------------------------------------------------------------- values by hand
 
 
+def test_a_close_prediction_keeps_its_digits(backend, device):
+    """ŷ = 1.5 m against y = 1.4836440944449447 m in float64 (a CI hypothesis example): the Triton
+    kernel subtracted and took logarithms of the two values rounded to float32, so REL was off
+    by 2e-6 relative and RMSE-log by 5e-6; ŷ - y and ŷ/y are now formed in float64 first."""
+    pred = torch.tensor([[[1.5, 0.5]]], dtype=torch.float64)
+    target = torch.tensor([[[1.4836440944449447, 0.5000001]]], dtype=torch.float64)
+    m = fastmde.depth_metrics(*as_device(device, pred, target))
+    diff = (pred - target).flatten().tolist()
+    ys = target.flatten().tolist()
+    rel = sum(abs(d) / y for d, y in zip(diff, ys)) / 2
+    sq_rel = sum(d * d / y for d, y in zip(diff, ys)) / 2
+    e = [math.log(p / y) for p, y in zip(pred.flatten().tolist(), ys)]
+    tol = 5e-7 if backend == "triton" else 1e-12   # one float32 rounding per term on Triton
+    assert m["rel"].item() == pytest.approx(rel, rel=tol)
+    assert m["sq_rel"].item() == pytest.approx(sq_rel, rel=tol)
+    assert m["rmse_log"].item() == pytest.approx(math.sqrt(sum(v * v for v in e) / 2), rel=tol)
+    assert m["log10"].item() == pytest.approx(sum(abs(v) for v in e) / 2 / math.log(10), rel=tol)
+
+
+def test_log_error_of_a_ratio_beyond_float32(backend, device):
+    """ŷ/y beyond float32's range (1e36 m over 2 mm; 1e-37 m over 20 m) still gives the finite
+    ln ŷ - ln y (Triton falls back to the difference of the logarithms there)."""
+    pred = torch.tensor([[[1e36, 1e-37]]], dtype=torch.float64)
+    target = torch.tensor([[[2e-3, 20.0]]], dtype=torch.float64)
+    m = fastmde.depth_metrics(*as_device(device, pred, target), clamp=False)
+    e = [math.log(1e36 / 2e-3), math.log(1e-37 / 20.0)]
+    tol = 1e-6 if backend == "triton" else 1e-12
+    assert m["rmse_log"].item() == pytest.approx(math.sqrt((e[0] ** 2 + e[1] ** 2) / 2), rel=tol)
+    assert m["log10"].item() == pytest.approx((abs(e[0]) + abs(e[1])) / 2 / math.log(10), rel=tol)
+
+
 def test_small_arrays_by_hand(backend, device):
     pred = torch.tensor([[[1.0, 2.0], [4.0, 3.0]]], dtype=torch.float64)
     target = torch.tensor([[[2.0, 2.0], [2.0, 3.0]]], dtype=torch.float64)
@@ -175,8 +206,10 @@ def test_properties(backend, device):
         st.floats(0.1, 10.0),
         st.sampled_from(["per_image", "pooled"]),
     )
-    # one pixel: SILog is 0 in exact arithmetic and the rounding of E[e²] otherwise (Triton: 0.024)
+    # one pixel: SILog is 0 in exact arithmetic (Triton gave 0.024 when it summed e² in float32)
     @example(pairs=[(4.0, 1.125)], scale=1.125, aggregate="per_image")
+    # a close pair in float64: Triton rounded both to float32 before subtracting (REL off 2e-6)
+    @example(pairs=[(1.5, 1.4836440944449447)], scale=3.0, aggregate="per_image")
     def check(pairs, scale, aggregate):
         pred = torch.tensor([p for p, _ in pairs], dtype=torch.float64).reshape(1, 1, -1).to(device)
         target = torch.tensor([t for _, t in pairs], dtype=torch.float64).reshape(1, 1, -1).to(device)
