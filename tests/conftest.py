@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from hypothesis import settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -16,6 +17,13 @@ if not torch.cuda.is_available():
 # and so would every fastmde process the tests start: the Ctrl-C tests need Python's handler.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Hypothesis draws the same examples on every run (derandomize), so that a run of the suite (CI's
+# included) is reproducible; `pytest --hypothesis-profile explore` draws fresh random examples, to
+# look for new failures (a failure it finds becomes an @example of its test).
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Under pytest-xdist (`pytest -n N`) each worker is one process per core: one thread each, so
 # that N workers do not fight over the cores with N thread pools.
