@@ -11,11 +11,14 @@
 
 namespace fastmde {
 
-// Natural log of a positive float: Cephes logf (relative error about 1 ulp over normal
-// floats); inf and NaN pass through, as from std::log.
+// Natural log of a positive float: Cephes logf (relative error about 1 ulp); inf and NaN pass
+// through, as from std::log. A subnormal x is scaled by 2^25 first (its exponent field is 0, so
+// read as it was, log(1e-40) came out several units off).
 __attribute__((always_inline)) inline float log_approx(float x) {
+  const bool subnormal = (x > 0.0f) & (x < std::numeric_limits<float>::min());
+  x = subnormal ? x * 33554432.0f : x;
   const std::int32_t bits = __builtin_bit_cast(std::int32_t, x);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126) - (subnormal ? 25.0f : 0.0f);
   float m = __builtin_bit_cast(float, (bits & 0x807fffff) | 0x3f000000);  // [0.5, 1)
   const bool small = m < 0.707106781186547524f;
   e = small ? e - 1.0f : e;
@@ -37,10 +40,13 @@ __attribute__((always_inline)) inline float log_approx(float x) {
   return x < std::numeric_limits<float>::infinity() ? r : x;
 }
 
-// Natural log of a positive double: Cephes log (rational approximation, about 1 ulp).
+// Natural log of a positive double: Cephes log (rational approximation, about 1 ulp); a
+// subnormal x is scaled by 2^54 first (as the float version).
 __attribute__((always_inline)) inline double log_approx(double x) {
+  const bool subnormal = (x > 0.0) & (x < std::numeric_limits<double>::min());
+  x = subnormal ? x * 18014398509481984.0 : x;
   const std::int64_t bits = __builtin_bit_cast(std::int64_t, x);
-  double e = static_cast<double>(((bits >> 52) & 0x7ff) - 1022);
+  double e = static_cast<double>(((bits >> 52) & 0x7ff) - 1022) - (subnormal ? 54.0 : 0.0);
   double m = __builtin_bit_cast(
       double, (bits & static_cast<std::int64_t>(0x800fffffffffffffULL)) | 0x3fe0000000000000LL);
   const bool small = m < 0.70710678118654752440;

@@ -18,7 +18,8 @@ Grid (bands x column chunks of the crop, B): a program walks ``STEPS`` blocks of
 pixels outside the crop). It takes every decision (range tests, NaN replacement, clamp,
 δ = max(ŷ/y, y/ŷ) against 1.25^k) in float64 like the reference, so every count matches it
 exactly, computes the error terms in float32 (from the float64 ŷ - y and ŷ/y, which a good
-prediction would otherwise lose digits of), reduces each block at once and keeps only
+prediction would otherwise lose digits of; a block with a value beyond 1e18 m or below float32's
+normal range computes them in float64), reduces each block at once and keeps only
 scalar float64 running sums across its blocks (so registers hold one block's values, not
 thirteen block accumulators: <= 128 registers, no spill, bench/compile_check.py). The
 (B, chunks, 13) partials are added in float64 in a fixed order on the device (deterministic,
@@ -53,6 +54,63 @@ def _log_ratio(q, log_d, log_y):
     normal = (q32 >= 1.1754943508222875e-38) & (q32 <= 3.4028234663852886e38)
     far = tl.where(normal, tl.log(q32), log_d - log_y)
     return tl.where(tl.abs(x) < 0.5, near, far)
+
+
+@triton.jit
+def _error_sums_float32(d, y, valid, REL_BY_PREDICTION: tl.constexpr, LOG10_NONFINITE_ZERO: tl.constexpr):
+    """The block's sums of (ŷ-y)², |ŷ-y|/den, (ŷ-y)²/den, |log10 ŷ - log10 y|, e², e (float64
+    scalars) from float32 terms; ŷ (d) and y are the float64 values of the block."""
+    d32 = d.to(tl.float32)
+    y32 = y.to(tl.float32)
+    # ŷ - y and ŷ/y are formed in float64 before the rounding to float32: a good prediction
+    # is close to its ground truth, and subtracting (or taking the logarithms of) the two
+    # values rounded to float32 first cancels digits (float64 input: REL off by 2e-6 and
+    # RMSE-log by 5e-6 at ŷ = 1.5 m, y = 1.4836 m).
+    diff = (d - y).to(tl.float32)
+    if REL_BY_PREDICTION:
+        denominator = d32
+    else:
+        denominator = y32
+    log_d = tl.log(d32)
+    log_y = tl.log(y32)
+    e = _log_ratio(d / y, log_d, log_y)
+    if LOG10_NONFINITE_ZERO:
+        # the rule zeroes each non-finite logarithm on its own
+        finite = (tl.abs(log_d) < float("inf")) & (tl.abs(log_y) < float("inf"))
+        log_d = tl.where(tl.abs(log_d) < float("inf"), log_d, 0.0)
+        log_y = tl.where(tl.abs(log_y) < float("inf"), log_y, 0.0)
+        e = tl.where(finite, e, log_d - log_y)
+    # SILog = sqrt(E[e²] - E[e]²) cancels: e² is formed and both are summed in float64 from
+    # the float32 e (exact products), so one pixel gives 0 as in the reference
+    e64 = e.to(tl.float64)
+    return (_total(tl.where(valid, diff * diff, 0.0)),
+            _total(tl.where(valid, tl.abs(diff) / denominator, 0.0)),
+            _total(tl.where(valid, diff * diff / denominator, 0.0)),
+            _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0)),
+            _total(tl.where(valid, e64 * e64, 0.0)),
+            _total(tl.where(valid, e64, 0.0)))
+
+
+@triton.jit
+def _error_sums_float64(d, y, valid, REL_BY_PREDICTION: tl.constexpr, LOG10_NONFINITE_ZERO: tl.constexpr):
+    """``_error_sums_float32``'s sums with every term in float64 (blocks with extreme values)."""
+    diff = d - y
+    if REL_BY_PREDICTION:
+        denominator = d
+    else:
+        denominator = y
+    log_d = tl.log(d)
+    log_y = tl.log(y)
+    if LOG10_NONFINITE_ZERO:
+        log_d = tl.where(tl.abs(log_d) < float("inf"), log_d, 0.0)
+        log_y = tl.where(tl.abs(log_y) < float("inf"), log_y, 0.0)
+    e = log_d - log_y
+    return (_total(tl.where(valid, diff * diff, 0.0)),
+            _total(tl.where(valid, tl.abs(diff) / denominator, 0.0)),
+            _total(tl.where(valid, diff * diff / denominator, 0.0)),
+            _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0)),
+            _total(tl.where(valid, e * e, 0.0)),
+            _total(tl.where(valid, e, 0.0)))
 
 
 @triton.jit
@@ -130,35 +188,23 @@ def _depth_metric_sums_kernel(
         acc_d2 += _total(tl.where(valid & h2, 1.0, 0.0))
         acc_d3 += _total(tl.where(valid & h3, 1.0, 0.0))
         acc_nonpositive += _total(tl.where(valid & h1 & (d <= 0.0), 1.0, 0.0))
-        d32 = d.to(tl.float32)
-        y32 = y.to(tl.float32)
-        # ŷ - y and ŷ/y are formed in float64 before the rounding to float32: a good prediction
-        # is close to its ground truth, and subtracting (or taking the logarithms of) the two
-        # values rounded to float32 first cancels digits (float64 input: REL off by 2e-6 and
-        # RMSE-log by 5e-6 at ŷ = 1.5 m, y = 1.4836 m).
-        diff = (d - y).to(tl.float32)
-        if REL_BY_PREDICTION:
-            denominator = d32
+        # A block holding a valid ŷ or y that float32 error terms would mishandle (beyond 1e18 m,
+        # where (ŷ - y)² overflows float32, or a nonzero one below float32's normal range, whose
+        # logarithm float32 cannot take) computes its terms in float64, as the reference; rare.
+        extreme = valid & (((tl.abs(d) > 1e18) | ((tl.abs(d) < 1.1754943508222875e-38) & (d != 0.0)))
+                           | (y > 1e18) | ((y < 1.1754943508222875e-38) & (y != 0.0)))
+        if tl.max(tl.where(extreme, 1, 0)) > 0:
+            s_sq, s_rel, s_sq_rel, s_log10, s_e2, s_e = _error_sums_float64(
+                d, y, valid, REL_BY_PREDICTION, LOG10_NONFINITE_ZERO)
         else:
-            denominator = y32
-        log_d = tl.log(d32)
-        log_y = tl.log(y32)
-        e = _log_ratio(d / y, log_d, log_y)
-        if LOG10_NONFINITE_ZERO:
-            # the rule zeroes each non-finite logarithm on its own
-            finite = (tl.abs(log_d) < float("inf")) & (tl.abs(log_y) < float("inf"))
-            log_d = tl.where(tl.abs(log_d) < float("inf"), log_d, 0.0)
-            log_y = tl.where(tl.abs(log_y) < float("inf"), log_y, 0.0)
-            e = tl.where(finite, e, log_d - log_y)
-        acc_sq += _total(tl.where(valid, diff * diff, 0.0))
-        acc_rel += _total(tl.where(valid, tl.abs(diff) / denominator, 0.0))
-        acc_sq_rel += _total(tl.where(valid, diff * diff / denominator, 0.0))
-        acc_log10 += _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0))
-        # SILog = sqrt(E[e²] - E[e]²) cancels: e² is formed and both are summed in float64 from
-        # the float32 e (exact products), so one pixel gives 0 as in the reference
-        e64 = e.to(tl.float64)
-        acc_e2 += _total(tl.where(valid, e64 * e64, 0.0))
-        acc_e += _total(tl.where(valid, e64, 0.0))
+            s_sq, s_rel, s_sq_rel, s_log10, s_e2, s_e = _error_sums_float32(
+                d, y, valid, REL_BY_PREDICTION, LOG10_NONFINITE_ZERO)
+        acc_sq += s_sq
+        acc_rel += s_rel
+        acc_sq_rel += s_sq_rel
+        acc_log10 += s_log10
+        acc_e2 += s_e2
+        acc_e += s_e
     out = partial_ptr + (b.to(tl.int64) * num_chunks + chunk) * 13
     tl.store(out + 0, acc_n)
     tl.store(out + 1, acc_sq)

@@ -124,6 +124,29 @@ def test_log_error_of_a_ratio_beyond_float32(backend, device):
     assert m["log10"].item() == pytest.approx((abs(e[0]) + abs(e[1])) / 2 / math.log(10), rel=tol)
 
 
+@pytest.mark.parametrize("dtype, preds", [
+    (torch.float64, [1e-310, 5e-324, 1e-300, 2.5e-308, 1e20, 1e150]),
+    (torch.float32, [1e-40, 1e-45, 1e20, 3e38, 1.5, 0.25]),
+])
+def test_extreme_values_match_the_reference(backend, device, dtype, preds):
+    """Predictions (and ground truth) far outside everyday depths keep the reference's values on
+    every backend: subnormal ones (the C++ logarithm read their exponent field as it was: ln of
+    1e-310 m came out 4.2 units off, of 5e-324 m as -inf) and ones beyond 1e18 m (a diverged
+    network; Triton's float32 terms squared 1e20 to inf)."""
+    pred = torch.tensor([preds], dtype=dtype).reshape(1, 2, 3)
+    target = torch.tensor([[2.0, 1e-30, 7.5, 1e-39 if dtype == torch.float32 else 1e-320, 3.0, 1e25]],
+                          dtype=dtype).reshape(1, 2, 3)
+    for aggregate in ("per_image", "pooled"):
+        want = combine(depth_metric_sums_reference(pred, target, None, 0.0, math.inf, (0, 2, 0, 3),
+                                                   False, True, -math.inf, math.inf, math.nan,
+                                                   False, False, False), aggregate)
+        got = fastmde.depth_metrics(*as_device(device, pred, target), min_depth=0.0, max_depth=math.inf,
+                                    clamp=False, aggregate=aggregate)
+        for name, value in want.items():
+            assert math.isfinite(value.item()), name
+            assert got[name].item() == pytest.approx(value.item(), rel=1e-6 if backend == "triton" else 1e-12), name
+
+
 def test_small_arrays_by_hand(backend, device):
     pred = torch.tensor([[[1.0, 2.0], [4.0, 3.0]]], dtype=torch.float64)
     target = torch.tensor([[[2.0, 2.0], [2.0, 3.0]]], dtype=torch.float64)
