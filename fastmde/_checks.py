@@ -1,6 +1,10 @@
 """Input checks shared by the public functions: clear errors instead of crashes or silent NaNs."""
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -140,3 +144,67 @@ def image_range_problem(images: torch.Tensor) -> str | None:
         return (f"the image's values all lie in [{lo:.3g}, {hi:.3g}]: a 0-1 image (torchvision's ToTensor)? "
                 f"fastmde's models take RGB in 0-255: multiply by 255")
     return None
+
+
+# ---------------------------------------------------------------- numbers given as arguments
+# Counts and pixel bounds come as Python ints, numpy scalars (an index read from an array) or
+# whole floats (a size computed as 0.4 * 480); bools are refused: True is not a count of pixels.
+
+def whole_number(value) -> int | None:
+    """``value`` as an ``int`` when it is a whole real number, else None.
+
+    Whole: an integer of any kind (``int``, numpy integers, a 0-d integer tensor: anything with
+    ``__index__``), or a finite real (``float``, numpy floats, ``fractions.Fraction``, a 0-d
+    floating tensor) with no fractional part. Not whole: bools, 0.9, NaN, infinities, strings."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.is_meta)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not value.is_floating_point():
+            return None
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        return None
+    return int(number)
+
+
+def integer_argument(value, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` for an argument that is a count or a size (channels, a kernel size):
+    a Python or numpy integer (anything with ``__index__``), never a bool or a float. TypeError
+    naming ``name`` for another type, ValueError below ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got the bool {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+    if minimum is not None and number < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {number}")
+    return number
+
+
+def real_argument(value, name: str) -> float:
+    """``float(value)`` for an argument that is a quantity (metres, a weight, a factor): any real
+    number (numpy's too, a symbolic float under torch.compile), never a bool or a string (True
+    would read as 1.0, "0.5" as 0.5). TypeError naming ``name``; the caller checks the range."""
+    if isinstance(value, (bool, str, bytes)) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
+    """``value`` for a switch: ``True`` / ``False`` (numpy bools too), or None with ``allow_none``;
+    TypeError naming ``name`` for anything else (a string "False" would read as true)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)         # numpy.bool_ (named "bool" since numpy 2) without importing numpy
+    allowed = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")

@@ -27,7 +27,7 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
     (``None`` stays ``None`` with ``allow_none``).
 
     Raises ``ValueError`` naming ``what`` for anything else (a single number, three parts,
-    non-integers, a side below ``minimum``)."""
+    non-integers such as 287.6 or True, a side below ``minimum``)."""
     if size is None and allow_none:
         return None
     if isinstance(size, str):
@@ -38,10 +38,14 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
         parts = list(size)
     else:
         raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}")
-    try:
+    if isinstance(size, str):
         height, width = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}") from None
+    else:
+        from ._checks import whole_number   # any whole number (numpy's too); 287.6 is not truncated
+
+        height, width = (int(p) if isinstance(p, str) and p.strip().isdigit() else whole_number(p) for p in parts)
+        if height is None or width is None:
+            raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W) of whole numbers, got {size!r}")
     if height < minimum or width < minimum:
         raise ValueError(f"{what} must be at least {minimum}x{minimum}, got {height}x{width}")
     return height, width

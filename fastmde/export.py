@@ -541,8 +541,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ._outputs import check_output_file
     from ._text import parse_internal_size
-    from .engine.checkpoint import load
+    from .engine.checkpoint import check_checkpoint_argument, load
 
+    check_checkpoint_argument(args.checkpoint, "checkpoint")
     implied = EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
     format = args.format or implied
     if format is None:

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from ._checks import as_depth_maps, check_depth_units
+from ._checks import as_depth_maps, check_depth_units, real_argument
 from ._warn import HostValues, warn_at_caller
 from .ops.depth_loss import depth_loss as depth_loss_op  # the op, or its direct eager path
 from .ops.depth_metrics import depth_metric_sums as depth_metric_sums_op
@@ -46,10 +46,10 @@ def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
         raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
     # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are symbolic
     # and math.isfinite would break the graph (a NaN fails every comparison)
-    alpha = float(alpha)
+    alpha = real_argument(alpha, "alpha")
     if not 0.0 < alpha < math.inf:
         raise ValueError(f"alpha must be a positive finite number, got {alpha}")
-    weights = [float(w) for w in weights]
+    weights = [real_argument(w, "weights") for w in weights]
     if len(weights) != 3 or not all(-math.inf < w < math.inf for w in weights):
         raise ValueError(f"weights must be three finite numbers (depth, gradient, normal), got {weights}")
     return depth_term, alpha, bool(gradient), bool(normal), bool(blur), weights
@@ -192,8 +192,8 @@ def metric_rules(
     :class:`~fastmde.reference.depth_metrics.MetricRules`."""
     # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are
     # symbolic and math.isfinite would break the graph (a NaN fails every comparison)
-    lo = float(min_depth)
-    hi = math.inf if max_depth is None else float(max_depth)
+    lo = real_argument(min_depth, "min_depth")
+    hi = math.inf if max_depth is None else real_argument(max_depth, "max_depth")
     if not 0.0 <= lo < math.inf:
         raise ValueError(f"min_depth must be a finite number >= 0 (metres), got {min_depth}")
     if not hi > lo:
@@ -361,7 +361,7 @@ def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
         for name, value in (("lambd", lambd), ("scale", scale)):
             if value is not None:
                 raise ValueError(f"{name} applies to the silog presets, not to {preset!r}")
-        alpha = options["alpha"] if alpha is None else float(alpha)
+        alpha = options["alpha"] if alpha is None else real_argument(alpha, "alpha")
         if not 0.0 <= alpha < math.inf:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
         reduction = options["reduction"] if reduction is None else reduction
@@ -372,14 +372,14 @@ def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
         for name, value in (("alpha", alpha), ("reduction", reduction)):
             if value is not None:
                 raise ValueError(f"{name} applies to the 'ssi' preset, not to {preset!r}")
-        lambd = options["lambd"] if lambd is None else float(lambd)
+        lambd = options["lambd"] if lambd is None else real_argument(lambd, "lambd")
         if not 0.0 <= lambd <= 1.0:
             raise ValueError(f"lambd (BTS variance_focus) must be in [0, 1], got {lambd}")
-        scale = options["scale"] if scale is None else float(scale)
+        scale = options["scale"] if scale is None else real_argument(scale, "scale")
         if not 0.0 < scale < math.inf:
             raise ValueError(f"scale must be a positive finite number, got {scale}")
         alpha, reduction = 0.0, "batch"
-    eps = float(eps)
+    eps = real_argument(eps, "eps")
     if not 0.0 < eps < math.inf:
         raise ValueError(f"eps must be a positive finite number (metres), got {eps}")
     interpolate = options["interpolate"] if interpolate is None else bool(interpolate)

@@ -50,7 +50,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.up_projection import UpProjection
+from .nn.up_projection import UpProjection, check_block_inputs
 from .ops.up_projection_block import UpProjectionLayers, up_projection
 
 __all__ = ["PatchReport", "patch", "unpatch"]
@@ -191,10 +191,12 @@ def _fused_forward(self: nn.Module, *args, **kwargs):
     reads them, then :func:`fastmde.ops.up_projection` over the block's own modules."""
     plan: _Plan = self.__dict__[_PLAN_ATTR]
     x = plan.x.read(args, kwargs)
-    if plan.skip is not None:
-        skip = plan.skip.read(args, kwargs)
-        if skip is not None:
-            x = torch.cat((x, skip), dim=1)
+    layers = UpProjectionLayers(*(None if name is None else getattr(self, name) for name in plan.layer_names))
+    skip = plan.skip.read(args, kwargs) if plan.skip is not None else None
+    # the original forward's torch.cat / conv would refuse these in PyTorch's words
+    check_block_inputs(x, skip, layers.conv1.weight, type(self).__name__)
+    if skip is not None:
+        x = torch.cat((x, skip), dim=1)
     if plan.size is not None:
         size = _pair(plan.size.read(args, kwargs))
     elif plan.fixed_size is not None:
@@ -205,7 +207,6 @@ def _fused_forward(self: nn.Module, *args, **kwargs):
         if plan.scale_maps_coordinates and (size[0] != h * plan.scale[0] or size[1] != w * plan.scale[1]):
             # PyTorch maps coordinates by 1/scale here, the kernels by the sizes: run the original
             return _original_forward(self, plan)(*args, **kwargs)
-    layers = UpProjectionLayers(*(None if name is None else getattr(self, name) for name in plan.layer_names))
     return up_projection(x, layers, size, plan.align_corners)
 
 

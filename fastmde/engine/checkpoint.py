@@ -181,6 +181,20 @@ def _resolve(path) -> str:
     return path
 
 
+def check_checkpoint_argument(path, flag: str) -> None:
+    """Refuse, before any work, a command's checkpoint argument that names nothing to read: a
+    missing path (FileNotFoundError) or a folder without best.pt / last.pt (CheckpointError); the
+    message names ``flag`` (``--checkpoint``) and the path. What the file holds is checked by
+    :func:`load`."""
+    try:
+        _resolve(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flag} {os.fspath(path)!r} does not exist") from None
+    except CheckpointError:
+        raise CheckpointError(f"{flag} {os.fspath(path)!r} is a folder without best.pt or last.pt "
+                              "(a run folder holds them once training saved)") from None
+
+
 def _read_file(path: str, map_location):
     """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for what is not a file of
     tensors and plain values, and for a damaged one (cut short, or bytes that fail the archive's

@@ -250,9 +250,10 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
 
 
 def run(args) -> int:
-    from .checkpoint import clean_output_folder, load
+    from .checkpoint import check_checkpoint_argument, clean_output_folder, load
     from .speed import resolve_amp, resolve_device
 
+    check_checkpoint_argument(args.checkpoint, "--checkpoint")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
     for flag, value in (("--min-depth", args.min_depth), ("--max-depth", args.max_depth)):

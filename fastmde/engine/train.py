@@ -267,6 +267,10 @@ def check_paths(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"{flag} {path!r} does not exist")
     if weights is not None and os.path.isdir(weights):
         raise IsADirectoryError(f"--pretrained {weights!r} is a folder; it takes a weights file (.pth)")
+    if cfg.init_from is not None:
+        from .checkpoint import check_checkpoint_argument
+
+        check_checkpoint_argument(cfg.init_from, "--init-from")     # a folder without best.pt / last.pt
     if cfg.data is not None:
         from .datasets import check_data_path
 

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from ..functional import _metric_sums, metric_rules, warn_about_sums
-from ..reference.depth_metrics import STATE_SIZE, accumulate, combine, metrics_from_state, resolve_aggregate
+from ..reference.depth_metrics import (
+    STATE_SIZE, accumulate, check_crop, combine, metrics_from_state, resolve_aggregate,
+)
 
 
 class DepthMetrics(nn.Module):
@@ -39,7 +41,8 @@ class DepthMetrics(nn.Module):
         super().__init__()
         self.rules = metric_rules(min_depth, max_depth, **rules)
         self.aggregate = resolve_aggregate(aggregate)
-        self.min_depth, self.max_depth, self.crop, self.protocol = min_depth, max_depth, crop, protocol
+        self.crop = check_crop(crop)         # a bad crop fails here, not at the first update
+        self.min_depth, self.max_depth, self.protocol = min_depth, max_depth, protocol
         self.register_buffer("state", torch.zeros(STATE_SIZE, dtype=torch.float64), persistent=False)
 
     def reset(self) -> None:
@@ -48,7 +51,16 @@ class DepthMetrics(nn.Module):
     def update(
         self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Add a batch; returns its per-image sums (B, 13)."""
+        """Add a batch; returns its per-image sums (B, 13).
+
+        The batch may be on another device than the state (its sums are copied over), but not
+        on ``meta`` beside a real state or the reverse: a meta tensor has no values to add."""
+        state_device = self.state.device
+        for name, t in (("pred", pred), ("target", target), ("mask", mask)):
+            if isinstance(t, torch.Tensor) and (t.device.type == "meta") != (state_device.type == "meta"):
+                raise ValueError(f"DepthMetrics.update: {name} is on {t.device} but the metric state is on "
+                                 f"{state_device}; a meta tensor has no values to accumulate (move the module "
+                                 f"with .to({t.device.type!r}), or give tensors with values)")
         with torch.no_grad():
             sums = _metric_sums(pred, target, mask, self.crop, self.rules).to(self.state.device)
             self.state += accumulate(sums)

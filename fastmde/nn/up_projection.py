@@ -1,13 +1,44 @@
 """``UpProjection``: the paper's up-projection block and Hu et al.'s original, over the fused op."""
 from __future__ import annotations
 
-import operator
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import bool_argument, integer_argument
 from ..ops.up_projection_block import UpProjectionLayers, up_projection
+
+#: what autocast casts to its own dtype (float64 it leaves alone, so it must match the weights)
+_AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
+    """One-line errors where ``torch.cat`` or a conv of the block would raise PyTorch's own: an
+    input that is not a floating tensor, on another device than the block's ``weight``, or of
+    another dtype than ``skip`` / the weights. Under autocast float16, bfloat16 and float32 may mix
+    (the convs run in autocast's dtype, as a plain block's would); float64 is never cast by
+    autocast, so it must match. ``what`` names the block in the message."""
+    named = (("x", x),) if skip is None else (("x", x), ("skip", skip))
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{what}: {name} must be a floating tensor, got {t.dtype}")
+        if t.device != weight.device:
+            raise ValueError(f"{what}: {name} is on {t.device} but the block's weights are on {weight.device} "
+                             f"(move one: block.to({str(t.device)!r}) or {name}.to({str(weight.device)!r}))")
+    dtypes = {t.dtype for _, t in named} | {weight.dtype}
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type) and dtypes <= set(_AUTOCAST_ELIGIBLE):
+        return
+    if skip is not None and skip.dtype != x.dtype:
+        raise TypeError(f"{what}: skip is {skip.dtype} but x is {x.dtype}: give both the same dtype "
+                        f"(the block's weights are {weight.dtype})")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{what}: x is {x.dtype} but the block's weights are {weight.dtype}: convert one "
+                        f"(block.to({x.dtype}) or x.to({weight.dtype})), or run under torch.autocast")
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -68,21 +99,25 @@ class UpProjection(nn.Module):
         fuse_batchnorm: bool | None = None,
     ):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            try:
-                whole = operator.index(value)
-            except TypeError:
-                whole = 0
-            if whole < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if kernel_size % 2 != 1 or kernel_size < 1:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        # ints (numpy's too), never bools or floats: UpProjection(True, 4) is no block of 1 channel
+        in_channels = integer_argument(in_channels, "UpProjection: in_channels", minimum=1)
+        out_channels = integer_argument(out_channels, "UpProjection: out_channels", minimum=1)
+        reduce = bool_argument(reduce, "UpProjection: reduce")
+        align_corners = bool_argument(align_corners, "UpProjection: align_corners")
+        stack_convs = bool_argument(stack_convs, "UpProjection: stack_convs", allow_none=True)
+        fuse_batchnorm = bool_argument(fuse_batchnorm, "UpProjection: fuse_batchnorm", allow_none=True)
+        kernel_size = integer_argument(kernel_size, "UpProjection: kernel_size", minimum=1)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"UpProjection: kernel_size must be odd and positive, got {kernel_size}")
         if second_kernel_size is None:
             second_kernel_size = kernel_size if reduce else 3
+        second_kernel_size = integer_argument(second_kernel_size, "UpProjection: second_kernel_size", minimum=1)
         if second_kernel_size % 2 != 1:
-            raise ValueError(f"second_kernel_size must be odd, got {second_kernel_size}")
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+            raise ValueError(f"UpProjection: second_kernel_size must be odd and positive, got {second_kernel_size}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"UpProjection: scale must be a number, got {scale!r} ({type(scale).__name__})")
+        if not (0 < scale and math.isfinite(scale)):
+            raise ValueError(f"UpProjection: scale must be positive and finite, got {scale}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.second_kernel_size = kernel_size, second_kernel_size
         self.reduce, self.scale, self.align_corners = reduce, scale, align_corners
@@ -106,6 +141,7 @@ class UpProjection(nn.Module):
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
+        check_block_inputs(x, skip, self.conv1.weight, "UpProjection")
         if skip is not None:
             if skip.dim() != 4 or x.dim() != 4 or skip.shape[0] != x.shape[0]:
                 raise ValueError(f"UpProjection: skip {tuple(skip.shape)} must be (B, C, H, W) with x's batch "

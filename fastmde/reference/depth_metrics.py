@@ -58,10 +58,11 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
+
+from .._checks import whole_number
 
 SUM_FIELDS = (
     "n", "sq_err", "abs_rel", "sq_rel", "log10", "log_sq", "log_sum", "delta1", "delta2", "delta3",
@@ -130,15 +131,6 @@ def crop_names() -> list[str]:
     return sorted((*CROPS, *FRACTION_CROPS))
 
 
-def _whole_number(v) -> bool:
-    """An integer of any kind (int, numpy, torch), or a float with no fractional part."""
-    try:
-        operator.index(v)
-        return True
-    except TypeError:
-        return isinstance(v, float) and v.is_integer()
-
-
 def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
     """Crop name, explicit (top, bottom, left, right) or None -> integer bounds for (H, W).
 
@@ -146,33 +138,45 @@ def resolve_crop(crop, height: int, width: int) -> tuple[int, int, int, int]:
     sizes; KITTI crops (``FRACTION_CROPS``) are fractions of the size, truncated as the sources
     compute them (``int(0.40810811 * H)``).
     """
+    crop = check_crop(crop)
     if crop is None:
         return (0, height, 0, width)
     if isinstance(crop, str):
         if crop in FRACTION_CROPS:
             a, b, c, d = FRACTION_CROPS[crop]
             return (int(a * height), int(b * height), int(c * width), int(d * width))
-        if crop not in CROPS:
-            raise ValueError(f"crop must be one of {crop_names()} or a 4-tuple, got {crop!r}")
         top, bottom, left, right = CROPS[crop]
         rh, rw = CROP_REFERENCE_SIZE
         if (height, width) != (rh, rw):
             top, bottom = round(top * height / rh), round(bottom * height / rh)
             left, right = round(left * width / rw), round(right * width / rw)
         return (top, bottom, left, right)
+    top, bottom, left, right = crop
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(f"crop {crop} does not fit a {height}x{width} image")
+    return crop
+
+
+def check_crop(crop):
+    """What :func:`resolve_crop` can check without the image size: None, a crop name, or
+    (top, bottom, left, right) as four ints (any whole real number is taken: numpy's int64,
+    float32(45.0)); ValueError in one line for anything else."""
+    if crop is None:
+        return None
+    if isinstance(crop, str):
+        if crop not in CROPS and crop not in FRACTION_CROPS:
+            raise ValueError(f"crop must be one of {crop_names()} or a 4-tuple, got {crop!r}")
+        return crop
     try:
         values = tuple(crop)
     except TypeError:
         raise ValueError(f"crop must be a name or (top, bottom, left, right) in pixels, got {crop!r}") from None
-    if not all(_whole_number(v) for v in values):
-        # 0.9 would silently become row 0: pixel bounds are whole numbers
+    # 0.9 would silently become row 0: pixel bounds are whole numbers
+    bounds = tuple(whole_number(v) for v in values)
+    if None in bounds:
         raise ValueError(f"crop (top, bottom, left, right) is in whole pixels, got {crop!r}")
-    bounds = tuple(int(v) for v in values)
     if len(bounds) != 4:
         raise ValueError(f"crop must be (top, bottom, left, right), got {crop!r}")
-    top, bottom, left, right = bounds
-    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-        raise ValueError(f"crop {bounds} does not fit a {height}x{width} image")
     return bounds
 
 
