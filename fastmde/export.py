@@ -543,7 +543,6 @@ def run(args) -> int:
     from ._text import parse_internal_size
     from .engine.checkpoint import check_checkpoint_argument, load
 
-    check_checkpoint_argument(args.checkpoint, "checkpoint")
     implied = EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
     format = args.format or implied
     if format is None:
@@ -558,6 +557,7 @@ def run(args) -> int:
     check_options(format, args.size, args.opset, args.tolerance,
                   names={"format": "--format", "size": "--size", "opset": "--opset", "tolerance": "--tolerance"})
     internal = None if args.internal_size is None else parse_internal_size(args.internal_size, what="--internal-size")
+    check_checkpoint_argument(args.checkpoint, "checkpoint")
     model = load(args.checkpoint, device="cpu")
     if internal is not None:
         from .models.resolution import IntermediateResolution

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import fastmde
@@ -185,6 +186,8 @@ def test_a_missing_checkpoint_is_named_with_its_flag(command, tmp_path, capsys):
     missing = tmp_path / "missing.pt"
     empty = tmp_path / "empty_run"
     empty.mkdir()
+    # predict checks its inputs before the checkpoint: give it a photo
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
     argv = {
         "eval": lambda p: ["eval", "--checkpoint", p],
         "predict": lambda p: ["predict", "--checkpoint", p, "--out", tmp_path / "maps", tmp_path / "photo.png"],

@@ -253,7 +253,6 @@ def run(args) -> int:
     from .checkpoint import check_checkpoint_argument, clean_output_folder, load
     from .speed import resolve_amp, resolve_device
 
-    check_checkpoint_argument(args.checkpoint, "--checkpoint")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
     for flag, value in (("--min-depth", args.min_depth), ("--max-depth", args.max_depth)):
@@ -270,6 +269,7 @@ def run(args) -> int:
     if duplicates:
         print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
               file=sys.stderr)
+    check_checkpoint_argument(args.checkpoint, "--checkpoint")   # after every option's own check
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     args.min_depth, args.max_depth = depth_range(args, getattr(model, "fastmde_config", None) or {})
