@@ -125,9 +125,12 @@ void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restri
     if constexpr (GRAD) {
       const T ex = px - gx, ey = py - gy;
       const T aex = std::abs(ex) + alpha, aey = std::abs(ey) + alpha;
-      sg += mq * (log_approx(aex) + log_approx(aey));
-      ax = w1 * sign_of(ex) / aex;
-      ay = w1 * sign_of(ey) / aey;
+      sg += mq * log_sum_approx(aex, aey);  // ln aex + ln aey
+      // 1/aex and 1/aey from one division (where aex aey overflows, both |gradients| are below
+      // 1/sqrt(max float), and come out 0)
+      const T r = T(1) / (aex * aey);
+      ax = w1 * sign_of(ex) * (aey * r);
+      ay = w1 * sign_of(ey) * (aex * r);
     }
     if constexpr (NORMAL) {
       const T np2 = px * px + py * py + T(1);
@@ -136,6 +139,8 @@ void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restri
       const T c = (px * gx + py * gy + T(1)) * inv_pg;
       sn += mq * std::abs(T(1) - c);
       const T s = -w2 * sign_of(T(1) - c);
+      // a division, not c inv_pg² ng2: with ŷ's Sobel equal to y's, gx inv_pg - (c / np2) px
+      // cancels to exactly 0 (test_sign_of_zero_gives_zero_gradient), the product form did not
       const T c_np2 = c / np2;
       ax += s * (gx * inv_pg - c_np2 * px);
       ay += s * (gy * inv_pg - c_np2 * py);
@@ -315,7 +320,11 @@ struct LossKernel {
         const T full = static_cast<T>(hi - lo);
 #pragma omp simd
         for (int64_t q = 0; q < W; ++q) col[q] = acc[q] == full ? T(1) : T(0);
-        erode_row(padded.data(), sbuf.data() + (j - r0 + 1) * W, W, h);
+        T* eroded = sbuf.data() + (j - r0 + 1) * W;
+        if (row_count(col, W) == W)  // all valid (dense ground truth): so is the eroded row
+          std::fill(eroded, eroded + W, T(1));
+        else
+          erode_row(padded.data(), eroded, W, h);
       }
       ybuf.assign((rows + 4) * Wp, T(0));
       dpx.assign((rows + 2) * Wp, T(0));

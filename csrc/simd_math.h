@@ -11,15 +11,21 @@
 
 namespace fastmde {
 
-// Natural log of a positive float: Cephes logf (relative error about 1 ulp); inf and NaN pass
-// through, as from std::log. A subnormal x is scaled by 2^25 first (its exponent field is 0, so
-// read as it was, log(1e-40) came out several units off).
-__attribute__((always_inline)) inline float log_approx(float x) {
-  const bool subnormal = (x > 0.0f) & (x < std::numeric_limits<float>::min());
-  x = subnormal ? x * 33554432.0f : x;
+// x = m 2^e with m in [0.5, 1) for a positive finite float; a subnormal x is scaled by 2^25 first
+// (its exponent field is 0, so read as it was, log(1e-40) came out several units off).
+__attribute__((always_inline)) inline void split_exponent(float x, float& e, float& m) {
+  // (one comparison, the product formed unconditionally: with `(x > 0) & (x < min)` gcc kept
+  // every loop calling this scalar; x <= 0 is no logarithm's argument here anyway)
+  const float scaled = x * 33554432.0f;
+  const bool subnormal = x < std::numeric_limits<float>::min();
+  x = subnormal ? scaled : x;
   const std::int32_t bits = __builtin_bit_cast(std::int32_t, x);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126) - (subnormal ? 25.0f : 0.0f);
-  float m = __builtin_bit_cast(float, (bits & 0x807fffff) | 0x3f000000);  // [0.5, 1)
+  e = static_cast<float>(((bits >> 23) & 0xff) - (subnormal ? 126 + 25 : 126));
+  m = __builtin_bit_cast(float, (bits & 0x807fffff) | 0x3f000000);
+}
+
+// ln(m 2^e) for m in [0.5, 1): Cephes logf's polynomial (relative error about 1 ulp).
+__attribute__((always_inline)) inline float log_of_split(float e, float m) {
   const bool small = m < 0.707106781186547524f;
   e = small ? e - 1.0f : e;
   m = small ? m + m - 1.0f : m - 1.0f;
@@ -36,19 +42,21 @@ __attribute__((always_inline)) inline float log_approx(float x) {
   y = y * m * z;
   y += -2.12194440e-4f * e;
   y += -0.5f * z;
-  const float r = m + y + 0.693359375f * e;
-  return x < std::numeric_limits<float>::infinity() ? r : x;
+  return m + y + 0.693359375f * e;
 }
 
-// Natural log of a positive double: Cephes log (rational approximation, about 1 ulp); a
-// subnormal x is scaled by 2^54 first (as the float version).
-__attribute__((always_inline)) inline double log_approx(double x) {
-  const bool subnormal = (x > 0.0) & (x < std::numeric_limits<double>::min());
-  x = subnormal ? x * 18014398509481984.0 : x;
+// x = m 2^e with m in [0.5, 1) for a positive finite double (subnormals scaled by 2^54 first).
+__attribute__((always_inline)) inline void split_exponent(double x, double& e, double& m) {
+  const double scaled = x * 18014398509481984.0;  // as in the float version
+  const bool subnormal = x < std::numeric_limits<double>::min();
+  x = subnormal ? scaled : x;
   const std::int64_t bits = __builtin_bit_cast(std::int64_t, x);
-  double e = static_cast<double>(((bits >> 52) & 0x7ff) - 1022) - (subnormal ? 54.0 : 0.0);
-  double m = __builtin_bit_cast(
-      double, (bits & static_cast<std::int64_t>(0x800fffffffffffffULL)) | 0x3fe0000000000000LL);
+  e = static_cast<double>(((bits >> 52) & 0x7ff) - (subnormal ? 1022 + 54 : 1022));
+  m = __builtin_bit_cast(double, (bits & static_cast<std::int64_t>(0x800fffffffffffffULL)) | 0x3fe0000000000000LL);
+}
+
+// ln(m 2^e) for m in [0.5, 1): Cephes log's rational approximation (about 1 ulp).
+__attribute__((always_inline)) inline double log_of_split(double e, double m) {
   const bool small = m < 0.70710678118654752440;
   e = small ? e - 1.0 : e;
   m = small ? m + m - 1.0 : m - 1.0;
@@ -62,8 +70,33 @@ __attribute__((always_inline)) inline double log_approx(double x) {
   double y = m * (z * p / q);
   y -= e * 2.121944400546905827679e-4;
   y -= 0.5 * z;
-  const double r = m + y + e * 0.693359375;
-  return x < std::numeric_limits<double>::infinity() ? r : x;
+  return m + y + e * 0.693359375;
+}
+
+// Natural log of a positive float or double (Cephes, about 1 ulp; subnormals included); inf and
+// NaN pass through, as from std::log.
+template <typename T>
+__attribute__((always_inline)) inline T log_approx(T x) {
+  T e, m;
+  split_exponent(x, e, m);
+  const T r = log_of_split(e, m);
+  return x < std::numeric_limits<T>::infinity() ? r : x;
+}
+
+// ln a + ln b of positive a, b with one polynomial: ln(m_a m_b 2^(e_a + e_b)), the mantissas'
+// product renormalised to [0.5, 1) (never over- or underflows, unlike ln(a b)); inf or NaN in
+// either gives a + b.
+template <typename T>
+__attribute__((always_inline)) inline T log_sum_approx(T a, T b) {
+  T ea, ma, eb, mb;
+  split_exponent(a, ea, ma);
+  split_exponent(b, eb, mb);
+  T m = ma * mb;  // [0.25, 1)
+  const bool low = m < T(0.5);
+  m = low ? m + m : m;
+  const T r = log_of_split(ea + eb - (low ? T(1) : T(0)), m);
+  const T inf = std::numeric_limits<T>::infinity();
+  return (a < inf) & (b < inf) ? r : a + b;
 }
 
 // 1 / sqrt(x) for x >= 1 (finite): bit-trick start and Newton steps to full precision. std::sqrt
