@@ -33,6 +33,7 @@ imports; the test runs it as a subprocess).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime
 import io
@@ -41,6 +42,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,13 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":  # pragma: no cover - guarded
     raise SystemExit("compile_check must run without TRITON_INTERPRET=1 (kernels have to be JITFunctions)")
 
 # A fresh Triton cache: every specialisation is compiled (and timed, and its ptxas log read) here.
-os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastmde-compile-check-")
+# It is removed when the process that made it exits (20-70 MB a run: CI runs the check every time,
+# and the folders of earlier runs had piled up to 1.8 GB in /tmp). The compiles run in forked
+# children, which share it and must not remove it.
+_CACHE_DIR = tempfile.mkdtemp(prefix="fastmde-compile-check-")
+os.environ["TRITON_CACHE_DIR"] = _CACHE_DIR
+_OWNER = os.getpid()
+atexit.register(lambda: os.getpid() == _OWNER and shutil.rmtree(_CACHE_DIR, ignore_errors=True))
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences its warning)
 
 import torch
