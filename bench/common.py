@@ -36,15 +36,20 @@ def synchronize(device: str) -> None:
 
 def _round_robin_medians(fns: dict, device: str, warmup: int, rounds: int, max_seconds: float) -> dict:
     """Median wall time (ms) of each ``fns[name]()`` after ``warmup`` calls each, timed one call
-    of each per round; stops once ``max_seconds`` of timed rounds have passed (at least 3)."""
+    of each per round, the order rotating from round to round; stops once ``max_seconds`` of
+    timed rounds have passed (at least 3)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     synchronize(device)
     times = {name: [] for name in fns}
+    names = list(fns)
     start_all = time.perf_counter()
     for r in range(rounds):
-        for name, fn in fns.items():
+        # each round starts one implementation later, so that none always runs right after the
+        # same other one (whose freed memory and evicted caches it would inherit every time)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             synchronize(device)
