@@ -199,12 +199,18 @@ def real_argument(value, name: str) -> float:
     return float(value)
 
 
+def bool_like(value) -> bool:
+    """Whether ``value`` is a Python or numpy bool (numpy's ``bool_``, named ``bool`` since numpy 2,
+    recognised without importing numpy)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
 def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
     """``value`` for a switch: ``True`` / ``False`` (numpy bools too), or None with ``allow_none``;
     TypeError naming ``name`` for anything else (a string "False" would read as true)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
-        return bool(value)         # numpy.bool_ (named "bool" since numpy 2) without importing numpy
+    if bool_like(value):
+        return bool(value)
     allowed = "True, False or None" if allow_none else "True or False"
     raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")

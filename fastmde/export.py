@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._checks import bool_argument
+
 FORMATS = ("onnx", "pt2")
 EXTENSIONS = {".onnx": "onnx", ".pt2": "pt2"}
 # torch.onnx's translation library emits opset 18 natively (TORCHLIB_OPSET), so 18 needs no
@@ -392,7 +394,7 @@ def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[i
     if format not in FORMATS:
         raise ValueError(f"{names['format']} must be one of {', '.join(FORMATS)}, got {format!r}")
     size = parse_size(size, what=names["size"])
-    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and tolerance > 0):
         raise ValueError(f"{names['tolerance']} must be a positive number, got {tolerance!r}")
     if format == "onnx":
         from torch.onnx._constants import ONNX_MAX_OPSET
@@ -441,6 +443,8 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             raise ValueError(f"cannot tell the format from {path!r}: give format='onnx' or 'pt2' "
                              "(or a .onnx / .pt2 file name)")
     size = check_options(format, size, opset, tolerance)
+    dynamic_size = bool_argument(dynamic_size, "dynamic_size", allow_none=True)   # "no" is no switch
+    quiet = bool_argument(quiet, "quiet")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
@@ -541,7 +545,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ._outputs import check_output_file
     from ._text import parse_internal_size
-    from .engine.checkpoint import check_checkpoint_argument, load
+    from .engine.checkpoint import check_checkpoint_argument, load_checkpoint_argument
 
     implied = EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
     format = args.format or implied
@@ -558,7 +562,7 @@ def run(args) -> int:
                   names={"format": "--format", "size": "--size", "opset": "--opset", "tolerance": "--tolerance"})
     internal = None if args.internal_size is None else parse_internal_size(args.internal_size, what="--internal-size")
     check_checkpoint_argument(args.checkpoint, "checkpoint")
-    model = load(args.checkpoint, device="cpu")
+    model = load_checkpoint_argument(args.checkpoint, "checkpoint")
     if internal is not None:
         from .models.resolution import IntermediateResolution
 

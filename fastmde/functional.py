@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from ._checks import as_depth_maps, check_depth_units, real_argument
+from ._checks import as_depth_maps, bool_argument, bool_like, check_depth_units, real_argument
 from ._warn import HostValues, warn_at_caller
 from .ops.depth_loss import depth_loss as depth_loss_op  # the op, or its direct eager path
 from .ops.depth_metrics import depth_metric_sums as depth_metric_sums_op
@@ -30,6 +30,10 @@ from .reference.depth_metrics import (
 
 
 def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
+    # True / False (numpy's too), checked even where a preset sets them: "no" would read as true
+    gradient = bool_argument(gradient, "gradient")
+    normal = bool_argument(normal, "normal")
+    blur = bool_argument(blur, "blur")
     if preset is not None:
         if preset in SI_PRESETS:
             raise ValueError(
@@ -52,7 +56,7 @@ def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
     weights = [real_argument(w, "weights") for w in weights]
     if len(weights) != 3 or not all(-math.inf < w < math.inf for w in weights):
         raise ValueError(f"weights must be three finite numbers (depth, gradient, normal), got {weights}")
-    return depth_term, alpha, bool(gradient), bool(normal), bool(blur), weights
+    return depth_term, alpha, gradient, normal, blur, weights
 
 
 # the loss's counts reach the host without a synchronisation (checked on a later call on CUDA)
@@ -198,17 +202,21 @@ def metric_rules(
         raise ValueError(f"min_depth must be a finite number >= 0 (metres), got {min_depth}")
     if not hi > lo:
         raise ValueError(f"max_depth ({max_depth}) must be greater than min_depth ({min_depth})")
-    if clamp is True:
-        pred_min, pred_max = lo, hi
-    elif clamp is None or clamp is False:
-        pred_min, pred_max = -math.inf, math.inf
+    min_inclusive = bool_argument(min_inclusive, "min_inclusive")
+    max_inclusive = bool_argument(max_inclusive, "max_inclusive")
+    delta_inclusive = bool_argument(delta_inclusive, "delta_inclusive")
+    if isinstance(clamp, (str, bytes)):      # "no" would unpack as the pair ("n", "o")
+        raise TypeError(f"clamp must be True, False/None or (low, high) in metres, got {clamp!r} "
+                        f"({type(clamp).__name__})")
+    if clamp is None or bool_like(clamp):    # numpy's bools too
+        pred_min, pred_max = (lo, hi) if clamp else (-math.inf, math.inf)
     else:
         try:
             a, b = clamp
         except (TypeError, ValueError):
             raise ValueError(f"clamp must be True, False/None or (low, high) in metres, got {clamp!r}") from None
-        pred_min = -math.inf if a is None else float(a)
-        pred_max = math.inf if b is None else float(b)
+        pred_min = -math.inf if a is None else real_argument(a, "clamp's low")
+        pred_max = math.inf if b is None else real_argument(b, "clamp's high")
         if not pred_min <= pred_max:
             raise ValueError(f"clamp must have low <= high, got {clamp!r}")
     if rel_denominator not in ("target", "prediction"):
@@ -216,10 +224,10 @@ def metric_rules(
     if log10_nonfinite not in ("propagate", "zero"):
         raise ValueError(f"log10_nonfinite must be 'propagate' or 'zero', got {log10_nonfinite!r}")
     return MetricRules(
-        min_depth=lo, max_depth=hi, min_inclusive=bool(min_inclusive), max_inclusive=bool(max_inclusive),
+        min_depth=lo, max_depth=hi, min_inclusive=min_inclusive, max_inclusive=max_inclusive,
         pred_min=pred_min, pred_max=pred_max,
-        nan_prediction=math.nan if nan_prediction is None else float(nan_prediction),
-        delta_inclusive=bool(delta_inclusive), rel_by_prediction=rel_denominator == "prediction",
+        nan_prediction=math.nan if nan_prediction is None else real_argument(nan_prediction, "nan_prediction"),
+        delta_inclusive=delta_inclusive, rel_by_prediction=rel_denominator == "prediction",
         log10_nonfinite_zero=log10_nonfinite == "zero",
     )
 
@@ -382,7 +390,8 @@ def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
     eps = real_argument(eps, "eps")
     if not 0.0 < eps < math.inf:
         raise ValueError(f"eps must be a positive finite number (metres), got {eps}")
-    interpolate = options["interpolate"] if interpolate is None else bool(interpolate)
+    interpolate = bool_argument(interpolate, "interpolate", allow_none=True)
+    interpolate = options["interpolate"] if interpolate is None else interpolate
     return kind, lambd, scale, alpha, reduction == "image", interpolate, eps
 
 

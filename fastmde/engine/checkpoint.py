@@ -195,6 +195,20 @@ def check_checkpoint_argument(path, flag: str) -> None:
                               "(a run folder holds them once training saved)") from None
 
 
+def load_checkpoint_argument(path, flag: str, device="cpu"):
+    """:func:`load` of a command's checkpoint argument, its :class:`CheckpointError` (a damaged
+    or foreign file, weights that fit no model) named with ``flag`` in front: ``--checkpoint:
+    checkpoint '...' is damaged or truncated: ...``. The file is read once; a message that
+    already starts with the flag (export's positional ``checkpoint``) is left as it is."""
+    try:
+        return load(path, device=device)
+    except CheckpointError as exc:
+        message = str(exc)
+        if message.startswith(f"{flag} "):
+            raise
+        raise CheckpointError(f"{flag}: {message}") from None
+
+
 def _read_file(path: str, map_location):
     """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for what is not a file of
     tensors and plain values, and for a damaged one (cut short, or bytes that fail the archive's

@@ -206,7 +206,7 @@ def check_replaceable(path: str, identity: dict, overwrite: bool) -> None:
 
 def run(args) -> int:
     from .._atomic import atomic_write_text
-    from .checkpoint import check_checkpoint_argument, clean_output_folder, load
+    from .checkpoint import check_checkpoint_argument, clean_output_folder, load_checkpoint_argument
     from .config import current_names, default_of
     from .datasets import check_data_path, open_split, test_split_name
     from .speed import resolve_amp, resolve_device, resolve_workers
@@ -217,7 +217,7 @@ def run(args) -> int:
         raise ValueError(f"--workers must be -1 (auto) or a number of processes >= 0, got {args.workers}")
     check_checkpoint_argument(args.checkpoint, "--checkpoint")
     # a fastmde checkpoint, a run directory, or a checkpoint of the paper authors' or Hu et al.'s code
-    model = load(args.checkpoint, device="cpu")
+    model = load_checkpoint_argument(args.checkpoint, "--checkpoint")
     cfg = current_names(model.fastmde_config)
     data_format = args.data_format or cfg.get("data_format", default_of("data_format"))
     data_path = args.data if args.data is not None else (cfg.get("data") if data_format == cfg.get("data_format") else None)

@@ -250,7 +250,7 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
 
 
 def run(args) -> int:
-    from .checkpoint import check_checkpoint_argument, clean_output_folder, load
+    from .checkpoint import check_checkpoint_argument, clean_output_folder, load_checkpoint_argument
     from .speed import resolve_amp, resolve_device
 
     if args.batch_size < 1:
@@ -271,7 +271,7 @@ def run(args) -> int:
               file=sys.stderr)
     check_checkpoint_argument(args.checkpoint, "--checkpoint")   # after every option's own check
     device = resolve_device(args.device)
-    model = load(args.checkpoint, device=device)
+    model = load_checkpoint_argument(args.checkpoint, "--checkpoint", device=device)
     args.min_depth, args.max_depth = depth_range(args, getattr(model, "fastmde_config", None) or {})
     amp_dtype = resolve_amp(args.amp, device, inference=True)
     clean_output_folder(args.out, lambda text: print(f"predict: {text}", file=sys.stderr))   # killed writes' leftovers
@@ -383,10 +383,12 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict, list[str] | N
 
 
 def checkpoint_config(path: str) -> dict:
-    """The training configuration saved in a fastmde checkpoint (``{}`` for another project's)."""
-    from .checkpoint import load
+    """The training configuration saved in a fastmde checkpoint (``{}`` for another project's);
+    errors name ``--checkpoint``."""
+    from .checkpoint import check_checkpoint_argument, load_checkpoint_argument
 
-    return dict(getattr(load(path, device="cpu"), "fastmde_config", None) or {})
+    check_checkpoint_argument(path, "--checkpoint")
+    return dict(getattr(load_checkpoint_argument(path, "--checkpoint"), "fastmde_config", None) or {})
 
 
 # ---------------------------------------------------------------- point clouds

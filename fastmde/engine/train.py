@@ -306,10 +306,10 @@ def resume_differences(ckpt: dict, cfg: TrainConfig, path: str) -> list[tuple[st
 def init_weights_from(model, path: str, variant: str) -> None:
     """Copy every weight of the model in checkpoint ``path`` (anything ``fastmde.load`` reads) into
     ``model``, a fresh ``variant``; the optimiser state is not touched (that is ``--resume``)."""
-    from .. import load
     from ..models import variant_name
+    from .checkpoint import load_checkpoint_argument
 
-    loaded = load(path)
+    loaded = load_checkpoint_argument(path, "--init-from")     # a damaged file named with its flag
     source = getattr(loaded, "fastmde_variant", None)
     if source is None:
         spec = read_checkpoint(path)["model_spec"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import bool_argument, integer_argument
 from .external import ExternalCheckpointError, from_external
 from .hu import HuModel
 from .resnet import CheckpointMismatchError, ResNetEncoder, load_checkpoint
@@ -75,6 +76,13 @@ def _config(name: str, overrides: dict) -> dict:
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for build(); allowed: encoder, kernel_size, "
                         "reduce, original (hu only), normalize")
+    # ints (numpy's too) and switches, checked here for variant_name too: encoder=18.0 would be
+    # named "unet18.0-k3", reduce="no" would build the 1x1 reduction
+    for key, value in overrides.items():
+        if key in ("encoder", "kernel_size"):
+            overrides = {**overrides, key: integer_argument(value, key, minimum=1)}
+        else:
+            overrides = {**overrides, key: bool_argument(value, key)}
     config.update(overrides)
     return config
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import bool_argument, integer_argument
 from ..nn.up_projection import UpProjection
 from .resnet import ResNetEncoder
 
@@ -73,6 +74,13 @@ class HuModel(nn.Module):
         normalize: bool = False,
     ):
         super().__init__()
+        encoder = integer_argument(encoder, "HuModel: encoder")     # ints (numpy's too), never 50.0 or True
+        kernel_size = integer_argument(kernel_size, "HuModel: kernel_size", minimum=1)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"HuModel: kernel_size must be odd, got {kernel_size}")
+        reduce = bool_argument(reduce, "HuModel: reduce")
+        original = bool_argument(original, "HuModel: original")
+        normalize = bool_argument(normalize, "HuModel: normalize")
         if original and (kernel_size != 5 or reduce):
             raise ValueError("original=True is Hu et al.'s 5x5 model without the 1x1 reduction: "
                              f"got kernel_size={kernel_size}, reduce={reduce}")

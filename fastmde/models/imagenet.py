@@ -25,6 +25,8 @@ import urllib.error
 
 import torch
 
+from .._checks import bool_argument, integer_argument
+
 #: torchvision's ImageNet weights (``ResNetXX_Weights.IMAGENET1K_V1``, what ``pretrained=True``
 #: gives), by encoder depth
 IMAGENET_URLS = {
@@ -48,6 +50,7 @@ def cache_dir() -> str:
 
 def file_name(depth: int) -> str:
     """The published file name of ResNet``depth``'s weights, e.g. ``resnet34-b627a593.pth``."""
+    depth = integer_argument(depth, "depth")
     if depth not in IMAGENET_URLS:
         raise ValueError(f"ImageNet weights exist for ResNet depths {sorted(IMAGENET_URLS)}, got {depth!r}")
     return os.path.basename(IMAGENET_URLS[depth])
@@ -82,6 +85,8 @@ def imagenet_state_dict(depth: int, *, progress: bool = True) -> dict:
             file, the folder and the URL.
         RuntimeError: the download does not match the hash in its name (torch's message).
     """
+    depth = integer_argument(depth, "depth")
+    progress = bool_argument(progress, "progress")
     url, name = IMAGENET_URLS.get(depth), file_name(depth)
     folder = cache_dir()
     if cached_file(depth) is None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import bool_argument, integer_argument
 from ..nn.cropped_conv import TapCroppedConv2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,11 +117,14 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int = 34, *, pretrained: str | os.PathLike | None = None, normalize: bool = False):
         super().__init__()
+        # an int (numpy's too), never 18.0 or True; a switch, never "no"
+        depth = integer_argument(depth, "ResNetEncoder: depth")
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
+        normalize = bool_argument(normalize, "ResNetEncoder: normalize")
         kind, layers = DEPTHS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        self.depth, self.normalize = depth, bool(normalize)
+        self.depth, self.normalize = depth, normalize
         # float64 constants, cast to the input's dtype where used: a float64 input is normalised
         # with float64 values (as Hu et al.'s float64 reference would), float32 with the
         # correctly rounded ones

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import bool_argument, integer_argument
 from ..nn.up_projection import UpProjection
 from .resnet import ResNetEncoder
 
@@ -52,9 +53,14 @@ class UNet(nn.Module):
         normalize: bool = False,
     ):
         super().__init__()
+        encoder = integer_argument(encoder, "UNet: encoder")     # ints (numpy's too), never 18.0 or True
+        k = integer_argument(kernel_size, "UNet: kernel_size", minimum=1)
+        if k % 2 != 1:
+            raise ValueError(f"UNet: kernel_size must be odd, got {k}")
+        reduce = bool_argument(reduce, "UNet: reduce")
+        normalize = bool_argument(normalize, "UNet: normalize")
         self.encoder = ResNetEncoder(encoder, pretrained=pretrained, normalize=normalize)
         bc0, bc1, bc2, bc3 = self.encoder.channels
-        k = kernel_size
         self.kernel_size, self.reduce = k, reduce
         block = dict(kernel_size=k, reduce=reduce, second_kernel_size=k, align_corners=True)
         self.entry_conv = nn.Conv2d(bc3, bc2, 1, bias=False)

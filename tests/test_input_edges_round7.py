@@ -1,0 +1,239 @@
+"""Input edges of the public API and the commands, round 7: switches given as strings or numbers,
+counts given as floats or bools, and a damaged or foreign checkpoint named with its flag.
+
+* Every public switch (the losses' ``gradient`` / ``normal`` / ``blur`` / ``interpolate``, the
+  metrics' ``*_inclusive`` and ``clamp``, the models' ``reduce`` / ``original`` / ``normalize``,
+  ``export``'s ``dynamic_size`` / ``quiet``) takes True / False, numpy's bools too, and refuses
+  anything else in one line naming the argument (``"no"`` read as true before).
+* The models' counts (encoder depth, kernel size) are ints, numpy's too, never 18.0 or True
+  (``UNet(18.0)`` was built and ``variant_name`` called it ``unet18.0-k3``).
+* ``eval --checkpoint``, ``predict --checkpoint``, ``export CHECKPOINT`` and ``train --init-from``
+  name their flag for a file that is damaged or not a fastmde checkpoint, keeping the file's
+  description, after every option's own check.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import fastmde
+from fastmde import models
+
+from engine_helpers import cache, cli_data_args, cli_model_args, fastmde_cli  # noqa: F401 (cache: fixture)
+
+
+def _maps(seed=0, shape=(1, 1, 9, 11)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g) * 4 + 1, torch.rand(shape, generator=g) * 4 + 1
+
+
+def _one_line(info) -> str:
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------- 1. switches
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: fastmde.nn.DepthLoss(blur="no"), "blur"),
+    (lambda: fastmde.nn.DepthLoss(gradient=1), "gradient"),
+    (lambda: fastmde.nn.DepthLoss(normal=None), "normal"),
+    (lambda: fastmde.nn.DepthLoss("hu", blur="False"), "blur"),      # checked even where the preset sets it
+    (lambda: fastmde.depth_loss(*_maps(), gradient="no"), "gradient"),
+    (lambda: fastmde.depth_loss_terms(*_maps(), normal=0), "normal"),
+    (lambda: fastmde.nn.ScaleInvariantLoss(interpolate="no"), "interpolate"),
+    (lambda: fastmde.scale_invariant_loss(*_maps(), interpolate=1), "interpolate"),
+    (lambda: fastmde.nn.ScaleInvariantLoss()(*_maps(), interpolate="yes"), "interpolate"),
+    (lambda: fastmde.depth_metrics(*_maps(), min_inclusive="no"), "min_inclusive"),
+    (lambda: fastmde.depth_metrics(*_maps(), max_inclusive=0), "max_inclusive"),
+    (lambda: fastmde.nn.DepthMetrics(delta_inclusive="False"), "delta_inclusive"),
+])
+def test_a_switch_refuses_what_is_not_a_bool(make, name):
+    with pytest.raises(TypeError, match=rf"^{name} must be True(, False)? or (False|None), got ") as info:
+        make()
+    _one_line(info)
+
+
+def test_numpy_bools_are_the_same_switches():
+    pred, target = _maps()
+    pred_small = torch.nn.functional.interpolate(pred, size=(5, 6), mode="bilinear", align_corners=True)
+    for on in (True, False):
+        flag = np.bool_(on)
+        assert fastmde.nn.DepthLoss(blur=flag, gradient=flag).options == fastmde.nn.DepthLoss(blur=on, gradient=on).options
+        assert (fastmde.depth_loss(pred, target, normal=flag).item()
+                == fastmde.depth_loss(pred, target, normal=on).item())
+        for key in ("min_inclusive", "max_inclusive", "delta_inclusive", "clamp"):
+            got = fastmde.depth_metrics(pred, target, max_depth=3.0, **{key: flag})
+            want = fastmde.depth_metrics(pred, target, max_depth=3.0, **{key: on})
+            assert {k: v.item() for k, v in got.items()} == {k: v.item() for k, v in want.items()}, key
+    # a numpy True resizes a prediction of another size, as True does (AdaBins' interpolate)
+    got = fastmde.nn.ScaleInvariantLoss("silog_adabins", interpolate=np.bool_(True))(pred_small, target)
+    assert got.item() == fastmde.scale_invariant_loss(pred_small, target, preset="silog_adabins",
+                                                      interpolate=True).item()
+    with pytest.raises(ValueError, match="shapes differ"):
+        fastmde.scale_invariant_loss(pred_small, target, preset="silog_adabins", interpolate=np.bool_(False))
+
+
+def test_clamp_as_a_pair_keeps_working_and_refuses_bools_inside():
+    pred, target = _maps()
+    pred = pred.clone()
+    pred[0, 0, 0, 0] = 50.0
+    # the pair clamps the prediction into [low, high] metres: 50 m reads as 6 m
+    clamped = pred.clamp(1.0, 6.0)
+    got = fastmde.depth_metrics(pred, target, clamp=(np.float32(1.0), 6))
+    want = fastmde.depth_metrics(clamped, target, clamp=False)
+    assert got["rms"].item() == want["rms"].item()
+    assert fastmde.depth_metrics(pred, target, clamp=(None, 6.0))["rms"].item() == want["rms"].item()
+    # a string is no switch and no pair ("no" unpacked as ("n", "o") before)
+    for bad in ("no", b"on"):
+        with pytest.raises(TypeError, match=r"^clamp must be True, False/None or \(low, high\) in metres, got "
+                                            r"b?'(no|on)' \((str|bytes)\)$"):
+            fastmde.nn.DepthMetrics(clamp=bad)
+    with pytest.raises(TypeError, match=r"^clamp's low must be a number, got True \(bool\)$"):
+        fastmde.depth_metrics(pred, target, clamp=(True, 6.0))
+    with pytest.raises(TypeError, match=r"^clamp's high must be a number, got '6' \(str\)$"):
+        fastmde.nn.DepthMetrics(clamp=(1.0, "6"))
+    with pytest.raises(ValueError, match=r"^clamp must be True, False/None or \(low, high\) in metres, got 1$"):
+        fastmde.depth_metrics(pred, target, clamp=1)
+    with pytest.raises(TypeError, match=r"^nan_prediction must be a number, got True \(bool\)$"):
+        fastmde.nn.DepthMetrics(nan_prediction=True)
+
+
+def test_export_switches_refuse_strings(tmp_path):
+    from fastmde.export import export
+
+    for kwargs, name, allowed in [({"dynamic_size": "no"}, "dynamic_size", "True, False or None"),
+                                  ({"quiet": "yes"}, "quiet", "True or False")]:
+        with pytest.raises(TypeError, match=rf"^{name} must be {allowed}, got '"):
+            export(nn.Identity(), tmp_path / "m.pt2", **kwargs)
+    with pytest.raises(ValueError, match=r"^tolerance must be a positive number, got True$"):
+        export(nn.Identity(), tmp_path / "m.pt2", tolerance=True)
+    assert not (tmp_path / "m.pt2").exists()
+
+
+# ---------------------------------------------------------------- 2. the models' counts and switches
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: models.UNet(18.0), r"^UNet: encoder must be an integer, got 18.0 \(float\)$"),
+    (lambda: models.UNet(True), r"^UNet: encoder must be an integer, got the bool True$"),
+    (lambda: models.UNet(18, kernel_size=3.0), r"^UNet: kernel_size must be an integer, got 3.0 \(float\)$"),
+    (lambda: models.UNet(18, reduce="no"), r"^UNet: reduce must be True or False, got 'no' \(str\)$"),
+    (lambda: models.UNet(18, normalize=1), r"^UNet: normalize must be True or False, got 1 \(int\)$"),
+    (lambda: models.HuModel(np.float64(50.0)), r"^HuModel: encoder must be an integer, got "),
+    (lambda: models.HuModel(18, kernel_size=True), r"^HuModel: kernel_size must be an integer, got the bool True$"),
+    (lambda: models.HuModel(18, original="yes"), r"^HuModel: original must be True or False, got 'yes' \(str\)$"),
+    (lambda: models.ResNetEncoder(34.0), r"^ResNetEncoder: depth must be an integer, got 34.0 \(float\)$"),
+    (lambda: models.ResNetEncoder(18, normalize="False"), r"^ResNetEncoder: normalize must be True or False"),
+    (lambda: models.build("unet34-k3", encoder=18.0), r"^encoder must be an integer, got 18.0 \(float\)$"),
+    (lambda: models.build("hu34-k5", kernel_size=5.0), r"^kernel_size must be an integer, got 5.0 \(float\)$"),
+    (lambda: models.build("unet34-k3", reduce="no"), r"^reduce must be True or False, got 'no' \(str\)$"),
+    (lambda: models.build("hu34", original=1), r"^original must be True or False, got 1 \(int\)$"),
+    (lambda: models.build("unet34-k3", normalize="yes"), r"^normalize must be True or False"),
+    (lambda: models.variant_name("unet34-k3", encoder=18.0), r"^encoder must be an integer, got 18.0 \(float\)$"),
+])
+def test_model_counts_are_ints_and_switches_bools(make, message):
+    with torch.device("meta"), pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_model_counts_refuse_even_kernels_and_take_numpy_ints():
+    with torch.device("meta"):
+        with pytest.raises(ValueError, match=r"^UNet: kernel_size must be odd, got 4$"):
+            models.UNet(18, kernel_size=4)
+        with pytest.raises(ValueError, match=r"^ResNet depth must be one of \[18, 34, 50, 101\], got 19$"):
+            models.UNet(19)
+        unet = models.UNet(np.int64(18), kernel_size=np.int32(5), reduce=np.bool_(False))
+        assert type(unet.kernel_size) is int and unet.kernel_size == 5 and unet.reduce is False
+        assert unet.encoder.depth == 18 and type(unet.encoder.depth) is int
+        assert unet.head_conv1.weight.shape == (64, 64, 5, 5)
+        model = models.build("unet34-k3-1x1", encoder=np.int64(18), size=(32, 32))
+    assert model.fastmde_variant == "unet18-k3-1x1"
+    assert models.variant_name("unet34-k3-1x1", encoder=np.int64(18), kernel_size=np.int64(5)) == "unet18-k5-1x1"
+
+
+def test_imagenet_weights_depth_is_an_int():
+    from fastmde.models.imagenet import file_name, imagenet_state_dict
+
+    assert file_name(np.int64(34)) == "resnet34-b627a593.pth"
+    with pytest.raises(TypeError, match=r"^depth must be an integer, got 34.0 \(float\)$"):
+        file_name(34.0)
+    # refused before the cache is looked at or anything is downloaded
+    with pytest.raises(TypeError, match=r"^depth must be an integer, got the bool True$"):
+        imagenet_state_dict(True)
+    with pytest.raises(TypeError, match=r"^progress must be True or False, got 'no' \(str\)$"):
+        imagenet_state_dict(18, progress="no")
+
+
+# ---------------------------------------------------------------- 3. a damaged or foreign checkpoint
+
+def _bad_checkpoints(folder) -> dict[str, tuple[str, str]]:
+    """{kind: (path, what the message says of it)}: a torch.save file cut short, a text file, a
+    PyTorch Lightning checkpoint."""
+    whole = folder / "whole.pt"
+    torch.save({"format": "fastmde-checkpoint", "weights": torch.arange(4096.0)}, whole)
+    data = whole.read_bytes()
+    half = folder / "half.pt"
+    half.write_bytes(data[:len(data) // 2])
+    text = folder / "notes.pt"
+    text.write_text("not weights\n")
+    lightning = folder / "lightning.ckpt"
+    torch.save({"pytorch-lightning_version": "2.0", "epoch": 1, "optimizer_states": []}, lightning)
+    return {
+        "damaged": (str(half), f"checkpoint {str(half)!r} is damaged or truncated: "),
+        "text": (str(text), f"{str(text)!r} is not a fastmde checkpoint: "),
+        "foreign": (str(lightning), f"{str(lightning)!r} is not a fastmde checkpoint: it is a PyTorch Lightning "
+                                    "checkpoint"),
+    }
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "predict --data-format list", "export"])
+def test_a_bad_checkpoint_is_named_with_its_flag(command, tmp_path, capsys, monkeypatch):
+    from fastmde.engine import checkpoint
+
+    reads = []
+    read_file = checkpoint._read_file
+    monkeypatch.setattr(checkpoint, "_read_file", lambda path, where: reads.append(path) or read_file(path, where))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
+    (tmp_path / "photos.txt").write_text(f"{tmp_path / 'photo.png'}\n")
+    argv = {
+        "eval": lambda p: ["eval", "--checkpoint", p, "--out", tmp_path / "r.json"],
+        "predict": lambda p: ["predict", "--checkpoint", p, "--out", tmp_path / "maps", tmp_path / "photo.png"],
+        "predict --data-format list": lambda p: ["predict", "--checkpoint", p, "--out", tmp_path / "maps",
+                                                 "--data-format", "list", "--data", tmp_path / "photos.txt"],
+        "export": lambda p: ["export", p, "--out", tmp_path / "model.pt2"],
+    }[command]
+    for kind, (path, said) in _bad_checkpoints(tmp_path).items():
+        reads.clear()
+        status, _, err = fastmde_cli(argv(path), capsys)
+        assert status == 2 and "Traceback" not in err, err
+        # export's positional argument is called "checkpoint" already where the message begins so
+        flag = "checkpoint" if command == "export" else "--checkpoint"
+        prefix = "" if command == "export" and said.startswith("checkpoint ") else f"{flag}: "
+        assert len(err.splitlines()) == 1 and err.startswith(f"fastmde: error: {prefix}{said}"), (kind, err)
+        assert reads == [path], reads          # read once
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "model.pt2").exists()
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_options_are_checked_before_a_bad_checkpoint(tmp_path, capsys):
+    path, _ = _bad_checkpoints(tmp_path)["damaged"]
+    for argv, said in [
+        (["eval", "--checkpoint", path, "--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["export", path, "--out", tmp_path / "m.onnx", "--opset", "7"], "--opset must be an integer from 18"),
+        (["predict", "--checkpoint", path, "--batch-size", "0", "--out", tmp_path / "maps", tmp_path / "x.png"],
+         "--batch-size must be positive"),
+    ]:
+        status, _, err = fastmde_cli(argv, capsys)
+        assert status == 2 and len(err.splitlines()) == 1 and err.startswith(f"fastmde: error: {said}"), err
+
+
+def test_train_init_from_a_damaged_checkpoint_is_named_with_its_flag(cache, tmp_path, capsys):
+    path, said = _bad_checkpoints(tmp_path)["damaged"]
+    status, _, err = fastmde_cli(["train", "--init-from", path, "--max-steps", "1", "--out", tmp_path / "run",
+                                  *cli_model_args(), "--pretrained", "none", "--batch-size", "2",
+                                  *cli_data_args(cache)], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("fastmde: error:")]
+    assert status == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"fastmde: error: --init-from: {said}"), err
