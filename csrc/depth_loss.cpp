@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "fastmde.h"
@@ -126,16 +127,19 @@ void sobel_row(const T* __restrict da, const T* __restrict db, const T* __restri
       const T ex = px - gx, ey = py - gy;
       const T aex = std::abs(ex) + alpha, aey = std::abs(ey) + alpha;
       sg += mq * log_sum_approx(aex, aey);  // ln aex + ln aey
-      // 1/aex and 1/aey from one division (where aex aey overflows, both |gradients| are below
-      // 1/sqrt(max float), and come out 0)
-      const T r = T(1) / (aex * aey);
-      ax = w1 * sign_of(ex) * (aey * r);
-      ay = w1 * sign_of(ey) * (aex * r);
+      ax = w1 * sign_of(ex) / aex;
+      ay = w1 * sign_of(ey) / aey;
     }
     if constexpr (NORMAL) {
       const T np2 = px * px + py * py + T(1);
       const T ng2 = gx * gx + gy * gy + T(1);
-      const T inv_pg = inv_sqrt_approx(np2 * ng2);
+      // 1/(|n̂||n|) = rsqrt(np2 ng2) with the product scaled by k² (k = 2^-32 for float, 2^-500
+      // for double; exact, and the same bits as unscaled): unscaled it overflowed float32 once
+      // ŷ's Sobel passed 1e19 (a diverged network) and the loss became inf with NaN gradients.
+      // An infinite np2 gives 0 (cos = 0), as in the reference. (One rsqrt of the product, not
+      // rsqrt(np2) rsqrt(ng2): with ŷ's Sobel equal to y's the gradient below cancels to 0.)
+      constexpr T k = std::is_same_v<T, float> ? T(0x1p-32) : T(0x1p-500);
+      const T inv_pg = inv_sqrt_approx((np2 * (k * k)) * ng2) * k;
       const T c = (px * gx + py * gy + T(1)) * inv_pg;
       sn += mq * std::abs(T(1) - c);
       const T s = -w2 * sign_of(T(1) - c);

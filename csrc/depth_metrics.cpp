@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fastmde.h"
@@ -115,6 +116,13 @@ MetricSums metric_tile(const scalar_t* pred, const scalar_t* target, const bool*
       if constexpr (LOG_NONFINITE_ZERO) {
         const double ld = log_approx(d), ly = log_approx(y);  // then selected: finite logarithms only
         e = (((d > 0) & (d < kInf)) ? ld : 0.0) - (((y > 0) & (y < kInf)) ? ly : 0.0);
+      } else if constexpr (std::is_same_v<scalar_t, double>) {
+        // float64 input: ŷ/y itself can leave float64's range (5e-324 m against 2 m, 2 m against
+        // a 1e-310 m ground truth), so two logarithms, as the reference (ln 0 = -inf, ln of a
+        // negative or NaN is NaN); every narrower input keeps its ratio within range
+        const double ld = d > 0 ? log_approx(d) : (d == 0 ? -kInf : kNaN);
+        const double ly = y > 0 ? log_approx(y) : (y == 0 ? -kInf : kNaN);
+        e = ld - ly;
       } else {
         // one logarithm: ln(ŷ / y); ln 0 = -inf, ln of a negative or NaN is NaN
         e = ratio > 0 ? log_approx(ratio) : (ratio == 0 ? -kInf : kNaN);

@@ -99,18 +99,19 @@ __attribute__((always_inline)) inline T log_sum_approx(T a, T b) {
   return (a < inf) & (b < inf) ? r : a + b;
 }
 
-// 1 / sqrt(x) for x >= 1 (finite): bit-trick start and Newton steps to full precision. std::sqrt
-// sets errno on negative input, which keeps GCC from vectorising loops that call it.
+// 1 / sqrt(x) for x >= 1: bit-trick start and Newton steps to full precision; 0 for x = inf,
+// NaN for NaN. std::sqrt sets errno on negative input, which keeps GCC from vectorising loops
+// that call it.
 __attribute__((always_inline)) inline float inv_sqrt_approx(float x) {
   float y = __builtin_bit_cast(float, 0x5f3759df - (__builtin_bit_cast(std::int32_t, x) >> 1));
   for (int i = 0; i < 3; ++i) y = y * (1.5f - 0.5f * x * y * y);
-  return y;
+  return x == std::numeric_limits<float>::infinity() ? 0.0f : y;
 }
 
 __attribute__((always_inline)) inline double inv_sqrt_approx(double x) {
   double y = __builtin_bit_cast(double, 0x5fe6eb50c7b537a9LL - (__builtin_bit_cast(std::int64_t, x) >> 1));
   for (int i = 0; i < 5; ++i) y = y * (1.5 - 0.5 * x * y * y);
-  return y;
+  return x == std::numeric_limits<double>::infinity() ? 0.0 : y;
 }
 
 template <typename T>

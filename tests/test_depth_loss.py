@@ -919,3 +919,20 @@ def test_backward_pass_matches_its_reference(backend, device, dtype):
                     torch.testing.assert_close(got.cpu(), want.cpu(), rtol=eps, atol=eps * float(want.abs().max()))
                 else:
                     assert torch.equal(got, want), (counts, grad_total, stencil.numel())
+
+
+@pytest.mark.parametrize("spike", [1e19, 1e20, 1e30])
+def test_a_diverged_prediction_keeps_the_loss_finite(backend, device, spike):
+    """One float32 prediction of 1e19-1e30 m (a diverged network): the C++ kernel took 1/|n̂||n|
+    as one inverse square root of |n̂|²|n|², which overflowed float32, and returned inf with NaN
+    gradients where the reference and Triton give a finite loss (cos = 0 once |n̂| is inf)."""
+    g = torch.Generator().manual_seed(5)
+    target = torch.rand(1, 9, 11, generator=g) * 5 + 0.5
+    pred = torch.rand(1, 9, 11, generator=g) * 5 + 0.5
+    pred[0, 4, 4] = spike
+    for preset in ("hu_blurred", "hu", "l1_hu"):
+        terms, grad = loss(*as_device(device, pred, target), None, preset=preset)
+        want_terms, want_grad = oracle(pred, target, None, PRESETS[preset])
+        assert torch.isfinite(terms).all() and torch.isfinite(grad).all(), (preset, terms)
+        torch.testing.assert_close(terms.cpu(), want_terms, rtol=1e-5, atol=1e-5)
+        assert_grad_close(grad, want_grad, 1e-4)
