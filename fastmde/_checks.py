@@ -24,7 +24,8 @@ def as_depth_maps(
     the same device. ``cast_target=True`` casts ``target`` to ``pred``'s dtype; ``False`` keeps
     its own dtype, so a float32 ground truth beside a bfloat16 prediction is not rounded (the
     op then reads it in :func:`compute_dtype`). ``mask`` (optional) has the same shape and is
-    bool or 0/1 numbers (nonzero = valid).
+    bool, integers (nonzero = valid) or floating 0/1 (any other floating value, NaN included, is
+    refused: ValueError; not checked under torch.compile).
     """
     for name, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor):
@@ -63,6 +64,15 @@ def as_depth_maps(
             raise TypeError(f"{what}: mask must be bool or real numbers, got {mask.dtype}")
         mask3 = mask.reshape(pred3.shape)
         if mask3.dtype != torch.bool:
+            if mask3.is_floating_point() and not torch.compiler.is_compiling() and mask3.device.type != "meta":
+                # a probability mask (0.3, 0.7) or NaN-marked holes would all read as valid
+                odd = (mask3 != 0) & (mask3 != 1)
+                if bool(odd.any()):
+                    value = mask3[odd].flatten()[0].item()
+                    raise ValueError(
+                        f"{what}: a floating mask must hold only 0 and 1 (1 = valid), found {value:g}: "
+                        "threshold a probability mask (mask > 0.5) and mark holes with 0, not NaN"
+                    )
             mask3 = mask3 != 0
     return pred3, target3, mask3
 

@@ -167,7 +167,8 @@ def depth_loss(
     prediction's dtype). On the first call of the process, ground truth whose median exceeds
     100 m (millimetres, an unscaled 16-bit PNG) gets a ``UserWarning``.
 
-    ``mask``: bool, or numbers (nonzero = valid), shaped like ``pred``. Raises ValueError for an
+    ``mask``: bool, integers (nonzero = valid) or floating 0/1, shaped like ``pred``. Raises
+    ValueError for a floating mask holding other values (a probability mask, NaN holes), for an
     unknown ``preset`` or ``depth_term``, a non-positive ``alpha``, weights that are not three
     finite numbers, shapes that differ or are not (B, [1,] H, W), empty maps, tensors on
     different devices and a ``target`` that requires grad; TypeError for a ``pred`` or
@@ -437,7 +438,8 @@ def scale_invariant_loss(
 ) -> torch.Tensor:
     r"""A scale-invariant depth loss, fused: a scalar tensor (differentiable w.r.t. ``pred``).
 
-    ``pred``, ``target`` (ground truth), optional ``mask`` (bool, or numbers: nonzero = valid):
+    ``pred``, ``target`` (ground truth), optional ``mask`` (bool, integers: nonzero = valid, or
+    floating 0/1; other floating values are refused):
     (B, 1, H, W) or (B, H, W), depths in metres (``ssi``: any affine-invariant quantity, e.g.
     disparity). Presets (each as its source's code computes it; docs/losses.md):
 

@@ -237,3 +237,23 @@ def test_train_init_from_a_damaged_checkpoint_is_named_with_its_flag(cache, tmp_
     lines = [line for line in err.splitlines() if line.startswith("fastmde: error:")]
     assert status == 2 and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith(f"fastmde: error: --init-from: {said}"), err
+
+
+@pytest.mark.parametrize("call", ["depth_loss", "depth_metrics", "scale_invariant_loss"])
+def test_a_floating_mask_holds_only_zero_and_one(call):
+    """A probability mask (0.3 / 0.7) or NaN-marked holes read as "every pixel valid" (nonzero):
+    refused in one line; a 0/1 float mask and an integer mask (nonzero = valid, e.g. 255) give the
+    boolean mask's values."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 1, 12, 14, generator=g) * 5 + 0.5
+    pred = target + 0.3 * torch.randn(2, 1, 12, 14, generator=g)
+    keep = torch.rand(2, 1, 12, 14, generator=g) > 0.3
+    fn = {"depth_loss": lambda m: fastmde.depth_loss(pred, target, preset="l1", mask=m),
+          "depth_metrics": lambda m: fastmde.depth_metrics(pred, target, mask=m)["rms"],
+          "scale_invariant_loss": lambda m: fastmde.scale_invariant_loss(pred, target, mask=m)}[call]
+    want = fn(keep)
+    for ok in (keep.float(), keep.double(), keep.to(torch.uint8) * 255, keep.int()):
+        torch.testing.assert_close(fn(ok), want, rtol=0, atol=0)
+    for bad, shown in ((keep.float() * 0.4 + 0.3, "0.3"), (torch.where(keep, 1.0, float("nan")), "nan")):
+        with pytest.raises(ValueError, match=rf"^{call}: a floating mask must hold only 0 and 1 \(1 = valid\), found {shown}"):
+            fn(bad)
