@@ -11,6 +11,8 @@ counts given as floats or bools, and a damaged or foreign checkpoint named with 
   name their flag for a file that is damaged or not a fastmde checkpoint, keeping the file's
   description, after every option's own check.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +259,43 @@ def test_a_floating_mask_holds_only_zero_and_one(call):
     for bad, shown in ((keep.float() * 0.4 + 0.3, "0.3"), (torch.where(keep, 1.0, float("nan")), "nan")):
         with pytest.raises(ValueError, match=rf"^{call}: a floating mask must hold only 0 and 1 \(1 = valid\), found {shown}"):
             fn(bad)
+
+
+def _fastmde_checkpoint(path, **changes):
+    """A minimal fastmde checkpoint of a small U-Net18 (what fastmde.load needs), with ``changes``."""
+    from fastmde.engine.checkpoint import FORMAT, VERSION
+
+    spec = {"name": "unet34-k3-1x1", "size": [64, 80], "overrides": {"encoder": 18}}
+    model = fastmde.models.build(spec["name"], size=(64, 80), pretrained=None, encoder=18)
+    ckpt = {"format": FORMAT, "version": VERSION, "model_spec": spec, "model": model.state_dict()}
+    ckpt.update(changes)
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def test_a_checkpoint_with_a_damaged_spec_or_weights_is_described(tmp_path, capsys):
+    """A model_spec that is no dict (a fresh-user trial saved 'bogus' there: "string indices must
+    be integers"), one naming no network, and weights with missing or differently shaped keys
+    (the message ended at "Error(s) in loading state_dict for IntermediateResolution:")."""
+    from fastmde.engine.checkpoint import CheckpointError
+
+    good = _fastmde_checkpoint(tmp_path / "good.pt")
+    assert fastmde.load(good).fastmde_variant == "unet18-k3-1x1"
+    weights = torch.load(good, weights_only=True)["model"]
+    first = next(iter(weights))
+    dropped = {k: v for k, v in weights.items() if k != first}
+    reshaped = dict(weights, **{first: torch.zeros(3)})
+    cases = {
+        "bogus.pt": ({"model_spec": "bogus"}, "is a damaged fastmde checkpoint: its model_spec is 'bogus'"),
+        "nosize.pt": ({"model_spec": {"name": "unet34-k3-1x1"}}, "is a damaged fastmde checkpoint: its model_spec is"),
+        "noweights.pt": ({"model": [1, 2]}, "is a damaged fastmde checkpoint: its model entry is list"),
+        "unknown.pt": ({"model_spec": {"name": "nope", "size": [64, 80]}}, "its model_spec names no network"),
+        "missing.pt": ({"model": dropped}, f"its weights do not fit model 'unet34-k3-1x1': 1 missing: {first}"),
+        "shape.pt": ({"model": reshaped}, f"its weights do not fit model 'unet34-k3-1x1': 1 other shapes: {first} (3,)"),
+    }
+    for name, (changes, said) in cases.items():
+        path = _fastmde_checkpoint(tmp_path / name, **changes)
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            fastmde.load(path)
+        status, _, err = fastmde_cli(["eval", "--checkpoint", path, "--out", tmp_path / "r.json"], capsys)
+        assert status == 2 and len(err.splitlines()) == 1 and said in err and "--checkpoint" in err, err

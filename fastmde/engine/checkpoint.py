@@ -250,8 +250,41 @@ def _validate(obj, path: str) -> dict:
     for key in ("model_spec", "model"):
         if key not in obj:
             raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: no {key!r} entry")
+    spec = obj["model_spec"]
+    size = spec.get("size") if isinstance(spec, dict) else None
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+            or not isinstance(spec.get("overrides", {}), dict)):
+        raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its model_spec is {_short(spec)} "
+                              "(a dict of the network's name, size (H, W) and overrides)")
+    if not isinstance(obj["model"], dict):
+        raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its model entry is "
+                              f"{type(obj['model']).__name__}, not the network's state dict")
     obj["path"] = path
     return obj
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _weights_mismatch(model, weights: dict) -> str:
+    """What keeps ``weights`` from loading into ``model`` strictly, in one line: the first few
+    missing, unexpected and differently shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shaped = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shaped)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+    return "; ".join(parts)
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
@@ -287,15 +320,19 @@ def build_model_from_checkpoint(ckpt: dict):
     from .. import models
 
     spec = ckpt["model_spec"]
-    model = models.build(spec["name"], size=tuple(spec["size"]), pretrained=None, **spec.get("overrides", {}))
+    where = repr(ckpt.get("path", "checkpoint"))
+    try:
+        model = models.build(spec["name"], size=tuple(spec["size"]), pretrained=None, **spec.get("overrides", {}))
+    except (ValueError, TypeError) as exc:   # a name or override this fastmde does not know
+        raise CheckpointError(f"{where}: its model_spec names no network this fastmde builds: {exc}") from None
     average = ckpt.get("ema")
     weights = average["model"] if isinstance(average, dict) and "model" in average else ckpt["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
+        detail = _weights_mismatch(model, weights) if isinstance(weights, dict) else ""
         raise CheckpointError(
-            f"{ckpt.get('path', 'checkpoint')!r}: its weights do not fit model {spec['name']!r}: "
-            f"{str(exc).splitlines()[0]}"
+            f"{where}: its weights do not fit model {spec['name']!r}: {detail or str(exc).splitlines()[0]}"
         ) from None
     return model
 
