@@ -299,3 +299,19 @@ def test_a_checkpoint_with_a_damaged_spec_or_weights_is_described(tmp_path, caps
             fastmde.load(path)
         status, _, err = fastmde_cli(["eval", "--checkpoint", path, "--out", tmp_path / "r.json"], capsys)
         assert status == 2 and len(err.splitlines()) == 1 and said in err and "--checkpoint" in err, err
+
+
+@pytest.mark.parametrize("variant", ["unet34-k3-1x1", "hu50"])
+def test_a_model_refuses_an_image_of_another_dtype_in_one_line(variant):
+    """An int64 / uint8 image, or a float64 one into a float32 model, gave PyTorch's "expected
+    scalar type Long but found Float" from the first convolution; a float32 image under bfloat16
+    autocast still runs."""
+    model = fastmde.models.build(variant, size=(64, 80), pretrained=None, encoder=18).eval()
+    for image, said in ((torch.randint(0, 255, (1, 3, 64, 80)), "expected a float image in 0-255, got torch.int64"),
+                        (torch.zeros(1, 3, 64, 80, dtype=torch.uint8), "got torch.uint8"),
+                        (torch.zeros(1, 3, 64, 80, dtype=torch.float64),
+                         "the image is torch.float64 but the model's weights are torch.float32")):
+        with pytest.raises(TypeError, match=rf"^{type(model.net).__name__}: .*{re.escape(said)}"):
+            model.net(image)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.net(torch.rand(1, 3, 64, 80) * 255).dtype == torch.bfloat16

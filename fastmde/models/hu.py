@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
-from ..nn.up_projection import UpProjection
+from ..nn.up_projection import UpProjection, check_model_input
 from .resnet import ResNetEncoder
 
 MFF_CHANNELS = 16  # per encoder block; 4 blocks -> 64
@@ -112,6 +112,7 @@ class HuModel(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_model_input(x, next(self.encoder.parameters()), type(self).__name__)
         h, w = x.shape[-2:]
         blocks = self.encoder(x)
         block1, block2, block3, block4 = blocks

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
-from ..nn.up_projection import UpProjection
+from ..nn.up_projection import UpProjection, check_model_input
 from .resnet import ResNetEncoder
 
 
@@ -74,6 +74,7 @@ class UNet(nn.Module):
         self.head_conv2 = nn.Conv2d(bc0, 1, k, padding=k // 2, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_model_input(x, next(self.encoder.parameters()), type(self).__name__)
         h, w = x.shape[-2:]
         block1, block2, block3, block4 = self.encoder(x)
         y = F.relu(self.entry_bn(self.entry_conv(block4)))

@@ -15,6 +15,25 @@ from ..ops.up_projection_block import UpProjectionLayers, up_projection
 _AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def check_model_input(x, weight: torch.Tensor, what: str) -> None:
+    """One-line errors for a model's input image where its first convolution would raise
+    PyTorch's own ("expected scalar type Long but found Float"): not a floating tensor, on another
+    device than ``weight``, or of another dtype outside autocast (autocast's float16, bfloat16 and
+    float32 may mix; float64 must match). ``what`` names the model in the message."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: the image must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: expected a float image in 0-255, got {x.dtype} (convert it with .float())")
+    if x.device != weight.device:
+        raise ValueError(f"{what}: the image is on {x.device} but the model's weights are on {weight.device} "
+                         f"(move one: model.to({str(x.device)!r}) or image.to({str(weight.device)!r}))")
+    if x.dtype == weight.dtype or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+                                   and {x.dtype, weight.dtype} <= set(_AUTOCAST_ELIGIBLE)):
+        return
+    raise TypeError(f"{what}: the image is {x.dtype} but the model's weights are {weight.dtype}: convert one "
+                    f"(model.to({x.dtype}) or image.to({weight.dtype})), or run under torch.autocast")
+
+
 def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
     """One-line errors where ``torch.cat`` or a conv of the block would raise PyTorch's own: an
     input that is not a floating tensor, on another device than the block's ``weight``, or of
