@@ -204,9 +204,12 @@ def real_argument(value, name: str) -> float:
     """``float(value)`` for an argument that is a quantity (metres, a weight, a factor): any real
     number (numpy's too, a symbolic float under torch.compile), never a bool or a string (True
     would read as 1.0, "0.5" as 0.5). TypeError naming ``name``; the caller checks the range."""
-    if isinstance(value, (bool, str, bytes)) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+    if isinstance(value, (bool, str, bytes, complex)) or bool_like(value):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):   # a numpy complex, a list, None...
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})") from None
 
 
 def bool_like(value) -> bool:

@@ -46,6 +46,7 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.add_arguments(command)
             command.set_defaults(_run=module.run)
+    parser.command_parsers = sub.choices   # name -> the command's parser (for its errors)
     return parser
 
 
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     # The command is the first argument that is not an option (the top level takes only -h).
     name = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser([name] if name in COMMANDS else [])
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # reported by the command's own parser, so the hint names its --help
+        (parser.command_parsers.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -315,3 +315,35 @@ def test_a_model_refuses_an_image_of_another_dtype_in_one_line(variant):
             model.net(image)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.net(torch.rand(1, 3, 64, 80) * 255).dtype == torch.bfloat16
+
+
+def test_small_faults_of_a_fresh_user_trial(tmp_path, capsys):
+    """A plain pickle given as a checkpoint printed torch's pickle-protocol warning before the one
+    line; max_depth=10+0j gave float()'s message without the argument's name; a 3-D x beside a
+    3-D skip was blamed on the skip; an unknown option of a command pointed at fastmde --help."""
+    import pickle
+
+    plain = tmp_path / "pickle.pt"
+    plain.write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    status, _, err = fastmde_cli(["eval", "--checkpoint", plain, "--out", tmp_path / "r.json"], capsys)
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"fastmde: error: --checkpoint: {str(plain)!r} is not a fastmde checkpoint"), err
+
+    p = torch.rand(1, 1, 4, 5) + 1
+    with pytest.raises(TypeError, match=r"^max_depth must be a number, got \(10\+0j\) \(complex\)$"):
+        fastmde.depth_metrics(p, p, max_depth=10 + 0j)
+    with pytest.raises(TypeError, match=r"^max_depth must be a real number, got \[1\] \(list\)$"):
+        fastmde.depth_metrics(p, p, max_depth=[1])
+
+    block = fastmde.nn.UpProjection(64, 16)
+    x = torch.zeros(32, 6, 8)
+    for skip in (x, None):
+        with pytest.raises(ValueError, match=r"^UpProjection: x must be \(B, C, H, W\), got \(32, 6, 8\)$"):
+            block(x, skip=skip)
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:   # argparse exits (status 2) before the command runs
+        fastmde_cli(["eval", "--checkpoint", plain, "--max-depth", "0"], capsys)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.strip() == ("fastmde eval: error: unrecognized arguments: --max-depth 0 "
+                                                    "(fastmde eval --help: the options)"), err

@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -220,7 +221,11 @@ def _read_file(path: str, map_location):
     if damage is not None:
         raise CheckpointError(f"checkpoint {path!r} is damaged or truncated: {damage}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (not torch.save's) gets torch's "Detected pickle protocol" warning
+            # before fastmde's own one-line message about the file
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         damage = torch_file_damage(path, exc)     # a legacy (pickle) checkpoint cut short
         if damage is not None:

@@ -161,8 +161,10 @@ class UpProjection(nn.Module):
         self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         check_block_inputs(x, skip, self.conv1.weight, "UpProjection")
+        if x.dim() != 4:
+            raise ValueError(f"UpProjection: x must be (B, C, H, W), got {tuple(x.shape)}")
         if skip is not None:
-            if skip.dim() != 4 or x.dim() != 4 or skip.shape[0] != x.shape[0]:
+            if skip.dim() != 4 or skip.shape[0] != x.shape[0]:
                 raise ValueError(f"UpProjection: skip {tuple(skip.shape)} must be (B, C, H, W) with x's batch "
                                  f"size, x is {tuple(x.shape)}")
             if skip.shape[-2:] != x.shape[-2:]:
