@@ -347,3 +347,34 @@ def test_small_faults_of_a_fresh_user_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.strip() == ("fastmde eval: error: unrecognized arguments: --max-depth 0 "
                                                     "(fastmde eval --help: the options)"), err
+
+
+def test_damaged_checkpoint_entries_of_a_second_trial(tmp_path, capsys):
+    """A state-dict value that is no tensor (the message stopped at "Error(s) in loading
+    state_dict"), an ema or config entry of the wrong type (torch's or dict()'s own words, no flag),
+    a size of 2^31 (a traceback from interpolate) and a version that is no whole number >= 1."""
+    good = _fastmde_checkpoint(tmp_path / "good.pt")
+    weights = torch.load(good, weights_only=True)["model"]
+    first = next(iter(weights))
+    cases = {
+        "str.pt": ({"model": dict(weights, **{first: "bogus"})}, f"1 not tensors: {first} is str"),
+        "ema.pt": ({"ema": {"model": None}}, "is a damaged fastmde checkpoint: its ema model entry is NoneType"),
+        "config.pt": ({"config": "bogus"}, "is a damaged fastmde checkpoint: its config is 'bogus'"),
+        "size.pt": ({"model_spec": {"name": "unet34-k3-1x1", "size": [2**31, 2**31]}},
+                    "is a damaged fastmde checkpoint: its model_spec is"),
+        "version.pt": ({"version": "1"}, "is a damaged fastmde checkpoint: its version is '1'"),
+        "version0.pt": ({"version": 0}, "is a damaged fastmde checkpoint: its version is 0"),
+    }
+    for name, (changes, said) in cases.items():
+        path = _fastmde_checkpoint(tmp_path / name, **changes)
+        status, _, err = fastmde_cli(["eval", "--checkpoint", path, "--out", tmp_path / "r.json"], capsys)
+        assert status == 2 and len(err.splitlines()) == 1 and said in err and "--checkpoint" in err, (name, err)
+
+
+def test_model_dtype_messages_name_the_model_and_autocast():
+    model = fastmde.models.build("unet34-k3-1x1", size=(64, 80), pretrained=None, encoder=18).eval()
+    with pytest.raises(TypeError, match=r"^unet18-k3-1x1: expected a float image in 0-255, got torch.int64 \(convert it with"):
+        model(torch.zeros(1, 3, 64, 80, dtype=torch.int64))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+            TypeError, match=r"the model's weights are torch.float32: .*\(autocast does not cast float64\)$"):
+        model.net(torch.zeros(1, 3, 64, 80, dtype=torch.float64))

@@ -247,7 +247,10 @@ def _validate(obj, path: str) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a fastmde checkpoint: it is {_describe_foreign(obj, path)}")
     version = obj.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its version is {_short(version)} "
+                              "(a whole number from 1)")
+    if version > VERSION:
         raise CheckpointError(
             f"{path!r} is a fastmde checkpoint of version {version!r}; this fastmde reads up to "
             f"version {VERSION} (upgrade fastmde)"
@@ -259,13 +262,21 @@ def _validate(obj, path: str) -> dict:
     size = spec.get("size") if isinstance(spec, dict) else None
     if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
             or not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in size)
             or not isinstance(spec.get("overrides", {}), dict)):
         raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its model_spec is {_short(spec)} "
                               "(a dict of the network's name, size (H, W) and overrides)")
     if not isinstance(obj["model"], dict):
         raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its model entry is "
                               f"{type(obj['model']).__name__}, not the network's state dict")
+    ema = obj.get("ema")
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("model", {}), dict)):
+        what = type(ema.get("model")).__name__ if isinstance(ema, dict) else type(ema).__name__
+        raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its ema model entry is {what}, "
+                              "not a state dict")
+    if not isinstance(obj.get("config", {}) or {}, dict):
+        raise CheckpointError(f"{path!r} is a damaged fastmde checkpoint: its config is {_short(obj['config'])}, "
+                              "not a dict of the training options")
     obj["path"] = path
     return obj
 
@@ -284,8 +295,11 @@ def _weights_mismatch(model, weights: dict) -> str:
     unexpected = [k for k in weights if k not in own]
     shaped = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    untyped = [f"{k} is {type(weights[k]).__name__}" for k in own
+               if k in weights and not isinstance(weights[k], torch.Tensor)]
     parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shaped)):
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shaped),
+                        ("not tensors", untyped)):
         if keys:
             more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
             parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")

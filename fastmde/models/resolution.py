@@ -121,7 +121,7 @@ class IntermediateResolution(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an image batch (B, 3, H, W), got {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise TypeError(f"expected a float image in 0-255, got {x.dtype} (convert uint8 with .float())")
+            raise TypeError(f"{self._name()}: expected a float image in 0-255, got {x.dtype} (convert it with .float())")
         out_size = tuple(x.shape[-2:])
         if _eager(x) and not _RANGE_KNOWN.get():     # under torch.compile nothing is read (no guard, no graph break)
             for problem in self._range_problems(x):

@@ -30,8 +30,10 @@ def check_model_input(x, weight: torch.Tensor, what: str) -> None:
     if x.dtype == weight.dtype or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
                                    and {x.dtype, weight.dtype} <= set(_AUTOCAST_ELIGIBLE)):
         return
+    under = x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
     raise TypeError(f"{what}: the image is {x.dtype} but the model's weights are {weight.dtype}: convert one "
-                    f"(model.to({x.dtype}) or image.to({weight.dtype})), or run under torch.autocast")
+                    f"(model.to({x.dtype}) or image.to({weight.dtype}))"
+                    + (" (autocast does not cast float64)" if under else ", or run under torch.autocast"))
 
 
 def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
