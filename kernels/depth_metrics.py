@@ -57,6 +57,20 @@ def _log_ratio(q, log_d, log_y):
 
 
 @triton.jit
+def _term_sums(diff, denominator, e, valid):
+    """The block's sums of (ŷ-y)², |ŷ-y|/den, (ŷ-y)²/den, |e|/ln 10, e², e as float64 scalars, from
+    terms in float32 or float64. SILog = sqrt(E[e²] - E[e]²) cancels: e² is formed and both are
+    summed in float64 (exact products of a float32 e), so one pixel gives 0 as in the reference."""
+    e64 = e.to(tl.float64)
+    return (_total(tl.where(valid, diff * diff, 0.0)),
+            _total(tl.where(valid, tl.abs(diff) / denominator, 0.0)),
+            _total(tl.where(valid, diff * diff / denominator, 0.0)),
+            _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0)),
+            _total(tl.where(valid, e64 * e64, 0.0)),
+            _total(tl.where(valid, e64, 0.0)))
+
+
+@triton.jit
 def _error_sums_float32(d, y, valid, REL_BY_PREDICTION: tl.constexpr, LOG10_NONFINITE_ZERO: tl.constexpr):
     """The block's sums of (ŷ-y)², |ŷ-y|/den, (ŷ-y)²/den, |log10 ŷ - log10 y|, e², e (float64
     scalars) from float32 terms; ŷ (d) and y are the float64 values of the block."""
@@ -80,15 +94,7 @@ def _error_sums_float32(d, y, valid, REL_BY_PREDICTION: tl.constexpr, LOG10_NONF
         log_d = tl.where(tl.abs(log_d) < float("inf"), log_d, 0.0)
         log_y = tl.where(tl.abs(log_y) < float("inf"), log_y, 0.0)
         e = tl.where(finite, e, log_d - log_y)
-    # SILog = sqrt(E[e²] - E[e]²) cancels: e² is formed and both are summed in float64 from
-    # the float32 e (exact products), so one pixel gives 0 as in the reference
-    e64 = e.to(tl.float64)
-    return (_total(tl.where(valid, diff * diff, 0.0)),
-            _total(tl.where(valid, tl.abs(diff) / denominator, 0.0)),
-            _total(tl.where(valid, diff * diff / denominator, 0.0)),
-            _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0)),
-            _total(tl.where(valid, e64 * e64, 0.0)),
-            _total(tl.where(valid, e64, 0.0)))
+    return _term_sums(diff, denominator, e, valid)
 
 
 @triton.jit
@@ -104,13 +110,7 @@ def _error_sums_float64(d, y, valid, REL_BY_PREDICTION: tl.constexpr, LOG10_NONF
     if LOG10_NONFINITE_ZERO:
         log_d = tl.where(tl.abs(log_d) < float("inf"), log_d, 0.0)
         log_y = tl.where(tl.abs(log_y) < float("inf"), log_y, 0.0)
-    e = log_d - log_y
-    return (_total(tl.where(valid, diff * diff, 0.0)),
-            _total(tl.where(valid, tl.abs(diff) / denominator, 0.0)),
-            _total(tl.where(valid, diff * diff / denominator, 0.0)),
-            _total(tl.where(valid, tl.abs(e) * 0.4342944819032518, 0.0)),
-            _total(tl.where(valid, e * e, 0.0)),
-            _total(tl.where(valid, e, 0.0)))
+    return _term_sums(diff, denominator, log_d - log_y, valid)
 
 
 @triton.jit

@@ -15,6 +15,11 @@ from ..ops.up_projection_block import UpProjectionLayers, up_projection
 _AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def _under_autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (never for a shape-only meta tensor)."""
+    return x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+
+
 def check_model_input(x, weight: torch.Tensor, what: str) -> None:
     """One-line errors for a model's input image where its first convolution would raise
     PyTorch's own ("expected scalar type Long but found Float"): not a floating tensor, on another
@@ -27,10 +32,9 @@ def check_model_input(x, weight: torch.Tensor, what: str) -> None:
     if x.device != weight.device:
         raise ValueError(f"{what}: the image is on {x.device} but the model's weights are on {weight.device} "
                          f"(move one: model.to({str(x.device)!r}) or image.to({str(weight.device)!r}))")
-    if x.dtype == weight.dtype or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
-                                   and {x.dtype, weight.dtype} <= set(_AUTOCAST_ELIGIBLE)):
+    under = _under_autocast(x)
+    if x.dtype == weight.dtype or (under and {x.dtype, weight.dtype} <= set(_AUTOCAST_ELIGIBLE)):
         return
-    under = x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
     raise TypeError(f"{what}: the image is {x.dtype} but the model's weights are {weight.dtype}: convert one "
                     f"(model.to({x.dtype}) or image.to({weight.dtype}))"
                     + (" (autocast does not cast float64)" if under else ", or run under torch.autocast"))
@@ -52,7 +56,7 @@ def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
             raise ValueError(f"{what}: {name} is on {t.device} but the block's weights are on {weight.device} "
                              f"(move one: block.to({str(t.device)!r}) or {name}.to({str(weight.device)!r}))")
     dtypes = {t.dtype for _, t in named} | {weight.dtype}
-    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type) and dtypes <= set(_AUTOCAST_ELIGIBLE):
+    if _under_autocast(x) and dtypes <= set(_AUTOCAST_ELIGIBLE):
         return
     if skip is not None and skip.dtype != x.dtype:
         raise TypeError(f"{what}: skip is {skip.dtype} but x is {x.dtype}: give both the same dtype "
