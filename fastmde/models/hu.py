@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
+from ..nn.banded_conv import BandedConv2d
 from ..nn.up_projection import UpProjection, check_model_input
 from .resnet import ResNetEncoder
 
@@ -46,7 +47,10 @@ MFF_FUSION_KERNEL = 5  # the fusion conv after the concatenation: 5x5 in both co
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    # BandedConv2d: the MFF and refinement convs run at the output resolution, where the CPU
+    # weight gradient may be faster over row bands (elsewhere it is nn.Conv2d)
+    return nn.Sequential(BandedConv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class HuModel(nn.Module):
@@ -108,7 +112,7 @@ class HuModel(nn.Module):
         self.refine = nn.Sequential(
             _conv_bn_relu(width, width, k),
             _conv_bn_relu(width, width, k),
-            nn.Conv2d(width, 1, k, padding=k // 2, bias=True),
+            BandedConv2d(width, 1, k, padding=k // 2, bias=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,9 @@ copy of a model (CPU, float32, eval mode) in which
   \\sqrt{\\sigma^2 + \\epsilon}`, ``torch.nn.utils.fusion.fuse_conv_bn_eval``);
 * every :class:`~fastmde.nn.cropped_conv.TapCroppedConv2d` is a plain ``nn.Conv2d`` (its tap
   cropping is a Python decision on the feature map's size, which a graph with a symbolic
-  size cannot take; the dropped taps multiply zeros, so the values are the same);
+  size cannot take; the dropped taps multiply zeros, so the values are the same), and so is
+  every :class:`~fastmde.nn.banded_conv.BandedConv2d` (it differs from ``nn.Conv2d`` only in
+  its training backward), folded ones included;
 * an :class:`~fastmde.models.IntermediateResolution` is an :class:`ExportResolution`, whose
   resizes are written so that one graph is right at every input size (see there).
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..nn.banded_conv import BandedConv2d
 from ..nn.cropped_conv import TapCroppedConv2d
 from ..nn.up_projection import UpProjection
 from .resolution import IntermediateResolution, internal_size
@@ -45,7 +48,7 @@ class PlainExportError(ValueError):
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    return fuse_conv_bn_eval(conv.eval(), bn.eval())
+    return _plain_conv(fuse_conv_bn_eval(conv.eval(), bn.eval()))
 
 
 class FoldedUpProjection(nn.Module):
@@ -147,9 +150,12 @@ class ExportResolution(nn.Module):
 # ---------------------------------------------------------------- the copy
 
 
-def _plain_conv(conv: TapCroppedConv2d) -> nn.Conv2d:
+def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    if type(conv) is nn.Conv2d:
+        return conv
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+                      conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
     plain.load_state_dict(conv.state_dict())
     return plain
 
@@ -159,7 +165,7 @@ def _convert(module: nn.Module) -> nn.Module:
         setattr(module, name, _convert(child))
     if isinstance(module, UpProjection):
         return FoldedUpProjection(module)
-    if isinstance(module, TapCroppedConv2d):
+    if isinstance(module, (TapCroppedConv2d, BandedConv2d)):
         return _plain_conv(module)
     if isinstance(module, IntermediateResolution):
         return ExportResolution(module)

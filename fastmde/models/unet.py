@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
+from ..nn.banded_conv import BandedConv2d
 from ..nn.up_projection import UpProjection, check_model_input
 from .resnet import ResNetEncoder
 
@@ -69,9 +70,10 @@ class UNet(nn.Module):
         self.up2 = UpProjection(2 * bc1, bc0, **block)
         self.up3 = UpProjection(2 * bc0, bc0, **block)
         self.up4 = UpProjection(bc0, bc0, **block)
-        self.head_conv1 = nn.Conv2d(bc0, bc0, k, padding=k // 2, bias=False)
+        # the head runs at the input's resolution: BandedConv2d's CPU weight gradient may be faster
+        self.head_conv1 = BandedConv2d(bc0, bc0, k, padding=k // 2, bias=False)
         self.head_bn = nn.BatchNorm2d(bc0)
-        self.head_conv2 = nn.Conv2d(bc0, 1, k, padding=k // 2, bias=True)
+        self.head_conv2 = BandedConv2d(bc0, 1, k, padding=k // 2, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_model_input(x, next(self.encoder.parameters()), type(self).__name__)

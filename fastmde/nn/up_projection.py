@@ -10,6 +10,7 @@ from torch import nn
 
 from .._checks import bool_argument, integer_argument
 from ..ops.up_projection_block import UpProjectionLayers, up_projection
+from .banded_conv import BandedConv2d
 
 #: what autocast casts to its own dtype (float64 it leaves alone, so it must match the weights)
 _AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
@@ -67,7 +68,9 @@ def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout)
+    # BandedConv2d: conv2 runs as a module at the block's output size (full resolution for the
+    # last block), where its CPU weight gradient may be faster over row bands
+    return BandedConv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout)
 
 
 class UpProjection(nn.Module):

@@ -1,0 +1,255 @@
+"""A Conv2d whose weight gradient on large CPU maps may be computed over row bands.
+
+The finding (AMD EPYC, 2 vCPUs, torch 2.13, bfloat16 channels_last, 3x3 conv 64->64, padding 1,
+batch 1): oneDNN's weight gradient (``aten.convolution_backward`` with output mask
+``[False, True, False]``) takes 21-23 ms at 288x384 but 2.9 ms at 144x192 (4x fewer pixels, 8x
+less time), and 15.7 ms at 240x320. The same gradient as *one* call over a batch of row bands
+(the input cut into bands of R rows, each with the k // 2 rows above and below it as a halo,
+zero halo at the image's top and bottom; the output gradient viewed as the same bands; padding
+(0, k // 2)) takes 12.3 ms at 288x384 (R = 16..24) and 8.4 ms at 240x320, as accurate (the same
+largest error against a float64 reference: oneDNN sums the batch in float32 and rounds to the
+weight's dtype once, as for one image; the order of the sum differs). No
+gain at 144x192, for a batch of 8 at 96x128 (10 -> 12 ms), or for the 64->1 head conv. In the
+default CPU training step (unet34-k3-1x1 at 288x384, batch 1) the two full-resolution 64->64
+3x3 convs (up4's ``conv2``, ``head_conv1``) gain about 8 ms per step (~2.5%).
+
+Why it is exact: output row o of a band reads input rows o - k//2 .. o + k//2 of that band, which
+the halo makes the same rows the whole image's output row reads (zero above the first and below
+the last image row, as the padding is). The weight gradient is the sum over all output positions
+of grad_out x input patch, so summing over bands (the batch dimension of the banded call) is the
+same sum. A last band shorter than R is filled with zero rows of input and output gradient: zero
+output-gradient rows add exactly zero.
+
+Which way is faster is measured, not assumed (an Intel CPU with AMX, or another thread count,
+may differ): per (input shape, dtype, memory format, out channels, kernel size) the first
+backward computes the weight gradient both ways, timing each once (``time.perf_counter``, both
+calls equally cold), and :data:`_CHOICES` keeps the winner for the process; the band way wins
+only below 0.9x the one call's time. Later forwards of a shape whose winner is the one call take
+``nn.Conv2d.forward`` unchanged. The two ways sum in different orders, so their float32 or
+bfloat16 results may differ in the last bits: two processes that chose differently do not train
+bit for bit alike (a resumed run against an uninterrupted one); under
+``torch.use_deterministic_algorithms(True)`` the one call is always taken and nothing is
+measured. Banding is tried only where one image's map has
+H * W >= 65536 (:data:`MIN_PIXELS`; below it there was never a gain) and at least two bands of
+16-32 rows fit. :func:`measured_choices` shows what was chosen.
+
+:class:`BandedConv2d` is a drop-in ``nn.Conv2d`` (same parameters, ``state_dict``, arguments).
+It takes the banded backward only in plain eager mode (``ops/_dispatch.runs_eagerly``: not under
+``torch.compile`` / export tracing or functorch transforms) with grad enabled, a weight that
+requires grad, a 4-D CPU input, stride 1, dilation 1, groups 1, zero padding (kh // 2, kw // 2)
+and an odd kernel; every other call is ``nn.Conv2d.forward``. Under CPU autocast it casts the
+input, weight and bias with ``.to()`` as autocast does for a convolution (float64 stays), so the
+weight's gradient reaches the float32 parameter through autograd.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops._dispatch import runs_eagerly
+
+#: one image's H * W below which banding is never tried (no gain was measured there)
+MIN_PIXELS = 65536
+#: band heights tried, and the preferred one (16..24 measured alike at 288x384)
+BAND_ROWS = range(16, 33)
+_PREFERRED_ROWS = 20
+#: the band way must take below this fraction of the one call's time to be chosen
+WIN_RATIO = 0.9
+
+#: (input shape, dtype, memory format, out channels, (kh, kw)) -> (choice, one call s, banded s)
+_CHOICES: dict[tuple, tuple[str, float, float]] = {}
+#: set by :func:`forced`: (path, band rows) used instead of the measured choice
+_FORCED: tuple[str, int | None] | None = None
+
+
+def measured_choices() -> list[dict]:
+    """The choices made so far in this process, one dict per setting: ``shape``, ``dtype``,
+    ``memory_format``, ``out_channels``, ``kernel_size``, ``choice`` ("banded" / "one_call") and
+    the two measured times in milliseconds (``one_call_ms``, ``banded_ms``)."""
+    return [dict(shape=key[0], dtype=str(key[1]).replace("torch.", ""), memory_format=key[2],
+                 out_channels=key[3], kernel_size=key[4], choice=choice,
+                 one_call_ms=round(one * 1e3, 3), banded_ms=round(banded * 1e3, 3))
+            for key, (choice, one, banded) in _CHOICES.items()]
+
+
+@contextlib.contextmanager
+def forced(path: str, rows: int | None = None):
+    """Within the block every eligible :class:`BandedConv2d` with grad takes ``path``
+    ("banded" or "one_call") whatever the map's size, with bands of ``rows`` rows (default: as
+    chosen automatically, or the map's height if none fits); nothing is measured or cached.
+    For tests and A/Bs."""
+    global _FORCED
+    if path not in ("banded", "one_call"):
+        raise ValueError(f"forced: path must be 'banded' or 'one_call', got {path!r}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"forced: rows must be a positive int, got {rows!r}")
+    previous, _FORCED = _FORCED, (path, rows)
+    try:
+        yield
+    finally:
+        _FORCED = previous
+
+
+def band_rows(height: int) -> int | None:
+    """The band height for a map of ``height`` rows: one of :data:`BAND_ROWS` that needs the
+    fewest zero rows to fill the last band, nearest :data:`_PREFERRED_ROWS` among those; None
+    where fewer than two bands fit."""
+    if height < 2 * BAND_ROWS[0]:
+        return None
+    return min(BAND_ROWS, key=lambda r: (-height % r, abs(r - _PREFERRED_ROWS)))
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _bands(t: torch.Tensor, rows: int, halo: int, memory_format) -> torch.Tensor:
+    """``t`` (B, C, H, W) as (B * nb, C, rows + 2 halo, W) in ``memory_format``, nb = ceil(H /
+    rows): band i holds rows [i rows - halo, (i + 1) rows + halo), zero outside [0, H)."""
+    b, c, h, w = t.shape
+    nb, full = -(-h // rows), h // rows
+    if (not halo and nb == full and memory_format == torch.channels_last
+            and t.is_contiguous(memory_format=torch.channels_last)):
+        # the bands of a channels_last map are a view of it
+        return t.permute(0, 2, 3, 1).reshape(b * nb, rows, w, c).permute(0, 3, 1, 2)
+    out = torch.empty((b * nb, c, rows + 2 * halo, w), dtype=t.dtype, device=t.device, memory_format=memory_format)
+    ov = out.permute(0, 2, 3, 1).unflatten(0, (b, nb))              # (B, nb, rows + 2 halo, W, C), a view
+    src = t.permute(0, 2, 3, 1)                                      # (B, H, W, C)
+    ov[:, :full, halo:halo + rows].copy_(src[:, :full * rows].unflatten(1, (full, rows)))
+    if nb > full:                                                    # the last band: its rows, then zero
+        left = h - full * rows
+        ov[:, full, halo:halo + left].copy_(src[:, full * rows:])
+        ov[:, full, halo + left:halo + rows].zero_()
+    if halo:
+        # halo above = the last rows of the band before, below = the first rows of the band after
+        # (both from the bands just written, so the zero rows past H come along)
+        ov[:, 1:, :halo].copy_(ov[:, :-1, rows:rows + halo])
+        ov[:, :-1, rows + halo:].copy_(ov[:, 1:, halo:2 * halo])
+        ov[:, 0, :halo].zero_()
+        ov[:, -1, rows + halo:].zero_()
+    return out
+
+
+def _weight_grad_one_call(grad, x, weight, padding):
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], 1, [False, True, False])[1]
+
+
+def weight_grad_banded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """The weight gradient of ``F.conv2d(x, weight, padding=(kh // 2, kw // 2))`` for the output
+    gradient ``grad`` (B, Cout, H, W), as one ``convolution_backward`` over bands of ``rows``
+    rows (see the module docstring); x (B, Cin, H, W); odd kh, kw; same dtype as ``weight``."""
+    kh, kw = weight.shape[-2:]
+    halo = kh // 2
+    rows = max(rows, halo)
+    fmt = torch.channels_last if _is_channels_last(x) or _is_channels_last(weight) else torch.contiguous_format
+    xb = _bands(x, rows, halo, fmt)
+    gb = _bands(grad, rows, 0, fmt)
+    return torch.ops.aten.convolution_backward(
+        gb, xb, weight, None, [1, 1], [0, kw // 2], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+
+
+def _key(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple:
+    fmt = "channels_last" if _is_channels_last(x) or _is_channels_last(weight) else "contiguous"
+    return (tuple(x.shape), dtype, fmt, weight.shape[0], tuple(weight.shape[-2:]))
+
+
+def _plan(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple[str, int | None]:
+    """("banded", rows), ("measure", rows) or ("one_call", None) for this input and weight,
+    computing in ``dtype``."""
+    if _FORCED is not None:
+        path, rows = _FORCED
+        return path, (rows or band_rows(x.shape[-2]) or x.shape[-2])
+    if torch.are_deterministic_algorithms_enabled():
+        return "one_call", None     # a timed choice of summation order is no run-to-run constant
+    h, w = x.shape[-2:]
+    rows = band_rows(h)
+    if h * w < MIN_PIXELS or rows is None:
+        return "one_call", None
+    known = _CHOICES.get(_key(x, weight, dtype))
+    if known is None:
+        return "measure", rows
+    return known[0], rows
+
+
+class _BandedWeightGradConv(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=padding)`` whose backward takes the weight gradient
+    from ``weight_grad_banded`` where planned (``path`` "banded" or "measure")."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, path, rows):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.path, ctx.rows, ctx.has_bias = padding, path, rows, bias is not None
+        return F.conv2d(x, weight, bias, 1, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        fmt = torch.channels_last if _is_channels_last(x) or _is_channels_last(weight) else torch.contiguous_format
+        grad = grad.contiguous(memory_format=fmt)
+        if ctx.path == "one_call" or not need_w:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+                [need_x, need_w, need_b])
+            return gx, gw, gb, None, None, None
+        gx = gb = None
+        if need_x or need_b:
+            gx, _, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+                [need_x, False, need_b])
+        if ctx.path == "banded":
+            gw = weight_grad_banded(grad, x, weight, ctx.rows)
+        else:  # "measure": both ways once, keep the faster for this setting
+            start = time.perf_counter()
+            gw_one = _weight_grad_one_call(grad, x, weight, ctx.padding)
+            middle = time.perf_counter()
+            gw = weight_grad_banded(grad, x, weight, ctx.rows)
+            one, banded = middle - start, time.perf_counter() - middle
+            choice = "banded" if banded < WIN_RATIO * one else "one_call"
+            _CHOICES[_key(x, weight, x.dtype)] = (choice, one, banded)
+            if choice == "one_call":
+                gw = gw_one
+        return gx, gw, gb, None, None, None
+
+
+def _autocast_casts(t: torch.Tensor | None) -> bool:
+    """Whether CPU autocast casts this argument of a convolution: floating, not float64."""
+    return t is not None and t.is_floating_point() and t.dtype != torch.float64
+
+
+class BandedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight gradient on large CPU maps may be computed over row bands
+    (see the module docstring for when and why); same values and gradients as ``nn.Conv2d``."""
+
+    def _banded_applies(self, x) -> bool:
+        kh, kw = self.kernel_size
+        return (torch.is_grad_enabled() and self.weight.requires_grad and isinstance(x, torch.Tensor)
+                and x.dim() == 4 and x.device.type == "cpu" and x.is_floating_point()
+                and self.weight.device.type == "cpu"
+                and kh % 2 == 1 and kw % 2 == 1 and self.padding_mode == "zeros"
+                and tuple(self.padding) == (kh // 2, kw // 2) and tuple(self.stride) == (1, 1)
+                and tuple(self.dilation) == (1, 1) and self.groups == 1
+                and all(t is None or type(t) in (torch.Tensor, nn.Parameter) for t in (self.weight, self.bias))
+                and runs_eagerly((x,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._banded_applies(x):
+            return super().forward(x)
+        given, autocast = x, torch.is_autocast_enabled("cpu")
+        cast_to = torch.get_autocast_dtype("cpu") if autocast else None
+        path, rows = _plan(x, self.weight, cast_to if autocast and _autocast_casts(x) else x.dtype)
+        if path == "one_call" and _FORCED is None:
+            return super().forward(x)
+        weight, bias = self.weight, self.bias
+        if autocast:
+            x, weight, bias = (t.to(cast_to) if _autocast_casts(t) else t for t in (x, weight, bias))
+        if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+            return super().forward(given)   # nn.Conv2d's own error
+        with torch.autocast("cpu", enabled=False):
+            return _BandedWeightGradConv.apply(x, weight, bias, tuple(self.padding), path, rows)
