@@ -59,6 +59,8 @@ from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig, compare_configs, config_from_args, describe_differences
 from .datasets import batches
 from .ema import WeightAverage
+from .optim import Adam
+from ..nn import banded_conv
 from .schedule import make_scheduler
 from ..reference.depth_metrics import METRIC_NAMES
 from .evaluate import evaluate
@@ -424,7 +426,7 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused_adam_supported(self.device))
+        self.optimizer = Adam(model.parameters(), lr=cfg.lr, fused=fused_adam_supported(self.device))
         self.elapsed, self.train_time = 0.0, 0.0   # elapsed: wall time of earlier invocations
         self._loop_start = None
         # The schedule is per step (warm-up, step decay at epoch boundaries, cosine; the cosine
@@ -494,6 +496,7 @@ class Trainer:
             "option_changes": self.option_changes,
             "elapsed": self.elapsed_now(), "train_time": self.train_time, "epoch_loss": list(self.epoch_loss),
             "best": self.best, "history": self.history, "validation_due": self.validation_due(),
+            "conv_choices": banded_conv.choices_state(),
         }
 
     def _load_state(self, ckpt: dict) -> None:
@@ -509,6 +512,7 @@ class Trainer:
                                       "resume it without --ema, or start a new run")
             self.average.load_state_dict(ckpt["ema"])
         restore_rng_states(ckpt["rng"], self.aug_generator)
+        banded_conv.restore_choices(ckpt.get("conv_choices"))   # the same summation order as before
         saved_world = ckpt.get("sampler", {}).get("world_size", 1)
         if saved_world != self.info.world_size and ckpt["batch_in_epoch"]:
             self.log(f"warning: resuming mid-epoch with {self.info.world_size} processes, saved with "
