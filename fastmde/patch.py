@@ -50,6 +50,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .nn.banded_conv import BandedConv2d
 from .nn.up_projection import UpProjection, check_block_inputs
 from .ops.up_projection_block import UpProjectionLayers, up_projection
 
@@ -349,13 +350,17 @@ def _kind(plan: _Plan) -> str:
     return "up_projection"
 
 
+# forwards that compute nn.Conv2d's function (BandedConv2d only changes how its backward sums)
+_CONV_FORWARDS = (nn.Conv2d.forward, BandedConv2d.forward)
+
+
 def _classify(module: nn.Module, node: torch.fx.Node) -> str | None:
     """The node's role: conv, bn, relu, upsample, add, cat, getattr; None for anything else."""
     if node.op == "get_attr":
         return "getattr"
     if node.op == "call_module":
         m = module.get_submodule(node.target)
-        if type(m) is nn.Conv2d or (isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward):
+        if type(m) is nn.Conv2d or (isinstance(m, nn.Conv2d) and type(m).forward in _CONV_FORWARDS):
             return "conv"
         if isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward:
             return "bn"

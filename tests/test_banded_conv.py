@@ -271,3 +271,24 @@ def test_unet_trains_a_step_with_banded_weight_gradients(monkeypatch):
     before = model.head_conv1.weight.detach().clone()
     opt.step()
     assert not torch.equal(before, model.head_conv1.weight)
+
+
+def test_choices_survive_a_checkpoint():
+    """A training checkpoint's ``conv_choices`` restore the measured choices (a resumed run sums
+    as the run it continues did); malformed entries are skipped."""
+    from fastmde.nn import banded_conv
+
+    saved = dict(banded_conv._CHOICES)
+    try:
+        banded_conv._CHOICES.clear()
+        key = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 4, (3, 3))
+        banded_conv._CHOICES[key] = ("banded", 0.02, 0.01)
+        state = banded_conv.choices_state()
+        assert state == [[[1, 4, 256, 300], "bfloat16", "channels_last", 4, [3, 3], "banded"]]
+        banded_conv._CHOICES.clear()
+        banded_conv.restore_choices(state + [["junk"], [[1], "no_such_dtype", "x", 1, [1], "banded"], None])
+        assert list(banded_conv._CHOICES) == [key] and banded_conv._CHOICES[key][0] == "banded"
+        banded_conv.restore_choices(None)
+    finally:
+        banded_conv._CHOICES.clear()
+        banded_conv._CHOICES.update(saved)

@@ -76,6 +76,29 @@ def measured_choices() -> list[dict]:
             for key, (choice, one, banded) in _CHOICES.items()]
 
 
+def choices_state() -> list[list]:
+    """The choices made so far, as plain lists (``[shape, dtype name, memory format, out
+    channels, kernel size, choice]``) for a training checkpoint: a resumed run takes the same
+    summation order for each setting as the run it continues (its weights stay bitwise those of
+    an uninterrupted run) instead of timing again."""
+    return [[list(key[0]), str(key[1]).replace("torch.", ""), key[2], key[3], list(key[4]), choice]
+            for key, (choice, _, _) in _CHOICES.items()]
+
+
+def restore_choices(state) -> None:
+    """Take the choices of :func:`choices_state` (a checkpoint's), without their timings; entries
+    that are not of that form are skipped (a checkpoint of an older version holds none)."""
+    for entry in state or ():
+        try:
+            shape, dtype, fmt, cout, kernel, choice = entry
+            key = (tuple(int(v) for v in shape), getattr(torch, dtype), str(fmt), int(cout),
+                   tuple(int(v) for v in kernel))
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if choice in ("banded", "one_call") and isinstance(key[1], torch.dtype):
+            _CHOICES[key] = (choice, float("nan"), float("nan"))
+
+
 @contextlib.contextmanager
 def forced(path: str, rows: int | None = None):
     """Within the block every eligible :class:`BandedConv2d` with grad takes ``path``
