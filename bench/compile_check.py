@@ -274,10 +274,10 @@ def loss_call(B, H, W, dtype, preset, mask):
     def launch():
         pred, target = cuda_tensor((B, H, W), dtype), cuda_tensor((B, H, W), dtype)
         m = cuda_tensor((B, H, W), torch.bool) if mask else None
-        _, grad_depth, grad_stencil, counts = depth_loss.depth_loss_forward(
+        _, grad, counts = depth_loss.depth_loss_forward(
             pred, target, m, p["depth_term"], 0.5, p["gradient"], p["normal"], p["blur"], (1.0, 1.0, 1.0))
         grad_total = cuda_tensor((), torch.float64 if dtype == torch.float64 else torch.float32)
-        depth_loss.depth_loss_backward(grad_total, grad_depth, grad_stencil, counts)
+        depth_loss.depth_loss_backward(grad_total, grad, dtype)
     return launch
 
 

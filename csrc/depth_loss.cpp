@@ -2,8 +2,9 @@
 // prediction and ground truth computes the blurred ground truth, both Sobel gradients, the
 // normals, the three loss terms, the counts N_d (valid pixels) and N_s (pixels whose whole
 // ground-truth stencil is valid) and the unnormalised gradients d (N_d w0 depth) / d pred and
-// d (N_s (w1 gradient + w2 normal)) / d pred (through the Sobel adjoint) together (the op's
-// backward applies 1/N_d and 1/N_s, so the counts need no pass of their own).
+// d (N_s (w1 gradient + w2 normal)) / d pred (through the Sobel adjoint) together, so the counts
+// need no pass of their own; one elementwise pass then applies 1/N_d and 1/N_s and leaves the
+// gradient of the total, which the op's backward only scales by the incoming gradient.
 //
 // A tile of rows [r0, r1) of one image needs pred and the (blurred) ground truth on rows
 // [r0-2, r1+2) (Sobel of rows r0-1..r1, whose derivatives the adjoint spreads back onto the
@@ -431,7 +432,61 @@ void run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask
   counts.copy_(at::tensor({s[3], gradient ? s[4] : 0.0, normal ? s[4] : 0.0}, at::kDouble));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
+// The dtype of the gradient map: pred's, except float32 for float16 (1/N for a batch of NYU
+// frames is subnormal in float16; reference.depth_loss.gradient_dtype).
+at::ScalarType gradient_dtype(const at::Tensor& pred) {
+  return pred.scalar_type() == at::kHalf ? at::kFloat : pred.scalar_type();
+}
+
+// out = gd * a + gs * b over [begin, end) (gs null: gd * a), computed in T with the products and
+// the sum rounded one by one, as the reference's tensor operations do: no fused multiply-add
+// here, so the result is the reference's to the bit (normalise_gradient_reference, and with
+// b = 0 and gs null the backward's g * grad).
+template <typename in_t, typename out_t, typename T>
+__attribute__((optimize("fp-contract=off"))) void scale_add_tile(const in_t* __restrict gd,
+                                                                  const in_t* __restrict gs,
+                                                                  out_t* __restrict out, int64_t begin,
+                                                                  int64_t end, T a, T b) {
+  if (gs == nullptr) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) store_narrow(out, i, static_cast<T>(gd[i]) * a);
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const T depth = static_cast<T>(gd[i]) * a;
+      const T stencil = static_cast<T>(gs[i]) * b;
+      store_narrow(out, i, depth + stencil);
+    }
+  }
+}
+
+// d total / d pred = grad_depth (1 / max(N_d, 1)) + grad_stencil (1 / max(N_s, 1)) from the tile
+// loop's unnormalised parts (in pred's dtype), in place into grad_depth unless the gradient dtype
+// differs (float16 -> float32).
+at::Tensor normalise_gradient(at::Tensor& grad_depth, const at::Tensor& grad_stencil, const at::Tensor& counts) {
+  const bool stencil = grad_stencil.numel() > 0;
+  const auto out_dtype = gradient_dtype(grad_depth);
+  at::Tensor out = out_dtype == grad_depth.scalar_type() ? grad_depth : at::empty_like(grad_depth, grad_depth.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_depth.scalar_type(), "depth_loss_normalise", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const at::Tensor c = counts.to(c10::CppTypeToScalarType<T>::value);
+    const T* n = c.data_ptr<T>();
+    const T a = T(1) / std::max(n[0], T(1));
+    const T b = T(1) / std::max(std::max(n[1], n[2]), T(1));  // NaN counts propagate as in max()
+    const scalar_t* gd = grad_depth.data_ptr<scalar_t>();
+    const scalar_t* gs = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
+    auto run = [&](auto* o) {
+      at::parallel_for(0, grad_depth.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+        scale_add_tile<scalar_t>(gd, gs, o, begin, end, a, b);
+      });
+    };
+    if (out_dtype == grad_depth.scalar_type()) run(out.data_ptr<scalar_t>());
+    else run(out.data_ptr<float>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& mask_in,
     const std::string& depth_term, double alpha, bool gradient, bool normal, bool blur,
     const std::vector<double>& weights) {
@@ -466,11 +521,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
   at::Tensor grad_stencil = stencil ? at::empty_like(pred) : at::empty({0}, pred.options());
   at::Tensor terms = at::zeros({4}, pred.options().dtype(cdtype));
   at::Tensor counts = at::zeros({3}, pred.options().dtype(cdtype));
-  if (pred.numel() == 0) {
-    grad_depth.zero_();
-    grad_stencil.zero_();
-    return {terms, grad_depth, grad_stencil, counts};
-  }
+  if (pred.numel() == 0) return {terms, at::empty_like(pred, pred.options().dtype(gradient_dtype(pred))), counts};
   const bool* mask_ptr = mask.defined() ? mask.data_ptr<bool>() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "depth_loss_forward", [&] {
@@ -483,55 +534,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
                                       gradient, normal, blur, weights, terms, counts);
     }
   });
-  return {terms, grad_depth, grad_stencil, counts};
+  return {terms, normalise_gradient(grad_depth, grad_stencil, counts), counts};
 }
 
-// d total / d pred = g (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), in one pass
-// (fastmde/reference/depth_loss.py: depth_loss_backward_reference is the spec). The products and
-// the sum are rounded one by one in the compute dtype, as the reference's tensor operations do:
-// no fused multiply-add here, so the result is the reference's to the bit.
-template <typename scalar_t, typename T>
-__attribute__((optimize("fp-contract=off"))) void loss_backward_tile(const scalar_t* __restrict gd,
-                                                                      const scalar_t* __restrict gs,
-                                                                      scalar_t* __restrict out, int64_t begin,
-                                                                      int64_t end, T a, T b) {
-  if (gs == nullptr) {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) store_narrow(out, i, static_cast<T>(gd[i]) * a);
-  } else {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      const T depth = static_cast<T>(gd[i]) * a;
-      const T stencil = static_cast<T>(gs[i]) * b;
-      store_narrow(out, i, depth + stencil);
-    }
-  }
-}
-
-at::Tensor depth_loss_backward(const at::Tensor& grad_total, const at::Tensor& grad_depth_in,
-                               const at::Tensor& grad_stencil_in, const at::Tensor& counts) {
-  TORCH_CHECK(grad_depth_in.device().is_cpu(), "depth_loss_backward: grad_depth must be a CPU tensor");
+// d loss / d pred = g grad, in the compute dtype, returned in dtype (pred's): one pass
+// (fastmde/reference/depth_loss.py: depth_loss_backward_reference is the spec).
+at::Tensor depth_loss_backward(const at::Tensor& grad_total, const at::Tensor& grad_in, at::ScalarType dtype) {
+  TORCH_CHECK(grad_in.device().is_cpu(), "depth_loss_backward: grad must be a CPU tensor");
   TORCH_CHECK(grad_total.numel() == 1, "depth_loss_backward: grad_total must hold one value");
-  TORCH_CHECK(counts.numel() == 3, "depth_loss_backward: counts must be (3,)");
-  const bool stencil = grad_stencil_in.numel() > 0;
-  TORCH_CHECK(!stencil || grad_stencil_in.sizes() == grad_depth_in.sizes(),
-              "depth_loss_backward: grad_stencil shape ", grad_stencil_in.sizes(), " differs from grad_depth shape ",
-              grad_depth_in.sizes());
-  const at::Tensor grad_depth = grad_depth_in.contiguous();
-  const at::Tensor grad_stencil = stencil ? grad_stencil_in.to(grad_depth.scalar_type()).contiguous() : at::Tensor();
-  at::Tensor out = at::empty_like(grad_depth);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_depth.scalar_type(), "depth_loss_backward", [&] {
-    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const at::Tensor c = counts.to(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor out = at::empty_like(grad, grad.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depth_loss_backward", [&] {
+    using in_t = scalar_t;
+    using T = std::conditional_t<std::is_same_v<in_t, double>, double, float>;
     const T g = grad_total.to(c10::CppTypeToScalarType<T>::value).item<T>();
-    const T* n = c.data_ptr<T>();
-    const T a = g / std::max(n[0], T(1));
-    const T b = g / std::max(std::max(n[1], n[2]), T(1));  // NaN counts propagate as in max()
-    const scalar_t* gd = grad_depth.data_ptr<scalar_t>();
-    const scalar_t* gs = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, grad_depth.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-      loss_backward_tile<scalar_t, T>(gd, gs, o, begin, end, a, b);
+    const in_t* gd = grad.data_ptr<in_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "depth_loss_backward_out", [&] {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      at::parallel_for(0, grad.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+        scale_add_tile<in_t, scalar_t, T>(gd, nullptr, o, begin, end, g, T(0));
+      });
     });
   });
   return out;
@@ -541,15 +563,13 @@ at::Tensor depth_loss_backward(const at::Tensor& grad_total, const at::Tensor& g
 
 void register_depth_loss(pybind11::module_& m) {
   m.def("depth_loss_forward", &depth_loss_forward,
-        "Fused depth loss: (terms [depth, gradient, normal, total], d (N_d w0 depth) / d pred, "
-        "d (N_s (w1 gradient + w2 normal)) / d pred, counts [N_d, N_s, N_s])",
+        "Fused depth loss: (terms [depth, gradient, normal, total], d total / d pred, counts [N_d, N_s, N_s])",
         pybind11::arg("pred"), pybind11::arg("target"), pybind11::arg("mask"),
         pybind11::arg("depth_term"), pybind11::arg("alpha"), pybind11::arg("gradient"),
         pybind11::arg("normal"), pybind11::arg("blur"), pybind11::arg("weights"));
   m.def("depth_loss_backward", &depth_loss_backward,
-        "d total / d pred = grad_total (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), like grad_depth",
-        pybind11::arg("grad_total"), pybind11::arg("grad_depth"), pybind11::arg("grad_stencil"),
-        pybind11::arg("counts"));
+        "d loss / d pred = grad_total * grad, in dtype",
+        pybind11::arg("grad_total"), pybind11::arg("grad"), pybind11::arg("dtype"));
 }
 
 }  // namespace fastmde

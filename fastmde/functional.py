@@ -112,7 +112,7 @@ def depth_loss_terms(
         message = check_depth_units(target3, mask3)   # the first call of the process only
         if message is not None:
             warn_at_caller(f"depth_loss: {message}")
-    terms, _, _, counts = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
+    terms, _, counts = depth_loss_op(pred3, target3, mask3, depth_term, alpha, gradient, normal, blur, weights)
     if checking:
         check = lambda c: _empty_terms_message(c, gradient, normal, blur)  # noqa: E731
         for message in _LOSS_COUNTS.submit(counts, check):

@@ -38,10 +38,12 @@ vertical one reads global memory, so ``HALO_H = 2, HALO_W = 5`` with blur and ``
 without (reflect folding never moves an index by more than the tap offset).
 
 One pass: the gradients written are those of the unnormalised sums N_d w0 depth and
-N_s (w1 gradient + w2 normal) (the op's contract; its backward applies 1/N_d and 1/N_s while
-scaling by the incoming gradient), so the counts are only needed for the terms and are taken in
-the same pass. DRAM traffic is one read of pred and target (and mask) and one write of each
-gradient: 16 bytes per pixel in float32 (12 for the depth term alone).
+N_s (w1 gradient + w2 normal), so the counts are only needed for the terms and are taken in the
+same pass; then one elementwise kernel (``_scale_add_kernel``) applies 1/N_d and 1/N_s, reading
+the counts on the device, and leaves d total / d pred, which the op's backward scales by the
+incoming gradient (the same kernel). DRAM traffic is one read of pred and target (and mask) and
+one write of each part, then one read of each and one write of the gradient: 28 bytes per pixel
+in float32 (16 for the depth term alone).
 
 Registers (``ptxas -v``, sm_90 and sm_80: at most 128 per thread, no spills): a program keeps
 only scalar running sums across its tiles (each tile's block of per-pixel terms is reduced at
@@ -62,7 +64,7 @@ import triton
 import triton.language as tl
 
 from fastmde._checks import compute_dtype
-from fastmde.reference.depth_loss import BLUR_KERNEL_SIZE, BLUR_SIGMA, DEPTH_TERMS, gaussian_weights_1d
+from fastmde.reference.depth_loss import BLUR_KERNEL_SIZE, BLUR_SIGMA, DEPTH_TERMS, gaussian_weights_1d, gradient_dtype
 
 @triton.jit
 def _reflect(i, n):
@@ -291,12 +293,11 @@ def _check(pred, target, mask, depth_term, weights):
 
 
 def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
-    """Terms (4,) [depth, gradient, normal, total], ``grad_depth`` = d (N_d w0 depth) / d pred,
-    ``grad_stencil`` = d (N_s (w1 gradient + w2 normal)) / d pred (empty (0,) when neither
-    term is on) and ``counts`` (3,) [N_d, N_s, N_s] (0 for a term that is off).
+    """Terms (4,) [depth, gradient, normal, total], ``grad`` = d total / d pred and ``counts``
+    (3,) [N_d, N_s, N_s] (0 for a term that is off).
 
     Contiguous (B, H, W) inputs; terms and counts are float32 (float64 for float64 ``pred``),
-    the gradients are shaped and typed like ``pred``.
+    ``grad`` is shaped like ``pred``, in ``gradient_dtype`` (pred's; float32 for float16).
     """
     _check(pred, target, mask, depth_term, weights)
     pred, target = pred.contiguous(), target.contiguous()
@@ -346,44 +347,55 @@ def depth_loss_forward(pred, target, mask, depth_term, alpha, gradient, normal, 
     sums = partials.to(torch.float64).sum(dim=0) * on / term_counts.clamp_min(1.0)
     total = w0 * sums[0] + w1 * sums[1] + w2 * sums[2]
     terms = torch.cat((sums, total[None])).to(cdtype)
-    return terms, grad_depth, grad_stencil, term_counts.to(cdtype)
-
-
-__all__ = ["depth_loss_forward"]
+    counts_c = term_counts.to(cdtype)
+    out = grad_depth if gradient_dtype(pred.dtype) == pred.dtype else torch.empty_like(grad_depth, dtype=torch.float32)
+    one = torch.ones(1, dtype=cdtype, device=device)
+    _scale_add(one, counts_c, grad_depth, grad_stencil if stencil else None, out)
+    return terms, out, counts_c
 
 
 @triton.jit
-def _depth_loss_backward_kernel(grad_total_ptr, counts_ptr, gd_ptr, gs_ptr, out_ptr, numel,
-                                STENCIL: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
-    # d total / d pred = g (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)), elementwise;
-    # g and the counts are read on the device (no host synchronisation)
-    g = tl.load(grad_total_ptr).to(CDT)
-    a = g / tl.maximum(tl.load(counts_ptr).to(CDT), 1.0)
+def _scale_add_kernel(g_ptr, counts_ptr, a_ptr, b_ptr, out_ptr, numel,
+                      COUNTS: tl.constexpr, STENCIL: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
+    # out = a (g / max(N_d, 1)) + b (g / max(N_s, 1)) with COUNTS, else a g; elementwise, in CDT,
+    # each product and the sum rounded (reference: normalise_gradient_reference and
+    # depth_loss_backward_reference); g and the counts are read on the device (no host sync)
+    g = tl.load(g_ptr).to(CDT)
+    if COUNTS:
+        sa = g / tl.maximum(tl.load(counts_ptr).to(CDT), 1.0)
+    else:
+        sa = g
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < numel
-    grad = tl.load(gd_ptr + offs, mask=live, other=0).to(CDT) * a
+    out = tl.load(a_ptr + offs, mask=live, other=0).to(CDT) * sa
     if STENCIL:
         n_s = tl.maximum(tl.load(counts_ptr + 1).to(CDT), tl.load(counts_ptr + 2).to(CDT))
-        b = g / tl.maximum(n_s, 1.0)
-        grad = grad + tl.load(gs_ptr + offs, mask=live, other=0).to(CDT) * b
-    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=live)
+        sb = g / tl.maximum(n_s, 1.0)
+        out = out + tl.load(b_ptr + offs, mask=live, other=0).to(CDT) * sb
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=live)
 
 
-def depth_loss_backward(grad_total, grad_depth, grad_stencil, counts):
-    """d total / d pred = ``grad_total`` (grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1)),
-    shaped and typed like ``grad_depth`` (``depth_loss_backward_reference`` is the spec)."""
-    grad_depth = grad_depth.contiguous()
-    stencil = grad_stencil.numel() > 0
-    grad_stencil = grad_stencil.to(grad_depth.dtype).contiguous() if stencil else grad_depth
-    cdtype = compute_dtype(grad_depth.dtype)
-    out = torch.empty_like(grad_depth)
-    numel = grad_depth.numel()
+def _scale_add(g, counts, a, b, out):
+    """``out`` = a (g / max(N_d, 1)) + b (g / max(N_s, 1)) (counts given; b None: no stencil
+    part), or a g (counts None); ``out`` may be ``a``."""
+    numel = a.numel()
     if numel == 0:
         return out
-    block = 1024 if grad_depth.device.type == "cuda" else 256
-    _depth_loss_backward_kernel[(triton.cdiv(numel, block),)](
-        grad_total.to(cdtype).reshape(1), counts.to(cdtype).contiguous(), grad_depth, grad_stencil, out, numel,
-        STENCIL=stencil, CDT=tl.float64 if cdtype == torch.float64 else tl.float32, BLOCK=block,
-        num_warps=4,
+    cdtype = compute_dtype(a.dtype)
+    block = 1024 if a.device.type == "cuda" else 256
+    _scale_add_kernel[(triton.cdiv(numel, block),)](
+        g.to(cdtype).reshape(1), counts if counts is not None else g, a, b if b is not None else a, out, numel,
+        COUNTS=counts is not None, STENCIL=b is not None, CDT=tl.float64 if cdtype == torch.float64 else tl.float32,
+        BLOCK=block, num_warps=4,
     )
     return out
+
+
+def depth_loss_backward(grad_total, grad, dtype):
+    """d loss / d pred = ``grad_total`` * ``grad`` in ``dtype`` (``depth_loss_backward_reference``
+    is the spec)."""
+    grad = grad.contiguous()
+    return _scale_add(grad_total, None, grad, None, torch.empty_like(grad, dtype=dtype))
+
+
+__all__ = ["depth_loss_backward", "depth_loss_forward"]

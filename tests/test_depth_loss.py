@@ -179,20 +179,15 @@ def test_analytic_gradient_matches_autograd(b, h, w, preset, mask_kind, seed):
     options = PRESETS[preset]
     terms = depth_loss_terms_reference(pred, target, mask, weights=weights, **options)
     (expected_grad,) = torch.autograd.grad(terms["total"], pred)
-    values, grad_depth, grad_stencil, counts = depth_loss_forward_reference(
+    values, grad, counts = depth_loss_forward_reference(
         pred.detach(), target, mask, alpha=ALPHA, weights=weights, **options
     )
     expected_values = torch.stack([terms[k] for k in TERMS])
     assert torch.allclose(values, expected_values.detach(), rtol=1e-12, atol=1e-12)
     valid = torch.ones(b, h, w, dtype=torch.bool) if mask is None else mask
     n_s = stencil_validity(valid, options["blur"]).sum().item()
-    stencil = options["gradient"] or options["normal"]
     assert counts.tolist() == [valid.sum().item(), n_s if options["gradient"] else 0, n_s if options["normal"] else 0]
-    grad = grad_depth / counts[0].clamp_min(1)
-    if stencil:
-        grad = grad + grad_stencil / max(n_s, 1)
-    else:
-        assert grad_stencil.numel() == 0
+    assert grad.dtype == torch.float64
     assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
 
 
@@ -319,7 +314,7 @@ def test_all_invalid_gives_zero_loss_and_gradient(backend, device):
     mask = torch.zeros(2, 6, 7, dtype=torch.bool)
     pred, target, mask = as_device(device, pred, target, mask)
     for preset in ("hu_blurred", "l1_hu"):
-        terms, _, _, counts = depth_loss_op(pred, target, mask, "log", 0.5, True, True, PRESETS[preset]["blur"], [1.0, 1.0, 1.0])
+        terms, _, counts = depth_loss_op(pred, target, mask, "log", 0.5, True, True, PRESETS[preset]["blur"], [1.0, 1.0, 1.0])
         values, grad = loss(pred, target, mask, preset=preset)
         assert torch.count_nonzero(values) == 0 and torch.count_nonzero(grad) == 0
         assert torch.count_nonzero(terms) == 0 and torch.count_nonzero(counts) == 0
@@ -407,13 +402,13 @@ def test_prediction_inside_the_hole_does_not_matter(backend, device, preset):
 def test_counts_per_term(backend, device, blur):
     """The op returns a count per term: N_d valid pixels, N_s pixels with a valid stencil."""
     wall, target, mask = as_device(device, *wall_with_hole())
-    _, _, grad_stencil, counts = depth_loss_op(wall, target, mask, "log", 0.5, True, True, blur, [1.0, 1.0, 1.0])
+    _, _, counts = depth_loss_op(wall, target, mask, "log", 0.5, True, True, blur, [1.0, 1.0, 1.0])
     side = 8 + 2 * (4 if blur else 1)
     assert counts.cpu().tolist() == [32 * 32 - 64, 32 * 32 - side * side, 32 * 32 - side * side]
-    _, _, grad_stencil, counts = depth_loss_op(wall, target, mask, "l1", 0.5, False, True, blur, [1.0, 1.0, 1.0])
+    _, _, counts = depth_loss_op(wall, target, mask, "l1", 0.5, False, True, blur, [1.0, 1.0, 1.0])
     assert counts.cpu().tolist() == [32 * 32 - 64, 0, 32 * 32 - side * side]
-    _, _, grad_stencil, counts = depth_loss_op(wall, target, mask, "l1", 0.5, False, False, blur, [1.0, 1.0, 1.0])
-    assert counts.cpu().tolist() == [32 * 32 - 64, 0, 0] and grad_stencil.numel() == 0
+    _, grad, counts = depth_loss_op(wall, target, mask, "l1", 0.5, False, False, blur, [1.0, 1.0, 1.0])
+    assert counts.cpu().tolist() == [32 * 32 - 64, 0, 0] and grad.shape == wall.shape
 
 
 # ---------------------------------------------------------------- unmasked values of before (pinned)
@@ -724,13 +719,13 @@ def test_cuda_realistic_shape(dtype):
         pred, target = depth_pair((4, 480, 640), 0, dtype=dtype, bad_fraction=0.01)
         mask = hole_mask((4, 480, 640), 0)
         pred, target, mask = pred.cuda(), target.cuda(), mask.cuda()
-        terms, grad_depth, grad_stencil, counts = depth_loss_op(pred, target, mask, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])
+        terms, grad, counts = depth_loss_op(pred, target, mask, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])
         ref = depth_loss_forward_reference(pred.float(), target.float(), mask, "log", 0.5, True, True, True, (1.0, 1.0, 1.0))
-        assert torch.equal(counts, ref[3])
+        assert torch.equal(counts, ref[2])
         torch.testing.assert_close(terms, ref[0], rtol=1e-4, atol=1e-5)
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
-        torch.testing.assert_close(grad_depth.float(), ref[1].float(), rtol=tol, atol=1e-5)
-        torch.testing.assert_close(grad_stencil.float(), ref[2].float(), rtol=tol, atol=1e-4)
+        assert grad.dtype == dtype
+        torch.testing.assert_close(grad.float(), ref[1], rtol=tol, atol=tol * float(ref[1].abs().max()))
     finally:
         fastmde.set_backend(None)
 
@@ -894,31 +889,83 @@ def test_compile_dynamic_one_graph_for_every_size(backend, device, entry, monkey
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
                          ids=["fp32", "fp64", "bf16", "fp16"])
 def test_backward_pass_matches_its_reference(backend, device, dtype):
-    """``fastmde::depth_loss_backward`` (one elementwise pass) against
-    ``depth_loss_backward_reference``: bit for bit on the reference and the C++ kernel (both
-    round each product and the sum in the compute dtype); Triton within one rounding of the
-    output dtype (a GPU may fuse the multiply-add). Odd sizes, empty stencil part, zero counts
-    (no valid pixel), a negative incoming gradient."""
+    """``fastmde::depth_loss_backward`` (one elementwise pass, g * grad) against
+    ``depth_loss_backward_reference``: bit for bit on the reference and the C++ kernel; Triton
+    within one rounding of the output dtype. The map is in the gradient dtype (float32 for a
+    float16 prediction), the result in the prediction's; odd sizes, g = 1 (the result is the map
+    itself), a negative g, g = 0, and a map holding 1/N-sized values (subnormal in float16)."""
     from fastmde.ops.depth_loss import _depth_loss_backward
-    from fastmde.reference.depth_loss import depth_loss_backward_reference
+    from fastmde.reference.depth_loss import depth_loss_backward_reference, gradient_dtype
 
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     g = torch.Generator().manual_seed(3)
-    grad_depth = (torch.randn(3, 5, 7, generator=g) * 3).to(dtype).to(device)
-    grad_stencil = torch.randn(3, 5, 7, generator=g).to(dtype).to(device)
-    for counts in ([77.0, 50.0, 50.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [12.0, 0.0, 9.0]):
-        for grad_total in (1.0, -0.37):
-            for stencil in (grad_stencil, grad_stencil.new_empty((0,))):
-                args = (torch.tensor(grad_total, dtype=compute, device=device), grad_depth, stencil,
-                        torch.tensor(counts, dtype=compute, device=device))
-                want = depth_loss_backward_reference(*args)
-                got = _depth_loss_backward(*args)
-                assert got.dtype == dtype and got.shape == grad_depth.shape
-                if backend == "triton":
-                    eps = torch.finfo(dtype).eps
-                    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=eps, atol=eps * float(want.abs().max()))
-                else:
-                    assert torch.equal(got, want), (counts, grad_total, stencil.numel())
+    for scale in (3.0, 1e-6):
+        grad = (torch.randn(3, 5, 7, generator=g) * scale).to(gradient_dtype(dtype)).to(device)
+        for grad_total in (1.0, -0.37, 0.0, 65536.0):
+            args = (torch.tensor(grad_total, dtype=compute, device=device), grad, dtype)
+            want = depth_loss_backward_reference(*args)
+            got = _depth_loss_backward(*args)
+            assert got.dtype == dtype and got.shape == grad.shape
+            if grad_total == 1.0:
+                assert torch.equal(want, grad.to(dtype))
+            if backend == "triton":
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(got.cpu(), want.cpu(), rtol=eps, atol=eps * float(want.abs().max()))
+            else:
+                assert torch.equal(got, want), (scale, grad_total)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
+def test_forward_gradient_is_the_normalised_sum_of_its_parts(backend, device, dtype):
+    """The forward's gradient map is d total / d pred: against autograd of the spec (float64),
+    and, per twin, the normalisation's rounding (each product and the sum in the compute dtype)
+    is the reference's: the float16 map is float32, where 1/N for 2048 pixels keeps its digits
+    (in float16 it would be subnormal); the map's dtype is ``gradient_dtype``."""
+    from fastmde.reference.depth_loss import gradient_dtype
+
+    pred, target = depth_pair((2, 32, 32), 5, dtype=dtype)
+    mask = hole_mask((2, 32, 32), 5)
+    options = PRESETS["hu_blurred"]
+    p64 = pred.double().requires_grad_()     # the spec at the inputs as the kernel reads them
+    (expected,) = torch.autograd.grad(depth_loss_terms_reference(p64, target.double(), mask, **options)["total"], p64)
+    p, t, m = as_device(device, pred, target, mask)
+    terms, grad, counts = depth_loss_op(p, t, m, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])
+    assert grad.dtype == gradient_dtype(dtype) and grad.shape == p.shape
+    tol = {torch.float64: 1e-9, torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}[dtype]
+    torch.testing.assert_close(grad.cpu().double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+
+
+def test_loss_backward_hands_over_its_map_safely():
+    """``loss.backward()`` (incoming gradient 1) gets the forward's map without a pass, equal to
+    the registered op's gradient (the path torch.compile takes) to the bit; a scaled loss takes
+    the scaling pass. With ``retain_graph=True`` a second backward gives the same gradient, and
+    if the caller has changed the first gradient in place in between (the map was handed over),
+    the second backward raises PyTorch's in-place error instead of using a changed map."""
+    from fastmde.ops.depth_loss import depth_loss_op as registered
+
+    pred, target = depth_pair((2, 24, 20), 1)
+    mask = hole_mask((2, 24, 20), 1)
+    p_op = pred.clone().requires_grad_()
+    registered(p_op, target, mask, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])[0][3].backward()
+    p = pred.clone().requires_grad_()
+    loss = fastmde.depth_loss(p, target, mask=mask, preset="hu_blurred")
+    loss.backward(retain_graph=True)
+    assert torch.equal(p.grad, p_op.grad)
+    p.grad = None
+    loss.backward(retain_graph=True)
+    assert torch.equal(p.grad, p_op.grad)
+    p.grad.mul_(100.0)                   # the caller's gradient, changed in place
+    p.grad = None
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    p.grad = None
+    (fastmde.depth_loss(p, target, mask=mask, preset="hu_blurred") * 3.0).backward()
+    assert torch.equal(p.grad, p_op.grad * 3.0)
+    # a non-leaf prediction (a network's output): the map flows on into the network's backward
+    w = torch.tensor(1.0, requires_grad=True)
+    fastmde.depth_loss(pred * w, target, mask=mask, preset="hu_blurred").backward()
+    torch.testing.assert_close(w.grad, (p_op.grad * pred).sum())
 
 
 @pytest.mark.parametrize("spike", [1e19, 1e20, 1e30])

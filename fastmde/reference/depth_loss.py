@@ -34,11 +34,13 @@ included.
 
 Two functions: :func:`depth_loss_terms_reference` is plain differentiable PyTorch (the oracle
 of the tests); :func:`depth_loss_forward_reference` returns the terms together with the
-analytic gradients with respect to ``pred`` of the *unnormalised* sums :math:`N_d w_0\,
-\mathrm{depth}` and :math:`N_s (w_1\,\mathrm{gradient} + w_2\,\mathrm{normal})` and the counts,
-the contract of every fused kernel: the counts are taken in the same pass as the gradients (no
-counting pre-pass) and the op's backward applies :math:`1/N_d` and :math:`1/N_s` in the
-scaling it does anyway.
+analytic gradient of the total with respect to ``pred`` and the counts, the contract of every
+fused kernel. The kernels take the gradients of the *unnormalised* sums :math:`N_d w_0\,
+\mathrm{depth}` and :math:`N_s (w_1\,\mathrm{gradient} + w_2\,\mathrm{normal})` in the same
+pass as the counts (no counting pre-pass), then apply :math:`1/N_d` and :math:`1/N_s` in one
+elementwise pass (:func:`normalise_gradient_reference`, the rounding every twin follows), so
+the op's backward only scales one map by the incoming gradient (nothing at all when that is 1,
+as in ``loss.backward()``).
 """
 from __future__ import annotations
 
@@ -214,27 +216,29 @@ def depth_loss_forward_reference(
     blur: bool,
     weights: tuple[float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Terms, the gradients of the unnormalised sums w.r.t. ``pred``, and the counts, by the
+    """Terms, the gradient of the total with respect to ``pred``, and the counts, by the
     analytic formulas.
 
     Returns
 
     * ``terms`` (4,) = [depth, gradient, normal, total] in the compute dtype;
-    * ``grad_depth`` = :math:`\\partial (N_d w_0\\,\\mathrm{depth}) / \\partial D`, shaped and
-      typed like ``pred``;
-    * ``grad_stencil`` = :math:`\\partial (N_s (w_1\\,\\mathrm{gradient} + w_2\\,\\mathrm{normal}))
-      / \\partial D`, like ``pred``, or an empty (0,) tensor when neither term is on;
+    * ``grad`` = :math:`\partial\,\mathrm{total} / \partial D`, shaped like ``pred``, in
+      :func:`gradient_dtype` (``pred``'s dtype; float32 for float16, where 1/N is below
+      float16's normal range for a batch of NYU frames), from the two unnormalised parts below
+      by :func:`normalise_gradient_reference`;
     * ``counts`` (3,) = [:math:`N_d`, :math:`N_s`, :math:`N_s`] in the compute dtype, the pixels
-      counted in each term (0 for a term that is off),
+      counted in each term (0 for a term that is off).
 
-    so d total / d pred = grad_depth / max(N_d, 1) + grad_stencil / max(N_s, 1). With :math:`m`
-    the validity and :math:`s` the stencil validity, per pixel:
+    The unnormalised parts, rounded to ``pred``'s dtype as the kernels store them:
+    ``grad_depth`` = :math:`\partial (N_d w_0\,\mathrm{depth}) / \partial D` and
+    ``grad_stencil`` = :math:`\partial (N_s (w_1\,\mathrm{gradient} + w_2\,\mathrm{normal}))
+    / \partial D`. With :math:`m` the validity and :math:`s` the stencil validity, per pixel:
 
-    * depth: :math:`w_0 m\\,\\mathrm{sgn}(e)/(|e|+α)` (log) or :math:`w_0 m\\,\\mathrm{sgn}(e)` (l1), e = D - Y
-    * gradient: :math:`\\partial/\\partial \\hat g_x = w_1 s\\,\\mathrm{sgn}(e_x)/(|e_x|+α)`, likewise y
-    * normal: with :math:`c = \\cos(\\hat n, n)`, :math:`\\partial/\\partial \\hat g_x =
-      -w_2 s\\,\\mathrm{sgn}(1-c)\\,(g_x/(|\\hat n||n|) - c\\,\\hat g_x/|\\hat n|^2)`
-    * then ``grad_stencil`` :math:`= \\mathrm{Sobel}_x^T(\\cdot) + \\mathrm{Sobel}_y^T(\\cdot)`
+    * depth: :math:`w_0 m\,\mathrm{sgn}(e)/(|e|+α)` (log) or :math:`w_0 m\,\mathrm{sgn}(e)` (l1), e = D - Y
+    * gradient: :math:`\partial/\partial \hat g_x = w_1 s\,\mathrm{sgn}(e_x)/(|e_x|+α)`, likewise y
+    * normal: with :math:`c = \cos(\hat n, n)`, :math:`\partial/\partial \hat g_x =
+      -w_2 s\,\mathrm{sgn}(1-c)\,(g_x/(|\hat n||n|) - c\,\hat g_x/|\hat n|^2)`
+    * then ``grad_stencil`` :math:`= \mathrm{Sobel}_x^T(\cdot) + \mathrm{Sobel}_y^T(\cdot)`
       (the adjoint of a zero-padded cross-correlation is a transposed convolution;
       :func:`sobel_adjoint_reference`).
     """
@@ -259,7 +263,7 @@ def depth_loss_forward_reference(
             raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
         zero = torch.zeros((), dtype=cdtype, device=d.device)
         grad_term = normal_term = count_s = zero
-        grad_stencil = torch.empty(0, dtype=pred.dtype, device=d.device)
+        grad_stencil = None
         if gradient or normal:
             s = stencil_validity(valid, blur).to(cdtype)
             count_s = s.sum()
@@ -290,19 +294,35 @@ def depth_loss_forward_reference(
         total = w0 * depth + w1 * grad_term + w2 * normal_term
         terms = torch.stack((depth, grad_term, normal_term, total))
         counts = torch.stack((count, count_s if gradient else zero, count_s if normal else zero))
-        return terms, grad_depth.to(pred.dtype), grad_stencil, counts
+        grad = normalise_gradient_reference(grad_depth.to(pred.dtype), grad_stencil, counts)
+        return terms, grad, counts
 
 
-def depth_loss_backward_reference(
-    grad_total: torch.Tensor, grad_depth: torch.Tensor, grad_stencil: torch.Tensor, counts: torch.Tensor
+def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the loss's gradient map for a prediction of ``dtype``: ``dtype`` itself,
+    except float32 for float16 (1/N for a batch of NYU frames, about 1e-6, is subnormal in
+    float16: a GradScaler's scale would then multiply a value that kept 4 bits)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def normalise_gradient_reference(
+    grad_depth: torch.Tensor, grad_stencil: torch.Tensor | None, counts: torch.Tensor
 ) -> torch.Tensor:
-    r"""d total / d pred from the forward's two unnormalised parts (see
-    :func:`depth_loss_forward_reference`): :math:`g\,(\mathrm{grad\_depth} / \max(N_d, 1) +
-    \mathrm{grad\_stencil} / \max(N_s, 1))` with :math:`g` = ``grad_total`` (0-dim, the compute
-    dtype), computed in the compute dtype (each product and the sum rounded there), returned
-    shaped and typed like ``grad_depth``; ``grad_stencil`` empty (0,) when no stencil term is on."""
+    r""":math:`\mathrm{grad\_depth}\cdot(1/\max(N_d, 1)) + \mathrm{grad\_stencil}\cdot
+    (1/\max(N_s, 1))` from the unnormalised parts (in ``pred``'s dtype; ``grad_stencil`` None
+    when no stencil term is on): computed in the compute dtype, each product and the sum rounded
+    there (no fused multiply-add), returned in :func:`gradient_dtype`."""
+    cdtype = counts.dtype
+    grad = grad_depth.to(cdtype) * (1.0 / counts[0].clamp_min(1.0))
+    if grad_stencil is not None:
+        grad = grad + grad_stencil.to(cdtype) * (1.0 / counts[1:].amax().clamp_min(1.0))
+    return grad.to(gradient_dtype(grad_depth.dtype))
+
+
+def depth_loss_backward_reference(grad_total: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    r"""d loss / d pred = :math:`g\,\mathrm{grad}` with :math:`g` = ``grad_total`` (0-dim, the
+    compute dtype) and ``grad`` the forward's normalised gradient map, computed in the compute
+    dtype and returned in ``dtype`` (``pred``'s). With :math:`g = 1` the result is ``grad``
+    itself (to the bit), which the op's eager path returns without a pass."""
     g = grad_total
-    grad_pred = grad_depth.to(g.dtype) * (g / counts[0].clamp_min(1.0))
-    if grad_stencil.numel() > 0:
-        grad_pred = grad_pred + grad_stencil.to(g.dtype) * (g / counts[1:].amax().clamp_min(1.0))
-    return grad_pred.to(grad_depth.dtype)
+    return (grad.to(g.dtype) * g).to(dtype)
