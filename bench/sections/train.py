@@ -236,8 +236,10 @@ def run_against_paper_style(ctx, device: str) -> None:
                     fn()
                 times = interleaved_median_ms(steps, device, warmup=1, rounds=10, max_seconds=90.0)
             else:
-                times, labels = _per_process_medians(_labels(), root, size, batch, rounds=4 if ctx.full else 2,
-                                                     steps=5 if ctx.full else 3)
+                # processes of one setting differ by up to +-8% on the AMD EPYC VM (same kernels,
+                # same choices): three rounds of four steps keep one unlucky process from deciding
+                times, labels = _per_process_medians(_labels(), root, size, batch, rounds=4 if ctx.full else 3,
+                                                     steps=5 if ctx.full else 4)
         base = times["paper-style fp32"]
         best_label = min((k for k in times if k.startswith("paper-style") and k != TUNED_PAPER_STYLE), key=times.get)
         for impl, ms in times.items():
