@@ -27,7 +27,8 @@ calls equally cold), and :data:`_CHOICES` keeps the winner for the process; the 
 only below 0.9x the one call's time. Later forwards of a shape whose winner is the one call take
 ``nn.Conv2d.forward`` unchanged. The two ways sum in different orders, so their float32 or
 bfloat16 results may differ in the last bits: two processes that chose differently do not train
-bit for bit alike (a resumed run against an uninterrupted one); under
+bit for bit alike, so a training checkpoint keeps the choices (:func:`choices_state`,
+:func:`restore_choices`) and a resumed run sums as the run it continues; under
 ``torch.use_deterministic_algorithms(True)`` the one call is always taken and nothing is
 measured. Banding is tried only where one image's map has
 H * W >= 65536 (:data:`MIN_PIXELS`; below it there was never a gain) and at least two bands of
