@@ -184,18 +184,26 @@ def whole_number(value) -> int | None:
     return int(number)
 
 
-def integer_argument(value, name: str, *, minimum: int | None = None) -> int:
+def integer_argument(value, name: str, *, minimum: int | None = None, odd: bool = False) -> int:
     """``value`` as an ``int`` for an argument that is a count or a size (channels, a kernel size):
-    a Python or numpy integer (anything with ``__index__``), never a bool or a float. TypeError
-    naming ``name`` for another type, ValueError below ``minimum``."""
-    if isinstance(value, bool):
+    a Python or numpy integer or a 0-d integer tensor (anything with ``__index__``), never a bool
+    (``True``, ``numpy.True_``, a bool tensor) or a float. TypeError naming ``name`` for another
+    type; ValueError, naming ``name`` and the value, below ``minimum`` or, with ``odd``, for an
+    even number (a "same" convolution's kernel size: padding k // 2 keeps the size only for odd k)."""
+    if bool_like(value) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer, got the bool {value!r}")
+    if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.is_meta):
+        # a one-element (1,) tensor has __index__ too: a shape-(1,) count is a slip, not a number
+        what = "a meta tensor (no value)" if value.dim() == 0 else f"a tensor of shape {tuple(value.shape)}"
+        raise TypeError(f"{name} must be an integer, got {what}")
     try:
         number = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
-    if minimum is not None and number < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if (minimum is not None and number < minimum) or (odd and number % 2 != 1):
+        kind = "odd integer" if odd else "integer"
+        wanted = (f"an {kind}" if minimum is None else f"a positive {kind}" if minimum == 1
+                  else f"an {kind} >= {minimum}")
         raise ValueError(f"{name} must be {wanted}, got {number}")
     return number
 
@@ -204,7 +212,8 @@ def real_argument(value, name: str) -> float:
     """``float(value)`` for an argument that is a quantity (metres, a weight, a factor): any real
     number (numpy's too, a symbolic float under torch.compile), never a bool or a string (True
     would read as 1.0, "0.5" as 0.5). TypeError naming ``name``; the caller checks the range."""
-    if isinstance(value, (bool, str, bytes, complex)) or bool_like(value):
+    if (isinstance(value, (bool, str, bytes, complex)) or bool_like(value)
+            or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.is_complex()))):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     try:
         return float(value)
@@ -227,3 +236,37 @@ def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
         return bool(value)
     allowed = "True, False or None" if allow_none else "True or False"
     raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------- weights read from a file
+
+def complex_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
+    """``"key is complex64 (the model's is float32)"`` for each tensor of ``weights`` that holds
+    complex numbers where the same key of ``own`` (a model's ``state_dict()``) is real; ``names``
+    maps a key to the name shown (the file's own). ``load_state_dict`` would copy it with only
+    torch's "discards the imaginary part" warning, giving a model that is not the one saved, so a
+    file holding one is damaged. (Other dtype changes load faithfully: a float16 or float64 file
+    into float32 weights, whole numbers into an integer buffer.)"""
+    names = names or {}
+    return [f"{names.get(k, k)} is {str(weights[k].dtype).replace('torch.', '')} (the model's is "
+            f"{str(own[k].dtype).replace('torch.', '')})"
+            for k in own if isinstance(weights.get(k), torch.Tensor) and isinstance(own[k], torch.Tensor)
+            and weights[k].is_complex() and not own[k].is_complex()]
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s floating (or complex) parameters and buffers holding NaN or an
+    infinity: the weights of a diverged run, whose every prediction is NaN. One pass over the
+    weights (a host synchronisation per tensor on a GPU): for a model just loaded, not per step."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in named
+            if (t.is_floating_point() or t.is_complex()) and t.device.type != "meta"
+            and not bool(torch.isfinite(t.detach()).all())]
+
+
+def nonfinite_message(what: str, names: list[str]) -> str:
+    """``"<what>: 3 weight tensors hold NaN/inf (net.x.weight, +2 more; a diverged run?)"`` for
+    the ``names`` :func:`nonfinite_tensors` found; the caller adds the consequence."""
+    n = len(names)
+    more = f", +{n - 1} more" if n > 1 else ""
+    return f"{what}: {n} weight tensor{'s hold' if n != 1 else ' holds'} NaN/inf ({names[0]}{more}; a diverged run?)"

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._checks import bool_argument
+from ._checks import bool_argument, integer_argument, nonfinite_message, nonfinite_tensors, real_argument
 
 FORMATS = ("onnx", "pt2")
 EXTENSIONS = {".onnx": "onnx", ".pt2": "pt2"}
@@ -384,26 +384,34 @@ def _model_name(model: nn.Module) -> str:
 # ---------------------------------------------------------------- the entry point
 
 
-def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[int, int]:
-    """Refuse a bad ``format``, ``size``, ``opset`` (ONNX) or ``tolerance`` (ValueError; ``names``
-    maps them to the command line's flags) and a missing ONNX package; returns ``size`` as (H, W).
-    :func:`export` and ``fastmde export`` (before the checkpoint is read) share it."""
+def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[tuple[int, int], int, float]:
+    """Refuse a bad ``format``, ``size``, ``opset`` or ``tolerance`` (``names`` maps them to the
+    command line's flags) and a missing ONNX package; returns ``(size as (H, W), opset as an int,
+    tolerance as a float)``. ``opset`` is any whole number (numpy's, a 0-d integer tensor), never
+    a bool, float or string (TypeError), from 18 for ONNX (ValueError; a ``.pt2`` has no opset);
+    ``tolerance`` a positive real number (numpy's too; ValueError). :func:`export` and ``fastmde
+    export`` (before the checkpoint is read) share it."""
     from ._text import parse_size
 
     names = {"format": "format", "size": "export size", "opset": "opset", "tolerance": "tolerance", **(names or {})}
     if format not in FORMATS:
         raise ValueError(f"{names['format']} must be one of {', '.join(FORMATS)}, got {format!r}")
     size = parse_size(size, what=names["size"])
-    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and tolerance > 0):
+    try:
+        value = real_argument(tolerance, names["tolerance"])   # numpy floats and 0-d tensors too, never True
+    except TypeError:
+        value = None
+    if value is None or not value > 0:   # NaN fails the comparison
         raise ValueError(f"{names['tolerance']} must be a positive number, got {tolerance!r}")
+    opset = integer_argument(opset, names["opset"])           # numpy ints too, never True or 18.0
     if format == "onnx":
         from torch.onnx._constants import ONNX_MAX_OPSET
 
-        if not isinstance(opset, int) or not OPSET <= opset <= ONNX_MAX_OPSET:
+        if not OPSET <= opset <= ONNX_MAX_OPSET:
             raise ValueError(f"{names['opset']} must be an integer from {OPSET} to {ONNX_MAX_OPSET} (torch.onnx's "
                              f"exporter emits opset {OPSET} and newer), got {opset!r}")
         require("onnx", "onnxruntime", "onnxscript")
-    return size
+    return size, opset, value
 
 
 def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640), dynamic_size: bool | None = None,
@@ -420,7 +428,7 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
         dynamic_size: None (default): height and width dynamic where the model allows (see the
             module docstring), else fixed at ``size`` (a note says why); True: dynamic or
             refused; False: fixed at ``size``. The batch is always dynamic.
-        opset: ONNX opset (18 and newer).
+        opset: ONNX opset (18 and newer): a whole number (numpy's or a 0-d integer tensor too).
         tolerance: the largest accepted ``max |exported - model| / max |model|``.
         quiet: do not print the report (stderr).
 
@@ -431,7 +439,9 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             ``pip install 'fastmde[export]'``).
         ExportError: the model cannot be exported faithfully, or the exported file does not
             match it; nothing is written and an existing ``path`` is left as it was.
-        ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``.
+        ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``, or a model whose
+            weights hold NaN or inf (its export would predict NaN).
+        TypeError: an ``opset`` that is a bool, a float or a string.
     """
     from .models.plain import PlainExportError, plain_copy
     from .patch import unpatch
@@ -442,11 +452,17 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
         if format is None:
             raise ValueError(f"cannot tell the format from {path!r}: give format='onnx' or 'pt2' "
                              "(or a .onnx / .pt2 file name)")
-    size = check_options(format, size, opset, tolerance)
+    size, opset, tolerance = check_options(format, size, opset, tolerance)
     dynamic_size = bool_argument(dynamic_size, "dynamic_size", allow_none=True)   # "no" is no switch
     quiet = bool_argument(quiet, "quiet")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    broken = nonfinite_tensors(model)   # a diverged run's weights: the verification would pass NaN = NaN
+    if broken:
+        source = getattr(model, "fastmde_checkpoint", None)
+        what = f"checkpoint {source!r}" if isinstance(source, str) else "the model"
+        raise ExportError(f"{nonfinite_message(what, broken)}: its export would predict NaN everywhere; "
+                          "nothing was written")
 
     try:
         plain = plain_copy(model)
@@ -562,7 +578,7 @@ def run(args) -> int:
                   names={"format": "--format", "size": "--size", "opset": "--opset", "tolerance": "--tolerance"})
     internal = None if args.internal_size is None else parse_internal_size(args.internal_size, what="--internal-size")
     check_checkpoint_argument(args.checkpoint, "checkpoint")
-    model = load_checkpoint_argument(args.checkpoint, "checkpoint")
+    model = load_checkpoint_argument(args.checkpoint, "checkpoint", warn_nonfinite=False)   # export() refuses it
     if internal is not None:
         from .models.resolution import IntermediateResolution
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._checks import real_argument
+
 __all__ = ["Intrinsics", "NYU_KINECT", "NYU_KINECT_SIZE", "depth_to_points", "intrinsics_for", "nyu_kinect",
            "valid_depth", "write_ply", "write_point_cloud"]
 
@@ -51,8 +53,13 @@ class Intrinsics:
     def __post_init__(self):
         for name in ("fx", "fy", "cx", "cy"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            try:   # any real number (numpy's, a 0-d tensor), stored as a float; never a bool or a string
+                number = real_argument(value, name)
+            except TypeError:
+                number = math.nan
+            if not math.isfinite(number):
                 raise ValueError(f"intrinsics: {name} must be a finite number of pixels, got {value!r}")
+            object.__setattr__(self, name, number)
         if self.fx <= 0 or self.fy <= 0:
             raise ValueError(f"intrinsics: focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
 
@@ -60,15 +67,19 @@ class Intrinsics:
     def of(cls, value) -> "Intrinsics":
         """``value`` as intrinsics: an :class:`Intrinsics`, ``(fx, fy, cx, cy)``, a mapping with
         those keys, or a 3x3 camera matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` (numpy or
-        torch). Raises ValueError for anything else (a skewed matrix included)."""
+        torch). Raises ValueError for anything else (a skewed matrix included, and bools or
+        strings, which NumPy would read as 1.0 or 500.0)."""
         if isinstance(value, Intrinsics):
             return value
         if isinstance(value, dict):
             missing = [k for k in ("fx", "fy", "cx", "cy") if k not in value]
             if missing:
                 raise ValueError(f"intrinsics: missing {', '.join(missing)} (need fx, fy, cx, cy)")
-            return cls(*(float(value[k]) for k in ("fx", "fy", "cx", "cy")))
-        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+            return cls(*(value[k] for k in ("fx", "fy", "cx", "cy")))
+        raw = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        if raw.dtype.kind not in "iuf" or _holds_bools(value):
+            raise ValueError(f"intrinsics must be numbers (fx, fy, cx, cy) or a camera matrix, got {value!r}")
+        array = raw.astype(np.float64)
         if array.shape == (4,):
             return cls(*(float(v) for v in array))
         if array.shape == (3, 3):
@@ -94,6 +105,14 @@ class Intrinsics:
 
     def __str__(self) -> str:
         return f"fx={self.fx:.4f} fy={self.fy:.4f} cx={self.cx:.4f} cy={self.cy:.4f}"
+
+
+def _holds_bools(value) -> bool:
+    """Whether a (nested) list or tuple holds a bool (``np.asarray((True, 1, 0, 0))`` is an
+    integer array, so its dtype does not tell)."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bools(v) for v in value)
+    return isinstance(value, (bool, np.bool_))
 
 
 #: NYU Depth V2's Kinect RGB camera at 480x640 (HxW; NYU toolbox camera_params.m)
@@ -126,10 +145,10 @@ def intrinsics_for(size, *, fx=None, fy=None, cx=None, cy=None, focal=None) -> t
             raise ValueError(f"--{', --'.join(given)} given without --fx: give --fx (and optionally --fy, --cx, "
                              "--cy), or none of them for NYU's Kinect intrinsics")
         if focal is not None:
-            return Intrinsics(float(focal), float(focal), (w - 1) / 2, (h - 1) / 2), "the file list's focal length"
+            return Intrinsics(focal, focal, (w - 1) / 2, (h - 1) / 2), "the file list's focal length"
         return nyu_kinect((h, w)), f"NYU Kinect intrinsics scaled to {h}x{w}"   # HxW, as every size fastmde prints
-    k = Intrinsics(float(fx), float(fy if fy is not None else fx),
-                   float(cx if cx is not None else (w - 1) / 2), float(cy if cy is not None else (h - 1) / 2))
+    k = Intrinsics(fx, fy if fy is not None else fx,
+                   cx if cx is not None else (w - 1) / 2, cy if cy is not None else (h - 1) / 2)
     return k, "--fx/--fy/--cx/--cy"
 
 

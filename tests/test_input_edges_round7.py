@@ -142,7 +142,7 @@ def test_model_counts_are_ints_and_switches_bools(make, message):
 
 def test_model_counts_refuse_even_kernels_and_take_numpy_ints():
     with torch.device("meta"):
-        with pytest.raises(ValueError, match=r"^UNet: kernel_size must be odd, got 4$"):
+        with pytest.raises(ValueError, match=r"^UNet: kernel_size must be a positive odd integer, got 4$"):
             models.UNet(18, kernel_size=4)
         with pytest.raises(ValueError, match=r"^ResNet depth must be one of \[18, 34, 50, 101\], got 19$"):
             models.UNet(19)

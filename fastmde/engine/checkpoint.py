@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, clean_stale_temporaries
+from .._checks import complex_weights, nonfinite_message, nonfinite_tensors
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
@@ -196,13 +197,14 @@ def check_checkpoint_argument(path, flag: str) -> None:
                               "(a run folder holds them once training saved)") from None
 
 
-def load_checkpoint_argument(path, flag: str, device="cpu"):
+def load_checkpoint_argument(path, flag: str, device="cpu", *, warn_nonfinite: bool = True):
     """:func:`load` of a command's checkpoint argument, its :class:`CheckpointError` (a damaged
     or foreign file, weights that fit no model) named with ``flag`` in front: ``--checkpoint:
     checkpoint '...' is damaged or truncated: ...``. The file is read once; a message that
-    already starts with the flag (export's positional ``checkpoint``) is left as it is."""
+    already starts with the flag (export's positional ``checkpoint``) is left as it is.
+    ``warn_nonfinite``: as :func:`load`'s (export refuses such a model itself)."""
     try:
-        return load(path, device=device)
+        return load(path, device=device, warn_nonfinite=warn_nonfinite)
     except CheckpointError as exc:
         message = str(exc)
         if message.startswith(f"{flag} "):
@@ -346,6 +348,14 @@ def build_model_from_checkpoint(ckpt: dict):
         raise CheckpointError(f"{where}: its model_spec names no network this fastmde builds: {exc}") from None
     average = ckpt.get("ema")
     weights = average["model"] if isinstance(average, dict) and "model" in average else ckpt["model"]
+    # load_state_dict would copy a complex weight into a real one (torch's "discards the imaginary
+    # part" warning, then a model that is not the one saved): damaged, as a wrong shape is
+    complex_ = complex_weights(model.state_dict(), weights) if isinstance(weights, dict) else []
+    if complex_:
+        n, more = len(complex_), f" (+{len(complex_) - 3} more)" if len(complex_) > 3 else ""
+        raise CheckpointError(f"{where} is a damaged fastmde checkpoint: {n} of its weights "
+                              f"{'hold' if n > 1 else 'holds'} complex numbers where the model's are real: "
+                              f"{', '.join(complex_[:3])}{more}")
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -356,7 +366,7 @@ def build_model_from_checkpoint(ckpt: dict):
     return model
 
 
-def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
+def load(checkpoint: str, device="cpu", *, eval_mode: bool = True, warn_nonfinite: bool = True):
     """A ready model from a fastmde checkpoint file, a run directory (its best.pt, else
     last.pt), or a checkpoint of the paper authors' code or of Hu et al.'s code (recognised
     from its key names and loaded by :func:`fastmde.models.from_external`).
@@ -376,9 +386,13 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
     - ``fastmde_config``: the saved training configuration (``{}`` for an external file);
     - ``fastmde_checkpoint``: the file read.
 
+    Weights holding NaN or inf (the last.pt of a diverged run: every prediction NaN, every δ 0)
+    are looked for in the floating parameters and buffers: a warning (UserWarning) in one line
+    names the file and how many tensors hold them (``warn_nonfinite=False``: no look).
+
     Raises FileNotFoundError for a missing path and :class:`CheckpointError` for a file that
     is neither (naming what it is, or, for an external checkpoint that fits no variant, the
-    closest variant and the keys that differ).
+    closest variant and the keys that differ, or complex weights where the model's are real).
     """
     from .. import models
     from ..models import external
@@ -401,6 +415,10 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True):
         model.fastmde_source = {"source": "fastmde"}
         model.fastmde_config = dict(ckpt.get("config") or {})
     model.fastmde_checkpoint = path
+    broken = nonfinite_tensors(model) if warn_nonfinite else []
+    if broken:
+        warnings.warn(f"{nonfinite_message(f'checkpoint {path!r}', broken)}: its predictions will be NaN",
+                      UserWarning, stacklevel=2)
     model.to(device)
     model.train(not eval_mode)
     return model

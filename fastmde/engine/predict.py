@@ -388,7 +388,9 @@ def checkpoint_config(path: str) -> dict:
     from .checkpoint import check_checkpoint_argument, load_checkpoint_argument
 
     check_checkpoint_argument(path, "--checkpoint")
-    return dict(getattr(load_checkpoint_argument(path, "--checkpoint"), "fastmde_config", None) or {})
+    # the model loaded for its configuration is not the one run: its NaN weights are told of once, by run()
+    model = load_checkpoint_argument(path, "--checkpoint", warn_nonfinite=False)
+    return dict(getattr(model, "fastmde_config", None) or {})
 
 
 # ---------------------------------------------------------------- point clouds

@@ -80,7 +80,8 @@ def _config(name: str, overrides: dict) -> dict:
     # named "unet18.0-k3", reduce="no" would build the 1x1 reduction
     for key, value in overrides.items():
         if key in ("encoder", "kernel_size"):
-            overrides = {**overrides, key: integer_argument(value, key, minimum=1)}
+            # an even kernel_size is refused here too: variant_name would call it "unet34-k4"
+            overrides = {**overrides, key: integer_argument(value, key, minimum=1, odd=key == "kernel_size")}
         else:
             overrides = {**overrides, key: bool_argument(value, key)}
     config.update(overrides)

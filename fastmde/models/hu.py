@@ -79,9 +79,7 @@ class HuModel(nn.Module):
     ):
         super().__init__()
         encoder = integer_argument(encoder, "HuModel: encoder")     # ints (numpy's too), never 50.0 or True
-        kernel_size = integer_argument(kernel_size, "HuModel: kernel_size", minimum=1)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"HuModel: kernel_size must be odd, got {kernel_size}")
+        kernel_size = integer_argument(kernel_size, "HuModel: kernel_size", minimum=1, odd=True)
         reduce = bool_argument(reduce, "HuModel: reduce")
         original = bool_argument(original, "HuModel: original")
         normalize = bool_argument(normalize, "HuModel: normalize")

@@ -55,9 +55,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         encoder = integer_argument(encoder, "UNet: encoder")     # ints (numpy's too), never 18.0 or True
-        k = integer_argument(kernel_size, "UNet: kernel_size", minimum=1)
-        if k % 2 != 1:
-            raise ValueError(f"UNet: kernel_size must be odd, got {k}")
+        k = integer_argument(kernel_size, "UNet: kernel_size", minimum=1, odd=True)
         reduce = bool_argument(reduce, "UNet: reduce")
         normalize = bool_argument(normalize, "UNet: normalize")
         self.encoder = ResNetEncoder(encoder, pretrained=pretrained, normalize=normalize)

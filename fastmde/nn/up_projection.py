@@ -9,16 +9,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
-from ..ops.up_projection_block import UpProjectionLayers, up_projection
+from ..ops.up_projection_block import (
+    AUTOCAST_ELIGIBLE as _AUTOCAST_ELIGIBLE,
+    UpProjectionLayers,
+    check_block_inputs,
+    under_autocast as _under_autocast,
+    up_projection,
+)
 from .banded_conv import BandedConv2d
 
-#: what autocast casts to its own dtype (float64 it leaves alone, so it must match the weights)
-_AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _under_autocast(x: torch.Tensor) -> bool:
-    """Whether autocast is on for ``x``'s device (never for a shape-only meta tensor)."""
-    return x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+# check_block_inputs lives beside the op (fastmde.ops.up_projection refuses the same inputs); it
+# is imported here for fastmde.patch and the models
 
 
 def check_model_input(x, weight: torch.Tensor, what: str) -> None:
@@ -39,32 +40,6 @@ def check_model_input(x, weight: torch.Tensor, what: str) -> None:
     raise TypeError(f"{what}: the image is {x.dtype} but the model's weights are {weight.dtype}: convert one "
                     f"(model.to({x.dtype}) or image.to({weight.dtype}))"
                     + (" (autocast does not cast float64)" if under else ", or run under torch.autocast"))
-
-
-def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
-    """One-line errors where ``torch.cat`` or a conv of the block would raise PyTorch's own: an
-    input that is not a floating tensor, on another device than the block's ``weight``, or of
-    another dtype than ``skip`` / the weights. Under autocast float16, bfloat16 and float32 may mix
-    (the convs run in autocast's dtype, as a plain block's would); float64 is never cast by
-    autocast, so it must match. ``what`` names the block in the message."""
-    named = (("x", x),) if skip is None else (("x", x), ("skip", skip))
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{what}: {name} must be a floating tensor, got {t.dtype}")
-        if t.device != weight.device:
-            raise ValueError(f"{what}: {name} is on {t.device} but the block's weights are on {weight.device} "
-                             f"(move one: block.to({str(t.device)!r}) or {name}.to({str(weight.device)!r}))")
-    dtypes = {t.dtype for _, t in named} | {weight.dtype}
-    if _under_autocast(x) and dtypes <= set(_AUTOCAST_ELIGIBLE):
-        return
-    if skip is not None and skip.dtype != x.dtype:
-        raise TypeError(f"{what}: skip is {skip.dtype} but x is {x.dtype}: give both the same dtype "
-                        f"(the block's weights are {weight.dtype})")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"{what}: x is {x.dtype} but the block's weights are {weight.dtype}: convert one "
-                        f"(block.to({x.dtype}) or x.to({weight.dtype})), or run under torch.autocast")
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -134,14 +109,11 @@ class UpProjection(nn.Module):
         align_corners = bool_argument(align_corners, "UpProjection: align_corners")
         stack_convs = bool_argument(stack_convs, "UpProjection: stack_convs", allow_none=True)
         fuse_batchnorm = bool_argument(fuse_batchnorm, "UpProjection: fuse_batchnorm", allow_none=True)
-        kernel_size = integer_argument(kernel_size, "UpProjection: kernel_size", minimum=1)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"UpProjection: kernel_size must be odd and positive, got {kernel_size}")
+        kernel_size = integer_argument(kernel_size, "UpProjection: kernel_size", minimum=1, odd=True)
         if second_kernel_size is None:
             second_kernel_size = kernel_size if reduce else 3
-        second_kernel_size = integer_argument(second_kernel_size, "UpProjection: second_kernel_size", minimum=1)
-        if second_kernel_size % 2 != 1:
-            raise ValueError(f"UpProjection: second_kernel_size must be odd and positive, got {second_kernel_size}")
+        second_kernel_size = integer_argument(second_kernel_size, "UpProjection: second_kernel_size",
+                                              minimum=1, odd=True)
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise TypeError(f"UpProjection: scale must be a number, got {scale!r} ({type(scale).__name__})")
         if not (0 < scale and math.isfinite(scale)):

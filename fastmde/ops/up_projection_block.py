@@ -35,6 +35,44 @@ from .up_projection import upsample_conv2d
 from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn
 
 
+#: what autocast casts to its own dtype (float64 it leaves alone, so it must match the weights)
+AUTOCAST_ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def under_autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (never for a shape-only meta tensor)."""
+    return x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+
+
+def check_block_inputs(x, skip, weight: torch.Tensor, what: str) -> None:
+    """One-line errors where ``torch.cat`` or a conv of the block would raise PyTorch's own, or
+    where the fused path would cast silently: an input that is not a floating tensor, on another
+    device than the block's ``weight``, or of another dtype than ``skip`` / the weights. Under
+    autocast float16, bfloat16 and float32 may mix (the convs run in autocast's dtype, as a plain
+    block's would); float64 is never cast by autocast, so it must match. ``what`` names the block
+    (or the op) in the message."""
+    named = (("x", x),) if skip is None else (("x", x), ("skip", skip))
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{what}: {name} must be a floating tensor, got {t.dtype}")
+        if t.device != weight.device:
+            raise ValueError(f"{what}: {name} is on {t.device} but the block's weights are on {weight.device} "
+                             f"(move one: block.to({str(t.device)!r}) or {name}.to({str(weight.device)!r}))")
+    dtypes = {t.dtype for _, t in named} | {weight.dtype}
+    under = under_autocast(x)
+    if under and dtypes <= set(AUTOCAST_ELIGIBLE):
+        return
+    if skip is not None and skip.dtype != x.dtype:
+        raise TypeError(f"{what}: skip is {skip.dtype} but x is {x.dtype}: give both the same dtype "
+                        f"(the block's weights are {weight.dtype})")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{what}: x is {x.dtype} but the block's weights are {weight.dtype}: convert one "
+                        f"(block.to({x.dtype}) or x.to({weight.dtype}))"
+                        + (" (autocast does not cast float64)" if under else ", or run under torch.autocast"))
+
+
 class UpProjectionLayers(NamedTuple):
     """The modules of one up-projection block (their weights and buffers are read at each call).
 
@@ -66,7 +104,20 @@ def up_projection(
     """The block's output (B, Cout, H, W) for ``x`` (B, Cin, h, w) upsampled to ``size`` = (H, W)
     (bilinear, ``align_corners``); ``stack_convs`` / ``fuse_batchnorm``: None chooses by
     device and backend (see the module docstring). The branch's first conv and the shortcut
-    are stacked only when their kernel sizes match."""
+    are stacked only when their kernel sizes match.
+
+    ``x`` has the weights' dtype, or runs under ``torch.autocast`` (float16, bfloat16 and
+    float32 then mix as in ``fastmde.nn.UpProjection``). Raises TypeError / ValueError in one
+    line for ``layers`` that are no :class:`UpProjectionLayers` and for an ``x`` that is not a
+    floating (B, Cin, h, w) tensor on the weights' device, or of another dtype outside autocast
+    (the fused path would otherwise cast the weights to ``x``'s dtype unasked)."""
+    if not isinstance(layers, UpProjectionLayers):
+        raise TypeError(f"up_projection: layers must be an UpProjectionLayers, got {type(layers).__name__}")
+    first = layers.conv1 if layers.reduce_conv is None else layers.reduce_conv
+    check_block_inputs(x, None, first.weight, "up_projection")
+    if x.dim() != 4 or x.shape[1] != first.weight.shape[1]:
+        raise ValueError(f"up_projection: x must be (B, {first.weight.shape[1]}, h, w) for the block's first conv, "
+                         f"got {tuple(x.shape)}")
     size = [int(size[0]), int(size[1])]
     stack = stack_convs if stack_convs is not None else x.device.type != "cpu"
     stack = stack and layers.conv1.weight.shape[-1] == layers.shortcut_conv.weight.shape[-1]
