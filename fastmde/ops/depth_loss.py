@@ -105,8 +105,10 @@ def _backward(ctx, grad_terms, grad_grad, grad_counts):
     if grad.dtype == ctx.pred_dtype and g.device.type == "cpu" and runs_eagerly((g, grad)) and bool(g == 1):
         # loss.backward(): g * grad is grad to the bit. Handing the saved map over is safe:
         # autograd takes ownership of a gradient only when nothing else holds it (the graph
-        # releases its saved map first unless retain_graph=True; then it copies).
-        return grad, None, None, None, None, None, None, None, None
+        # releases its saved map first unless retain_graph=True; then it copies). Detached: the
+        # saved map is an output of this node, so it carries this node as its grad_fn, and
+        # torch.autograd.grad(loss, pred) returned a gradient that required grad.
+        return grad.detach(), None, None, None, None, None, None, None, None
     return depth_loss_backward(g, grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
 
 
