@@ -193,6 +193,28 @@ void sobel_adjoint_row(const T* __restrict xa, const T* __restrict xb, const T* 
   }
 }
 
+// out = gd * a + gs * b over [begin, end) (gs null: gd * a), computed in T with the products and
+// the sum rounded one by one, as the reference's tensor operations do: no fused multiply-add
+// here, so the result is the reference's to the bit (normalise_gradient_reference, and with
+// b = 0 and gs null the backward's g * grad).
+template <typename in_t, typename out_t, typename T>
+__attribute__((optimize("fp-contract=off"))) void scale_add_tile(const in_t* __restrict gd,
+                                                                  const in_t* __restrict gs,
+                                                                  out_t* __restrict out, int64_t begin,
+                                                                  int64_t end, T a, T b) {
+  if (gs == nullptr) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) store_narrow(out, i, static_cast<T>(gd[i]) * a);
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const T depth = static_cast<T>(gd[i]) * a;
+      const T stencil = static_cast<T>(gs[i]) * b;
+      store_narrow(out, i, depth + stencil);
+    }
+  }
+}
+
 // scalar_t: pred's (and the gradients') dtype; target_t: the ground truth's (scalar_t or T);
 // T: the compute dtype.
 template <typename scalar_t, typename target_t, typename T>
@@ -201,7 +223,12 @@ struct LossKernel {
   const target_t* target;
   const bool* mask;  // may be null
   scalar_t* grad_depth;
-  scalar_t* grad_stencil;  // null when neither stencil term is on
+  scalar_t* grad_stencil;  // null when neither stencil term is on, or when ``combined``
+  // ``combined``: every pixel is expected valid, so N_d = N_s = B H W is known before the pass and
+  // each row is written as d total / d pred (grad_depth, inv_d and inv_s applied) into
+  // grad_depth at once, by normalise_gradient's arithmetic (scale_add_tile)
+  bool combined = false;
+  T inv_d = T(1), inv_s = T(1);
   int64_t B, H, W;
   LossOptions opt;
   RowParams<T> rp;
@@ -280,6 +307,7 @@ struct LossKernel {
     // validity, stencil validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
     std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), sbuf, dpx, dpy;
     std::vector<T> tmp(W), row(7 * W), grow(W);
+    std::vector<scalar_t> depth_part(combined ? W : 0), stencil_part(combined ? W : 0);
     const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
     const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
     for (int64_t j = dlo; j < dhi; ++j) {
@@ -365,15 +393,19 @@ struct LossKernel {
       s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
                                                        mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
       scalar_t* out = grad_depth + (b * H + i) * W;
+      scalar_t* out_d = combined ? depth_part.data() : out;   // as stored in the two-part pass
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) store_narrow(out, q, grow[q]);
+      for (int64_t q = 0; q < W; ++q) store_narrow(out_d, q, grow[q]);
       if constexpr (SOBEL) {
         const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
         const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
         sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
-        scalar_t* out_s = grad_stencil + (b * H + i) * W;
+        scalar_t* out_s = combined ? stencil_part.data() : grad_stencil + (b * H + i) * W;
 #pragma omp simd
         for (int64_t q = 0; q < W; ++q) store_narrow(out_s, q, grow[q]);
+        if (combined) scale_add_tile<scalar_t, scalar_t, T>(out_d, out_s, out, 0, W, inv_d, inv_s);
+      } else if (combined) {
+        scale_add_tile<scalar_t, scalar_t, T>(out_d, nullptr, out, 0, W, inv_d, T(0));
       }
     }
     return {s_depth, s_grad, s_norm, static_cast<double>(count), static_cast<double>(count_s)};
@@ -390,11 +422,12 @@ struct LossKernel {
 };
 
 // One loss pass over every tile, for pred in scalar_t and the ground truth in target_t; writes the
-// gradients, the terms and the counts.
+// gradients, the terms and the counts; returns whether every pixel (and stencil) was valid.
 template <typename scalar_t, typename target_t, typename T>
-void run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask_ptr, at::Tensor& grad_depth,
+bool run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask_ptr, at::Tensor& grad_depth,
               at::Tensor& grad_stencil, const std::string& depth_term, double alpha, bool gradient, bool normal,
-              bool blur, const std::vector<double>& weights, at::Tensor& terms, at::Tensor& counts) {
+              bool blur, const std::vector<double>& weights, at::Tensor& terms, at::Tensor& counts,
+              bool combined = false) {
   const int64_t B = pred.size(0), H = pred.size(1), W = pred.size(2);
   const int64_t tiles_per_image = (H + kTileRows - 1) / kTileRows;
   const int64_t ntiles = B * tiles_per_image;
@@ -404,7 +437,12 @@ void run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask
   kernel.target = target.data_ptr<target_t>();
   kernel.mask = mask_ptr;
   kernel.grad_depth = grad_depth.data_ptr<scalar_t>();
-  kernel.grad_stencil = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
+  kernel.grad_stencil = stencil && !combined ? grad_stencil.data_ptr<scalar_t>() : nullptr;
+  kernel.combined = combined;
+  if (combined) {   // normalise_gradient's factors for N_d = N_s = B H W (the count rounded to T as there)
+    const T n = std::max(static_cast<T>(static_cast<double>(pred.numel())), T(1));
+    kernel.inv_d = kernel.inv_s = T(1) / n;
+  }
   kernel.B = B;
   kernel.H = H;
   kernel.W = W;
@@ -430,6 +468,9 @@ void run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask
   const double total = weights[0] * depth + weights[1] * grad_term + weights[2] * normal_term;
   terms.copy_(at::tensor({depth, grad_term, normal_term, total}, at::kDouble));
   counts.copy_(at::tensor({s[3], gradient ? s[4] : 0.0, normal ? s[4] : 0.0}, at::kDouble));
+  // every pixel valid (the counts are exact integers in double, whatever the compute dtype)
+  const double n = static_cast<double>(pred.numel());
+  return s[3] == n && (!stencil || s[4] == n);
 }
 
 // The dtype of the gradient map: pred's, except float32 for float16 (1/N for a batch of NYU
@@ -438,26 +479,16 @@ at::ScalarType gradient_dtype(const at::Tensor& pred) {
   return pred.scalar_type() == at::kHalf ? at::kFloat : pred.scalar_type();
 }
 
-// out = gd * a + gs * b over [begin, end) (gs null: gd * a), computed in T with the products and
-// the sum rounded one by one, as the reference's tensor operations do: no fused multiply-add
-// here, so the result is the reference's to the bit (normalise_gradient_reference, and with
-// b = 0 and gs null the backward's g * grad).
-template <typename in_t, typename out_t, typename T>
-__attribute__((optimize("fp-contract=off"))) void scale_add_tile(const in_t* __restrict gd,
-                                                                  const in_t* __restrict gs,
-                                                                  out_t* __restrict out, int64_t begin,
-                                                                  int64_t end, T a, T b) {
-  if (gs == nullptr) {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) store_narrow(out, i, static_cast<T>(gd[i]) * a);
-  } else {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      const T depth = static_cast<T>(gd[i]) * a;
-      const T stencil = static_cast<T>(gs[i]) * b;
-      store_narrow(out, i, depth + stencil);
-    }
-  }
+// The stencil part lives only inside one forward call (normalise_gradient folds it into the
+// depth part), so its memory is kept per thread and reused: a fresh map of this size comes from
+// zero-filled pages on every call (3.5 MiB at 8x288x384: page faults were a tenth of the
+// forward's time right after a network's forward). Grown as needed, never shrunk; one per
+// calling thread.
+at::Tensor stencil_workspace(const at::Tensor& pred) {
+  thread_local at::Tensor buffer;
+  const int64_t bytes = pred.numel() * static_cast<int64_t>(pred.element_size());
+  if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, pred.options().dtype(at::kByte));
+  return buffer.narrow(0, 0, bytes).view(pred.scalar_type()).view(pred.sizes());
 }
 
 // d total / d pred = grad_depth (1 / max(N_d, 1)) + grad_stencil (1 / max(N_s, 1)) from the tile
@@ -518,22 +549,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depth_loss_forward(
   const bool target_in_compute_dtype = target.scalar_type() != pred.scalar_type();
   const bool stencil = gradient || normal;
   at::Tensor grad_depth = at::empty_like(pred);
-  at::Tensor grad_stencil = stencil ? at::empty_like(pred) : at::empty({0}, pred.options());
   at::Tensor terms = at::zeros({4}, pred.options().dtype(cdtype));
   at::Tensor counts = at::zeros({3}, pred.options().dtype(cdtype));
   if (pred.numel() == 0) return {terms, at::empty_like(pred, pred.options().dtype(gradient_dtype(pred))), counts};
   const bool* mask_ptr = mask.defined() ? mask.data_ptr<bool>() : nullptr;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "depth_loss_forward", [&] {
-    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    if (target_in_compute_dtype) {
-      run_loss<scalar_t, T, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term, alpha, gradient,
-                               normal, blur, weights, terms, counts);
-    } else {
-      run_loss<scalar_t, scalar_t, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term, alpha,
-                                      gradient, normal, blur, weights, terms, counts);
-    }
-  });
+  at::Tensor grad_stencil = at::empty({0}, pred.options());
+  auto pass = [&](bool combined) {
+    bool all_valid = false;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "depth_loss_forward", [&] {
+      using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      if (target_in_compute_dtype) {
+        all_valid = run_loss<scalar_t, T, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term, alpha,
+                                             gradient, normal, blur, weights, terms, counts, combined);
+      } else {
+        all_valid = run_loss<scalar_t, scalar_t, T>(pred, target, mask_ptr, grad_depth, grad_stencil, depth_term,
+                                                    alpha, gradient, normal, blur, weights, terms, counts, combined);
+      }
+    });
+    return all_valid;
+  };
+  // Every pixel valid (dense ground truth, no holes): the counts are B H W before the pass, so it
+  // writes d total / d pred at once (no stencil part, no normalising pass). Whether to expect
+  // that is the last call's outcome on this thread; a pass that meets an invalid pixel is redone
+  // in two parts (then the following calls take two parts until a batch is all valid again).
+  // Same bits either way: the combined rows use normalise_gradient's arithmetic.
+  thread_local bool expect_all_valid = true;
+  if (expect_all_valid && gradient_dtype(pred) == pred.scalar_type()) {
+    if (pass(true)) return {terms, grad_depth, counts};
+    expect_all_valid = false;
+  }
+  if (stencil) grad_stencil = stencil_workspace(pred);
+  expect_all_valid = pass(false);
   return {terms, normalise_gradient(grad_depth, grad_stencil, counts), counts};
 }
 

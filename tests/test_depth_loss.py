@@ -939,33 +939,42 @@ def test_forward_gradient_is_the_normalised_sum_of_its_parts(backend, device, dt
 def test_loss_backward_hands_over_its_map_safely():
     """``loss.backward()`` (incoming gradient 1) gets the forward's map without a pass, equal to
     the registered op's gradient (the path torch.compile takes) to the bit; a scaled loss takes
-    the scaling pass. With ``retain_graph=True`` a second backward gives the same gradient, and
-    if the caller has changed the first gradient in place in between (the map was handed over),
-    the second backward raises PyTorch's in-place error instead of using a changed map."""
+    the scaling pass. The handed-over map is the caller's: backwards through a retained graph
+    recompute it, so repeated ``retain_graph=True`` backwards accumulate right, also after the
+    caller changed the first gradient in place (``clip_grad_norm_``, ``zero_grad(set_to_none=
+    False)``, through ``.data``), for (B, H, W) and (B, 1, H, W) leaves and network outputs."""
     from fastmde.ops.depth_loss import depth_loss_op as registered
 
     pred, target = depth_pair((2, 24, 20), 1)
     mask = hole_mask((2, 24, 20), 1)
     p_op = pred.clone().requires_grad_()
     registered(p_op, target, mask, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])[0][3].backward()
+    want = p_op.grad
+    for shape in ((2, 24, 20), (2, 1, 24, 20)):
+        p = pred.clone().reshape(shape).requires_grad_()
+        m = mask.reshape(shape)
+        loss = fastmde.depth_loss(p, target.reshape(shape), mask=m, preset="hu_blurred")
+        loss.backward(retain_graph=True)
+        assert torch.equal(p.grad.reshape(want.shape), want)
+        loss.backward(retain_graph=True)
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(p.grad.reshape(want.shape), want * 3)
+        p.grad.data.zero_()                          # the caller's gradient, changed in place
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(p.grad.reshape(want.shape), want)
+        p.grad.mul_(100.0)
+        p.grad = None
+        (g,) = torch.autograd.grad(loss, p, retain_graph=True)
+        g.mul_(10.0)
+        (g2,) = torch.autograd.grad(loss, p)
+        assert torch.equal(g2.reshape(want.shape), want)
     p = pred.clone().requires_grad_()
-    loss = fastmde.depth_loss(p, target, mask=mask, preset="hu_blurred")
-    loss.backward(retain_graph=True)
-    assert torch.equal(p.grad, p_op.grad)
-    p.grad = None
-    loss.backward(retain_graph=True)
-    assert torch.equal(p.grad, p_op.grad)
-    p.grad.mul_(100.0)                   # the caller's gradient, changed in place
-    p.grad = None
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()
-    p.grad = None
     (fastmde.depth_loss(p, target, mask=mask, preset="hu_blurred") * 3.0).backward()
-    assert torch.equal(p.grad, p_op.grad * 3.0)
+    assert torch.equal(p.grad, want * 3.0)
     # a non-leaf prediction (a network's output): the map flows on into the network's backward
     w = torch.tensor(1.0, requires_grad=True)
     fastmde.depth_loss(pred * w, target, mask=mask, preset="hu_blurred").backward()
-    torch.testing.assert_close(w.grad, (p_op.grad * pred).sum())
+    torch.testing.assert_close(w.grad, (want * pred).sum())
 
 
 @pytest.mark.parametrize("spike", [1e19, 1e20, 1e30])
@@ -983,3 +992,37 @@ def test_a_diverged_prediction_keeps_the_loss_finite(backend, device, spike):
         assert torch.isfinite(terms).all() and torch.isfinite(grad).all(), (preset, terms)
         torch.testing.assert_close(terms.cpu(), want_terms, rtol=1e-5, atol=1e-5)
         assert_grad_close(grad, want_grad, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize("preset", ["hu_blurred", "l1"])
+def test_all_valid_batches_take_one_pass_with_the_same_bits(dtype, preset):
+    """C++: a batch whose every pixel is valid is written as d total / d pred in the tile pass
+    itself (N_d = N_s = B H W known up front), expected when the thread's last batch was all
+    valid; a batch with an invalid pixel is redone in two parts. The one-pass map, terms and
+    counts are the two-part pass's to the bit, and a batch with holes right after an all-valid
+    one (the expectation wrong) gives the two-part result."""
+    fastmde.set_backend("native")
+    try:
+        options = PRESETS[preset]
+        args = ("log" if options["depth_term"] == "log" else "l1", 0.5, options["gradient"], options["normal"],
+                options["blur"], [1.0, 0.7, 1.3])
+        pred, target = depth_pair((2, 21, 19), 4, dtype=dtype)
+        holes = target.clone()
+        holes[1, 5, 7] = float("nan")
+        ones = torch.ones(pred.shape, dtype=torch.bool)
+        depth_loss_op(pred, holes, None, *args)                  # expectation: holes
+        two_part = depth_loss_op(pred, target, None, *args)      # so this takes two parts
+        one_pass = depth_loss_op(pred, target, None, *args)      # and this one pass
+        with_mask = depth_loss_op(pred, target, ones, *args)
+        for got in (one_pass, with_mask):
+            for a, b in zip(got, two_part):
+                assert torch.equal(a, b)
+        assert two_part[2][0].item() == pred.numel()
+        after = depth_loss_op(pred, holes, None, *args)          # expectation wrong: redone in two parts
+        again = depth_loss_op(pred, holes, None, *args)
+        for a, b in zip(after, again):
+            assert torch.equal(a, b)
+        assert after[2][0].item() == pred.numel() - 1
+    finally:
+        fastmde.set_backend(None)

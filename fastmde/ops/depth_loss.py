@@ -31,7 +31,7 @@ import torch
 
 from .._checks import compute_dtype
 from ..reference.depth_loss import depth_loss_backward_reference, depth_loss_forward_reference, gradient_dtype
-from ._dispatch import implementation, no_autocast, not_differentiable_again, runs_eagerly, with_eager_path
+from ._dispatch import implementation, no_autocast, not_differentiable_again, with_eager_path
 
 
 def _depth_loss(
@@ -99,19 +99,39 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_terms, grad_grad, grad_counts):
-    (grad,) = ctx.saved_tensors
     # Only the total (terms[3]) is differentiable; the other terms are returned detached.
-    g = grad_terms[3]
-    if grad.dtype == ctx.pred_dtype and g.device.type == "cpu" and runs_eagerly((g, grad)) and bool(g == 1):
-        # loss.backward(): g * grad is grad to the bit. Handing the saved map over is safe:
-        # autograd takes ownership of a gradient only when nothing else holds it (the graph
-        # releases its saved map first unless retain_graph=True; then it copies). Detached: the
-        # saved map is an output of this node, so it carries this node as its grad_fn, and
-        # torch.autograd.grad(loss, pred) returned a gradient that required grad.
-        return grad.detach(), None, None, None, None, None, None, None, None
-    return depth_loss_backward(g, grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
+    (grad,) = ctx.saved_tensors
+    return depth_loss_backward(grad_terms[3], grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
 
 
 depth_loss_op.register_autograd(not_differentiable_again(_backward), setup_context=_setup_context)
+
+
+# The plain eager path hands the forward's map over as the gradient when that is the answer
+# (incoming gradient exactly 1, the map in pred's dtype): no pass at all for loss.backward().
+# The map is then the caller's (p.grad may be it, and later backwards add into it in place), so
+# the node keeps it only as an attribute it gives up: a second backward through the same graph
+# (retain_graph=True) recomputes it from the saved inputs instead of reading memory the caller
+# now owns. The registered op (torch.compile, export, dispatch modes) always scales.
+def _setup_context_eager(ctx, inputs, output):
+    pred, target, mask, *options = inputs
+    ctx.save_for_backward(pred, target, mask)     # references, for a recompute (version-checked)
+    ctx.options = options
+    ctx.pred_dtype = pred.dtype
+    ctx.grad_map = output[1].detach()              # detached: no grad_fn, no reference cycle
+
+
+def _backward_eager(ctx, grad_terms, grad_grad, grad_counts):
+    g = grad_terms[3]
+    grad = ctx.grad_map
+    if grad is None:   # handed over by an earlier backward through this graph
+        pred, target, mask = ctx.saved_tensors
+        _, grad, _ = _depth_loss(pred, target, mask, *ctx.options)
+    if grad.dtype == ctx.pred_dtype and g.device.type == "cpu" and bool(g == 1):
+        ctx.grad_map = None
+        return grad, None, None, None, None, None, None, None, None
+    return depth_loss_backward(g, grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
+
+
 # what callers use: the op, or the same implementation called directly in plain eager mode
-depth_loss = with_eager_path(depth_loss_op, _depth_loss, _backward, _setup_context)
+depth_loss = with_eager_path(depth_loss_op, _depth_loss, _backward_eager, _setup_context_eager)
