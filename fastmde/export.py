@@ -36,6 +36,8 @@ domain, a model ``torch.export`` cannot trace, an export that does not match the
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 import copy
 import logging
@@ -401,8 +403,8 @@ def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[t
         value = real_argument(tolerance, names["tolerance"])   # numpy floats and 0-d tensors too, never True
     except TypeError:
         value = None
-    if value is None or not value > 0:   # NaN fails the comparison
-        raise ValueError(f"{names['tolerance']} must be a positive number, got {tolerance!r}")
+    if value is None or not 0 < value < math.inf:   # NaN fails the comparison; inf would verify nothing
+        raise ValueError(f"{names['tolerance']} must be a positive finite number, got {tolerance!r}")
     opset = integer_argument(opset, names["opset"])           # numpy ints too, never True or 18.0
     if format == "onnx":
         from torch.onnx._constants import ONNX_MAX_OPSET

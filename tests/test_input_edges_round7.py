@@ -110,7 +110,7 @@ def test_export_switches_refuse_strings(tmp_path):
                                   ({"quiet": "yes"}, "quiet", "True or False")]:
         with pytest.raises(TypeError, match=rf"^{name} must be {allowed}, got '"):
             export(nn.Identity(), tmp_path / "m.pt2", **kwargs)
-    with pytest.raises(ValueError, match=r"^tolerance must be a positive number, got True$"):
+    with pytest.raises(ValueError, match=r"^tolerance must be a positive finite number, got True$"):
         export(nn.Identity(), tmp_path / "m.pt2", tolerance=True)
     assert not (tmp_path / "m.pt2").exists()
 

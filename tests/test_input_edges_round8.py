@@ -237,7 +237,7 @@ def test_export_options_take_numpy_and_tensor_numbers():
     assert check_options("pt2", (8, 10), torch.tensor(19), np.float32(0.5)) == ((8, 10), 19, 0.5)
     assert check_options("onnx", (np.int64(8), 10), np.uint8(20), torch.tensor(0.25)) == ((8, 10), 20, 0.25)
     for tolerance in (np.nan, 0, -1e-4, True, np.bool_(True), "1e-4", torch.tensor(True)):
-        with pytest.raises(ValueError, match=r"^tolerance must be a positive number, got "):
+        with pytest.raises(ValueError, match=r"^tolerance must be a positive finite number, got "):
             check_options("pt2", (8, 10), 18, tolerance)
 
 

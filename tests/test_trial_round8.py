@@ -49,3 +49,81 @@ def test_autograd_grad_of_the_depth_loss_is_a_plain_gradient(shape, dtype):
     fastmde.depth_loss(q, target, preset="hu_blurred").backward()
     assert seen == [(False, None)]
     torch.testing.assert_close(w.grad, (want * pred).sum())
+
+
+# ---------------------------------------------------------------- resume, --init-from, export tolerance
+
+from engine_helpers import cache, fastmde_cli, tiny_config  # noqa: E402,F401 (cache: fixture)
+
+
+def _saved_run(cache_dir, out, damage):
+    """A tiny run's last.pt (saved before any step) with ``damage(state["model"])`` applied."""
+    from fastmde.engine import Trainer
+
+    cfg = tiny_config(cache_dir, str(out))
+    trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
+    trainer.save()
+    ckpt = torch.load(trainer.last_path, weights_only=False)
+    damage(ckpt["model"])
+    torch.save(ckpt, trainer.last_path)
+    return cfg, trainer.last_path
+
+
+@pytest.mark.parametrize("kind", ["complex", "string", "nan"])
+def test_resume_checks_the_weights_as_the_other_commands_do(cache, tmp_path, kind):
+    """``--resume`` loaded last.pt with a bare load_state_dict: complex weights resumed after
+    torch's "discards the imaginary part" warning, a string weight gave a traceback, NaN weights
+    stopped at the first step with "lower --lr". Now one line each, naming --resume and the file."""
+    import warnings
+
+    from fastmde.engine import Trainer
+    from fastmde.engine.checkpoint import CheckpointError
+
+    key = "net.head_conv1.weight"
+
+    def damage(state):
+        if kind == "complex":
+            state[key] = state[key] * (1 + 1j)
+        elif kind == "string":
+            state[key] = "weights"
+        else:
+            state[key][0, 0, 0, 0] = float("nan")
+
+    cfg, last = _saved_run(cache, tmp_path / "run", damage)
+    said = {"complex": f"--resume: {last!r} is a damaged fastmde checkpoint: 1 of its weights holds complex numbers",
+            "string": f"--resume: {last!r}: its weights do not fit model 'unet34-k3-1x1': 1 not tensors: {key} is str",
+            "nan": f"--resume: {last!r}: 1 weight tensor holds NaN/inf ({key}; a diverged run?): resume from an "
+                   "earlier checkpoint, or start again (--overwrite)"}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            Trainer(cfg, resume=True, log=lambda text: None)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(said), message
+
+
+def test_init_from_nan_weights_is_refused_in_one_line(cache, tmp_path, capsys):
+    """It warned, then stopped at step 0 with "loss became nan ...: lower --lr" (advice that does
+    not apply to NaN weights)."""
+    def nan_head(state):
+        state["net.head_conv1.weight"][0, 0, 0, 0] = float("nan")
+
+    _, last = _saved_run(cache, tmp_path / "run", nan_head)
+    from engine_helpers import cli_data_args
+
+    status, _, err = fastmde_cli(["train", "--model", "unet34-k3-1x1", "--encoder", "18", "--size", "32x48",
+                                  "--init-from", last, "--out", tmp_path / "new", "--device", "cpu",
+                                  "--epochs", "1", "--workers", "0", *cli_data_args(cache)], capsys)
+    assert status == 2, err
+    assert err == (f"fastmde: error: --init-from {last!r}: 1 weight tensor holds NaN/inf (net.head_conv1.weight; "
+                   "a diverged run?): start from another checkpoint\n"), err
+    assert not (tmp_path / "new" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e999])
+def test_export_refuses_an_infinite_tolerance(value):
+    """``--tolerance inf`` was taken ("verified ... <= inf": the check off)."""
+    from fastmde.export import check_options
+
+    with pytest.raises(ValueError, match=r"^tolerance must be a positive finite number, got inf$"):
+        check_options("onnx", (32, 48), 18, value)

@@ -348,8 +348,16 @@ def build_model_from_checkpoint(ckpt: dict):
         raise CheckpointError(f"{where}: its model_spec names no network this fastmde builds: {exc}") from None
     average = ckpt.get("ema")
     weights = average["model"] if isinstance(average, dict) and "model" in average else ckpt["model"]
-    # load_state_dict would copy a complex weight into a real one (torch's "discards the imaginary
-    # part" warning, then a model that is not the one saved): damaged, as a wrong shape is
+    load_weights(model, weights, where, spec["name"])
+    return model
+
+
+def load_weights(model, weights, where: str, name: str) -> None:
+    """``model.load_state_dict(weights)`` (strict), or :class:`CheckpointError` in one line naming
+    ``where`` (the file, as the message shows it): weights holding complex numbers where the
+    model's are real (``load_state_dict`` would copy the real part with torch's warning, a model
+    that is not the one saved), and weights that do not fit ``name`` (the first missing,
+    unexpected, differently shaped and not-a-tensor keys)."""
     complex_ = complex_weights(model.state_dict(), weights) if isinstance(weights, dict) else []
     if complex_:
         n, more = len(complex_), f" (+{len(complex_) - 3} more)" if len(complex_) > 3 else ""
@@ -358,12 +366,11 @@ def build_model_from_checkpoint(ckpt: dict):
                               f"{', '.join(complex_[:3])}{more}")
     try:
         model.load_state_dict(weights)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         detail = _weights_mismatch(model, weights) if isinstance(weights, dict) else ""
         raise CheckpointError(
-            f"{where}: its weights do not fit model {spec['name']!r}: {detail or str(exc).splitlines()[0]}"
+            f"{where}: its weights do not fit model {name!r}: {detail or str(exc).splitlines()[0]}"
         ) from None
-    return model
 
 
 def load(checkpoint: str, device="cpu", *, eval_mode: bool = True, warn_nonfinite: bool = True):

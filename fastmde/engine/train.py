@@ -50,10 +50,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed as D
-from .._checks import check_depth_units
+from .._checks import check_depth_units, nonfinite_message, nonfinite_tensors
 from .._atomic import atomic_write_text
 from .._outputs import make_output_folder, remove_empty_folders
-from .checkpoint import atomic_save, capture_rng_states, interrupts_deferred, read_checkpoint, restore_rng_states
+from .checkpoint import atomic_save, capture_rng_states, interrupts_deferred, load_weights, read_checkpoint, restore_rng_states
 from .checkpoint import clean_output_folder
 from .checkpoint import FORMAT, VERSION, CheckpointError
 from .config import BEST_METRICS, TrainConfig, compare_configs, config_from_args, describe_differences
@@ -311,7 +311,10 @@ def init_weights_from(model, path: str, variant: str) -> None:
     from ..models import variant_name
     from .checkpoint import load_checkpoint_argument
 
-    loaded = load_checkpoint_argument(path, "--init-from")     # a damaged file named with its flag
+    loaded = load_checkpoint_argument(path, "--init-from", warn_nonfinite=False)   # a damaged file named with its flag
+    broken = nonfinite_tensors(loaded)
+    if broken:   # training from NaN/inf weights stops at the first step with advice that does not apply
+        raise CheckpointError(nonfinite_message(f"--init-from {path!r}", broken) + ": start from another checkpoint")
     source = getattr(loaded, "fastmde_variant", None)
     if source is None:
         spec = read_checkpoint(path)["model_spec"]
@@ -500,7 +503,13 @@ class Trainer:
         }
 
     def _load_state(self, ckpt: dict) -> None:
-        unwrap(self.model).load_state_dict(ckpt["model"])
+        # the checks eval/predict/export run on a checkpoint's weights, and a diverged run's NaN/inf
+        # weights refused: resuming them fails at the first step with advice that does not apply
+        load_weights(unwrap(self.model), ckpt["model"], f"--resume: {self.last_path!r}", self.cfg.model)
+        broken = nonfinite_tensors(unwrap(self.model))
+        if broken:
+            raise CheckpointError(nonfinite_message(f"--resume: {self.last_path!r}", broken)
+                                  + ": resume from an earlier checkpoint, or start again (--overwrite)")
         self.optimizer.load_state_dict(ckpt["optimizer"])   # after the scheduler's set-up: keeps the saved lr
         if ckpt.get("scheduler") is not None:   # None: a constant-rate run saved before the per-step schedule
             self.scheduler.load_state_dict(ckpt["scheduler"])
