@@ -11,13 +11,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 import fastmde
 from fastmde._text import parse_size
 
+from test_patch import AuthorsStyleUpProjection  # the paper authors' block
 from engine_helpers import fastmde_cli
 
 
@@ -148,34 +148,14 @@ def test_under_autocast_a_float32_skip_beside_a_bfloat16_x_runs_as_plain_pytorch
     torch.testing.assert_close(mixed, same, rtol=0, atol=0)
 
 
-class _AuthorsStyleBlock(nn.Module):
-    """The paper authors' block structure (see tests/test_patch.py)."""
-
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv1_2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn1_2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x, block=None):
-        if block is not None:
-            x = torch.cat([x, block], dim=1)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        bran1 = self.bn1_2(self.conv1_2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(bran1 + self.bn2(self.conv2(x)))
-
-
 def test_a_patched_block_refuses_a_skip_of_another_dtype_in_one_line():
     torch.manual_seed(0)
-    block = _AuthorsStyleBlock(4, 2).eval()
+    block = AuthorsStyleUpProjection(4, 2).eval()
     plain = copy.deepcopy(block)
     assert fastmde.patch(block).replaced == {"": "freeman2021"}
     x, skip = torch.randn(1, 2, 3, 5), torch.randn(1, 2, 3, 5)
     torch.testing.assert_close(block(x, skip), plain(x, skip), rtol=1e-5, atol=1e-6)
-    with pytest.raises(TypeError, match=r"^_AuthorsStyleBlock: skip is torch.float64 but x is torch.float32"):
+    with pytest.raises(TypeError, match=r"^AuthorsStyleUpProjection: skip is torch.float64 but x is torch.float32"):
         block(x, skip.double())
 
 

@@ -20,7 +20,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -28,6 +27,7 @@ import fastmde
 from fastmde import models
 from fastmde._checks import integer_argument
 
+from test_patch import AuthorsStyleUpProjection  # the paper authors' block
 from engine_helpers import cache, fastmde_cli, tiny_config  # noqa: F401 (cache: fixture)
 
 
@@ -166,35 +166,15 @@ def test_the_up_projection_op_names_other_bad_inputs_in_one_line():
         _one_line(info)
 
 
-class _AuthorsStyleBlock(nn.Module):
-    """The paper authors' block structure (see tests/test_patch.py)."""
-
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv1_2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn1_2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x, block=None):
-        if block is not None:
-            x = torch.cat([x, block], dim=1)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        bran1 = self.bn1_2(self.conv1_2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(bran1 + self.bn2(self.conv2(x)))
-
-
 def test_a_patched_block_refuses_and_mixes_dtypes_as_the_module_and_the_op_do():
     torch.manual_seed(0)
-    block = _AuthorsStyleBlock(4, 2).eval()
+    block = AuthorsStyleUpProjection(4, 2).eval()
     plain = copy.deepcopy(block)
     assert fastmde.patch(block).replaced == {"": "freeman2021"}
     x = _x()
     with pytest.raises(TypeError) as info:
         block(x.bfloat16())
-    assert _one_line(info) == ("_AuthorsStyleBlock: x is torch.bfloat16 but the block's weights are torch.float32: "
+    assert _one_line(info) == ("AuthorsStyleUpProjection: x is torch.bfloat16 but the block's weights are torch.float32: "
                                "convert one (block.to(torch.bfloat16) or x.to(torch.float32)), or run under "
                                "torch.autocast")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
