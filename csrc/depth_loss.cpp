@@ -215,6 +215,12 @@ __attribute__((optimize("fp-contract=off"))) void scale_add_tile(const in_t* __r
   }
 }
 
+// 1 / max(n, 1): the factor a term's count gives its gradient (a NaN count propagates, as in max())
+template <typename T>
+inline T inverse_count(T n) {
+  return T(1) / std::max(n, T(1));
+}
+
 // scalar_t: pred's (and the gradients') dtype; target_t: the ground truth's (scalar_t or T);
 // T: the compute dtype.
 template <typename scalar_t, typename target_t, typename T>
@@ -440,8 +446,7 @@ bool run_loss(const at::Tensor& pred, const at::Tensor& target, const bool* mask
   kernel.grad_stencil = stencil && !combined ? grad_stencil.data_ptr<scalar_t>() : nullptr;
   kernel.combined = combined;
   if (combined) {   // normalise_gradient's factors for N_d = N_s = B H W (the count rounded to T as there)
-    const T n = std::max(static_cast<T>(static_cast<double>(pred.numel())), T(1));
-    kernel.inv_d = kernel.inv_s = T(1) / n;
+    kernel.inv_d = kernel.inv_s = inverse_count(static_cast<T>(static_cast<double>(pred.numel())));
   }
   kernel.B = B;
   kernel.H = H;
@@ -502,8 +507,8 @@ at::Tensor normalise_gradient(at::Tensor& grad_depth, const at::Tensor& grad_ste
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const at::Tensor c = counts.to(c10::CppTypeToScalarType<T>::value);
     const T* n = c.data_ptr<T>();
-    const T a = T(1) / std::max(n[0], T(1));
-    const T b = T(1) / std::max(std::max(n[1], n[2]), T(1));  // NaN counts propagate as in max()
+    const T a = inverse_count(n[0]);
+    const T b = inverse_count(std::max(n[1], n[2]));
     const scalar_t* gd = grad_depth.data_ptr<scalar_t>();
     const scalar_t* gs = stencil ? grad_stencil.data_ptr<scalar_t>() : nullptr;
     auto run = [&](auto* o) {

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import memory_format_of
+
 
 def _flat_view(t: torch.Tensor) -> torch.Tensor | None:
     """A 1-D view of a channels_last (and not also contiguous) 4-D tensor's memory, else None."""
-    if t.dim() != 4 or t.is_contiguous() or not t.is_contiguous(memory_format=torch.channels_last):
+    if memory_format_of(t) != torch.channels_last:
         return None
     return t.permute(0, 2, 3, 1).reshape(-1)
 

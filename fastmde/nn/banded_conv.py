@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import memory_format_of
 from ..ops._dispatch import runs_eagerly
 
 #: one image's H * W below which banding is never tried (no gain was measured there)
@@ -127,8 +128,10 @@ def band_rows(height: int) -> int | None:
     return min(BAND_ROWS, key=lambda r: (-height % r, abs(r - _PREFERRED_ROWS)))
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+def _layout(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` or the weight is laid out so (the convolution then runs in it)."""
+    formats = (memory_format_of(x), memory_format_of(weight))
+    return torch.channels_last if torch.channels_last in formats else torch.contiguous_format
 
 
 def _bands(t: torch.Tensor, rows: int, halo: int, memory_format) -> torch.Tensor:
@@ -170,7 +173,7 @@ def weight_grad_banded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     kh, kw = weight.shape[-2:]
     halo = kh // 2
     rows = max(rows, halo)
-    fmt = torch.channels_last if _is_channels_last(x) or _is_channels_last(weight) else torch.contiguous_format
+    fmt = _layout(x, weight)
     xb = _bands(x, rows, halo, fmt)
     gb = _bands(grad, rows, 0, fmt)
     return torch.ops.aten.convolution_backward(
@@ -178,7 +181,7 @@ def weight_grad_banded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
 
 
 def _key(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple:
-    fmt = "channels_last" if _is_channels_last(x) or _is_channels_last(weight) else "contiguous"
+    fmt = "channels_last" if _layout(x, weight) == torch.channels_last else "contiguous"
     return (tuple(x.shape), dtype, fmt, weight.shape[0], tuple(weight.shape[-2:]))
 
 
@@ -215,8 +218,7 @@ class _BandedWeightGradConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-        fmt = torch.channels_last if _is_channels_last(x) or _is_channels_last(weight) else torch.contiguous_format
-        grad = grad.contiguous(memory_format=fmt)
+        grad = grad.contiguous(memory_format=_layout(x, weight))
         if ctx.path == "one_call" or not need_w:
             gx, gw, gb = torch.ops.aten.convolution_backward(
                 grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
