@@ -240,6 +240,18 @@ def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
 
 # ---------------------------------------------------------------- weights read from a file
 
+def complex_weights_message(own: dict, weights: dict, names: dict | None = None) -> str | None:
+    """``"2 of its weights hold complex numbers where the model's are real: a is complex64 (the
+    model's is float32), ..."`` (the first three) for :func:`complex_weights`, or None when there
+    are none; the caller names the file in front."""
+    found = complex_weights(own, weights, names)
+    if not found:
+        return None
+    n, more = len(found), f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+    return (f"{n} of its weights {'hold' if n > 1 else 'holds'} complex numbers where the model's are real: "
+            f"{', '.join(found[:3])}{more}")
+
+
 def complex_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
     """``"key is complex64 (the model's is float32)"`` for each tensor of ``weights`` that holds
     complex numbers where the same key of ``own`` (a model's ``state_dict()``) is real; ``names``

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, clean_stale_temporaries
-from .._checks import complex_weights, nonfinite_message, nonfinite_tensors
+from .._checks import complex_weights_message, nonfinite_message, nonfinite_tensors
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
@@ -358,12 +358,9 @@ def load_weights(model, weights, where: str, name: str) -> None:
     model's are real (``load_state_dict`` would copy the real part with torch's warning, a model
     that is not the one saved), and weights that do not fit ``name`` (the first missing,
     unexpected, differently shaped and not-a-tensor keys)."""
-    complex_ = complex_weights(model.state_dict(), weights) if isinstance(weights, dict) else []
+    complex_ = complex_weights_message(model.state_dict(), weights) if isinstance(weights, dict) else None
     if complex_:
-        n, more = len(complex_), f" (+{len(complex_) - 3} more)" if len(complex_) > 3 else ""
-        raise CheckpointError(f"{where} is a damaged fastmde checkpoint: {n} of its weights "
-                              f"{'hold' if n > 1 else 'holds'} complex numbers where the model's are real: "
-                              f"{', '.join(complex_[:3])}{more}")
+        raise CheckpointError(f"{where} is a damaged fastmde checkpoint: {complex_}")
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:

@@ -69,7 +69,7 @@ import re
 import torch
 from torch import nn
 
-from .._checks import complex_weights
+from .._checks import complex_weights_message
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 from .resnet import DEPTHS, CheckpointMismatchError
 
@@ -452,11 +452,9 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
     model = build(name, size=size, **overrides)
     reference = model.state_dict()
     # a complex weight would load with torch's "discards the imaginary part" warning only
-    complex_ = complex_weights(reference, mapped, origin)
+    complex_ = complex_weights_message(reference, mapped, origin)
     if complex_:
-        n, more = len(complex_), f" (+{len(complex_) - 3} more)" if len(complex_) > 3 else ""
-        raise ExternalCheckpointError(f"{what} is damaged: {n} of its weights {'hold' if n > 1 else 'holds'} complex "
-                                      f"numbers where the model's are real: {', '.join(complex_[:3])}{more}")
+        raise ExternalCheckpointError(f"{what} is damaged: {complex_}")
     for key in reference:
         if key not in mapped:  # a num_batches_tracked the file lacks (PyTorch < 0.4.1)
             mapped[key] = torch.zeros_like(reference[key])
