@@ -27,12 +27,16 @@
 #include <vector>
 
 #include "fastmde.h"
+#include "simd_math.h"
 
 namespace fastmde {
 namespace {
 
-// Elements of the per-band buffers (about 8 MB in float32): bounds the extra memory.
-constexpr int64_t kBandBudget = int64_t(1) << 20;
+// Elements of the per-band buffers: bounds the extra memory. The forward's bands are larger
+// (about 16 MB in float32): its GEMM over 5-row bands ran 2x slower than over 10 or more rows
+// (oneDNN's per-call cost) at the U-Net's last block, 1x64x144x192 -> 288x384 in bfloat16.
+constexpr int64_t kForwardBandBudget = int64_t(1) << 22;
+constexpr int64_t kBackwardBandBudget = int64_t(1) << 20;
 
 // One axis of the bilinear interpolation (PyTorch's upsample_bilinear2d conventions).
 template <typename T>
@@ -166,7 +170,7 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
     rmax[Y] = hi;
   }
   const int64_t per_row = w * kk * C + W * k * C;
-  const int64_t rows_budget = std::max<int64_t>(2, kBandBudget / per_row);
+  const int64_t rows_budget = std::max<int64_t>(2, kForwardBandBudget / per_row);
   const int64_t BY = std::max<int64_t>(1, rows_budget * H / std::max<int64_t>(1, h) / 2);
   int64_t cap = 1;
   for (int64_t Y0 = 0; Y0 < H; Y0 += BY)
@@ -287,7 +291,7 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
   const int64_t H = ay.out, W = ax.out, p = k / 2, kk = k * k;
   const int64_t rows_per_in = (H + h - 1) / h + 2;
   const int64_t per_row = w * kk * C + W * k * C + rows_per_in * W * C;
-  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(h, kBandBudget / per_row));
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(h, kBackwardBandBudget / per_row));
   // g rows each low-res row band reads
   std::vector<int64_t> gmin(h), gmax(h);
   for (int64_t r = 0; r < h; ++r) {
@@ -314,12 +318,16 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
   // Bands run one after another (see forward_impl): each pass inside is parallel, and the
   // GEMMs run at the top level, adding into one grad_weight in band order.
   const auto acc_options = Wm.options().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor gbuf = at::empty({gcap, W, C}, acc_options);
+  // g is read in place when its channels are contiguous (channels_last), else row by row
+  // through G, pixel-major in the accumulation type
+  const bool g_in_place = gs_c == 1;
+  at::Tensor gbuf = at::empty({g_in_place ? 0 : gcap, W, C}, acc_options);
   at::Tensor ubuf = at::empty({RB, W, k, C}, acc_options);
-  at::Tensor tbuf = at::empty({RB * w, kk * C}, acc_options);
+  // t is written in the GEMMs' dtype (bfloat16: each value rounded once, as t.to(bf16) would)
+  at::Tensor tbuf = at::empty({RB * w, kk * C}, Wm.options());
   T* G = gbuf.data_ptr<T>();
   T* u = ubuf.data_ptr<T>();
-  T* t = tbuf.data_ptr<T>();
+  Z* t = tbuf.data_ptr<Z>();
   for (int64_t band = 0; band < B * nbands; ++band) {
     const int64_t b = band / nbands;
     const int64_t r0 = (band % nbands) * RB;
@@ -329,35 +337,45 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
       glo = std::min(glo, gmin[r]);
       ghi = std::max(ghi, gmax[r]);
     }
-    // g[b, :, glo:ghi+1, :] -> G (rows, W, C)
-    at::parallel_for(glo, ghi + 1, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t Y = begin; Y < end; ++Y)
-        load_row(g_ptr + b * gs_b + Y * gs_y, G + (Y - glo) * W * C, W, C, gs_c, gs_x);
-    });
-    // vertical adjoint: u[r, X, kh, :] = Σ_{(Y', l) reading r} l g[Y' - kh + p, X, :]
-    at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t rX = begin; rX < end; ++rX) {
-        const int64_t rl = rX / W, X = rX % W;
-        for (int64_t kh = 0; kh < k; ++kh) {
-          T* acc = u + ((rl * W + X) * k + kh) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
-          for (const auto& [yu, wt] : ay.readers[r0 + rl]) {
-            const int64_t Y = yu - kh + p;
-            if (Y < 0 || Y >= H) continue;
-            const T* gp = G + ((Y - glo) * W + X) * C;
+    // vertical adjoint: u[r, X, kh, :] = Σ_{(Y', l) reading r} l g[Y' - kh + p, X, :], g's row Y
+    // at src + (Y - row0) * row_stride, its pixels px_stride apart
+    auto vertical_adjoint = [&](const auto* src, int64_t row0, int64_t row_stride, int64_t px_stride) {
+      at::parallel_for(0, nrows * W, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t rX = begin; rX < end; ++rX) {
+          const int64_t rl = rX / W, X = rX % W;
+          for (int64_t kh = 0; kh < k; ++kh) {
+            T* acc = u + ((rl * W + X) * k + kh) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
+            for (const auto& [yu, wt] : ay.readers[r0 + rl]) {
+              const int64_t Y = yu - kh + p;
+              if (Y < 0 || Y >= H) continue;
+              const auto* gp = src + (Y - row0) * row_stride + X * px_stride;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) acc[c] += wt * gp[c];
+              for (int64_t c = 0; c < C; ++c) acc[c] += wt * static_cast<T>(gp[c]);
+            }
           }
         }
-      }
-    });
-    // horizontal adjoint: t[r, ix, kh, kw, :] = Σ_{(X', l) reading ix} l u[r, X' - kw + p, kh, :]
+      });
+    };
+    if (g_in_place) {
+      vertical_adjoint(g_ptr + b * gs_b, 0, gs_y, gs_x);
+    } else {
+      // g[b, :, glo:ghi+1, :] -> G (rows, W, C)
+      at::parallel_for(glo, ghi + 1, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t Y = begin; Y < end; ++Y)
+          load_row(g_ptr + b * gs_b + Y * gs_y, G + (Y - glo) * W * C, W, C, gs_c, gs_x);
+      });
+      vertical_adjoint(G, glo, W * C, C);
+    }
+    // horizontal adjoint: t[r, ix, kh, kw, :] = Σ_{(X', l) reading ix} l u[r, X' - kw + p, kh, :],
+    // summed in the accumulation type in a per-thread row, then stored in t's dtype
     at::parallel_for(0, nrows * w, 16, [&](int64_t begin, int64_t end) {
+      std::vector<T> row(kk * C);
       for (int64_t ri = begin; ri < end; ++ri) {
         const int64_t rl = ri / w, ix = ri % w;
         for (int64_t kh = 0; kh < k; ++kh) {
           for (int64_t kw = 0; kw < k; ++kw) {
-            T* acc = t + ri * kk * C + (kh * k + kw) * C;
+            T* acc = row.data() + (kh * k + kw) * C;
             for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
             for (const auto& [xu, wt] : ax.readers[ix]) {
               const int64_t X = xu - kw + p;
@@ -368,12 +386,15 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
             }
           }
         }
+        Z* dst = t + ri * kk * C;
+#pragma omp simd
+        for (int64_t i = 0; i < kk * C; ++i) store_narrow(dst, i, row[i]);
       }
     });
     // grad_x rows = t @ Wm and grad_Wm += t^T @ x_rows: the forward GEMM's backward, two
     // BLAS GEMMs writing straight into grad_x's rows and accumulating into grad_Wm
     // (bfloat16: t rounded once to bf16, the GEMMs on the bf16 units, grad_Wm summed in float32)
-    const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w).to(Wm.scalar_type());
+    const at::Tensor t2 = tbuf.narrow(0, 0, nrows * w);
     at::Tensor gx_rows = gxcl[b].slice(0, r0, r1).view({nrows * w, Cin});
     const at::Tensor x_rows = xcl[b].slice(0, r0, r1).view({nrows * w, Cin});
     at::mm_out(gx_rows, t2, Wm);

@@ -513,6 +513,28 @@ def test_native_band_splitting_large_channels(native_backend, align_corners):
     compare(x, weight, (80, 96), align_corners, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_backward_reads_a_channels_last_gradient_in_place(native_backend, dtype):
+    """Over several row bands, the C++ backward reads a channels_last output gradient in place
+    and copies a channel-major one row by row first: the same numbers reach the same sums, so
+    the two gradients are bitwise equal (bfloat16 too: there t is rounded once, as before the
+    GEMMs)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 40, 48, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(256, 16, 3, 3, generator=g) * 0.1).to(dtype)
+    grad = torch.randn(1, 256, 80, 96, generator=g).to(dtype)
+    by_rows = upsample_conv2d_backward_op(grad, x, weight, [80, 96], True)
+    in_place = upsample_conv2d_backward_op(grad.contiguous(memory_format=torch.channels_last), x, weight, [80, 96], True)
+    for a, b in zip(in_place, by_rows):
+        assert torch.equal(a, b)
+    # and both are the gradients of the reference (float32: tight; bfloat16: its rounding)
+    xr, wr = x.double().requires_grad_(), weight.double().requires_grad_()
+    want = torch.autograd.grad(upsample_conv2d_reference(xr, wr, (80, 96), True), (xr, wr), grad.double())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for got, ref in zip(in_place, want):
+        assert (got.double() - ref).abs().max() <= tol * ref.abs().max()
+
+
 @pytest.mark.parametrize("cin, cout, h, w", [(64, 128, 16, 24), (48, 96, 20, 13)])
 def test_native_decoder_sized_channels_are_exact_and_repeatable(native_backend, cin, cout, h, w):
     """Channel counts of real decoders, on every thread: a regression test for the ATen
