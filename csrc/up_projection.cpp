@@ -32,11 +32,11 @@
 namespace fastmde {
 namespace {
 
-// Elements of the per-band buffers: bounds the extra memory. The forward's bands are larger
-// (about 16 MB in float32): its GEMM over 5-row bands ran 2x slower than over 10 or more rows
-// (oneDNN's per-call cost) at the U-Net's last block, 1x64x144x192 -> 288x384 in bfloat16.
-constexpr int64_t kForwardBandBudget = int64_t(1) << 22;
-constexpr int64_t kBackwardBandBudget = int64_t(1) << 20;
+// Elements of the per-band buffers (at most about 16 MB): bounds the extra memory. Bands of
+// a quarter of this ran the U-Net's last block (1x64x144x192 -> 288x384, bfloat16) 1.3x slower
+// forward and 1.1x slower backward: their GEMMs over 3-5 low-resolution rows paid oneDNN's
+// per-call cost (5-row GEMMs at half the speed of 10-row ones).
+constexpr int64_t kBandBudget = int64_t(1) << 22;
 
 // One axis of the bilinear interpolation (PyTorch's upsample_bilinear2d conventions).
 template <typename T>
@@ -170,7 +170,7 @@ void forward_impl(const at::Tensor& xcl, const at::Tensor& Wm, at::Tensor& out, 
     rmax[Y] = hi;
   }
   const int64_t per_row = w * kk * C + W * k * C;
-  const int64_t rows_budget = std::max<int64_t>(2, kForwardBandBudget / per_row);
+  const int64_t rows_budget = std::max<int64_t>(2, kBandBudget / per_row);
   const int64_t BY = std::max<int64_t>(1, rows_budget * H / std::max<int64_t>(1, h) / 2);
   int64_t cap = 1;
   for (int64_t Y0 = 0; Y0 < H; Y0 += BY)
@@ -291,7 +291,7 @@ void backward_impl(const at::Tensor& g, const at::Tensor& xcl, const at::Tensor&
   const int64_t H = ay.out, W = ax.out, p = k / 2, kk = k * k;
   const int64_t rows_per_in = (H + h - 1) / h + 2;
   const int64_t per_row = w * kk * C + W * k * C + rows_per_in * W * C;
-  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(h, kBackwardBandBudget / per_row));
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(h, kBandBudget / per_row));
   // g rows each low-res row band reads
   std::vector<int64_t> gmin(h), gmax(h);
   for (int64_t r = 0; r < h; ++r) {
