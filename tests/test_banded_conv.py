@@ -1,6 +1,7 @@
 """BandedConv2d against nn.Conv2d: values and the gradients of x, weight and bias, with the
-banded weight gradient forced on small maps (odd heights, a last short band, k = 1, 3, 5), the
-automatic choice, the paths that must stay nn.Conv2d's, and a model's training step."""
+banded weight gradient and the tap-GEMM backward forced on small maps (odd heights, a last
+short band, k = 1, 3, 5, one and several output channels), the automatic choice, the paths that
+must stay nn.Conv2d's, and a model's training step."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmde.nn import banded_conv
-from fastmde.nn.banded_conv import BandedConv2d, band_rows, forced, measured_choices, weight_grad_banded
+from fastmde.nn.banded_conv import (
+    BandedConv2d,
+    band_rows,
+    forced,
+    grads_by_taps,
+    measured_choices,
+    weight_grad_banded,
+)
 
 CL = torch.channels_last
 
@@ -73,6 +81,36 @@ def test_banded_matches_conv2d_drawn(h, w, rows, k, batch, bias, layout):
     _assert_matches(ref, fast, x, 1e-12, rows=rows)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("cout,k", [(1, 3), (1, 5), (2, 3), (1, 1), (4, 3)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_taps_match_conv2d(dtype, tol, fmt, cout, k, batch):
+    """The tap-GEMM backward: every gradient, narrow outputs (the head's 1 channel) and a wider one."""
+    ref, fast = _pair(5, cout, k, bias=cout != 2, dtype=dtype)
+    _assert_matches(ref, fast, torch.randn(batch, 5, 9, 7, dtype=dtype).contiguous(memory_format=fmt), tol,
+                    path="taps")
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 10), w=st.integers(1, 6), k=st.sampled_from([1, 3, 5]), cout=st.integers(1, 3),
+       batch=st.integers(1, 2), bias=st.booleans(), layout=st.sampled_from(["nchw", "cl", "strided"]))
+def test_taps_match_conv2d_drawn(h, w, k, cout, batch, bias, layout):
+    """Maps smaller than the kernel (every tap partly outside), strided inputs."""
+    ref, fast = _pair(3, cout, k, bias=bias)
+    x = torch.randn(batch, 3, h, 2 * w, dtype=torch.float64)
+    x = x[..., ::2] if layout == "strided" else x[..., :w].contiguous(memory_format=CL if layout == "cl" else
+                                                                      torch.contiguous_format)
+    _assert_matches(ref, fast, x, 1e-12, path="taps")
+
+
+def test_grads_by_taps_leaves_out_what_is_not_asked_for():
+    x = torch.randn(1, 3, 5, 4, dtype=torch.float64)
+    weight = torch.randn(1, 3, 3, 3, dtype=torch.float64)
+    gx, gw, gb = grads_by_taps(torch.randn(1, 1, 5, 4, dtype=torch.float64), x, weight, need_x=False, need_b=False)
+    assert gx is None and gb is None and gw.shape == weight.shape
+
+
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 def test_one_call_path_of_the_function_matches_conv2d(fmt):
     ref, fast = _pair(3, 4, 3, bias=True)
@@ -82,21 +120,24 @@ def test_one_call_path_of_the_function_matches_conv2d(fmt):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("bias", [False, True])
-def test_bfloat16_autocast_matches_conv2d(fmt, bias):
+@pytest.mark.parametrize("cout", [5, 1])
+def test_bfloat16_autocast_matches_conv2d(fmt, bias, cout):
     """As nn.Conv2d under CPU autocast: bf16 output, float32 gradients of x and the parameters."""
-    ref, fast = _pair(4, 5, 3, bias=bias, dtype=torch.float32)
+    ref, fast = _pair(4, cout, 3, bias=bias, dtype=torch.float32)
     ref, fast = ref.to(memory_format=fmt), fast.to(memory_format=fmt)
     x = torch.randn(2, 4, 11, 6).contiguous(memory_format=fmt)
-    g = torch.randn(2, 5, 11, 6, dtype=torch.bfloat16)
+    g = torch.randn(2, cout, 11, 6, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ref, grads_ref = _run(ref, x, g)
-        with forced("banded", 4):
-            y, grads = _run(fast, x, g)
-    assert y.dtype == y_ref.dtype == torch.bfloat16
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
-    for got, want in zip(grads, grads_ref):
-        assert got.dtype == want.dtype == torch.float32
-        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+        for path in ("banded", "taps"):
+            fast.zero_grad()
+            with forced(path, 4):
+                y, grads = _run(fast, x, g)
+            assert y.dtype == y_ref.dtype == torch.bfloat16
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+            for got, want in zip(grads, grads_ref):
+                assert got.dtype == want.dtype == torch.float32
+                torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2, msg=path)
 
 
 def test_weight_grad_banded_of_a_channels_last_map_is_a_view_of_its_bands():
@@ -121,9 +162,9 @@ def test_band_rows():
 
 def test_automatic_choice_is_measured_once_and_cached(monkeypatch):
     monkeypatch.setattr(banded_conv, "_CHOICES", {})
-    ref, fast = _pair(2, 2, 3, bias=True, dtype=torch.float32)
+    ref, fast = _pair(2, 4, 3, bias=True, dtype=torch.float32)   # 4 x 3 x 3 > TAPS_MAX_COLUMNS: bands
     x = torch.randn(1, 2, 256, 256)                  # H * W = MIN_PIXELS
-    g = torch.randn(1, 2, 256, 256)
+    g = torch.randn(1, 4, 256, 256)
     y_ref, grads_ref = _run(ref, x, g)
     for _ in range(2):
         fast.zero_grad()
@@ -133,8 +174,29 @@ def test_automatic_choice_is_measured_once_and_cached(monkeypatch):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     (row,) = measured_choices()
     assert row["shape"] == (1, 2, 256, 256) and row["dtype"] == "float32" and row["kernel_size"] == (3, 3)
-    assert row["choice"] in ("banded", "one_call") and row["one_call_ms"] > 0 and row["banded_ms"] > 0
-    assert (row["choice"] == "banded") == (row["banded_ms"] < banded_conv.WIN_RATIO * row["one_call_ms"])
+    assert row["choice"] in ("banded", "one_call") and row["one_call_ms"] > 0 and row["other_ms"] > 0
+    assert (row["choice"] == "banded") == (row["other_ms"] < banded_conv.WIN_RATIO * row["one_call_ms"])
+
+
+def test_a_narrow_output_measures_the_tap_gemms(monkeypatch):
+    """The head's conv to one channel: the tap GEMMs are timed against the whole one call, once."""
+    monkeypatch.setattr(banded_conv, "_CHOICES", {})
+    ref, fast = _pair(3, 1, 3, bias=True, dtype=torch.float32)
+    x = torch.randn(1, 3, 256, 256)                  # B * H * W = MIN_PIXELS
+    g = torch.randn(1, 1, 256, 256)
+    y_ref, grads_ref = _run(ref, x, g)
+    for _ in range(2):
+        fast.zero_grad()
+        y, grads = _run(fast, x, g)
+        torch.testing.assert_close(y, y_ref)
+        for got, want in zip(grads, grads_ref):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    (row,) = measured_choices()
+    assert row["out_channels"] == 1 and row["choice"] in ("taps", "one_call") and row["other_ms"] > 0
+    assert (row["choice"] == "taps") == (row["other_ms"] < banded_conv.WIN_RATIO * row["one_call_ms"])
+    # a batch reaches the pixel count together; a smaller one is never measured
+    assert _grad_fn_name(fast, torch.randn(2, 3, 128, 256)) == "_BandedWeightGradConvBackward"
+    assert _grad_fn_name(fast, torch.randn(1, 3, 128, 256)) == "ConvolutionBackward0"
 
 
 def test_the_cached_choice_picks_the_path(monkeypatch):
@@ -241,7 +303,8 @@ def test_compiled_training_step_matches_eager(dynamic):
 
 
 def test_unet_trains_a_step_with_banded_weight_gradients(monkeypatch):
-    """A tiny U-Net's gradients with every full-resolution conv banded equal the one call's."""
+    """A tiny U-Net's gradients with every full-resolution conv banded, or through the tap GEMMs,
+    equal the one call's."""
     from fastmde.models import UNet
 
     banded_calls = []
@@ -253,20 +316,21 @@ def test_unet_trains_a_step_with_banded_weight_gradients(monkeypatch):
     monkeypatch.setattr(banded_conv, "weight_grad_banded", counted)
 
     torch.manual_seed(0)
-    model = UNet(18, kernel_size=3)
+    model = UNet(18, kernel_size=3).double()     # float64: the ways' different sums agree to 1e-12
     assert isinstance(model.head_conv1, BandedConv2d) and isinstance(model.up4.conv2, BandedConv2d)
     assert [k for k in model.state_dict() if "head" in k][:2] == ["head_conv1.weight", "head_bn.weight"]
-    x = torch.rand(2, 3, 32, 32) * 255
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 255
     grads = {}
-    for path in ("one_call", "banded"):
+    for path in ("one_call", "banded", "taps"):
         model.zero_grad()
         with forced(path, 5):
             model(x).square().mean().backward()
         grads[path] = {n: p.grad.clone() for n, p in model.named_parameters()}
     # each block's conv2 and the two head convs; up4.conv2 and the head at the input's size
     assert len(banded_calls) == 6 and banded_calls.count((2, 64, 32, 32)) == 3
-    for name, grad in grads["banded"].items():
-        torch.testing.assert_close(grad, grads["one_call"][name], rtol=1e-4, atol=1e-5, msg=name)
+    for path in ("banded", "taps"):
+        for name, grad in grads[path].items():
+            torch.testing.assert_close(grad, grads["one_call"][name], rtol=1e-9, atol=1e-12, msg=f"{path}: {name}")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     before = model.head_conv1.weight.detach().clone()
     opt.step()
@@ -282,12 +346,17 @@ def test_choices_survive_a_checkpoint():
     try:
         banded_conv._CHOICES.clear()
         key = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 4, (3, 3))
+        head = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 1, (3, 3))
         banded_conv._CHOICES[key] = ("banded", 0.02, 0.01)
+        banded_conv._CHOICES[head] = ("taps", 0.02, 0.01)
         state = banded_conv.choices_state()
-        assert state == [[[1, 4, 256, 300], "bfloat16", "channels_last", 4, [3, 3], "banded"]]
+        assert state == [[[1, 4, 256, 300], "bfloat16", "channels_last", 4, [3, 3], "banded"],
+                         [[1, 4, 256, 300], "bfloat16", "channels_last", 1, [3, 3], "taps"]]
         banded_conv._CHOICES.clear()
-        banded_conv.restore_choices(state + [["junk"], [[1], "no_such_dtype", "x", 1, [1], "banded"], None])
-        assert list(banded_conv._CHOICES) == [key] and banded_conv._CHOICES[key][0] == "banded"
+        banded_conv.restore_choices(state + [["junk"], [[1], "no_such_dtype", "x", 1, [1], "banded"], None,
+                                             [[1, 4, 8, 8], "bfloat16", "channels_last", 1, [3, 3], "bands"]])
+        assert list(banded_conv._CHOICES) == [key, head]
+        assert banded_conv._CHOICES[key][0] == "banded" and banded_conv._CHOICES[head][0] == "taps"
         banded_conv.restore_choices(None)
     finally:
         banded_conv._CHOICES.clear()

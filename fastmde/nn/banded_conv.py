@@ -1,7 +1,8 @@
-"""A Conv2d whose weight gradient on large CPU maps may be computed over row bands.
+"""A Conv2d whose CPU backward may take a faster way than oneDNN's one call: the weight
+gradient of a large map over row bands, or all gradients of a narrow output through tap GEMMs.
 
-The finding (AMD EPYC, 2 vCPUs, torch 2.13, bfloat16 channels_last, 3x3 conv 64->64, padding 1,
-batch 1): oneDNN's weight gradient (``aten.convolution_backward`` with output mask
+**Row bands** (AMD EPYC, 2 vCPUs, torch 2.13, bfloat16 channels_last, 3x3 conv 64->64, padding
+1, batch 1): oneDNN's weight gradient (``aten.convolution_backward`` with output mask
 ``[False, True, False]``) takes 21-23 ms at 288x384 but 2.9 ms at 144x192 (4x fewer pixels, 8x
 less time), and 15.7 ms at 240x320. The same gradient as *one* call over a batch of row bands
 (the input cut into bands of R rows, each with the k // 2 rows above and below it as a halo,
@@ -9,9 +10,18 @@ zero halo at the image's top and bottom; the output gradient viewed as the same 
 (0, k // 2)) takes 12.3 ms at 288x384 (R = 16..24) and 8.4 ms at 240x320, as accurate (the same
 largest error against a float64 reference: oneDNN sums the batch in float32 and rounds to the
 weight's dtype once, as for one image; the order of the sum differs). No
-gain at 144x192, for a batch of 8 at 96x128 (10 -> 12 ms), or for the 64->1 head conv. In the
+gain at 144x192 or for a batch of 8 at 96x128 (10 -> 12 ms). In the
 default CPU training step (unet34-k3-1x1 at 288x384, batch 1) the two full-resolution 64->64
 3x3 convs (up4's ``conv2``, ``head_conv1``) gain about 8 ms per step (~2.5%).
+
+**Tap GEMMs** (:func:`grads_by_taps`), for a narrow output (out channels x kh x kw <=
+:data:`TAPS_MAX_COLUMNS`: the depth head's k x k conv to one channel): oneDNN's backward of the
+3x3 64->1 head conv at 288x384 (bfloat16 channels_last) takes 5.6 ms, 4.7 of them for the weight
+gradient. Written as GEMMs over the output gradient's k*k shifted copies (a 288*384 x 9 matrix T,
+built from the one-channel gradient in 0.2 ms), grad x = T @ W and grad weight = T^T @ x each
+read the 64-channel map once: 2.9 ms for all three gradients; with the bicubic resize and the
+loss around it, 17.7 -> 15.4 ms per forward + backward (interleaved). Exact up to the order of
+the float sums, as the bands are.
 
 Why it is exact: output row o of a band reads input rows o - k//2 .. o + k//2 of that band, which
 the halo makes the same rows the whole image's output row reads (zero above the first and below
@@ -22,17 +32,18 @@ output-gradient rows add exactly zero.
 
 Which way is faster is measured, not assumed (an Intel CPU with AMX, or another thread count,
 may differ): per (input shape, dtype, memory format, out channels, kernel size) the first
-backward computes the weight gradient both ways, timing each once (``time.perf_counter``, both
-calls equally cold), and :data:`_CHOICES` keeps the winner for the process; the band way wins
-only below 0.9x the one call's time. Later forwards of a shape whose winner is the one call take
-``nn.Conv2d.forward`` unchanged. The two ways sum in different orders, so their float32 or
+backward runs the one call and the other way (bands, or the tap GEMMs for a narrow output) twice
+each, alternating, and keeps the faster by their second times (``time.perf_counter``; the first
+run of each warms what it reads) in :data:`_CHOICES` for the process; the other way wins only
+below 0.9x the one call's time. Later forwards of a shape whose winner is the one call take
+``nn.Conv2d.forward`` unchanged. The ways sum in different orders, so their float32 or
 bfloat16 results may differ in the last bits: two processes that chose differently do not train
 bit for bit alike, so a training checkpoint keeps the choices (:func:`choices_state`,
 :func:`restore_choices`) and a resumed run sums as the run it continues; under
 ``torch.use_deterministic_algorithms(True)`` the one call is always taken and nothing is
-measured. Banding is tried only where one image's map has
-H * W >= 65536 (:data:`MIN_PIXELS`; below it there was never a gain) and at least two bands of
-16-32 rows fit. :func:`measured_choices` shows what was chosen.
+measured. Banding is tried only where one image's map has H * W >= 65536 (:data:`MIN_PIXELS`;
+below it there was never a gain) and at least two bands of 16-32 rows fit; the tap GEMMs where
+the batch's B * H * W >= 65536. :func:`measured_choices` shows what was chosen.
 
 :class:`BandedConv2d` is a drop-in ``nn.Conv2d`` (same parameters, ``state_dict``, arguments).
 It takes the banded backward only in plain eager mode (``ops/_dispatch.runs_eagerly``: not under
@@ -51,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import memory_format_of
+from .._checks import compute_dtype, memory_format_of
 from ..ops._dispatch import runs_eagerly
 
 #: one image's H * W below which banding is never tried (no gain was measured there)
@@ -61,6 +72,10 @@ BAND_ROWS = range(16, 33)
 _PREFERRED_ROWS = 20
 #: the band way must take below this fraction of the one call's time to be chosen
 WIN_RATIO = 0.9
+#: out channels x kh x kw up to which the tap-GEMM backward is tried instead of banding
+TAPS_MAX_COLUMNS = 32
+#: the backward's ways: oneDNN's one call, the banded weight gradient, the tap GEMMs
+PATHS = ("one_call", "banded", "taps")
 
 #: (input shape, dtype, memory format, out channels, (kh, kw)) -> (choice, one call s, banded s)
 _CHOICES: dict[tuple, tuple[str, float, float]] = {}
@@ -70,12 +85,13 @@ _FORCED: tuple[str, int | None] | None = None
 
 def measured_choices() -> list[dict]:
     """The choices made so far in this process, one dict per setting: ``shape``, ``dtype``,
-    ``memory_format``, ``out_channels``, ``kernel_size``, ``choice`` ("banded" / "one_call") and
-    the two measured times in milliseconds (``one_call_ms``, ``banded_ms``)."""
+    ``memory_format``, ``out_channels``, ``kernel_size``, ``choice`` ("banded", "taps" or
+    "one_call") and the two measured times in milliseconds (``one_call_ms``, and ``other_ms`` for
+    the way tried against it: bands, or the tap GEMMs of a narrow output)."""
     return [dict(shape=key[0], dtype=str(key[1]).replace("torch.", ""), memory_format=key[2],
                  out_channels=key[3], kernel_size=key[4], choice=choice,
-                 one_call_ms=round(one * 1e3, 3), banded_ms=round(banded * 1e3, 3))
-            for key, (choice, one, banded) in _CHOICES.items()]
+                 one_call_ms=round(one * 1e3, 3), other_ms=round(other * 1e3, 3))
+            for key, (choice, one, other) in _CHOICES.items()]
 
 
 def choices_state() -> list[list]:
@@ -97,19 +113,19 @@ def restore_choices(state) -> None:
                    tuple(int(v) for v in kernel))
         except (TypeError, ValueError, AttributeError):
             continue
-        if choice in ("banded", "one_call") and isinstance(key[1], torch.dtype):
+        if choice in PATHS and isinstance(key[1], torch.dtype):
             _CHOICES[key] = (choice, float("nan"), float("nan"))
 
 
 @contextlib.contextmanager
 def forced(path: str, rows: int | None = None):
     """Within the block every eligible :class:`BandedConv2d` with grad takes ``path``
-    ("banded" or "one_call") whatever the map's size, with bands of ``rows`` rows (default: as
+    ("banded", "taps" or "one_call") whatever the map's size, with bands of ``rows`` rows (default: as
     chosen automatically, or the map's height if none fits); nothing is measured or cached.
     For tests and A/Bs."""
     global _FORCED
-    if path not in ("banded", "one_call"):
-        raise ValueError(f"forced: path must be 'banded' or 'one_call', got {path!r}")
+    if path not in PATHS:
+        raise ValueError(f"forced: path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise ValueError(f"forced: rows must be a positive int, got {rows!r}")
     previous, _FORCED = _FORCED, (path, rows)
@@ -180,6 +196,44 @@ def weight_grad_banded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         gb, xb, weight, None, [1, 1], [0, kw // 2], [1, 1], False, [0, 0], 1, [False, True, False])[1]
 
 
+def narrow(weight: torch.Tensor) -> bool:
+    """Whether a convolution's output is narrow enough for :func:`grads_by_taps`: out channels x
+    kh x kw <= :data:`TAPS_MAX_COLUMNS` (a depth head's k x k conv to one channel)."""
+    return weight.shape[0] * weight.shape[-2] * weight.shape[-1] <= TAPS_MAX_COLUMNS
+
+
+def grads_by_taps(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
+                  need_b: bool = True):
+    """(grad x, grad weight, grad bias) of ``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))``
+    for the output gradient ``grad`` (B, Cout, H, W), through the gradient's tap matrix
+    T (B*H*W, kh*kw*Cout), ``T[(b, y, x), (i, j, o)] = grad[b, o, y - i + kh // 2, x - j + kw // 2]``
+    (zero outside the map): with Wm = weight as (kh*kw*Cout, Cin) and X = x as (B*H*W, Cin)::
+
+        grad x = T @ Wm      (B*H*W, Cin)       grad weight = T^T @ X      (kh*kw*Cout, Cin)
+
+    two GEMMs that each read the large map once (see the module docstring); grad bias = grad
+    summed over (B, H, W) in float32 (float64 stays). x (B, Cin, H, W) in either layout (grad x
+    comes back in x's), odd kh and kw, the dtype of ``weight``. Gradients not asked for
+    (``need_x``, ``need_b``) are None."""
+    b, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    ph, pw = kh // 2, kw // 2
+    padded = F.pad(grad, (pw, pw, ph, ph))
+    # tap (i, j) of pixel (y, x) reads the gradient at (y - i + ph, x - j + pw)
+    taps = torch.stack([padded[:, :, 2 * ph - i:2 * ph - i + h, 2 * pw - j:2 * pw - j + w].permute(0, 2, 3, 1)
+                        for i in range(kh) for j in range(kw)], dim=3).reshape(b * h * w, kh * kw * cout)
+    rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)       # a view of a channels_last x
+    gw = (taps.t() @ rows).view(kh, kw, cout, cin).permute(2, 3, 0, 1)
+    gw = gw.contiguous(memory_format=memory_format_of(weight))
+    gx = gb = None
+    if need_x:
+        wm = weight.permute(2, 3, 0, 1).reshape(kh * kw * cout, cin)
+        gx = (taps @ wm).view(b, h, w, cin).permute(0, 3, 1, 2).contiguous(memory_format=memory_format_of(x))
+    if need_b:
+        gb = grad.sum((0, 2, 3), dtype=compute_dtype(grad.dtype)).to(grad.dtype)
+    return gx, gw, gb
+
+
 def _key(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple:
     fmt = "channels_last" if _layout(x, weight) == torch.channels_last else "contiguous"
     return (tuple(x.shape), dtype, fmt, weight.shape[0], tuple(weight.shape[-2:]))
@@ -193,19 +247,41 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple[st
         return path, (rows or band_rows(x.shape[-2]) or x.shape[-2])
     if torch.are_deterministic_algorithms_enabled():
         return "one_call", None     # a timed choice of summation order is no run-to-run constant
-    h, w = x.shape[-2:]
-    rows = band_rows(h)
-    if h * w < MIN_PIXELS or rows is None:
-        return "one_call", None
+    b, _, h, w = x.shape
+    if narrow(weight):
+        if b * h * w < MIN_PIXELS:
+            return "one_call", None
+        rows = None
+    else:
+        rows = band_rows(h)
+        if h * w < MIN_PIXELS or rows is None:
+            return "one_call", None
     known = _CHOICES.get(_key(x, weight, dtype))
     if known is None:
         return "measure", rows
     return known[0], rows
 
 
+def _measured(key: tuple, one_call, name: str, other):
+    """Run ``one_call`` and ``other`` (the way called ``name``) twice each, alternating (the
+    first of each warms what it reads), record in :data:`_CHOICES` under ``key`` the faster by
+    their second times (``other`` only below :data:`WIN_RATIO` of the one call) and return that
+    way's result."""
+    times, results = {}, {}
+    for _ in range(2):
+        for way, fn in (("one_call", one_call), (name, other)):
+            start = time.perf_counter()
+            results[way] = fn()
+            times[way] = time.perf_counter() - start
+    choice = name if times[name] < WIN_RATIO * times["one_call"] else "one_call"
+    _CHOICES[key] = (choice, times["one_call"], times[name])
+    return results[choice]
+
+
 class _BandedWeightGradConv(torch.autograd.Function):
     """``F.conv2d(x, weight, bias, padding=padding)`` whose backward takes the weight gradient
-    from ``weight_grad_banded`` where planned (``path`` "banded" or "measure")."""
+    from ``weight_grad_banded`` or all three gradients from ``grads_by_taps`` where planned
+    (``path`` "banded", "taps", or "measure": timed against the one call, see :func:`_plan`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, path, rows):
@@ -224,23 +300,26 @@ class _BandedWeightGradConv(torch.autograd.Function):
                 grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
                 [need_x, need_w, need_b])
             return gx, gw, gb, None, None, None
+        taps = lambda: grads_by_taps(grad, x, weight, need_x, need_b)          # noqa: E731
+        if ctx.path == "taps":
+            return (*taps(), None, None, None)
+        if ctx.path == "measure" and narrow(weight):
+            # the tap GEMMs give all three gradients: timed against the whole one call
+            one_call = lambda: torch.ops.aten.convolution_backward(            # noqa: E731
+                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+                [need_x, need_w, need_b])
+            return (*_measured(_key(x, weight, x.dtype), one_call, "taps", taps), None, None, None)
         gx = gb = None
         if need_x or need_b:
             gx, _, gb = torch.ops.aten.convolution_backward(
                 grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
                 [need_x, False, need_b])
+        banded = lambda: weight_grad_banded(grad, x, weight, ctx.rows)           # noqa: E731
         if ctx.path == "banded":
-            gw = weight_grad_banded(grad, x, weight, ctx.rows)
-        else:  # "measure": both ways once, keep the faster for this setting
-            start = time.perf_counter()
-            gw_one = _weight_grad_one_call(grad, x, weight, ctx.padding)
-            middle = time.perf_counter()
-            gw = weight_grad_banded(grad, x, weight, ctx.rows)
-            one, banded = middle - start, time.perf_counter() - middle
-            choice = "banded" if banded < WIN_RATIO * one else "one_call"
-            _CHOICES[_key(x, weight, x.dtype)] = (choice, one, banded)
-            if choice == "one_call":
-                gw = gw_one
+            gw = banded()
+        else:   # "measure": the banded weight gradient against the one call's
+            one_call = lambda: _weight_grad_one_call(grad, x, weight, ctx.padding)  # noqa: E731
+            gw = _measured(_key(x, weight, x.dtype), one_call, "banded", banded)
         return gx, gw, gb, None, None, None
 
 
