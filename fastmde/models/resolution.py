@@ -35,6 +35,7 @@ from torch import nn
 from .._checks import image_range_problem
 from .._text import PAPER_SIZES, parse_size  # noqa: F401  (PAPER_SIZES: re-exported)
 from .._warn import HostValues, warn_at_caller
+from ..nn.bicubic import bicubic_resize
 from .trainable import untrainable_message
 
 # The range check of each model's calls after its first: pending device copies of (min, max), kept
@@ -74,10 +75,11 @@ def internal_size(height: int, width: int, size: tuple[int, int], aspect: str) -
 
 
 def resize_depth(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic (align_corners=True) resize of a prediction to ``size``; identity if equal."""
+    """Bicubic (align_corners=True) resize of a prediction to ``size``; identity if equal
+    (:func:`fastmde.nn.bicubic.bicubic_resize`: F.interpolate, its CPU backward two GEMMs)."""
     if tuple(d.shape[-2:]) == tuple(size):
         return d
-    return F.interpolate(d, size=size, mode="bicubic", align_corners=True)
+    return bicubic_resize(d, size)
 
 
 def _eager(x: torch.Tensor) -> bool:
