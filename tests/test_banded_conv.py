@@ -361,3 +361,23 @@ def test_choices_survive_a_checkpoint():
     finally:
         banded_conv._CHOICES.clear()
         banded_conv._CHOICES.update(saved)
+
+
+def test_a_restored_band_choice_for_a_narrow_conv_runs(monkeypatch):
+    """A checkpoint of an older version may hold "banded" for the depth head's conv to one channel
+    (bands were then the only way tried there): a resumed run bands it (it used to raise a
+    TypeError: no band height was planned for a narrow conv)."""
+    x = torch.randn(1, 3, 256, 256)
+    ref, fast = _pair(3, 1, 3, bias=True, dtype=torch.float32)
+    monkeypatch.setattr(banded_conv, "_CHOICES", {})
+    banded_conv.restore_choices([[[1, 3, 256, 256], "float32", "contiguous", 1, [3, 3], "banded"]])
+    calls = []
+    monkeypatch.setattr(banded_conv, "weight_grad_banded",
+                        lambda *a: calls.append(a[3]) or weight_grad_banded(*a))
+    g = torch.randn(1, 1, 256, 256)
+    y_ref, grads_ref = _run(ref, x, g)
+    y, grads = _run(fast, x, g)
+    assert calls == [banded_conv.band_rows(256)]
+    torch.testing.assert_close(y, y_ref)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-2)

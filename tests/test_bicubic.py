@@ -96,3 +96,18 @@ def test_other_calls_stay_interpolate():
     out.sum().backward()
     want = torch.autograd.grad(F.interpolate(xr, size=(7, 9), mode="bicubic", align_corners=True).sum(), xr)[0]
     torch.testing.assert_close(xr.grad, want)
+
+
+@pytest.mark.parametrize("size", [9, [9, 7], (9.7, 7), (9, 7, 5), [9]])
+def test_size_is_taken_as_interpolate_takes_it(size):
+    """``size`` goes to F.interpolate as given: the same result, or the same error."""
+    d = torch.randn(1, 1, 4, 5, requires_grad=True)
+    try:
+        want = F.interpolate(d, size=size, mode="bicubic", align_corners=True)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            bicubic_resize(d, size)
+        return
+    got = bicubic_resize(d, size)
+    assert torch.equal(got, want)
+    got.sum().backward()

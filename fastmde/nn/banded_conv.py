@@ -248,18 +248,19 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple[st
     if torch.are_deterministic_algorithms_enabled():
         return "one_call", None     # a timed choice of summation order is no run-to-run constant
     b, _, h, w = x.shape
+    rows = band_rows(h)
     if narrow(weight):
-        if b * h * w < MIN_PIXELS:
-            return "one_call", None
-        rows = None
+        tried = b * h * w >= MIN_PIXELS
     else:
-        rows = band_rows(h)
-        if h * w < MIN_PIXELS or rows is None:
-            return "one_call", None
+        tried = h * w >= MIN_PIXELS and rows is not None
+    if not tried:
+        return "one_call", None
     known = _CHOICES.get(_key(x, weight, dtype))
     if known is None:
         return "measure", rows
-    return known[0], rows
+    # a restored choice may band a narrow conv (an older run measured bands against the one call
+    # there): the map's own height where no band height fits
+    return known[0], rows or h
 
 
 def _measured(key: tuple, one_call, name: str, other):

@@ -61,7 +61,8 @@ def bicubic_resize(d: torch.Tensor, size) -> torch.Tensor:
     """``F.interpolate(d, size=size, mode="bicubic", align_corners=True)`` for d (B, C, h, w);
     on a CPU tensor that needs a gradient, in eager mode, the backward is two GEMMs (see the
     module docstring)."""
-    size = (int(size[0]), int(size[1]))
+    # size goes to F.interpolate as given (its checks, its errors); the backward reads the sizes
+    # off the tensors
     if (isinstance(d, torch.Tensor) and d.dim() == 4 and d.device.type == "cpu" and d.is_floating_point()
             and d.requires_grad and torch.is_grad_enabled() and runs_eagerly((d,))):
         return _BicubicResize.apply(d, size)
