@@ -1026,3 +1026,18 @@ def test_all_valid_batches_take_one_pass_with_the_same_bits(dtype, preset):
         assert after[2][0].item() == pred.numel() - 1
     finally:
         fastmde.set_backend(None)
+
+
+def test_the_ops_map_and_counts_are_not_differentiable(backend, device):
+    """The raw op's d total / d pred map and valid counts are results, not functions of pred: no
+    grad_fn (a gradient through them used to be dropped silently); the total still is."""
+    from fastmde.ops.depth_loss import depth_loss as eager_path
+    pred = (torch.rand(2, 8, 9, device=device) + 0.5).requires_grad_()
+    target = torch.rand(2, 8, 9, device=device) + 0.5
+    args = (pred, target, None, "l1", 0.5, True, True, False, [1.0, 1.0, 1.0])
+    for fn in (torch.ops.fastmde.depth_loss, eager_path):
+        terms, grad, counts = fn(*args)
+        assert terms.requires_grad and not grad.requires_grad and not counts.requires_grad
+        assert grad.grad_fn is None and counts.grad_fn is None
+        (got,) = torch.autograd.grad(terms[3], pred)
+        torch.testing.assert_close(got, grad)

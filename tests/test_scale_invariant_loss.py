@@ -714,3 +714,22 @@ def test_a_nan_or_infinite_prediction_gives_a_nan_loss(backend, device, preset, 
     want = si.scale_invariant_loss_reference(pred, target, mask, **{
         k: v for k, v in si.PRESETS[preset].items() if k not in ("interpolate", "reduction")})
     assert math.isnan(want.item())
+
+
+
+def test_the_ops_coefficients_and_count_are_not_differentiable(backend, device):
+    """The raw op hands out its statistics (coefficients, valid count) with no grad_fn: its
+    backward recomputes from pred and target, so a gradient through them would be dropped
+    silently. The loss itself stays differentiable, on the registered op and the eager path."""
+    from fastmde.ops.scale_invariant_loss import scale_invariant_loss as eager_path
+    pred = (torch.rand(2, 8, 9, device=device) + 0.5).requires_grad_()
+    target = torch.rand(2, 8, 9, device=device) + 0.5
+    args = (pred, target, None, "silog", 0.85, 10.0, 0.0, False, 1e-7)
+    grads = []
+    for fn in (torch.ops.fastmde.scale_invariant_loss, eager_path):
+        loss, coeffs, count = fn(*args)
+        assert loss.requires_grad and loss.grad_fn is not None
+        assert not coeffs.requires_grad and not count.requires_grad
+        assert coeffs.grad_fn is None and count.grad_fn is None
+        grads.append(torch.autograd.grad(loss, pred)[0])
+    torch.testing.assert_close(grads[0], grads[1])

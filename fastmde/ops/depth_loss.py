@@ -93,7 +93,9 @@ def _(grad_total, grad, dtype):
 
 
 def _setup_context(ctx, inputs, output):
-    _, grad, _ = output
+    _, grad, counts = output
+    # the map and the counts are results, not functions of pred to differentiate: no grad_fn
+    ctx.mark_non_differentiable(grad, counts)
     ctx.save_for_backward(grad)
     ctx.pred_dtype = inputs[0].dtype
 
@@ -118,6 +120,7 @@ def _setup_context_eager(ctx, inputs, output):
     ctx.save_for_backward(pred, target, mask)     # references, for a recompute (version-checked)
     ctx.options = options
     ctx.pred_dtype = pred.dtype
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.grad_map = output[1].detach()              # detached: no grad_fn, no reference cycle
 
 

@@ -121,6 +121,9 @@ def _(pred, target, mask, coeffs, kind, eps):
 def _setup_context(ctx, inputs, output):
     pred, target, mask, kind, _, _, _, _, eps = inputs
     ctx.kind, ctx.eps = kind, eps
+    # the coefficients and the count are statistics handed out, not differentiated through (the
+    # backward recomputes from pred and target): no grad_fn, so no gradient is silently dropped
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(pred, target, mask, output[1])
 
 
