@@ -103,7 +103,6 @@ def main(argv=None) -> int:
     if args.backend:
         os.environ["FASTMDE_BACKEND"] = args.backend
 
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.data import default_collate
 

@@ -28,7 +28,6 @@ intrinsics to another image size with the pixel-centre convention: ``fx' = fx sx
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np

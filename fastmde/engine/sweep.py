@@ -391,7 +391,6 @@ def run_sweep(base: TrainConfig, rows: list[dict], out_dir: str, *, protocol: st
     from .inference import predict_images
     from .paper import beside_sweep, differences_line
     from .speed import resolve_device, resolve_workers, scoring_precision
-    from .train import Trainer
 
     from .train import check_paths, check_trainable
     from .._outputs import check_output_folder

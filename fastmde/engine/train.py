@@ -41,7 +41,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import warnings
 

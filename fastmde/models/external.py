@@ -137,7 +137,7 @@ def _block(prefix):
 # (regular expression over the whole source key, fastmde key without the "net." prefix)
 _RULES = {
     "freeman2021": [
-        (rf"encoder\.(.+)", lambda m: f"encoder.{m[1]}"),
+        (r"encoder\.(.+)", lambda m: f"encoder.{m[1]}"),
         # U-Net (SkipDecoder): 1x1 entry, four blocks, head
         (rf"decoder\.conv\.{_P}", lambda m: f"entry_conv.{m[1]}"),
         (rf"decoder\.bn\.{_P}", lambda m: f"entry_bn.{m[1]}"),
@@ -156,7 +156,7 @@ _RULES = {
         (rf"refinement\.conv2\.{_P}", lambda m: f"refine.2.{m[1]}"),
     ],
     "hu2019": [
-        (rf"E\.(.+)", lambda m: f"encoder.{m[1]}"),
+        (r"E\.(.+)", lambda m: f"encoder.{m[1]}"),
         (rf"D\.conv\.{_P}", lambda m: f"entry.0.{m[1]}"),
         (rf"D\.bn\.{_P}", lambda m: f"entry.1.{m[1]}"),
         (rf"D\.up([1-4])\.{_B}\.{_P}", _block(lambda m: f"up{m[1]}")),

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import compute_dtype, memory_format_of
 from ..reference.up_projection import (
