@@ -70,14 +70,14 @@ MIN_PIXELS = 65536
 #: band heights tried, and the preferred one (16..24 measured alike at 288x384)
 BAND_ROWS = range(16, 33)
 _PREFERRED_ROWS = 20
-#: the band way must take below this fraction of the one call's time to be chosen
+#: the other way (bands or taps) must take below this fraction of the one call's time to be chosen
 WIN_RATIO = 0.9
 #: out channels x kh x kw up to which the tap-GEMM backward is tried instead of banding
 TAPS_MAX_COLUMNS = 32
 #: the backward's ways: oneDNN's one call, the banded weight gradient, the tap GEMMs
 PATHS = ("one_call", "banded", "taps")
 
-#: (input shape, dtype, memory format, out channels, (kh, kw)) -> (choice, one call s, banded s)
+#: (input shape, dtype, memory format, out channels, (kh, kw)) -> (choice, one call s, other way s)
 _CHOICES: dict[tuple, tuple[str, float, float]] = {}
 #: set by :func:`forced`: (path, band rows) used instead of the measured choice
 _FORCED: tuple[str, int | None] | None = None
@@ -330,8 +330,9 @@ def _autocast_casts(t: torch.Tensor | None) -> bool:
 
 
 class BandedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight gradient on large CPU maps may be computed over row bands
-    (see the module docstring for when and why); same values and gradients as ``nn.Conv2d``."""
+    """``nn.Conv2d`` whose backward on large CPU maps may take row bands (the weight gradient) or,
+    for a narrow output, tap GEMMs (every gradient), where timed faster (see the module docstring
+    for when and why); same values and gradients as ``nn.Conv2d``."""
 
     def _banded_applies(self, x) -> bool:
         kh, kw = self.kernel_size
