@@ -240,16 +240,27 @@ def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
 
 # ---------------------------------------------------------------- weights read from a file
 
-def complex_weights_message(own: dict, weights: dict, names: dict | None = None) -> str | None:
-    """``"2 of its weights hold complex numbers where the model's are real: a is complex64 (the
-    model's is float32), ..."`` (the first three) for :func:`complex_weights`, or None when there
-    are none; the caller names the file in front."""
-    found = complex_weights(own, weights, names)
-    if not found:
-        return None
-    n, more = len(found), f" (+{len(found) - 3} more)" if len(found) > 3 else ""
-    return (f"{n} of its weights {'hold' if n > 1 else 'holds'} complex numbers where the model's are real: "
-            f"{', '.join(found[:3])}{more}")
+def damaged_weights_message(own: dict, weights: dict, names: dict | None = None) -> str | None:
+    """What makes ``weights`` a damaged file for a model whose ``state_dict()`` is ``own``, in one
+    line, or None: ``"2 of its weights hold complex numbers where the model's are real: a is
+    complex64 (the model's is float32), ..."`` (the first three; :func:`complex_weights`) and
+    likewise true/false values where the model's are floating (:func:`bool_weights`); the caller
+    names the file in front."""
+    parts = []
+    for found, what in ((complex_weights(own, weights, names), "complex numbers where the model's are real"),
+                        (bool_weights(own, weights, names), "true/false values where the model's are floating")):
+        if found:
+            n, more = len(found), f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+            parts.append(f"{n} of its weights {'hold' if n > 1 else 'holds'} {what}: {', '.join(found[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def _kind_mismatches(own: dict, weights: dict, names: dict | None, wrong) -> list[str]:
+    names = names or {}
+    return [f"{names.get(k, k)} is {str(weights[k].dtype).replace('torch.', '')} (the model's is "
+            f"{str(own[k].dtype).replace('torch.', '')})"
+            for k in own if isinstance(weights.get(k), torch.Tensor) and isinstance(own[k], torch.Tensor)
+            and wrong(weights[k], own[k])]
 
 
 def complex_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
@@ -259,11 +270,15 @@ def complex_weights(own: dict, weights: dict, names: dict | None = None) -> list
     torch's "discards the imaginary part" warning, giving a model that is not the one saved, so a
     file holding one is damaged. (Other dtype changes load faithfully: a float16 or float64 file
     into float32 weights, whole numbers into an integer buffer.)"""
-    names = names or {}
-    return [f"{names.get(k, k)} is {str(weights[k].dtype).replace('torch.', '')} (the model's is "
-            f"{str(own[k].dtype).replace('torch.', '')})"
-            for k in own if isinstance(weights.get(k), torch.Tensor) and isinstance(own[k], torch.Tensor)
-            and weights[k].is_complex() and not own[k].is_complex()]
+    return _kind_mismatches(own, weights, names, lambda saved, model: saved.is_complex() and not model.is_complex())
+
+
+def bool_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
+    """``"key is bool (the model's is float32)"`` for each bool tensor of ``weights`` where the
+    same key of ``own`` is floating: ``load_state_dict`` copies it as 0.0 / 1.0 without a word, a
+    model that was never trained (a mask saved in a weight's place)."""
+    return _kind_mismatches(own, weights, names,
+                            lambda saved, model: saved.dtype == torch.bool and model.is_floating_point())
 
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:

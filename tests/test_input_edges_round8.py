@@ -370,3 +370,28 @@ def test_complex_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
     assert _one_line(info) == ("the checkpoint is damaged: 1 of its weights holds complex numbers where the model's "
                                "are real: net.head_conv1.weight is complex64 (the model's is float32)")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_bool_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
+    """A bool tensor where a float weight belongs loaded as 0/1 without a word."""
+    from fastmde.engine.checkpoint import CheckpointError
+    from fastmde.models.external import ExternalCheckpointError
+
+    def bool_head(state):
+        state["net.head_conv1.weight"] = state["net.head_conv1.weight"] > 0
+        state["net.head_bn.weight"] = state["net.head_bn.weight"] > 0
+
+    path = _checkpoint(tmp_path / "b.pt", cache, damage=bool_head)
+    said = (f"{path!r} is a damaged fastmde checkpoint: 2 of its weights hold true/false values where the model's "
+            "are floating: net.head_conv1.weight is bool (the model's is float32), net.head_bn.weight is bool "
+            "(the model's is float32)")
+    with pytest.raises(CheckpointError) as info:
+        fastmde.load(path)
+    assert _one_line(info) == said
+    status, _, err = fastmde_cli(["eval", "--checkpoint", path, "--out", tmp_path / "r.json"], capsys)
+    assert status == 2 and err == f"fastmde: error: --checkpoint: {said}\n", err
+    state = torch.load(path, weights_only=True)["model"]
+    with pytest.raises(ExternalCheckpointError) as info:
+        models.from_external(state, source="fastmde", size=(32, 48))
+    assert "true/false values where the model's are floating: net.head_conv1.weight is bool" in _one_line(info)
+    assert not (tmp_path / "r.json").exists()

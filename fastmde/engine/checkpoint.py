@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, clean_stale_temporaries
-from .._checks import complex_weights_message, nonfinite_message, nonfinite_tensors
+from .._checks import damaged_weights_message, nonfinite_message, nonfinite_tensors
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
@@ -356,11 +356,12 @@ def load_weights(model, weights, where: str, name: str) -> None:
     """``model.load_state_dict(weights)`` (strict), or :class:`CheckpointError` in one line naming
     ``where`` (the file, as the message shows it): weights holding complex numbers where the
     model's are real (``load_state_dict`` would copy the real part with torch's warning, a model
-    that is not the one saved), and weights that do not fit ``name`` (the first missing,
+    that is not the one saved) or true/false values where they are floating (copied as 0/1
+    silently), and weights that do not fit ``name`` (the first missing,
     unexpected, differently shaped and not-a-tensor keys)."""
-    complex_ = complex_weights_message(model.state_dict(), weights) if isinstance(weights, dict) else None
-    if complex_:
-        raise CheckpointError(f"{where} is a damaged fastmde checkpoint: {complex_}")
+    damage = damaged_weights_message(model.state_dict(), weights) if isinstance(weights, dict) else None
+    if damage:
+        raise CheckpointError(f"{where} is a damaged fastmde checkpoint: {damage}")
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:

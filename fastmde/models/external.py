@@ -69,7 +69,7 @@ import re
 import torch
 from torch import nn
 
-from .._checks import complex_weights_message
+from .._checks import damaged_weights_message
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 from .resnet import DEPTHS, CheckpointMismatchError
 
@@ -451,10 +451,11 @@ def from_external(checkpoint, source: str | None = None, *, size="auto") -> nn.M
     size = info["size"] if isinstance(size, str) and size == "auto" else size
     model = build(name, size=size, **overrides)
     reference = model.state_dict()
-    # a complex weight would load with torch's "discards the imaginary part" warning only
-    complex_ = complex_weights_message(reference, mapped, origin)
-    if complex_:
-        raise ExternalCheckpointError(f"{what} is damaged: {complex_}")
+    # a complex weight would load with torch's "discards the imaginary part" warning only, a bool
+    # one as 0/1 without a word
+    damage = damaged_weights_message(reference, mapped, origin)
+    if damage:
+        raise ExternalCheckpointError(f"{what} is damaged: {damage}")
     for key in reference:
         if key not in mapped:  # a num_batches_tracked the file lacks (PyTorch < 0.4.1)
             mapped[key] = torch.zeros_like(reference[key])
