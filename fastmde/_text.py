@@ -23,7 +23,8 @@ PAPER_SIZES = {
 
 
 def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool = False) -> tuple[int, int] | None:
-    """(H, W) from ``"HxW"`` (``"288x384"``), ``"H,W"`` or a pair; each side >= ``minimum``
+    """(H, W) from ``"HxW"`` (``"288x384"``), ``"H,W"`` or a pair (a tuple, a list, or a 1-D numpy
+    array or tensor of two); each side >= ``minimum``
     (``None`` stays ``None`` with ``allow_none``).
 
     Raises ``ValueError`` naming ``what`` for anything else (a single number, three parts,
@@ -36,6 +37,8 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
             raise ValueError(f"{what} must be HxW such as 288x384, got {size!r}")
     elif isinstance(size, (tuple, list)) and len(size) == 2:
         parts = list(size)
+    elif getattr(size, "ndim", None) == 1 and len(size) == 2 and callable(getattr(size, "tolist", None)):
+        parts = size.tolist()        # a numpy array or a tensor holding (H, W)
     else:
         raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}")
     if isinstance(size, str):

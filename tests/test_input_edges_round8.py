@@ -395,3 +395,19 @@ def test_bool_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
         models.from_external(state, source="fastmde", size=(32, 48))
     assert "true/false values where the model's are floating: net.head_conv1.weight is bool" in _one_line(info)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_parse_size_takes_a_numpy_array_or_tensor_pair():
+    """A size computed with numpy or torch (np.array([288, 384]), image.shape[-2:] as a tensor) was
+    refused as 'not a pair'; whole numbers are taken, anything else refused as from a tuple."""
+    import numpy as np
+    from fastmde._text import parse_size
+
+    assert parse_size(np.array([288, 384])) == (288, 384)
+    assert parse_size(np.array([288.0, 384.0])) == (288, 384)
+    assert parse_size(torch.tensor([288, 384])) == (288, 384)
+    assert parse_size(torch.Size([2, 3])) == (2, 3)
+    for bad in (np.array([287.6, 384]), np.array([[288, 384]]), np.array([1, 2, 3]), torch.tensor([True, False]),
+                np.array([0, 384])):
+        with pytest.raises(ValueError, match="size must"):
+            parse_size(bad)
