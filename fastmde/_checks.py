@@ -243,12 +243,15 @@ def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
 def damaged_weights_message(own: dict, weights: dict, names: dict | None = None) -> str | None:
     """What makes ``weights`` a damaged file for a model whose ``state_dict()`` is ``own``, in one
     line, or None: ``"2 of its weights hold complex numbers where the model's are real: a is
-    complex64 (the model's is float32), ..."`` (the first three; :func:`complex_weights`) and
-    likewise true/false values where the model's are floating (:func:`bool_weights`); the caller
-    names the file in front."""
+    complex64 (the model's is float32), ..."`` (the first three; :func:`complex_weights`), likewise
+    true/false or integer values where the model's are floating (:func:`non_floating_weights`)
+    and tensors that are not plain dense ones (:func:`unusual_tensors`: quantized, sparse, meta);
+    the caller names the file in front."""
     parts = []
     for found, what in ((complex_weights(own, weights, names), "complex numbers where the model's are real"),
-                        (bool_weights(own, weights, names), "true/false values where the model's are floating")):
+                        (non_floating_weights(own, weights, names),
+                         "true/false or integer values where the model's are floating"),
+                        (unusual_tensors(own, weights, names), "no plain dense values")):
         if found:
             n, more = len(found), f" (+{len(found) - 3} more)" if len(found) > 3 else ""
             parts.append(f"{n} of its weights {'hold' if n > 1 else 'holds'} {what}: {', '.join(found[:3])}{more}")
@@ -273,12 +276,31 @@ def complex_weights(own: dict, weights: dict, names: dict | None = None) -> list
     return _kind_mismatches(own, weights, names, lambda saved, model: saved.is_complex() and not model.is_complex())
 
 
-def bool_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
-    """``"key is bool (the model's is float32)"`` for each bool tensor of ``weights`` where the
-    same key of ``own`` is floating: ``load_state_dict`` copies it as 0.0 / 1.0 without a word, a
-    model that was never trained (a mask saved in a weight's place)."""
-    return _kind_mismatches(own, weights, names,
-                            lambda saved, model: saved.dtype == torch.bool and model.is_floating_point())
+def non_floating_weights(own: dict, weights: dict, names: dict | None = None) -> list[str]:
+    """``"key is bool (the model's is float32)"`` for each bool or integer tensor of ``weights``
+    where the same key of ``own`` is floating: ``load_state_dict`` copies it as whole numbers
+    without a word (a 0/1 mask saved in a weight's place, a quantised export), a model that was
+    never trained. (An integer buffer such as BatchNorm's ``num_batches_tracked`` is integer in
+    the model too.)"""
+    return _kind_mismatches(own, weights, names, lambda saved, model: model.is_floating_point() and not (
+        saved.is_floating_point() or saved.is_complex() or saved.is_quantized))
+
+
+def unusual_tensors(own: dict, weights: dict, names: dict | None = None) -> list[str]:
+    """``"key is a quantized tensor"`` (or sparse, or meta: no values) for each tensor of
+    ``weights`` that is not a plain dense one where ``own`` has a tensor: ``load_state_dict``
+    stops on these with a multi-line error, or, for a meta tensor, copies nothing."""
+    names = names or {}
+    found = []
+    for k in own:
+        t = weights.get(k)
+        if not isinstance(t, torch.Tensor) or not isinstance(own[k], torch.Tensor):
+            continue
+        kind = ("quantized" if t.is_quantized else "sparse" if t.layout != torch.strided
+                else "meta (no values)" if t.is_meta else None)
+        if kind:
+            found.append(f"{names.get(k, k)} is a {kind} tensor")
+    return found
 
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:

@@ -382,7 +382,7 @@ def test_bool_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
         state["net.head_bn.weight"] = state["net.head_bn.weight"] > 0
 
     path = _checkpoint(tmp_path / "b.pt", cache, damage=bool_head)
-    said = (f"{path!r} is a damaged fastmde checkpoint: 2 of its weights hold true/false values where the model's "
+    said = (f"{path!r} is a damaged fastmde checkpoint: 2 of its weights hold true/false or integer values where the model's "
             "are floating: net.head_conv1.weight is bool (the model's is float32), net.head_bn.weight is bool "
             "(the model's is float32)")
     with pytest.raises(CheckpointError) as info:
@@ -393,7 +393,7 @@ def test_bool_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
     state = torch.load(path, weights_only=True)["model"]
     with pytest.raises(ExternalCheckpointError) as info:
         models.from_external(state, source="fastmde", size=(32, 48))
-    assert "true/false values where the model's are floating: net.head_conv1.weight is bool" in _one_line(info)
+    assert "true/false or integer values where the model's are floating: net.head_conv1.weight is bool" in _one_line(info)
     assert not (tmp_path / "r.json").exists()
 
 

@@ -52,7 +52,9 @@ class WeightAverage:
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "model": self.module.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, load=None) -> None:
+        """``load(weights)`` puts the average's weights in place (default: the module's own
+        ``load_state_dict``; the trainer passes ``checkpoint.load_weights``'s checks)."""
         self.decay = float(state["decay"])
         self.updates = int(state["updates"])
-        self.module.load_state_dict(state["model"])
+        (load or self.module.load_state_dict)(state["model"])

@@ -518,7 +518,13 @@ class Trainer:
             if ckpt.get("ema") is None:
                 raise CheckpointError(f"--resume: {self.last_path!r} was trained without --ema; "
                                       "resume it without --ema, or start a new run")
-            self.average.load_state_dict(ckpt["ema"])
+            where = f"--resume: {self.last_path!r} (its --ema average)"
+            self.average.load_state_dict(
+                ckpt["ema"], load=lambda weights: load_weights(self.average.module, weights, where, self.cfg.model))
+            broken = nonfinite_tensors(self.average.module)
+            if broken:
+                raise CheckpointError(nonfinite_message(where, broken)
+                                      + ": resume from an earlier checkpoint, or start again (--overwrite)")
         restore_rng_states(ckpt["rng"], self.aug_generator)
         banded_conv.restore_choices(ckpt.get("conv_choices"))   # the same summation order as before
         saved_world = ckpt.get("sampler", {}).get("world_size", 1)

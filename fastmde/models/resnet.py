@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import bool_argument, integer_argument
+from .._checks import bool_argument, damaged_weights_message, integer_argument
 from ..nn.cropped_conv import TapCroppedConv2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -239,6 +239,9 @@ def load_state(encoder: ResNetEncoder, checkpoint, source: str) -> None:
         for k in expected
         if k in state and state[k].shape != expected[k].shape
     ]
+    damage = damaged_weights_message(expected, state)
+    if damage:   # complex, bool or integer values, quantized or sparse tensors: not weights to train from
+        raise CheckpointMismatchError(f"{source} is damaged: {damage}")
     if missing or unexpected or wrong:
         parts = [f"{source} does not fit resnet{encoder.depth}"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):

@@ -1,0 +1,116 @@
+"""Faults found by using this round's checkpoint checks as a new user would, each with the right
+value: the --ema average of a resumed run was loaded with a bare load_state_dict (bool weights
+resumed as 0/1, complex ones after torch's warning, a wrong shape gave a traceback); integer
+weights (a uint8 0/1 mask, int8) loaded silently; an encoder file given to --pretrained had no
+check at all; a quantized tensor gave a multi-line traceback."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import fastmde
+from fastmde import models
+from engine_helpers import cache, tiny_config  # noqa: F401 (cache: fixture)
+from test_input_edges_round8 import _checkpoint, _one_line
+
+
+def _resumable_ema_run(cache_dir, out, damage):
+    """A tiny --ema run's last.pt (saved before any step) with ``damage(ckpt["ema"]["model"])``."""
+    from fastmde.engine import Trainer
+
+    cfg = tiny_config(cache_dir, str(out), ema=0.9)
+    trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
+    trainer.save()
+    ckpt = torch.load(trainer.last_path, weights_only=False)
+    damage(ckpt["ema"]["model"])
+    torch.save(ckpt, trainer.last_path)
+    return cfg, trainer.last_path
+
+
+KEY = "net.head_conv1.weight"
+DAMAGE = {
+    "bool": lambda s: s.__setitem__(KEY, s[KEY] > 0),
+    "complex": lambda s: s.__setitem__(KEY, s[KEY] * (1 + 1j)),
+    "shape": lambda s: s.__setitem__(KEY, s[KEY][:1]),
+    "nan": lambda s: s[KEY].__setitem__((0, 0, 0, 0), float("nan")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_resume_checks_the_ema_average_as_the_weights(cache, tmp_path, kind):
+    from fastmde.engine import Trainer
+    from fastmde.engine.checkpoint import CheckpointError
+
+    cfg, last = _resumable_ema_run(cache, tmp_path / "run", DAMAGE[kind])
+    where = f"--resume: {last!r} (its --ema average)"
+    said = {"bool": f"{where} is a damaged fastmde checkpoint: 1 of its weights holds true/false or integer values "
+                    f"where the model's are floating: {KEY} is bool (the model's is float32)",
+            "complex": f"{where} is a damaged fastmde checkpoint: 1 of its weights holds complex numbers",
+            "shape": f"{where}: its weights do not fit model 'unet34-k3-1x1'",
+            "nan": f"{where}: 1 weight tensor holds NaN/inf ({KEY}; a diverged run?): resume from an earlier "
+                   "checkpoint, or start again (--overwrite)"}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            Trainer(cfg, resume=True, log=lambda text: None)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(said), message
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int64])
+def test_integer_weights_are_a_damaged_checkpoint(cache, tmp_path, dtype):
+    def integers(state):
+        state[KEY] = (state[KEY] > 0).to(dtype)
+
+    path = _checkpoint(tmp_path / "i.pt", cache, damage=integers)
+    from fastmde.engine.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        fastmde.load(path)
+    name = str(dtype).replace("torch.", "")
+    assert _one_line(info).endswith(f"1 of its weights holds true/false or integer values where the model's are "
+                                    f"floating: {KEY} is {name} (the model's is float32)")
+
+
+def test_a_quantized_weight_is_refused_in_one_line(cache, tmp_path):
+    """It stopped with a multi-line RuntimeError from load_state_dict (from_external: a traceback)."""
+    from fastmde.engine.checkpoint import CheckpointError
+    from fastmde.models.external import ExternalCheckpointError
+
+    def quantized(state):
+        state[KEY] = torch.quantize_per_tensor(state[KEY], 0.01, 0, torch.qint8)
+
+    path = _checkpoint(tmp_path / "q.pt", cache, damage=quantized)
+    with pytest.raises(CheckpointError) as info:
+        fastmde.load(path)
+    assert _one_line(info).endswith(f"1 of its weights holds no plain dense values: {KEY} is a quantized tensor")
+    state = torch.load(path, weights_only=False)["model"]
+    with pytest.raises(ExternalCheckpointError) as info:
+        models.from_external(state, source="fastmde", size=(32, 48))
+    assert _one_line(info).endswith(f"{KEY} is a quantized tensor")
+
+
+def test_pretrained_encoder_file_is_checked(tmp_path):
+    """``--pretrained FILE`` (a torchvision-layout ResNet state dict) trained from bool weights
+    without a word, from complex ones after torch's warning."""
+    from fastmde.models.resnet import CheckpointMismatchError, ResNetEncoder
+
+    encoder = ResNetEncoder(18)
+    for name, damage in (("bool", lambda w: w > 0), ("complex", lambda w: w * (1 + 1j))):
+        state = {k: v.clone() for k, v in encoder.state_dict().items()}
+        state["conv1.weight"] = damage(state["conv1.weight"])
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CheckpointMismatchError) as info:
+                ResNetEncoder(18, pretrained=str(path))
+        message = str(info.value)
+        assert "\n" not in message and "is damaged: 1 of its weights holds" in message and "conv1.weight" in message
+    # a faithful file still loads
+    path = tmp_path / "good.pth"
+    torch.save(encoder.state_dict(), path)
+    loaded = ResNetEncoder(18, pretrained=str(path))
+    assert torch.equal(loaded.state_dict()["conv1.weight"], encoder.state_dict()["conv1.weight"])
