@@ -114,3 +114,19 @@ def test_pretrained_encoder_file_is_checked(tmp_path):
     torch.save(encoder.state_dict(), path)
     loaded = ResNetEncoder(18, pretrained=str(path))
     assert torch.equal(loaded.state_dict()["conv1.weight"], encoder.state_dict()["conv1.weight"])
+
+
+def test_random_crops_take_sizes_by_the_one_size_rule():
+    """``RandomCrops(ds, "16x20")`` cropped to (1, 6) (the string's characters), (15.7, 20) was
+    truncated, (-3, 0) and (True, 5) accepted; a float seed truncated."""
+    import numpy as np
+
+    from fastmde.data import RandomCrops
+
+    assert RandomCrops([], "16x20").size == (16, 20)
+    assert RandomCrops([], np.array([16, 20])).size == (16, 20)
+    for bad in ((15.7, 20), (-3, 0), (True, 5), "16", (16, 20, 3)):
+        with pytest.raises(ValueError, match="RandomCrops: size must"):
+            RandomCrops([], bad)
+    with pytest.raises(TypeError, match="RandomCrops: seed must be an integer"):
+        RandomCrops([], (16, 20), seed=1.5)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from .._checks import integer_argument
+from .._text import parse_size
 from ._common import DataFormatError
 
 
@@ -66,7 +68,10 @@ class RandomCrops(Dataset):
     """
 
     def __init__(self, dataset, size: tuple[int, int], seed: int = 0):
-        self.dataset, self.size, self.seed = dataset, (int(size[0]), int(size[1])), int(seed)
+        # the one size rule (parse_size): "16x20" or a pair of whole numbers; "16x20" was read as
+        # its characters and (15.7, 20) truncated
+        self.dataset, self.size = dataset, parse_size(size, what="RandomCrops: size")
+        self.seed = integer_argument(seed, "RandomCrops: seed")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
