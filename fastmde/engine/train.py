@@ -504,11 +504,14 @@ class Trainer:
     def _load_state(self, ckpt: dict) -> None:
         # the checks eval/predict/export run on a checkpoint's weights, and a diverged run's NaN/inf
         # weights refused: resuming them fails at the first step with advice that does not apply
-        load_weights(unwrap(self.model), ckpt["model"], f"--resume: {self.last_path!r}", self.cfg.model)
-        broken = nonfinite_tensors(unwrap(self.model))
-        if broken:
-            raise CheckpointError(nonfinite_message(f"--resume: {self.last_path!r}", broken)
-                                  + ": resume from an earlier checkpoint, or start again (--overwrite)")
+        def resumed(module, weights, where):
+            load_weights(module, weights, where, self.cfg.model)
+            broken = nonfinite_tensors(module)
+            if broken:
+                raise CheckpointError(nonfinite_message(where, broken)
+                                      + ": resume from an earlier checkpoint, or start again (--overwrite)")
+
+        resumed(unwrap(self.model), ckpt["model"], f"--resume: {self.last_path!r}")
         self.optimizer.load_state_dict(ckpt["optimizer"])   # after the scheduler's set-up: keeps the saved lr
         if ckpt.get("scheduler") is not None:   # None: a constant-rate run saved before the per-step schedule
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -518,13 +521,8 @@ class Trainer:
             if ckpt.get("ema") is None:
                 raise CheckpointError(f"--resume: {self.last_path!r} was trained without --ema; "
                                       "resume it without --ema, or start a new run")
-            where = f"--resume: {self.last_path!r} (its --ema average)"
-            self.average.load_state_dict(
-                ckpt["ema"], load=lambda weights: load_weights(self.average.module, weights, where, self.cfg.model))
-            broken = nonfinite_tensors(self.average.module)
-            if broken:
-                raise CheckpointError(nonfinite_message(where, broken)
-                                      + ": resume from an earlier checkpoint, or start again (--overwrite)")
+            self.average.load_state_dict(ckpt["ema"], load=lambda weights: resumed(
+                self.average.module, weights, f"--resume: {self.last_path!r} (its --ema average)"))
         restore_rng_states(ckpt["rng"], self.aug_generator)
         banded_conv.restore_choices(ckpt.get("conv_choices"))   # the same summation order as before
         saved_world = ckpt.get("sampler", {}).get("world_size", 1)
