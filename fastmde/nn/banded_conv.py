@@ -177,11 +177,6 @@ def _bands(t: torch.Tensor, rows: int, halo: int, memory_format) -> torch.Tensor
     return out
 
 
-def _weight_grad_one_call(grad, x, weight, padding):
-    return torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], 1, [False, True, False])[1]
-
-
 def weight_grad_banded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rows: int) -> torch.Tensor:
     """The weight gradient of ``F.conv2d(x, weight, padding=(kh // 2, kw // 2))`` for the output
     gradient ``grad`` (B, Cout, H, W), as one ``convolution_backward`` over bands of ``rows``
@@ -296,31 +291,29 @@ class _BandedWeightGradConv(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         grad = grad.contiguous(memory_format=_layout(x, weight))
+
+        def one_call(mask):   # oneDNN's backward: (grad x, grad weight, grad bias) where mask says
+            return torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, mask)
+
         if ctx.path == "one_call" or not need_w:
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
-                [need_x, need_w, need_b])
-            return gx, gw, gb, None, None, None
+            return (*one_call([need_x, need_w, need_b]), None, None, None)
         taps = lambda: grads_by_taps(grad, x, weight, need_x, need_b)          # noqa: E731
         if ctx.path == "taps":
             return (*taps(), None, None, None)
         if ctx.path == "measure" and narrow(weight):
             # the tap GEMMs give all three gradients: timed against the whole one call
-            one_call = lambda: torch.ops.aten.convolution_backward(            # noqa: E731
-                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
-                [need_x, need_w, need_b])
-            return (*_measured(_key(x, weight, x.dtype), one_call, "taps", taps), None, None, None)
+            whole = lambda: one_call([need_x, need_w, need_b])                 # noqa: E731
+            return (*_measured(_key(x, weight, x.dtype), whole, "taps", taps), None, None, None)
         gx = gb = None
         if need_x or need_b:
-            gx, _, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
-                [need_x, False, need_b])
+            gx, _, gb = one_call([need_x, False, need_b])
         banded = lambda: weight_grad_banded(grad, x, weight, ctx.rows)           # noqa: E731
         if ctx.path == "banded":
             gw = banded()
         else:   # "measure": the banded weight gradient against the one call's
-            one_call = lambda: _weight_grad_one_call(grad, x, weight, ctx.padding)  # noqa: E731
-            gw = _measured(_key(x, weight, x.dtype), one_call, "banded", banded)
+            weight_only = lambda: one_call([False, True, False])[1]              # noqa: E731
+            gw = _measured(_key(x, weight, x.dtype), weight_only, "banded", banded)
         return gx, gw, gb, None, None, None
 
 
