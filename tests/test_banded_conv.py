@@ -160,39 +160,36 @@ def test_band_rows():
     assert band_rows(37) == 19           # no divisor in 16..32: the fewest zero rows (1 of 38)
 
 
-def test_automatic_choice_is_measured_once_and_cached(monkeypatch):
+def _measured_once(monkeypatch, cin, cout, atol):
+    """Two training calls of a conv on a 1x{cin}x256x256 map (B * H * W = MIN_PIXELS), each equal
+    to nn.Conv2d's values and gradients: the one measured row they leave."""
     monkeypatch.setattr(banded_conv, "_CHOICES", {})
-    ref, fast = _pair(2, 4, 3, bias=True, dtype=torch.float32)   # 4 x 3 x 3 > TAPS_MAX_COLUMNS: bands
-    x = torch.randn(1, 2, 256, 256)                  # H * W = MIN_PIXELS
-    g = torch.randn(1, 4, 256, 256)
+    ref, fast = _pair(cin, cout, 3, bias=True, dtype=torch.float32)
+    x = torch.randn(1, cin, 256, 256)
+    g = torch.randn(1, cout, 256, 256)
     y_ref, grads_ref = _run(ref, x, g)
     for _ in range(2):
         fast.zero_grad()
         y, grads = _run(fast, x, g)
         torch.testing.assert_close(y, y_ref)
         for got, want in zip(grads, grads_ref):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=atol)
     (row,) = measured_choices()
-    assert row["shape"] == (1, 2, 256, 256) and row["dtype"] == "float32" and row["kernel_size"] == (3, 3)
-    assert row["choice"] in ("banded", "one_call") and row["one_call_ms"] > 0 and row["other_ms"] > 0
+    assert row["shape"] == (1, cin, 256, 256) and row["dtype"] == "float32" and row["kernel_size"] == (3, 3)
+    assert row["out_channels"] == cout and row["one_call_ms"] > 0 and row["other_ms"] > 0
+    return row, fast
+
+
+def test_automatic_choice_is_measured_once_and_cached(monkeypatch):
+    row, _ = _measured_once(monkeypatch, 2, 4, atol=1e-4)   # 4 x 3 x 3 > TAPS_MAX_COLUMNS: bands
+    assert row["choice"] in ("banded", "one_call")
     assert (row["choice"] == "banded") == (row["other_ms"] < banded_conv.WIN_RATIO * row["one_call_ms"])
 
 
 def test_a_narrow_output_measures_the_tap_gemms(monkeypatch):
     """The head's conv to one channel: the tap GEMMs are timed against the whole one call, once."""
-    monkeypatch.setattr(banded_conv, "_CHOICES", {})
-    ref, fast = _pair(3, 1, 3, bias=True, dtype=torch.float32)
-    x = torch.randn(1, 3, 256, 256)                  # B * H * W = MIN_PIXELS
-    g = torch.randn(1, 1, 256, 256)
-    y_ref, grads_ref = _run(ref, x, g)
-    for _ in range(2):
-        fast.zero_grad()
-        y, grads = _run(fast, x, g)
-        torch.testing.assert_close(y, y_ref)
-        for got, want in zip(grads, grads_ref):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
-    (row,) = measured_choices()
-    assert row["out_channels"] == 1 and row["choice"] in ("taps", "one_call") and row["other_ms"] > 0
+    row, fast = _measured_once(monkeypatch, 3, 1, atol=1e-3)
+    assert row["choice"] in ("taps", "one_call")
     assert (row["choice"] == "taps") == (row["other_ms"] < banded_conv.WIN_RATIO * row["one_call_ms"])
     # a batch reaches the pixel count together; a smaller one is never measured
     assert _grad_fn_name(fast, torch.randn(2, 3, 128, 256)) == "_BandedWeightGradConvBackward"

@@ -343,17 +343,30 @@ def test_a_finite_checkpoint_loads_without_a_warning(cache, tmp_path):
     assert model.fastmde_variant == "unet18-k3-1x1"
 
 
-def test_complex_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
-    """They loaded with torch's "Casting complex values to real discards the imaginary part"."""
+def _complex_head(state):
+    state["net.head_conv1.weight"] = state["net.head_conv1.weight"] * (1 + 1j)
+
+
+def _bool_head(state):
+    state["net.head_conv1.weight"] = state["net.head_conv1.weight"] > 0
+    state["net.head_bn.weight"] = state["net.head_bn.weight"] > 0
+
+
+@pytest.mark.parametrize("damage,damaged", [
+    # loaded with torch's "Casting complex values to real discards the imaginary part"
+    (_complex_head, "1 of its weights holds complex numbers where the model's are real: net.head_conv1.weight is "
+                    "complex64 (the model's is float32)"),
+    # loaded as 0/1 without a word
+    (_bool_head, "2 of its weights hold true/false or integer values where the model's are floating: "
+                 "net.head_conv1.weight is bool (the model's is float32), net.head_bn.weight is bool (the model's "
+                 "is float32)"),
+], ids=["complex", "bool"])
+def test_weights_of_another_kind_are_a_damaged_checkpoint(cache, tmp_path, capsys, damage, damaged):
     from fastmde.engine.checkpoint import CheckpointError
     from fastmde.models.external import ExternalCheckpointError
 
-    def complex_head(state):
-        state["net.head_conv1.weight"] = state["net.head_conv1.weight"] * (1 + 1j)
-
-    path = _checkpoint(tmp_path / "c.pt", cache, damage=complex_head)
-    said = (f"{path!r} is a damaged fastmde checkpoint: 1 of its weights holds complex numbers where the model's "
-            "are real: net.head_conv1.weight is complex64 (the model's is float32)")
+    path = _checkpoint(tmp_path / "c.pt", cache, damage=damage)
+    said = f"{path!r} is a damaged fastmde checkpoint: {damaged}"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(CheckpointError) as info:
@@ -367,33 +380,7 @@ def test_complex_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
         warnings.simplefilter("error")
         with pytest.raises(ExternalCheckpointError) as info:
             models.from_external(state, source="fastmde", size=(32, 48))
-    assert _one_line(info) == ("the checkpoint is damaged: 1 of its weights holds complex numbers where the model's "
-                               "are real: net.head_conv1.weight is complex64 (the model's is float32)")
-    assert not (tmp_path / "r.json").exists()
-
-
-def test_bool_weights_are_a_damaged_checkpoint(cache, tmp_path, capsys):
-    """A bool tensor where a float weight belongs loaded as 0/1 without a word."""
-    from fastmde.engine.checkpoint import CheckpointError
-    from fastmde.models.external import ExternalCheckpointError
-
-    def bool_head(state):
-        state["net.head_conv1.weight"] = state["net.head_conv1.weight"] > 0
-        state["net.head_bn.weight"] = state["net.head_bn.weight"] > 0
-
-    path = _checkpoint(tmp_path / "b.pt", cache, damage=bool_head)
-    said = (f"{path!r} is a damaged fastmde checkpoint: 2 of its weights hold true/false or integer values where the model's "
-            "are floating: net.head_conv1.weight is bool (the model's is float32), net.head_bn.weight is bool "
-            "(the model's is float32)")
-    with pytest.raises(CheckpointError) as info:
-        fastmde.load(path)
-    assert _one_line(info) == said
-    status, _, err = fastmde_cli(["eval", "--checkpoint", path, "--out", tmp_path / "r.json"], capsys)
-    assert status == 2 and err == f"fastmde: error: --checkpoint: {said}\n", err
-    state = torch.load(path, weights_only=True)["model"]
-    with pytest.raises(ExternalCheckpointError) as info:
-        models.from_external(state, source="fastmde", size=(32, 48))
-    assert "true/false or integer values where the model's are floating: net.head_conv1.weight is bool" in _one_line(info)
+    assert _one_line(info) == f"the checkpoint is damaged: {damaged}"
     assert not (tmp_path / "r.json").exists()
 
 

@@ -56,17 +56,34 @@ def test_autograd_grad_of_the_depth_loss_is_a_plain_gradient(shape, dtype):
 from engine_helpers import cache, fastmde_cli, tiny_config  # noqa: E402,F401 (cache: fixture)
 
 
-def _saved_run(cache_dir, out, damage):
-    """A tiny run's last.pt (saved before any step) with ``damage(state["model"])`` applied."""
+def _saved_run(cache_dir, out, damage, part=lambda ckpt: ckpt["model"], **changes):
+    """A tiny run's last.pt (saved before any step; ``changes`` to its configuration) with
+    ``damage(part(ckpt))`` applied: by default to its weights."""
     from fastmde.engine import Trainer
 
-    cfg = tiny_config(cache_dir, str(out))
+    cfg = tiny_config(cache_dir, str(out), **changes)
     trainer = Trainer(cfg, overwrite=True, log=lambda text: None)
     trainer.save()
     ckpt = torch.load(trainer.last_path, weights_only=False)
-    damage(ckpt["model"])
+    damage(part(ckpt))
     torch.save(ckpt, trainer.last_path)
     return cfg, trainer.last_path
+
+
+def resume_refusal(cfg) -> str:
+    """The one-line CheckpointError of ``--resume`` for ``cfg`` (no warning on the way)."""
+    import warnings
+
+    from fastmde.engine import Trainer
+    from fastmde.engine.checkpoint import CheckpointError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            Trainer(cfg, resume=True, log=lambda text: None)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
 
 
 @pytest.mark.parametrize("kind", ["complex", "string", "nan"])
@@ -74,11 +91,6 @@ def test_resume_checks_the_weights_as_the_other_commands_do(cache, tmp_path, kin
     """``--resume`` loaded last.pt with a bare load_state_dict: complex weights resumed after
     torch's "discards the imaginary part" warning, a string weight gave a traceback, NaN weights
     stopped at the first step with "lower --lr". Now one line each, naming --resume and the file."""
-    import warnings
-
-    from fastmde.engine import Trainer
-    from fastmde.engine.checkpoint import CheckpointError
-
     key = "net.head_conv1.weight"
 
     def damage(state):
@@ -94,12 +106,8 @@ def test_resume_checks_the_weights_as_the_other_commands_do(cache, tmp_path, kin
             "string": f"--resume: {last!r}: its weights do not fit model 'unet34-k3-1x1': 1 not tensors: {key} is str",
             "nan": f"--resume: {last!r}: 1 weight tensor holds NaN/inf ({key}; a diverged run?): resume from an "
                    "earlier checkpoint, or start again (--overwrite)"}[kind]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(CheckpointError) as info:
-            Trainer(cfg, resume=True, log=lambda text: None)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(said), message
+    message = resume_refusal(cfg)
+    assert message.startswith(said), message
 
 
 def test_init_from_nan_weights_is_refused_in_one_line(cache, tmp_path, capsys):
