@@ -65,16 +65,25 @@ struct LossOptions {
 };
 
 // Validity of one row as 0/1 in T: finite ground truth and mask (two loops, so that neither
-// has a branch on the optional mask inside).
+// has a branch on the optional mask inside). Returns the row's number of valid pixels (summed
+// in T: exact, a row is far below 2^24).
 template <typename target_t, typename T>
-void validity_row(const target_t* y, const bool* mask, int64_t W, T* m) {
+int64_t validity_row(const target_t* y, const bool* mask, int64_t W, T* m) {
+  T n = T(0);
   if (mask == nullptr) {
-#pragma omp simd
-    for (int64_t q = 0; q < W; ++q) m[q] = std::isfinite(static_cast<T>(y[q])) ? T(1) : T(0);
+#pragma omp simd reduction(+ : n)
+    for (int64_t q = 0; q < W; ++q) {
+      m[q] = std::isfinite(static_cast<T>(y[q])) ? T(1) : T(0);
+      n += m[q];
+    }
   } else {
-#pragma omp simd
-    for (int64_t q = 0; q < W; ++q) m[q] = (std::isfinite(static_cast<T>(y[q])) && mask[q]) ? T(1) : T(0);
+#pragma omp simd reduction(+ : n)
+    for (int64_t q = 0; q < W; ++q) {
+      m[q] = (std::isfinite(static_cast<T>(y[q])) && mask[q]) ? T(1) : T(0);
+      n += m[q];
+    }
   }
+  return static_cast<int64_t>(n);
 }
 
 // The number of ones in a row of 0/1 values (summed in T: exact, a row is far below 2^24).
@@ -215,6 +224,48 @@ __attribute__((optimize("fp-contract=off"))) void scale_add_tile(const in_t* __r
   }
 }
 
+// d total / d pred of one row from its two unnormalised parts (gs null: the depth part only),
+// each rounded to pred's dtype as the two-part pass stores them, then combined by
+// scale_add_tile's arithmetic: the bits of the two-part pass and normalise_gradient.
+template <typename scalar_t, typename T>
+__attribute__((optimize("fp-contract=off"))) void combine_row(const T* __restrict gd, const T* __restrict gs,
+                                                              scalar_t* __restrict out, int64_t W, T a, T b) {
+  if (gs == nullptr) {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) store_narrow(out, q, narrowed<scalar_t>(gd[q]) * a);
+  } else {
+#pragma omp simd
+    for (int64_t q = 0; q < W; ++q) {
+      const T depth = narrowed<scalar_t>(gd[q]) * a;
+      const T stencil = narrowed<scalar_t>(gs[q]) * b;
+      store_narrow(out, q, depth + stencil);
+    }
+  }
+}
+
+// The rows one tile works on, kept per thread and reused by its next tile and the next call: a
+// fresh zero-filled std::vector per buffer per tile was 4% of the loss's time. Only what is
+// read as padding is cleared.
+template <typename T>
+struct TileScratch {
+  std::vector<T> valid, stencil_valid, padded, acc, pred, stencil_target, sanitised, tmp, row, dpx, dpy;
+  std::vector<T> grad_depth, grad_stencil, target_row;
+  std::vector<int64_t> vcount;
+
+  // the first n elements of v (grown when needed, never shrunk; contents unspecified)
+  template <typename V>
+  static typename V::value_type* take(V& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+    return v.data();
+  }
+};
+
+template <typename T>
+TileScratch<T>& tile_scratch() {
+  thread_local TileScratch<T> scratch;
+  return scratch;
+}
+
 // 1 / max(n, 1): the factor a term's count gives its gradient (a NaN count propagates, as in max())
 template <typename T>
 inline T inverse_count(T n) {
@@ -309,109 +360,153 @@ struct LossKernel {
     constexpr bool SOBEL = GRAD || NORMAL;
     const int64_t Wp = W + 2;
     const int64_t rows = r1 - r0;
-    // pred and stencil ground truth on rows [r0-2, r1+2), one zero column each side;
-    // validity, stencil validity and d/d(ĝx, ĝy) on rows [r0-1, r1+1)
-    std::vector<T> dbuf((rows + 4) * Wp, T(0)), ybuf, mbuf((rows + 2) * W, T(0)), sbuf, dpx, dpy;
-    std::vector<T> tmp(W), row(7 * W), grow(W);
-    std::vector<scalar_t> depth_part(combined ? W : 0), stencil_part(combined ? W : 0);
-    const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
-    const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
-    for (int64_t j = dlo; j < dhi; ++j) {
-      T* drow = dbuf.data() + (j - r0 + 2) * Wp + 1;
-      const scalar_t* src = pred + (b * H + j) * W;
-#pragma omp simd
-      for (int64_t q = 0; q < W; ++q) drow[q] = static_cast<T>(src[q]);
-    }
+    TileScratch<T>& sc = tile_scratch<T>();
+    // validity of rows [vlo, vhi) and each row's count: the tile's rows, and with a stencil the
+    // rows its stencil validity reads (rows r0-1..r1, eroded by h rows each side)
+    const int h = SOBEL ? (opt.blur ? 1 + kBlurRadius : 1) : 0;
     const int64_t mlo = SOBEL ? std::max<int64_t>(0, r0 - 1) : r0;
     const int64_t mhi = SOBEL ? std::min<int64_t>(H, r1 + 1) : r1;
-    for (int64_t j = mlo; j < mhi; ++j)
-      validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
-                   mbuf.data() + (j - r0 + 1) * W);
+    const int64_t vlo = std::max<int64_t>(0, mlo - h), vhi = std::min<int64_t>(H, mhi + h);
+    T* valid = sc.take(sc.valid, (vhi - vlo) * W);
+    int64_t* vcount = sc.take(sc.vcount, vhi - vlo);
+    for (int64_t j = vlo; j < vhi; ++j)
+      vcount[j - vlo] = validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
+                                     valid + (j - vlo) * W);
+    // pred on rows [r0-2, r1+2) (rows [r0, r1) without a stencil), one zero column each side and
+    // zero rows outside the image (the Sobel's zero padding)
+    const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
+    const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
+    T* dbuf = sc.take(sc.pred, (rows + 4) * Wp);
+    for (int64_t j = r0 - 2; j < r1 + 2; ++j) {
+      T* drow = dbuf + (j - r0 + 2) * Wp;
+      if (j < dlo || j >= dhi) {
+        std::fill(drow, drow + Wp, T(0));
+        continue;
+      }
+      drow[0] = drow[W + 1] = T(0);
+      const scalar_t* src = pred + (b * H + j) * W;
+#pragma omp simd
+      for (int64_t q = 0; q < W; ++q) drow[q + 1] = static_cast<T>(src[q]);
+    }
     double s_depth = 0.0, s_grad = 0.0, s_norm = 0.0;
     int64_t count_s = 0;
+    // the sanitised ground truth of row r0 when the stencil pass made it (the blur's cache, or
+    // without the blur the stencil ground truth itself), rows ystride apart; else made per row
+    const T* ysan = nullptr;
+    T* dpx = nullptr;
+    T* dpy = nullptr;
     if constexpr (SOBEL) {
-      // stencil validity of rows [mlo, mhi): validity of rows [mlo-h, mhi+h) eroded by h
-      // vertically (rows outside the image count as valid), then horizontally
-      const int h = opt.blur ? 1 + kBlurRadius : 1;
-      const int64_t vlo = std::max<int64_t>(0, mlo - h), vhi = std::min<int64_t>(H, mhi + h);
-      std::vector<T> vbuf((vhi - vlo) * W), padded(W + 2 * h, T(1));
-      for (int64_t j = vlo; j < vhi; ++j)
-        validity_row(target + (b * H + j) * W, mask ? mask + (b * H + j) * W : nullptr, W,
-                     vbuf.data() + (j - vlo) * W);
-      sbuf.assign((rows + 2) * W, T(0));
-      // vertical: the 0/1 minimum over rows [lo, hi) is (their sum == hi - lo); the sum slides
-      // with j (lo and hi only grow), two row passes per row instead of 2h + 1 (exact: small integers)
-      std::vector<T> acc(W, T(0));
-      int64_t a_lo = vlo, a_hi = vlo;  // acc = the sum of rows [a_lo, a_hi)
+      // stencil validity of rows [mlo, mhi): the validity eroded by h vertically (rows outside the
+      // image count as valid), then horizontally. Vertically, acc counts the invalid pixels per
+      // column over the rows [a_lo, a_hi) of the window; it slides with j (lo and hi only grow)
+      // and only rows holding an invalid pixel touch it, so a dense ground truth costs no pass.
+      T* sv = sc.take(sc.stencil_valid, (mhi - mlo) * W);
+      T* padded = sc.take(sc.padded, W + 2 * h);
+      T* acc = sc.take(sc.acc, W);
+      std::fill(padded, padded + W + 2 * h, T(1));
+      std::fill(acc, acc + W, T(0));
+      int64_t a_lo = vlo, a_hi = vlo, partial_rows = 0;  // rows of the window with an invalid pixel
       for (int64_t j = mlo; j < mhi; ++j) {
-        T* col = padded.data() + h;
         const int64_t lo = std::max<int64_t>(vlo, j - h), hi = std::min<int64_t>(vhi, j + h + 1);
         for (; a_hi < hi; ++a_hi) {
-          const T* v = vbuf.data() + (a_hi - vlo) * W;
+          if (vcount[a_hi - vlo] == W) continue;
+          const T* v = valid + (a_hi - vlo) * W;
 #pragma omp simd
-          for (int64_t q = 0; q < W; ++q) acc[q] += v[q];
+          for (int64_t q = 0; q < W; ++q) acc[q] += T(1) - v[q];
+          ++partial_rows;
         }
         for (; a_lo < lo; ++a_lo) {
-          const T* v = vbuf.data() + (a_lo - vlo) * W;
+          if (vcount[a_lo - vlo] == W) continue;
+          const T* v = valid + (a_lo - vlo) * W;
 #pragma omp simd
-          for (int64_t q = 0; q < W; ++q) acc[q] -= v[q];
+          for (int64_t q = 0; q < W; ++q) acc[q] -= T(1) - v[q];
+          --partial_rows;
         }
-        const T full = static_cast<T>(hi - lo);
-#pragma omp simd
-        for (int64_t q = 0; q < W; ++q) col[q] = acc[q] == full ? T(1) : T(0);
-        T* eroded = sbuf.data() + (j - r0 + 1) * W;
-        if (row_count(col, W) == W)  // all valid (dense ground truth): so is the eroded row
+        T* eroded = sv + (j - mlo) * W;
+        int64_t n;
+        if (partial_rows == 0) {  // every row of the window valid: so is the eroded row
           std::fill(eroded, eroded + W, T(1));
-        else
-          erode_row(padded.data(), eroded, W, h);
+          n = W;
+        } else {
+          T* col = padded + h;
+#pragma omp simd
+          for (int64_t q = 0; q < W; ++q) col[q] = acc[q] == T(0) ? T(1) : T(0);
+          erode_row(padded, eroded, W, h);
+          n = row_count(eroded, W);
+        }
+        if (j >= r0 && j < r1) count_s += n;
       }
-      ybuf.assign((rows + 4) * Wp, T(0));
-      dpx.assign((rows + 2) * Wp, T(0));
-      dpy.assign((rows + 2) * Wp, T(0));
+      // the stencil ground truth (blurred when asked) on rows [r0-2, r1+2), laid out as pred
+      T* ybuf = sc.take(sc.stencil_target, (rows + 4) * Wp);
+      T* tmp = sc.take(sc.tmp, W);
+      T* row = sc.take(sc.row, 7 * W);
       // sanitised ground truth rows that the blur of rows [dlo, dhi) reads
       const int64_t clo = opt.blur ? std::max<int64_t>(0, r0 - 2 - kBlurRadius) : 0;
       const int64_t chi = opt.blur ? std::min<int64_t>(H, r1 + 2 + kBlurRadius) : 0;
-      std::vector<T> cache((chi - clo) * W);
-      for (int64_t j = clo; j < chi; ++j) sanitised_row(b, j, cache.data() + (j - clo) * W);
-      for (int64_t j = dlo; j < dhi; ++j)
-        stencil_row(b, j, ybuf.data() + (j - r0 + 2) * Wp + 1, tmp.data(), row.data(), cache.data(), clo, chi);
-      for (int64_t j = mlo; j < mhi; ++j) {
+      T* cache = sc.take(sc.sanitised, (chi - clo) * W);
+      for (int64_t j = clo; j < chi; ++j) sanitised_row(b, j, cache + (j - clo) * W);
+      for (int64_t j = r0 - 2; j < r1 + 2; ++j) {
+        T* yrow = ybuf + (j - r0 + 2) * Wp;
+        if (j < dlo || j >= dhi) {
+          std::fill(yrow, yrow + Wp, T(0));
+          continue;
+        }
+        yrow[0] = yrow[W + 1] = T(0);
+        stencil_row(b, j, yrow + 1, tmp, row, cache, clo, chi);
+      }
+      // d/d(ĝx, ĝy) on rows [r0-1, r1+1), zero padded as pred
+      dpx = sc.take(sc.dpx, (rows + 2) * Wp);
+      dpy = sc.take(sc.dpy, (rows + 2) * Wp);
+      for (int64_t j = r0 - 1; j < r1 + 1; ++j) {
+        T* ox = dpx + (j - r0 + 1) * Wp;
+        T* oy = dpy + (j - r0 + 1) * Wp;
+        if (j < mlo || j >= mhi) {
+          std::fill(ox, ox + Wp, T(0));
+          std::fill(oy, oy + Wp, T(0));
+          continue;
+        }
+        ox[0] = ox[W + 1] = oy[0] = oy[W + 1] = T(0);
         const int64_t jj = j - r0 + 2;
-        const T* d = dbuf.data() + jj * Wp + 1;
-        const T* y = ybuf.data() + jj * Wp + 1;
+        const T* d = dbuf + jj * Wp + 1;
+        const T* y = ybuf + jj * Wp + 1;
         T sg, sn;
-        const T* s = sbuf.data() + (j - r0 + 1) * W;
-        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, s,
-                                   dpx.data() + (j - r0 + 1) * Wp + 1, dpy.data() + (j - r0 + 1) * Wp + 1,
+        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, sv + (j - mlo) * W, ox + 1, oy + 1,
                                    W, rp, sg, sn);
         if (j >= r0 && j < r1) {
           s_grad += static_cast<double>(sg);
           s_norm += static_cast<double>(sn);
-          count_s += row_count(s, W);
         }
       }
+      ysan = opt.blur ? cache + (r0 - clo) * W : ybuf + 2 * Wp + 1;
     }
+    const int64_t ystride = SOBEL && !opt.blur ? Wp : W;
+    T* grow_d = sc.take(sc.grad_depth, W);
+    T* grow_s = sc.take(sc.grad_stencil, W);
+    T* yrow = sc.take(sc.target_row, W);
     int64_t count = 0;
     for (int64_t i = r0; i < r1; ++i) {
-      const T* m = mbuf.data() + (i - r0 + 1) * W;
-      count += row_count(m, W);
-      sanitised_row(b, i, row.data());
-      s_depth += static_cast<double>(depth_row<T, LOG>(dbuf.data() + (i - r0 + 2) * Wp + 1, row.data(),
-                                                       mbuf.data() + (i - r0 + 1) * W, grow.data(), W, rp));
+      const T* m = valid + (i - vlo) * W;
+      count += vcount[i - vlo];
+      const T* y = yrow;
+      if (ysan != nullptr) y = ysan + (i - r0) * ystride;
+      else sanitised_row(b, i, yrow);
+      s_depth += static_cast<double>(depth_row<T, LOG>(dbuf + (i - r0 + 2) * Wp + 1, y, m, grow_d, W, rp));
       scalar_t* out = grad_depth + (b * H + i) * W;
-      scalar_t* out_d = combined ? depth_part.data() : out;   // as stored in the two-part pass
-#pragma omp simd
-      for (int64_t q = 0; q < W; ++q) store_narrow(out_d, q, grow[q]);
       if constexpr (SOBEL) {
-        const T* px = dpx.data() + (i - r0 + 1) * Wp + 1;
-        const T* py = dpy.data() + (i - r0 + 1) * Wp + 1;
-        sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow.data(), W);
-        scalar_t* out_s = combined ? stencil_part.data() : grad_stencil + (b * H + i) * W;
+        const T* px = dpx + (i - r0 + 1) * Wp + 1;
+        const T* py = dpy + (i - r0 + 1) * Wp + 1;
+        sobel_adjoint_row(px - Wp, px, px + Wp, py - Wp, py + Wp, grow_s, W);
+      }
+      if (combined) {
+        combine_row<scalar_t>(grow_d, SOBEL ? grow_s : nullptr, out, W, inv_d, inv_s);
+        continue;
+      }
 #pragma omp simd
-        for (int64_t q = 0; q < W; ++q) store_narrow(out_s, q, grow[q]);
-        if (combined) scale_add_tile<scalar_t, scalar_t, T>(out_d, out_s, out, 0, W, inv_d, inv_s);
-      } else if (combined) {
-        scale_add_tile<scalar_t, scalar_t, T>(out_d, nullptr, out, 0, W, inv_d, T(0));
+      for (int64_t q = 0; q < W; ++q) store_narrow(out, q, grow_d[q]);
+      if constexpr (SOBEL) {
+        scalar_t* out_s = grad_stencil + (b * H + i) * W;
+#pragma omp simd
+        for (int64_t q = 0; q < W; ++q) store_narrow(out_s, q, grow_s[q]);
       }
     }
     return {s_depth, s_grad, s_norm, static_cast<double>(count), static_cast<double>(count_s)};

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
 
@@ -133,6 +134,20 @@ __attribute__((always_inline)) inline void store_narrow(c10::BFloat16* out, std:
   const std::uint32_t u = __builtin_bit_cast(std::uint32_t, f);
   const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
   reinterpret_cast<std::uint16_t*>(out)[q] = static_cast<std::uint16_t>(f != f ? 0x7FC0u : rounded);
+}
+
+// v rounded to P's precision exactly as store_narrow stores it, back in T (the value a later
+// pass reads from the stored map): identity for P = T.
+template <typename P, typename T>
+__attribute__((always_inline)) inline T narrowed(T v) {
+  if constexpr (std::is_same_v<P, c10::BFloat16>) {
+    const float f = static_cast<float>(v);
+    const std::uint32_t u = __builtin_bit_cast(std::uint32_t, f);
+    const float rounded = __builtin_bit_cast(float, (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
+    return static_cast<T>(f != f ? f : rounded);
+  } else {
+    return static_cast<T>(static_cast<P>(v));
+  }
 }
 
 }  // namespace fastmde

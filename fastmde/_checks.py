@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import re
 
 import torch
 
@@ -156,6 +157,19 @@ def image_range_problem(images: torch.Tensor) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- values quoted in messages
+
+def brief_repr(value, limit: int = 80) -> str:
+    """``repr(value)`` for a one-line message: the line breaks of a multi-line repr (a 2-D numpy
+    array's or tensor's, a nested container's) and the indentation after them become one space,
+    and a repr longer than ``limit`` characters is cut with ``...``. (A string's repr holds no
+    line break: its own newlines are escaped, so its spaces are kept as they are.)"""
+    text = repr(value)
+    if "\n" in text:
+        text = re.sub(r"\s*\n\s*", " ", text.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # ---------------------------------------------------------------- numbers given as arguments
 # Counts and pixel bounds come as Python ints, numpy scalars (an index read from an array) or
 # whole floats (a size computed as 0.4 * 480); bools are refused: True is not a count of pixels.
@@ -191,7 +205,7 @@ def integer_argument(value, name: str, *, minimum: int | None = None, odd: bool 
     type; ValueError, naming ``name`` and the value, below ``minimum`` or, with ``odd``, for an
     even number (a "same" convolution's kernel size: padding k // 2 keeps the size only for odd k)."""
     if bool_like(value) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer, got the bool {value!r}")
+        raise TypeError(f"{name} must be an integer, got the bool {brief_repr(value)}")
     if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.is_meta):
         # a one-element (1,) tensor has __index__ too: a shape-(1,) count is a slip, not a number
         what = "a meta tensor (no value)" if value.dim() == 0 else f"a tensor of shape {tuple(value.shape)}"
@@ -199,7 +213,7 @@ def integer_argument(value, name: str, *, minimum: int | None = None, odd: bool 
     try:
         number = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+        raise TypeError(f"{name} must be an integer, got {brief_repr(value)} ({type(value).__name__})") from None
     if (minimum is not None and number < minimum) or (odd and number % 2 != 1):
         kind = "odd integer" if odd else "integer"
         wanted = (f"an {kind}" if minimum is None else f"a positive {kind}" if minimum == 1
@@ -214,11 +228,11 @@ def real_argument(value, name: str) -> float:
     would read as 1.0, "0.5" as 0.5). TypeError naming ``name``; the caller checks the range."""
     if (isinstance(value, (bool, str, bytes, complex)) or bool_like(value)
             or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.is_complex()))):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be a number, got {brief_repr(value)} ({type(value).__name__})")
     try:
         return float(value)
     except (TypeError, ValueError):   # a numpy complex, a list, None...
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})") from None
+        raise TypeError(f"{name} must be a real number, got {brief_repr(value)} ({type(value).__name__})") from None
 
 
 def bool_like(value) -> bool:
@@ -235,7 +249,7 @@ def bool_argument(value, name: str, *, allow_none: bool = False) -> bool | None:
     if bool_like(value):
         return bool(value)
     allowed = "True, False or None" if allow_none else "True or False"
-    raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    raise TypeError(f"{name} must be {allowed}, got {brief_repr(value)} ({type(value).__name__})")
 
 
 # ---------------------------------------------------------------- weights read from a file
@@ -303,11 +317,27 @@ def unusual_tensors(own: dict, weights: dict, names: dict | None = None) -> list
     return found
 
 
-def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+def nonfinite_tensors(module: torch.nn.Module, *, buffers: str = "all") -> list[str]:
     """The names of ``module``'s floating (or complex) parameters and buffers holding NaN or an
     infinity: the weights of a diverged run, whose every prediction is NaN. One pass over the
-    weights (a host synchronisation per tensor on a GPU): for a model just loaded, not per step."""
-    named = list(module.named_parameters()) + list(module.named_buffers())
+    weights (a host synchronisation per tensor on a GPU): for a model just loaded, not per step.
+
+    ``buffers``: ``"all"`` (the loaders: a fastmde model's buffers are normalisation statistics
+    and constants it needs finite) or ``"statistics"``: only the running statistics of the
+    normalisation layers (BatchNorm's / InstanceNorm's ``running_mean``, ``running_var``), the
+    buffers training writes besides the parameters; another buffer is a constant the module
+    registered itself, where -inf or inf can be meant (an attention-style mask filled with -inf,
+    an unbounded clamp): ``fastmde.export`` of any module."""
+    if buffers not in ("all", "statistics"):
+        raise ValueError(f"buffers must be 'all' or 'statistics', got {buffers!r}")
+    named = list(module.named_parameters())
+    if buffers == "all":
+        named += list(module.named_buffers())
+    else:
+        for prefix, m in module.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase):
+                named += [(f"{prefix}.{key}" if prefix else key, t) for key in ("running_mean", "running_var")
+                          if isinstance(t := getattr(m, key, None), torch.Tensor)]
     return [name for name, t in named
             if (t.is_floating_point() or t.is_complex()) and t.device.type != "meta"
             and not bool(torch.isfinite(t.detach()).all())]

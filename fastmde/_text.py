@@ -34,13 +34,13 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
     if isinstance(size, str):
         parts = size.lower().replace(" ", "").replace(",", "x").split("x")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"{what} must be HxW such as 288x384, got {size!r}")
+            raise ValueError(f"{what} must be HxW such as 288x384, got {_quoted(size)}")
     elif isinstance(size, (tuple, list)) and len(size) == 2:
         parts = list(size)
     elif getattr(size, "ndim", None) == 1 and len(size) == 2 and callable(getattr(size, "tolist", None)):
         parts = size.tolist()        # a numpy array or a tensor holding (H, W)
     else:
-        raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {size!r}")
+        raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W), got {_quoted(size)}")
     if isinstance(size, str):
         height, width = (int(p) for p in parts)
     else:
@@ -48,10 +48,19 @@ def parse_size(size, *, what: str = "size", minimum: int = 1, allow_none: bool =
 
         height, width = (int(p) if isinstance(p, str) and p.strip().isdigit() else whole_number(p) for p in parts)
         if height is None or width is None:
-            raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W) of whole numbers, got {size!r}")
+            raise ValueError(f"{what} must be HxW such as 288x384 or a pair (H, W) of whole numbers, "
+                             f"got {_quoted(size)}")
     if height < minimum or width < minimum:
         raise ValueError(f"{what} must be at least {minimum}x{minimum}, got {height}x{width}")
     return height, width
+
+
+def _quoted(value) -> str:
+    """``value`` as a message quotes it, on one line (a 2-D numpy array's or tensor's repr has
+    several): :func:`fastmde._checks.brief_repr`."""
+    from ._checks import brief_repr
+
+    return brief_repr(value)
 
 
 #: The smallest side of a network's internal size: ``fastmde train --size`` and ``fastmde export

@@ -2,7 +2,8 @@
 stay off the hot path.
 
 * :func:`warn_at_caller` attributes a warning to the first frame outside fastmde's public
-  layers (``functional``, ``nn``, ``ops``, ``models``, the shared checks) and outside torch
+  layers (``functional``, ``nn``, ``ops``, ``models``, the shared checks, ``fastmde.load`` and
+  ``engine/checkpoint.py``'s loaders) and outside torch
   (``nn.Module.__call__``, ``torch.no_grad``'s wrapper): the user's own line, or the engine's
   line (``fastmde/engine/train.py``) when the trainer called. A fixed ``stacklevel`` cannot do
   this: the same function is reached through a different number of frames from
@@ -23,10 +24,12 @@ from typing import Callable
 import torch
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
-# fastmde's public layers: a warning raised inside them is about their caller's input
+# fastmde's public layers: a warning raised inside them is about their caller's input; so is one
+# about a checkpoint being loaded (``fastmde.load`` in __init__.py -> engine/checkpoint.py): it
+# points at the line that loaded it (a user's, or a command's in engine/predict.py, evaluate.py)
 _INTERNAL = tuple(os.path.join(_PACKAGE, p) for p in (
     "functional.py", "_checks.py", "_warn.py", "nn" + os.sep, "ops" + os.sep, "reference" + os.sep,
-    "models" + os.sep,
+    "models" + os.sep, "__init__.py", os.path.join("engine", "checkpoint.py"),
 ))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 

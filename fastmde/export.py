@@ -32,7 +32,11 @@ with ``aspect="keep"`` (internal size from float rounding) is exported at the fi
 
 Refused (:class:`ExportError`, nothing written): BatchNorm without running statistics, a
 ``fastmde::`` or other non-ATen op left in the graph, an ONNX node outside the standard
-domain, a model ``torch.export`` cannot trace, an export that does not match the model.
+domain, a model ``torch.export`` cannot trace, an export that does not match the model, a
+diverged model (NaN or inf in a parameter or a BatchNorm running statistic), a model that
+predicts no finite value. A buffer the module registered itself may hold -inf or inf (an
+attention-style mask): it is exported as it is, and the verification then asks for the same
+infinities (and NaNs) at the same pixels as the model's, and the finite values within tolerance.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._checks import bool_argument, integer_argument, nonfinite_message, nonfinite_tensors, real_argument
+from ._checks import (bool_argument, brief_repr, integer_argument, nonfinite_message, nonfinite_tensors,
+                      real_argument)
 
 FORMATS = ("onnx", "pt2")
 EXTENSIONS = {".onnx": "onnx", ".pt2": "pt2"}
@@ -326,13 +331,18 @@ def _write(format: str, program, example, tmp: str, opset: int, meta: dict, repo
 
 
 def _compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """``(max |out - ref|, that over max |ref|)`` over the pixels where both are finite; ``(inf,
+    inf)`` unless the others agree exactly: NaN where ``ref`` has NaN, and the same infinity
+    (+inf for +inf: a model may predict inf on purpose, e.g. through a mask buffer)."""
     if tuple(out.shape) != tuple(ref.shape):
         raise ExportError(f"the exported model returns shape {tuple(out.shape)} where the model returns "
                           f"{tuple(ref.shape)}")
     out, ref = out.double(), ref.double()
     same_nan = torch.equal(torch.isnan(out), torch.isnan(ref))
     finite = torch.isfinite(ref) & torch.isfinite(out)
-    if not same_nan or not torch.equal(torch.isfinite(out), torch.isfinite(ref)):
+    infinite = torch.isinf(ref)
+    if (not same_nan or not torch.equal(torch.isfinite(out), torch.isfinite(ref))
+            or not torch.equal(out[infinite], ref[infinite])):     # -inf where the model has +inf
         return float("inf"), float("inf")
     diff = float((out - ref)[finite].abs().max()) if finite.any() else 0.0
     scale = float(ref[finite].abs().max()) if finite.any() else 0.0
@@ -396,15 +406,15 @@ def check_options(format: str, size, opset, tolerance, *, names=None) -> tuple[t
     from ._text import parse_size
 
     names = {"format": "format", "size": "export size", "opset": "opset", "tolerance": "tolerance", **(names or {})}
-    if format not in FORMATS:
-        raise ValueError(f"{names['format']} must be one of {', '.join(FORMATS)}, got {format!r}")
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ValueError(f"{names['format']} must be one of {', '.join(FORMATS)}, got {brief_repr(format)}")
     size = parse_size(size, what=names["size"])
     try:
         value = real_argument(tolerance, names["tolerance"])   # numpy floats and 0-d tensors too, never True
     except TypeError:
         value = None
     if value is None or not 0 < value < math.inf:   # NaN fails the comparison; inf would verify nothing
-        raise ValueError(f"{names['tolerance']} must be a positive finite number, got {tolerance!r}")
+        raise ValueError(f"{names['tolerance']} must be a positive finite number, got {brief_repr(tolerance)}")
     opset = integer_argument(opset, names["opset"])           # numpy ints too, never True or 18.0
     if format == "onnx":
         from torch.onnx._constants import ONNX_MAX_OPSET
@@ -441,8 +451,11 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
             ``pip install 'fastmde[export]'``).
         ExportError: the model cannot be exported faithfully, or the exported file does not
             match it; nothing is written and an existing ``path`` is left as it was.
-        ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``, or a model whose
-            weights hold NaN or inf (its export would predict NaN).
+        ExportError (a ValueError) too for a model whose parameters or BatchNorm running
+            statistics hold NaN or inf (a diverged run: its export would predict NaN), or whose
+            prediction of the example holds no finite value (nothing to verify). Other buffers
+            may hold inf or -inf (a mask a module registered): exported as they are.
+        ValueError: a bad ``format``, ``size``, ``opset`` or ``tolerance``.
         TypeError: an ``opset`` that is a bool, a float or a string.
     """
     from .models.plain import PlainExportError, plain_copy
@@ -459,7 +472,9 @@ def export(model: nn.Module, path, format: str | None = None, *, size=(480, 640)
     quiet = bool_argument(quiet, "quiet")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    broken = nonfinite_tensors(model)   # a diverged run's weights: the verification would pass NaN = NaN
+    # a diverged run's weights (parameters, BatchNorm statistics): every prediction NaN; a buffer the
+    # module registered itself may hold -inf or inf on purpose (a mask), and is exported as it is
+    broken = nonfinite_tensors(model, buffers="statistics")
     if broken:
         source = getattr(model, "fastmde_checkpoint", None)
         what = f"checkpoint {source!r}" if isinstance(source, str) else "the model"
@@ -485,6 +500,10 @@ def _export(model, reference, plain, path, format, size, dynamic_size, opset, to
         what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise ExportError(f"a depth model returns one (B, 1, H, W) tensor for a (B, 3, H, W) image; this one "
                           f"returns {what} for {tuple(example.shape)}")
+    if not bool(torch.isfinite(out).any()):
+        # NaN everywhere (NaN/inf in a buffer?) would verify as NaN = NaN: an export of nothing
+        raise ExportError(f"the model's prediction of the {'x'.join(map(str, example.shape))} example holds no finite "
+                          "value (NaN or inf at every pixel: a buffer holding NaN?): nothing was written")
 
     program, notes = _trace(plain, example, dynamic_size, want_guard_free=format == "onnx")
     foreign = _foreign_ops(program)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, clean_stale_temporaries
-from .._checks import damaged_weights_message, nonfinite_message, nonfinite_tensors
+from .._checks import brief_repr, damaged_weights_message, nonfinite_message, nonfinite_tensors
+from .._warn import warn_at_caller
 from .._files import load_error_text, torch_file_damage, torch_file_problem
 
 FORMAT = "fastmde-checkpoint"
@@ -284,9 +285,9 @@ def _validate(obj, path: str) -> dict:
 
 
 def _short(value, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``repr(value)`` on one line (a 2-D tensor's repr has several), cut to ``limit`` characters
+    for a one-line message (:func:`fastmde._checks.brief_repr`)."""
+    return brief_repr(value, limit)
 
 
 def _weights_mismatch(model, weights: dict) -> str:
@@ -422,8 +423,7 @@ def load(checkpoint: str, device="cpu", *, eval_mode: bool = True, warn_nonfinit
     model.fastmde_checkpoint = path
     broken = nonfinite_tensors(model) if warn_nonfinite else []
     if broken:
-        warnings.warn(f"{nonfinite_message(f'checkpoint {path!r}', broken)}: its predictions will be NaN",
-                      UserWarning, stacklevel=2)
+        warn_at_caller(f"{nonfinite_message(f'checkpoint {path!r}', broken)}: its predictions will be NaN")
     model.to(device)
     model.train(not eval_mode)
     return model

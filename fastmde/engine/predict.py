@@ -250,7 +250,7 @@ def plan_outputs(paths: list[str], out_dir: str, *, overwrite: bool = False,
 
 
 def run(args) -> int:
-    from .checkpoint import check_checkpoint_argument, clean_output_folder, load_checkpoint_argument
+    from .checkpoint import clean_output_folder
     from .speed import resolve_amp, resolve_device
 
     if args.batch_size < 1:
@@ -262,16 +262,16 @@ def run(args) -> int:
         raise ValueError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g} "
                          "(the colour scale runs from the one to the other)")
     check_output_folder(args.out, "--out", "the folder the depth maps go to")
-    paths, duplicates, read, focals, anchors = inputs_of(args)
+    model_of_checkpoint = checkpoint_loader(args.checkpoint)    # a list or folder reads its configuration first
+    paths, duplicates, read, focals, anchors = inputs_of(args, model_of_checkpoint)
     check_pointcloud_arguments(args, focals)
     kinds = (".png", ".npy") + ((".ply",) if args.pointcloud else ())
     stems, replaced = plan_outputs(paths, args.out, overwrite=args.overwrite, extensions=kinds, anchors=anchors)
     if duplicates:
         print(f"predict: {len(duplicates)} input(s) named twice, predicted once: {', '.join(duplicates[:5])}",
               file=sys.stderr)
-    check_checkpoint_argument(args.checkpoint, "--checkpoint")   # after every option's own check
     device = resolve_device(args.device)
-    model = load_checkpoint_argument(args.checkpoint, "--checkpoint", device=device)
+    model = model_of_checkpoint().to(device)     # the file is read once, after every option's own check
     args.min_depth, args.max_depth = depth_range(args, getattr(model, "fastmde_config", None) or {})
     amp_dtype = resolve_amp(args.amp, device, inference=True)
     clean_output_folder(args.out, lambda text: print(f"predict: {text}", file=sys.stderr))   # killed writes' leftovers
@@ -324,13 +324,14 @@ def add_data_arguments(parser) -> None:
         add_option(g, name, default=None)
 
 
-def inputs_of(args) -> tuple[list[str], list[str], callable, dict, list[str] | None]:
+def inputs_of(args, model_of_checkpoint) -> tuple[list[str], list[str], callable, dict, list[str] | None]:
     """(photo paths, inputs named twice, reader of one path -> uint8 (3, H, W), {path: focal length},
     the folders output names are relative to (:func:`output_stems`; None: each photo's)) of
     ``fastmde predict``: the IMAGES given (folders with their sub-folders, ``--out`` left out),
     or the photos of ``--data`` (``--data-format list|folder``), kb-cropped when ``--kb-crop`` is
     on (default: as the checkpoint was trained on this format); the focal lengths are a file
-    list's third fields (empty without them)."""
+    list's third fields (empty without them). ``model_of_checkpoint``: :func:`checkpoint_loader`'s
+    function, called for the checkpoint's configuration with ``--data-format`` only."""
     from .. import data
 
     if args.data_format is None:
@@ -346,7 +347,7 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict, list[str] | N
         raise ValueError(f"give image files or --data-format {args.data_format} --data, not both")
     if args.data is None:
         raise ValueError(f"--data-format {args.data_format} needs --data (the {args.data_format} of photos)")
-    config = checkpoint_config(args.checkpoint)
+    config = dict(getattr(model_of_checkpoint(), "fastmde_config", None) or {})   # {} for another project's
     same = config.get("data_format") == args.data_format
     kb = args.kb_crop
     if kb is None:
@@ -382,15 +383,22 @@ def inputs_of(args) -> tuple[list[str], list[str], callable, dict, list[str] | N
     return paths, duplicates, read, focals, None
 
 
-def checkpoint_config(path: str) -> dict:
-    """The training configuration saved in a fastmde checkpoint (``{}`` for another project's);
-    errors name ``--checkpoint``."""
+def checkpoint_loader(path: str):
+    """A function returning the model of ``fastmde predict``'s ``--checkpoint`` (on the CPU), the
+    file read at its first call only: with ``--data-format list|folder`` the reader options come
+    from the checkpoint's configuration before the photos are listed, and the same model then
+    predicts (one ``torch.load``; NaN/inf weights warned of once). Errors name ``--checkpoint``."""
     from .checkpoint import check_checkpoint_argument, load_checkpoint_argument
 
-    check_checkpoint_argument(path, "--checkpoint")
-    # the model loaded for its configuration is not the one run: its NaN weights are told of once, by run()
-    model = load_checkpoint_argument(path, "--checkpoint", warn_nonfinite=False)
-    return dict(getattr(model, "fastmde_config", None) or {})
+    loaded = []
+
+    def model_of_checkpoint():
+        if not loaded:
+            check_checkpoint_argument(path, "--checkpoint")
+            loaded.append(load_checkpoint_argument(path, "--checkpoint"))
+        return loaded[0]
+
+    return model_of_checkpoint
 
 
 # ---------------------------------------------------------------- point clouds

@@ -72,8 +72,17 @@ from .speed import (autocast, describe_scoring, describe_speed_choice, make_scal
 
 
 class TrainingDiverged(RuntimeError, ValueError):
-    """The run diverged (a non-finite training loss, or a validation whose predictions hold NaN):
-    a user-fixable outcome (--lr, --amp), which the command reports in one line (a ValueError)."""
+    """The run diverged (a non-finite training loss, predictions beyond :data:`DIVERGED_DEPTH_M`,
+    or a validation whose predictions hold NaN): a user-fixable outcome (--lr, --amp), which the
+    command reports in one line (a ValueError)."""
+
+
+#: A training step whose predictions have a median magnitude above this many metres has diverged:
+#: no depth in metres comes near 1000 km (NYU's range ends at 10 m, KITTI's at 80 m, a LiDAR's at a
+#: few hundred), while a run that explodes passes it on its way to float32's 3.4e38 and inf; its
+#: loss can stay finite (a logarithmic loss of 1e30 m is 69). The median (over every 4th row and
+#: column of the batch's maps) is not moved by a few wild pixels of an early step.
+DIVERGED_DEPTH_M = 1e6
 
 
 def seed_everything(seed: int) -> None:
@@ -651,12 +660,19 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             pred = self.train_model(images)
         loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
-        if not torch.isfinite(loss):
+        # one host synchronisation for both divergence checks (the loss is read anyway)
+        typical = pred.detach()[..., ::4, ::4].float().abs().median()
+        loss_value, typical = torch.stack([loss.detach(), typical.to(loss.dtype)]).tolist()
+        if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {self.step}: lower --lr, or use --amp none / bf16")
+                f"loss became {loss_value} at step {self.step}: lower --lr, or use --amp none / bf16")
+        if typical > DIVERGED_DEPTH_M:
+            raise TrainingDiverged(
+                f"predictions reached {typical:.3g} m (median magnitude) at step {self.step}, beyond any depth in "
+                f"metres (> {DIVERGED_DEPTH_M:g} m): the run diverged: lower --lr, or use --amp none / bf16")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        return float(loss.detach())
+        return loss_value
 
     def _check_units(self, depth: torch.Tensor) -> None:
         """The first batch of this process: depth that looks like millimetres (or a 16-bit PNG
