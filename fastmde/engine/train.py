@@ -80,8 +80,9 @@ class TrainingDiverged(RuntimeError, ValueError):
 #: A training step whose predictions have a median magnitude above this many metres has diverged:
 #: no depth in metres comes near 1000 km (NYU's range ends at 10 m, KITTI's at 80 m, a LiDAR's at a
 #: few hundred), while a run that explodes passes it on its way to float32's 3.4e38 and inf; its
-#: loss can stay finite (a logarithmic loss of 1e30 m is 69). The median (over every 4th row and
-#: column of the batch's maps) is not moved by a few wild pixels of an early step.
+#: loss can stay finite (a logarithmic loss of 1e30 m is 69). The median (over every 16th row and
+#: column of the batch's maps: 26 µs at 8x480x640 on the 2-vCPU AMD EPYC, 1.4 ms over every 4th)
+#: is not moved by a few wild pixels of an early step.
 DIVERGED_DEPTH_M = 1e6
 
 
@@ -661,7 +662,7 @@ class Trainer:
             pred = self.train_model(images)
         loss = self.loss_fn(pred.float(), depth, mask=depth > 0)
         # one host synchronisation for both divergence checks (the loss is read anyway)
-        typical = pred.detach()[..., ::4, ::4].float().abs().median()
+        typical = pred.detach()[..., ::16, ::16].float().abs().median()
         loss_value, typical = torch.stack([loss.detach(), typical.to(loss.dtype)]).tolist()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
