@@ -1,4 +1,4 @@
-"""``fastmde info``: versions, devices and the backend table."""
+"""``fastmde info``: versions, devices, the backend table and the conv backward choices measured."""
 from __future__ import annotations
 
 import platform
@@ -59,6 +59,36 @@ def describe() -> list[str]:
         "the table above serves every setting" if not exceptions
         else "the table above, except (plain PyTorch measured faster there):"))
     lines.extend(exceptions)
+    lines.append("")
+    lines.extend(conv_backward_choices())
+    return lines
+
+
+def conv_backward_choices() -> list[str]:
+    """The backward ways ``BandedConv2d`` chose so far in this process (``nn/banded_conv.py``: timed
+    at the first training backward of each setting, or restored from a checkpoint by
+    ``--resume``), one line each with the thread count it holds for; a fresh process (``fastmde
+    info`` itself) has measured none."""
+    from .nn.banded_conv import TAPS_MAX_COLUMNS, measured_choices
+
+    rows = measured_choices()
+    if not rows:
+        return ["conv backward (BandedConv2d, timed at a shape's first training backward): "
+                "none measured yet in this process"]
+    settings = []
+    for row in rows:
+        kh, kw = row["kernel_size"]
+        shape = "x".join(str(v) for v in row["shape"])
+        settings.append(f"{shape} {row['dtype']} {row['memory_format']} -> {row['out_channels']}, {kh}x{kw}, "
+                        f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}")
+    width = max(len(text) for text in settings) + 2
+    lines = [f"conv backward (BandedConv2d), chosen in this process ({len(rows)}):"]
+    for row, setting in zip(rows, settings):
+        kh, kw = row["kernel_size"]
+        other = "tap GEMMs" if row["out_channels"] * kh * kw <= TAPS_MAX_COLUMNS else "bands"
+        timed = (" (restored from a checkpoint)" if row["one_call_ms"] != row["one_call_ms"]   # NaN: untimed
+                 else f" (one call {row['one_call_ms']:g} ms, {other} {row['other_ms']:g} ms)")
+        lines.append(f"  {setting:<{width}}{row['choice']}{timed}")
     return lines
 
 

@@ -342,13 +342,13 @@ def test_choices_survive_a_checkpoint():
     saved = dict(banded_conv._CHOICES)
     try:
         banded_conv._CHOICES.clear()
-        key = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 4, (3, 3))
-        head = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 1, (3, 3))
+        key = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 4, (3, 3), 2)
+        head = ((1, 4, 256, 300), torch.bfloat16, "channels_last", 1, (3, 3), 1)
         banded_conv._CHOICES[key] = ("banded", 0.02, 0.01)
         banded_conv._CHOICES[head] = ("taps", 0.02, 0.01)
         state = banded_conv.choices_state()
-        assert state == [[[1, 4, 256, 300], "bfloat16", "channels_last", 4, [3, 3], "banded"],
-                         [[1, 4, 256, 300], "bfloat16", "channels_last", 1, [3, 3], "taps"]]
+        assert state == [[[1, 4, 256, 300], "bfloat16", "channels_last", 4, [3, 3], "banded", 2],
+                         [[1, 4, 256, 300], "bfloat16", "channels_last", 1, [3, 3], "taps", 1]]
         banded_conv._CHOICES.clear()
         banded_conv.restore_choices(state + [["junk"], [[1], "no_such_dtype", "x", 1, [1], "banded"], None,
                                              [[1, 4, 8, 8], "bfloat16", "channels_last", 1, [3, 3], "bands"]])

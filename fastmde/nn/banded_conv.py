@@ -31,19 +31,22 @@ same sum. A last band shorter than R is filled with zero rows of input and outpu
 output-gradient rows add exactly zero.
 
 Which way is faster is measured, not assumed (an Intel CPU with AMX, or another thread count,
-may differ): per (input shape, dtype, memory format, out channels, kernel size) the first
-backward runs the one call and the other way (bands, or the tap GEMMs for a narrow output) twice
+may differ): per (input shape, dtype, memory format, out channels, kernel size, thread count:
+``torch.get_num_threads()``, so a choice timed on two threads is not reused after
+``torch.set_num_threads(1)``) the first backward runs the one call and the other way (bands, or the tap GEMMs for a narrow output) twice
 each, alternating, and keeps the faster by their second times (``time.perf_counter``; the first
 run of each warms what it reads) in :data:`_CHOICES` for the process; the other way wins only
 below 0.9x the one call's time. Later forwards of a shape whose winner is the one call take
 ``nn.Conv2d.forward`` unchanged. The ways sum in different orders, so their float32 or
 bfloat16 results may differ in the last bits: two processes that chose differently do not train
-bit for bit alike, so a training checkpoint keeps the choices (:func:`choices_state`,
-:func:`restore_choices`) and a resumed run sums as the run it continues; under
+bit for bit alike, so a training checkpoint keeps the choices with their thread counts
+(:func:`choices_state`, :func:`restore_choices`) and a resumed run on as many threads sums as
+the run it continues (on another count it measures again); under
 ``torch.use_deterministic_algorithms(True)`` the one call is always taken and nothing is
 measured. Banding is tried only where one image's map has H * W >= 65536 (:data:`MIN_PIXELS`;
 below it there was never a gain) and at least two bands of 16-32 rows fit; the tap GEMMs where
-the batch's B * H * W >= 65536. :func:`measured_choices` shows what was chosen.
+the batch's B * H * W >= 65536. :func:`measured_choices` shows what was chosen (and ``fastmde
+info``, for the process that runs it).
 
 :class:`BandedConv2d` is a drop-in ``nn.Conv2d`` (same parameters, ``state_dict``, arguments).
 It takes the banded backward only in plain eager mode (``ops/_dispatch.runs_eagerly``: not under
@@ -77,7 +80,7 @@ TAPS_MAX_COLUMNS = 32
 #: the backward's ways: oneDNN's one call, the banded weight gradient, the tap GEMMs
 PATHS = ("one_call", "banded", "taps")
 
-#: (input shape, dtype, memory format, out channels, (kh, kw)) -> (choice, one call s, other way s)
+#: (input shape, dtype, memory format, out channels, (kh, kw), threads) -> (choice, one call s, other way s)
 _CHOICES: dict[tuple, tuple[str, float, float]] = {}
 #: set by :func:`forced`: (path, band rows) used instead of the measured choice
 _FORCED: tuple[str, int | None] | None = None
@@ -85,32 +88,38 @@ _FORCED: tuple[str, int | None] | None = None
 
 def measured_choices() -> list[dict]:
     """The choices made so far in this process, one dict per setting: ``shape``, ``dtype``,
-    ``memory_format``, ``out_channels``, ``kernel_size``, ``choice`` ("banded", "taps" or
-    "one_call") and the two measured times in milliseconds (``one_call_ms``, and ``other_ms`` for
-    the way tried against it: bands, or the tap GEMMs of a narrow output)."""
+    ``memory_format``, ``out_channels``, ``kernel_size``, ``threads`` (``torch.get_num_threads()``
+    when measured), ``choice`` ("banded", "taps" or "one_call") and the two measured times in
+    milliseconds (``one_call_ms``, and ``other_ms`` for the way tried against it: bands, or the
+    tap GEMMs of a narrow output; NaN for a choice restored from a checkpoint)."""
     return [dict(shape=key[0], dtype=str(key[1]).replace("torch.", ""), memory_format=key[2],
-                 out_channels=key[3], kernel_size=key[4], choice=choice,
+                 out_channels=key[3], kernel_size=key[4], threads=key[5], choice=choice,
                  one_call_ms=round(one * 1e3, 3), other_ms=round(other * 1e3, 3))
             for key, (choice, one, other) in _CHOICES.items()]
 
 
 def choices_state() -> list[list]:
     """The choices made so far, as plain lists (``[shape, dtype name, memory format, out
-    channels, kernel size, choice]``) for a training checkpoint: a resumed run takes the same
-    summation order for each setting as the run it continues (its weights stay bitwise those of
-    an uninterrupted run) instead of timing again."""
-    return [[list(key[0]), str(key[1]).replace("torch.", ""), key[2], key[3], list(key[4]), choice]
+    channels, kernel size, choice, threads]``) for a training checkpoint: a resumed run on as
+    many threads takes the same summation order for each setting as the run it continues (its
+    weights stay bitwise those of an uninterrupted run) instead of timing again."""
+    return [[list(key[0]), str(key[1]).replace("torch.", ""), key[2], key[3], list(key[4]), choice, key[5]]
             for key, (choice, _, _) in _CHOICES.items()]
 
 
 def restore_choices(state) -> None:
-    """Take the choices of :func:`choices_state` (a checkpoint's), without their timings; entries
-    that are not of that form are skipped (a checkpoint of an older version holds none)."""
+    """Take the choices of :func:`choices_state` (a checkpoint's), without their timings, each for
+    the thread count it was measured with; an entry of the earlier six-element form (saved
+    before the thread count was kept) is taken for this process's current count (a resume runs
+    as the run it continues, with its settings). Entries that are not of either form are skipped
+    (a checkpoint of an older version holds none)."""
     for entry in state or ():
         try:
-            shape, dtype, fmt, cout, kernel, choice = entry
+            shape, dtype, fmt, cout, kernel, choice, *threads = entry
+            if len(threads) > 1 or (threads and (isinstance(threads[0], bool) or int(threads[0]) < 1)):
+                continue
             key = (tuple(int(v) for v in shape), getattr(torch, dtype), str(fmt), int(cout),
-                   tuple(int(v) for v in kernel))
+                   tuple(int(v) for v in kernel), int(threads[0]) if threads else torch.get_num_threads())
         except (TypeError, ValueError, AttributeError):
             continue
         if choice in PATHS and isinstance(key[1], torch.dtype):
@@ -230,8 +239,10 @@ def grads_by_taps(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, nee
 
 
 def _key(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """The setting a choice is measured for; the thread count too: oneDNN's one call and the
+    other ways do not scale alike with threads."""
     fmt = "channels_last" if _layout(x, weight) == torch.channels_last else "contiguous"
-    return (tuple(x.shape), dtype, fmt, weight.shape[0], tuple(weight.shape[-2:]))
+    return (tuple(x.shape), dtype, fmt, weight.shape[0], tuple(weight.shape[-2:]), torch.get_num_threads())
 
 
 def _plan(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple[str, int | None]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import bool_argument, integer_argument
+from ..ops.up_projection import output_size
 from ..ops.up_projection_block import (
     AUTOCAST_ELIGIBLE as _AUTOCAST_ELIGIBLE,
     UpProjectionLayers,
@@ -81,7 +82,9 @@ class UpProjection(nn.Module):
 
     ``forward(x, skip=None, size=None)``: ``skip`` (same batch) is concatenated to ``x`` on the
     channels, ``x`` first resized bilinearly to ``skip``'s size if they differ (so inputs need
-    not be divisible by 32); ``size`` = (H, W) overrides ``scale``.
+    not be divisible by 32); ``size`` = (H, W), two whole numbers, overrides ``scale``
+    (ValueError for 9.7 or 0). Under ``torch.autocast`` the block computes in and returns
+    autocast's dtype (a float32 ``x`` too), as the plain block would (its convs' rule).
 
     The block runs :func:`fastmde.ops.up_projection_block.up_projection` over its own modules:
     the upsample and each k x k conv that reads it (branch and shortcut) are a
@@ -158,6 +161,8 @@ class UpProjection(nn.Module):
             )
         if size is None:
             size = (int(x.shape[-2] * self.scale), int(x.shape[-1] * self.scale))
+        else:
+            size = output_size(size, "UpProjection")   # 9.7 is refused, not truncated
         return up_projection(x, self.layers(), size, self.align_corners,
                              stack_convs=self.stack_convs, fuse_batchnorm=self.fuse_batchnorm)
 

@@ -3,7 +3,9 @@
 Schema: ``upsample_conv2d(x, weight, size[2], align_corners) -> out`` with x (B, Cin, h, w),
 weight (Cout, Cin, k, k), out (B, Cout, H, W); backward is the op
 ``upsample_conv2d_backward(grad_out, x, weight, size, align_corners) -> (grad_x, grad_weight)``.
-Outputs keep the memory format of ``x`` (channels_last in, channels_last out).
+Outputs keep the memory format of ``x`` (channels_last in, channels_last out). ``size`` is
+two whole numbers of at least 1 (:func:`output_size`; a float such as 9.7 is refused, as
+``F.interpolate`` refuses it, not truncated).
 
 Implementations: ``fastmde/reference/up_projection.py`` (spec), ``csrc/up_projection.cpp``
 (``_C.upsample_conv2d_forward`` / ``_backward``), ``kernels/up_projection.py`` (same names);
@@ -13,14 +15,36 @@ all take the op's arguments in order. The block built on it is
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._checks import memory_format_of
+from .._checks import memory_format_of, whole_number
 from ..reference.up_projection import (
     upsample_conv2d_backward_reference,
     upsample_conv2d_forward_reference,
 )
 from ._dispatch import implementation, no_autocast, with_eager_path
+
+
+def output_size(size, what: str) -> list:
+    """``size`` = (H, W) as a list of two ints for the ops: each side a whole number of at least 1
+    (``whole_number``: ints, numpy's, whole floats such as 9.0; never bools). Under
+    ``torch.compile`` a side may be a ``SymInt`` (``dynamic=True``): kept as it is, the graph
+    checks it. Raises ValueError in one line naming ``what`` (9.7 rows would be truncated to 9
+    by the kernels; ``F.interpolate`` refuses a float size too)."""
+    if isinstance(size, (tuple, list, torch.Size)) and len(size) == 2:
+        # an int is taken as it is: under torch.compile a symbolic side also reads as an int, and
+        # whole_number's operator.index would specialise the graph to its value
+        sides = [s if isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) else whole_number(s)
+                 for s in size]
+        if all(s is not None and s >= 1 for s in sides):
+            return sides
+    shown = tuple(size) if isinstance(size, (list, torch.Size)) else size
+    fractional = isinstance(size, (tuple, list)) and any(
+        isinstance(s, float) and math.isfinite(s) and not s.is_integer() for s in size)
+    raise ValueError(f"{what}: size must be (H, W), two whole numbers of at least 1, got {shown!r}"
+                     + (" (round a computed size yourself: it is not truncated)" if fractional else ""))
 
 
 def upsample_conv2d_kernels(device: torch.device, x: torch.Tensor | None = None):
@@ -92,5 +116,12 @@ def _backward(ctx, grad_out):
 
 
 upsample_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
-# what callers use: the op, or the same implementation called directly in plain eager mode
-upsample_conv2d = with_eager_path(upsample_conv2d_op, _upsample_conv2d, _backward, _setup_context)
+# the op, or the same implementation called directly in plain eager mode
+_upsample_conv2d_call = with_eager_path(upsample_conv2d_op, _upsample_conv2d, _backward, _setup_context)
+
+
+def upsample_conv2d(x: torch.Tensor, weight: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
+    """What callers use: ``fastmde::upsample_conv2d(x, weight, size, align_corners)`` (the
+    registered op, or its implementation called directly in plain eager mode), ``size`` checked
+    by :func:`output_size` first."""
+    return _upsample_conv2d_call(x, weight, output_size(size, "upsample_conv2d"), align_corners)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import _backend
 from ..reference.up_projection import batchnorm_affine_reference
-from .up_projection import upsample_conv2d
+from .up_projection import output_size, upsample_conv2d
 from .up_projection_bn import batchnorm_add_relu, upsample_conv2d_bn
 
 
@@ -107,10 +107,14 @@ def up_projection(
     are stacked only when their kernel sizes match.
 
     ``x`` has the weights' dtype, or runs under ``torch.autocast`` (float16, bfloat16 and
-    float32 then mix as in ``fastmde.nn.UpProjection``). Raises TypeError / ValueError in one
-    line for ``layers`` that are no :class:`UpProjectionLayers` and for an ``x`` that is not a
+    float32 then mix as in ``fastmde.nn.UpProjection``: ``x`` is cast to autocast's dtype, in
+    which the block computes and which it returns, as a plain block under autocast does: its
+    convs' rule, the lower-precision dtype; float64 stays). ``size``: two whole numbers of at
+    least 1 (a float such as 9.7 is refused, not truncated). Raises TypeError / ValueError in
+    one line for ``layers`` that are no :class:`UpProjectionLayers`, for an ``x`` that is not a
     floating (B, Cin, h, w) tensor on the weights' device, or of another dtype outside autocast
-    (the fused path would otherwise cast the weights to ``x``'s dtype unasked)."""
+    (the fused path would otherwise cast the weights to ``x``'s dtype unasked), and for such a
+    ``size``."""
     if not isinstance(layers, UpProjectionLayers):
         raise TypeError(f"up_projection: layers must be an UpProjectionLayers, got {type(layers).__name__}")
     first = layers.conv1 if layers.reduce_conv is None else layers.reduce_conv
@@ -118,7 +122,11 @@ def up_projection(
     if x.dim() != 4 or x.shape[1] != first.weight.shape[1]:
         raise ValueError(f"up_projection: x must be (B, {first.weight.shape[1]}, h, w) for the block's first conv, "
                          f"got {tuple(x.shape)}")
-    size = [int(size[0]), int(size[1])]
+    size = output_size(size, "up_projection")
+    if under_autocast(x) and x.dtype in AUTOCAST_ELIGIBLE:
+        # as in the plain block, whose convs autocast runs in its dtype (a float32 x too): the
+        # stages compute in it and the block returns it, on both paths
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     stack = stack_convs if stack_convs is not None else x.device.type != "cpu"
     stack = stack and layers.conv1.weight.shape[-1] == layers.shortcut_conv.weight.shape[-1]
     fuse = fuse_batchnorm

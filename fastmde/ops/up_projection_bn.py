@@ -41,7 +41,7 @@ from ..reference.up_projection import (
     upsample_conv2d_bn_forward_reference,
 )
 from ._dispatch import implementation, no_autocast, with_eager_path
-from .up_projection import upsample_conv2d_kernels
+from .up_projection import output_size, upsample_conv2d_kernels
 
 
 def _upsample_conv2d_bn(
@@ -139,8 +139,16 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
 
 
 upsample_conv2d_bn_op.register_autograd(_backward, setup_context=_setup_context)
-# what callers use: the op, or the same implementation called directly in plain eager mode
-upsample_conv2d_bn = with_eager_path(upsample_conv2d_bn_op, _upsample_conv2d_bn, _backward, _setup_context)
+# the op, or the same implementation called directly in plain eager mode
+_upsample_conv2d_bn_call = with_eager_path(upsample_conv2d_bn_op, _upsample_conv2d_bn, _backward, _setup_context)
+
+
+def upsample_conv2d_bn(x, in_scale, in_shift, weight, size, align_corners):
+    """What callers use: ``fastmde::upsample_conv2d_bn`` (the registered op, or its implementation
+    called directly in plain eager mode), ``size`` checked by ``output_size`` first (two whole
+    numbers of at least 1, never truncated)."""
+    return _upsample_conv2d_bn_call(x, in_scale, in_shift, weight, output_size(size, "upsample_conv2d_bn"),
+                                    align_corners)
 
 
 class _BatchNormAddReLU(torch.autograd.Function):
