@@ -52,6 +52,7 @@ from torch import nn
 
 from .nn.banded_conv import BandedConv2d
 from .nn.up_projection import UpProjection, check_block_inputs
+from .ops.up_projection import output_size
 from .ops.up_projection_block import UpProjectionLayers, up_projection
 
 __all__ = ["PatchReport", "patch", "unpatch"]
@@ -218,11 +219,10 @@ def _original_forward(module: nn.Module, plan: _Plan):
 
 
 def _pair(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    if len(size) != 2:
-        raise ValueError(f"up-projection size must be (H, W), got {size}")
-    return (int(size[0]), int(size[1]))
+    """An upsample's ``size`` as (H, W): one number for both sides, or a pair, each a whole number
+    (``ops.up_projection.output_size``: 9.7 is refused, as F.interpolate refuses it; never truncated)."""
+    pair = size if isinstance(size, (tuple, list, torch.Size)) else (size, size)
+    return tuple(output_size(pair, "up-projection"))
 
 
 def _worth_tracing(module: nn.Module) -> bool:

@@ -246,3 +246,23 @@ def test_fastmde_info_lists_the_choices_with_their_thread_counts(threads, capsys
         "1x64x288x384 bfloat16 channels_last -> 1, 3x3, 1 thread taps (one call 5.6 ms, tap GEMMs 2.9 ms)",
         "1x64x144x192 float32 contiguous -> 64, 3x3, 4 threads one_call (restored from a checkpoint)",
     ]
+
+
+def test_a_patched_block_refuses_a_fractional_size_instead_of_truncating_it():
+    """fastmde.patch's adopted block turned the size (9.7, 11) into 9 rows (int()): F.interpolate in the
+    original block refuses a float size, so the adopted one refuses it too, in one line."""
+    import torch.nn.functional as F
+    from test_patch import HuStyleUpProjection
+
+    block = HuStyleUpProjection(8, 4).eval()
+    assert fastmde.patch(block).replaced
+    x = torch.rand(1, 8, 5, 6)
+    assert block(x, (9, 11)).shape == (1, 4, 9, 11)
+    assert block(x, (9.0, 11)).shape == (1, 4, 9, 11)       # a whole float, as output_size takes it
+    for size, shown in (((9.7, 11), "(9.7, 11)"), (9.5, "(9.5, 9.5)")):
+        with pytest.raises(ValueError) as info:
+            block(x, size)
+        assert str(info.value) == ("up-projection: size must be (H, W), two whole numbers of at least 1, "
+                                   f"got {shown} (round a computed size yourself: it is not truncated)")
+    with pytest.raises(TypeError):           # the original block's own refusal
+        F.interpolate(x, size=(9.7, 11), mode="bilinear")
