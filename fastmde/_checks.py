@@ -26,7 +26,7 @@ def as_depth_maps(
     its own dtype, so a float32 ground truth beside a bfloat16 prediction is not rounded (the
     op then reads it in :func:`compute_dtype`). ``mask`` (optional) has the same shape and is
     bool, integers (nonzero = valid) or floating 0/1 (any other floating value, NaN included, is
-    refused: ValueError; not checked under torch.compile).
+    refused: ValueError; under torch.compile too, when the compiled code runs).
     """
     for name, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor):
@@ -65,17 +65,37 @@ def as_depth_maps(
             raise TypeError(f"{what}: mask must be bool or real numbers, got {mask.dtype}")
         mask3 = mask.reshape(pred3.shape)
         if mask3.dtype != torch.bool:
-            if mask3.is_floating_point() and not torch.compiler.is_compiling() and mask3.device.type != "meta":
-                # a probability mask (0.3, 0.7) or NaN-marked holes would all read as valid
-                odd = (mask3 != 0) & (mask3 != 1)
-                if bool(odd.any()):
-                    value = mask3[odd].flatten()[0].item()
-                    raise ValueError(
-                        f"{what}: a floating mask must hold only 0 and 1 (1 = valid), found {value:g}: "
-                        "threshold a probability mask (mask > 0.5) and mark holes with 0, not NaN"
-                    )
-            mask3 = mask3 != 0
+            if not mask3.is_floating_point() or mask3.device.type == "meta":
+                mask3 = mask3 != 0
+            elif torch.compiler.is_compiling() or type(mask3) is not torch.Tensor:
+                # traced (torch.compile, export, FakeTensor): the values exist only when the graph
+                # runs, so the op checks them then, with the same error as below
+                mask3 = floating_mask_op(mask3, what)
+            else:
+                mask3 = _floating_mask_as_bool(mask3, what)
     return pred3, target3, mask3
+
+
+def _floating_mask_as_bool(mask: torch.Tensor, what: str) -> torch.Tensor:
+    """``mask != 0`` for a floating mask holding only 0 and 1; ValueError for any other value (a
+    probability mask (0.3, 0.7) or NaN-marked holes would all read as valid)."""
+    odd = (mask != 0) & (mask != 1)
+    if bool(odd.any()):
+        value = mask[odd].flatten()[0].item()
+        raise ValueError(
+            f"{what}: a floating mask must hold only 0 and 1 (1 = valid), found {value:g}: "
+            "threshold a probability mask (mask > 0.5) and mark holes with 0, not NaN"
+        )
+    return mask != 0
+
+
+# The same check as an op, for traced code: torch.compile runs its Python body at run time.
+floating_mask_op = torch.library.custom_op("fastmde::floating_mask_as_bool", mutates_args=())(_floating_mask_as_bool)
+
+
+@floating_mask_op.register_fake
+def _(mask, what):
+    return torch.empty_like(mask, dtype=torch.bool)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -13,8 +13,15 @@ The kernels take the gradient in the pass that takes the counts, as two unnormal
 in one elementwise pass (``normalise_gradient_reference``). The backward,
 ``fastmde::depth_loss_backward(grad_total, grad, dtype) -> grad_pred`` = grad_total * grad in
 ``dtype``, is one elementwise pass in each twin; in plain eager mode, when the incoming
-gradient is exactly 1 (``loss.backward()``) and ``grad`` is already in ``pred``'s dtype, the
-map itself is the answer and no pass runs. (Before, the forward left the two parts and the
+gradient is exactly 1 (``loss.backward()``), ``grad`` is already in ``pred``'s dtype and nothing
+else holds it (``_handed_over``), the map itself is the answer and no pass runs. That is the
+gradient where only the total (terms[3]) has an incoming gradient g_3, as through the public
+functions, which return the other terms detached. A gradient reaching the depth, gradient or
+normal entry of the raw op's ``terms`` (g_0..g_2) is honoured too: since total = Σ w_k term_k,
+d/d pred of Σ_k g_k term_k is the map of the same forward with the weights g_k + g_3 w_k,
+computed again (one forward pass, only then: ``fastmde::depth_loss_other_terms_backward_``).
+Telling the two apart reads the four incoming values on the host (on CUDA a synchronisation in
+the backward). (Before, the forward left the two parts and the
 backward combined them: 7 MiB more written and read at 8x1x288x384, and a backward pass of
 0.8 ms right after a network's forward on the 2-vCPU AMD EPYC.)
 
@@ -75,6 +82,7 @@ def _(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
 
 
 def _depth_loss_backward(grad_total: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad_total * grad in ``dtype``: the twins' one elementwise pass (``depth_loss_backward``)."""
     _, module = implementation("depth_loss", grad.device, grad)
     with no_autocast(grad.device):
         if module is None:
@@ -92,29 +100,85 @@ def _(grad_total, grad, dtype):
     return torch.empty_like(grad, dtype=dtype, memory_format=torch.contiguous_format)
 
 
+def _weights_of_incoming(grad_terms: torch.Tensor, weights: list[float]) -> list[float] | None:
+    """None where only the total (terms[3]) has an incoming gradient; else the weights whose
+    total's gradient is d/d pred of Σ_k g_k terms_k: g_k + g_3 w_k (total = Σ w_k terms_k). A NaN
+    among g_0..g_2 counts as a gradient (it reaches pred as NaN, as autograd would send it)."""
+    g = grad_terms.tolist()
+    if g[0] == 0 and g[1] == 0 and g[2] == 0:
+        return None
+    return [g[k] + g[3] * w for k, w in enumerate(weights)]
+
+
+def _map_for_weights(pred, target, mask, options, weights, dtype):
+    """The forward's gradient map for other ``weights`` (the forward's ``options`` otherwise), in ``dtype``."""
+    depth_term, alpha, gradient, normal, blur, _ = options
+    _, grad, _ = _depth_loss(pred, target, mask, depth_term, alpha, gradient, normal, blur, weights)
+    return grad.to(dtype)
+
+
+def _other_terms_backward(
+    grad_pred: torch.Tensor,
+    grad_terms: torch.Tensor,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    depth_term: str,
+    alpha: float,
+    gradient: bool,
+    normal: bool,
+    blur: bool,
+    weights: list[float],
+) -> None:
+    """Where a gradient reached terms[0..2] too, overwrite ``grad_pred`` (the total's, g_3 * grad)
+    with d/d pred of Σ_k g_k terms_k; else leave it. An op of its own beside
+    ``fastmde::depth_loss_backward`` (whose schema stays: graphs compiled before it still run from
+    torch's caches), in place so that compiled code writes no other map."""
+    incoming = _weights_of_incoming(grad_terms, weights)
+    if incoming is not None:
+        options = (depth_term, alpha, gradient, normal, blur, weights)
+        grad_pred.copy_(_map_for_weights(pred, target, mask, options, incoming, grad_pred.dtype))
+
+
+other_terms_backward_op = torch.library.custom_op(
+    "fastmde::depth_loss_other_terms_backward_", mutates_args=("grad_pred",))(_other_terms_backward)
+other_terms_backward = with_eager_path(other_terms_backward_op, _other_terms_backward)
+
+
+@other_terms_backward_op.register_fake
+def _(grad_pred, grad_terms, pred, target, mask, depth_term, alpha, gradient, normal, blur, weights):
+    return None
+
+
 def _setup_context(ctx, inputs, output):
+    pred, target, mask, *options = inputs
     _, grad, counts = output
     # the map and the counts are results, not functions of pred to differentiate: no grad_fn
     ctx.mark_non_differentiable(grad, counts)
-    ctx.save_for_backward(grad)
-    ctx.pred_dtype = inputs[0].dtype
+    ctx.save_for_backward(grad, pred, target, mask)   # pred, target, mask: for a gradient into terms[0..2]
+    ctx.options = options
+    ctx.pred_dtype = pred.dtype
 
 
 def _backward(ctx, grad_terms, grad_grad, grad_counts):
-    # Only the total (terms[3]) is differentiable; the other terms are returned detached.
-    (grad,) = ctx.saved_tensors
-    return depth_loss_backward(grad_terms[3], grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
+    grad, pred, target, mask = ctx.saved_tensors
+    grad_pred = depth_loss_backward(grad_terms[3], grad, ctx.pred_dtype)
+    other_terms_backward(grad_pred, grad_terms, pred, target, mask, *ctx.options)
+    return grad_pred, None, None, None, None, None, None, None, None
 
 
 depth_loss_op.register_autograd(not_differentiable_again(_backward), setup_context=_setup_context)
 
 
 # The plain eager path hands the forward's map over as the gradient when that is the answer
-# (incoming gradient exactly 1, the map in pred's dtype): no pass at all for loss.backward().
-# The map is then the caller's (p.grad may be it, and later backwards add into it in place), so
-# the node keeps it only as an attribute it gives up: a second backward through the same graph
+# (incoming gradient exactly 1 on the total only, the map in pred's dtype) and nobody else holds
+# it: no pass at all for loss.backward() through the public functions, which drop the map. The
+# map is then the caller's (p.grad may be it, and later backwards add into it in place), so the
+# node keeps it only as an attribute it gives up: a second backward through the same graph
 # (retain_graph=True) recomputes it from the saved inputs instead of reading memory the caller
-# now owns. The registered op (torch.compile, export, dispatch modes) always scales.
+# now owns. A caller of the ops-level function who kept the returned map gets a fresh gradient
+# instead (handing that map over would let p.grad's accumulation change it). The registered op
+# (torch.compile, export, dispatch modes) always scales.
 def _setup_context_eager(ctx, inputs, output):
     pred, target, mask, *options = inputs
     ctx.save_for_backward(pred, target, mask)     # references, for a recompute (version-checked)
@@ -124,16 +188,35 @@ def _setup_context_eager(ctx, inputs, output):
     ctx.grad_map = output[1].detach()              # detached: no grad_fn, no reference cycle
 
 
+def _storage_users(t: torch.Tensor) -> int:
+    """How many tensors share ``t``'s memory (views, detached aliases, numpy arrays through the
+    tensor), counted by its storage's use count; ``_ALONE`` is that count for a tensor alone."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+_ALONE = _storage_users(torch.empty(1))
+
+
+def _handed_over(grad: torch.Tensor) -> bool:
+    """Whether the node's own map can be returned as the gradient: nothing but the node holds it
+    (the public functions drop it; a caller of the ops-level function may keep it)."""
+    return _storage_users(grad) <= _ALONE
+
+
 def _backward_eager(ctx, grad_terms, grad_grad, grad_counts):
+    incoming = _weights_of_incoming(grad_terms, ctx.options[-1])
+    if incoming is not None:   # a gradient into the depth, gradient or normal entry
+        grad = _map_for_weights(*ctx.saved_tensors, ctx.options, incoming, ctx.pred_dtype)
+        return grad, None, None, None, None, None, None, None, None
     g = grad_terms[3]
     grad = ctx.grad_map
     if grad is None:   # handed over by an earlier backward through this graph
         pred, target, mask = ctx.saved_tensors
         _, grad, _ = _depth_loss(pred, target, mask, *ctx.options)
-    if grad.dtype == ctx.pred_dtype and g.device.type == "cpu" and bool(g == 1):
+    if grad.dtype == ctx.pred_dtype and g.device.type == "cpu" and bool(g == 1) and _handed_over(grad):
         ctx.grad_map = None
         return grad, None, None, None, None, None, None, None, None
-    return depth_loss_backward(g, grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
+    return _depth_loss_backward(g, grad, ctx.pred_dtype), None, None, None, None, None, None, None, None
 
 
 # what callers use: the op, or the same implementation called directly in plain eager mode
