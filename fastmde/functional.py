@@ -5,6 +5,7 @@ which pick the fastest available implementation for the device.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -12,7 +13,8 @@ import torch
 
 from ._checks import as_depth_maps, bool_argument, bool_like, check_depth_units, real_argument
 from ._warn import HostValues, warn_at_caller
-from .ops.depth_loss import depth_loss as depth_loss_op  # the op, or its direct eager path
+from .ops.depth_loss import depth_loss_for_total as depth_loss_op  # the op, or its direct eager path
+# (whose backward reads the total's incoming gradient only: the other terms are returned detached)
 from .ops.depth_metrics import depth_metric_sums as depth_metric_sums_op
 from .ops.scale_invariant_loss import scale_invariant_loss as scale_invariant_loss_op
 from .reference import scale_invariant_loss as _si
@@ -29,7 +31,28 @@ from .reference.depth_metrics import (
 )
 
 
+# plain Python values (not numpy's, not torch.compile's symbolic numbers): their checked options
+# are kept per argument tuple (the checks are a few dozen calls per loss call); a weight's type is
+# part of the key (True, 1 and 1.0 hash alike, and a bool weight is refused)
+_PLAIN = (str, float, int, bool, type(None))
+
+
 def _loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
+    if (type(weights) in (list, tuple) and all(type(v) in _PLAIN for v in (preset, depth_term, alpha, gradient, normal, blur))
+            and all(type(w) in (float, int) for w in weights)):
+        options = _plain_loss_options(preset, depth_term, alpha, gradient, normal, blur,
+                                      tuple((type(w), w) for w in weights))
+        return options[:-1] + (list(options[-1]),)
+    return _checked_loss_options(preset, depth_term, alpha, gradient, normal, blur, weights)
+
+
+@functools.lru_cache(maxsize=64, typed=True)
+def _plain_loss_options(preset, depth_term, alpha, gradient, normal, blur, typed_weights):
+    options = _checked_loss_options(preset, depth_term, alpha, gradient, normal, blur, [w for _, w in typed_weights])
+    return options[:-1] + (tuple(options[-1]),)
+
+
+def _checked_loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
     # True / False (numpy's too), checked even where a preset sets them: "no" would read as true
     gradient = bool_argument(gradient, "gradient")
     normal = bool_argument(normal, "normal")

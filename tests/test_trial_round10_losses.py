@@ -219,3 +219,56 @@ def test_silog_rounding_rule_is_relative_to_the_mean_square():
                 assert value.item() == pytest.approx(10.0 * math.sqrt(v), rel=1e-3)
             else:
                 assert value.item() == 0.0 and torch.count_nonzero(coeffs) == 0
+
+
+# ---------------------------------------------------------------- the backward's cost (public functions)
+
+def test_the_backward_makes_no_zero_map_for_the_outputs_without_a_gradient():
+    """autograd filled a B x H x W map of zeros for the op's gradient-map output at every backward
+    (materialised gradients; 3.5 MiB at the bench's 8x288x384): the loss's backward is to cost
+    nothing in eager mode (the map is handed over), on the op path one scaling pass."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MapSizedResults(TorchDispatchMode):
+        def __init__(self, numel):
+            super().__init__()
+            self.numel, self.ops = numel, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(isinstance(t, torch.Tensor) and t.numel() == self.numel for t in torch.utils._pytree.tree_leaves(out)):
+                self.ops.append(str(func))
+            return out
+
+    pred, target, _ = maps((2, 9, 11), torch.float32)
+    for path in ("public", "op"):
+        p = pred.clone().requires_grad_()
+        if path == "public":
+            loss = fastmde.depth_loss(p, target, preset="hu_blurred")
+        else:
+            loss = depth_loss_op(p, target, None, "log", 0.5, True, True, True, [1.0, 1.0, 1.0])[0][3]
+        mode = MapSizedResults(p.numel())
+        with mode:
+            loss.backward()
+        expected = [] if path == "public" else ["fastmde.depth_loss_backward.default"]
+        assert [op for op in mode.ops if "zeros" in op or "fill" in op] == [], path
+        assert [op for op in mode.ops if op.startswith("fastmde.depth_loss_backward")] == expected, path
+
+
+def test_the_public_functions_backward_does_not_read_the_other_terms(monkeypatch):
+    """fastmde.depth_loss returns the total and depth_loss_terms the other three detached: their
+    backward does not look at the other three incoming values (a host read: on CUDA a
+    synchronisation at every training step), and its gradient is the op path's."""
+    def never(*args):
+        raise AssertionError("the other terms' incoming gradients were read")
+
+    pred, target, _ = maps((2, 9, 11), torch.float32)
+    p = pred.clone().requires_grad_()
+    monkeypatch.setattr(depth_loss_module, "_weights_of_incoming", never)
+    fastmde.depth_loss(p, target, preset="hu").backward()
+    fastmde.depth_loss_terms(p, target, preset="hu")["total"].mul(0.5).backward()
+    monkeypatch.undo()
+    q = pred.clone().requires_grad_()
+    loss = depth_loss_op(q, target, None, "log", 0.5, True, True, False, [1.0, 1.0, 1.0])[0][3]
+    (loss + 0.5 * loss).backward()
+    torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)

@@ -1,6 +1,7 @@
 """Helpers shared by the op files: pick the implementation module for a call, keep autocast out."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -20,9 +21,15 @@ def implementation(hot_path: str, device: torch.device, like: torch.Tensor | Non
     return backend, None
 
 
+_NOTHING_TO_DISABLE = contextlib.nullcontext()
+
+
 def no_autocast(device: torch.device):
     """Op implementations compute in their inputs' dtypes: an autocast region around the op
-    must not re-type the ATen calls inside them (the op's output dtype is fixed by its inputs)."""
+    must not re-type the ATen calls inside them (the op's output dtype is fixed by its inputs).
+    Outside autocast nothing is entered (torch.autocast's enter and exit are a dozen calls)."""
+    if device.type in ("cpu", "cuda") and not torch.is_autocast_enabled(device.type):
+        return _NOTHING_TO_DISABLE
     return torch.autocast(device_type=device.type, enabled=False)
 
 

@@ -153,6 +153,9 @@ def _(grad_pred, grad_terms, pred, target, mask, depth_term, alpha, gradient, no
 def _setup_context(ctx, inputs, output):
     pred, target, mask, *options = inputs
     _, grad, counts = output
+    # no zero maps for the outputs without a gradient (autograd fills one per output otherwise: a
+    # B x H x W map for ``grad`` at every backward)
+    ctx.set_materialize_grads(False)
     # the map and the counts are results, not functions of pred to differentiate: no grad_fn
     ctx.mark_non_differentiable(grad, counts)
     ctx.save_for_backward(grad, pred, target, mask)   # pred, target, mask: for a gradient into terms[0..2]
@@ -160,7 +163,13 @@ def _setup_context(ctx, inputs, output):
     ctx.pred_dtype = pred.dtype
 
 
+# (no incoming gradient at all reaches a backward only as gradcheck's undefined-gradient check)
+_NO_GRADIENTS = (None,) * 9
+
+
 def _backward(ctx, grad_terms, grad_grad, grad_counts):
+    if grad_terms is None:
+        return _NO_GRADIENTS
     grad, pred, target, mask = ctx.saved_tensors
     grad_pred = depth_loss_backward(grad_terms[3], grad, ctx.pred_dtype)
     other_terms_backward(grad_pred, grad_terms, pred, target, mask, *ctx.options)
@@ -185,6 +194,7 @@ def _setup_context_eager(ctx, inputs, output):
     ctx.options = options
     ctx.pred_dtype = pred.dtype
     ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)               # as _setup_context
     ctx.grad_map = output[1].detach()              # detached: no grad_fn, no reference cycle
 
 
@@ -204,11 +214,26 @@ def _handed_over(grad: torch.Tensor) -> bool:
 
 
 def _backward_eager(ctx, grad_terms, grad_grad, grad_counts):
+    if grad_terms is None:
+        return _NO_GRADIENTS
     incoming = _weights_of_incoming(grad_terms, ctx.options[-1])
     if incoming is not None:   # a gradient into the depth, gradient or normal entry
         grad = _map_for_weights(*ctx.saved_tensors, ctx.options, incoming, ctx.pred_dtype)
         return grad, None, None, None, None, None, None, None, None
-    g = grad_terms[3]
+    return _total_backward_eager(ctx, grad_terms[3])
+
+
+def _backward_eager_total(ctx, grad_terms, grad_grad, grad_counts):
+    """The public functions' backward: they return terms[0..2] detached, so only the total has an
+    incoming gradient, and the other three are not read (on CUDA, reading them would be a
+    synchronisation at every backward)."""
+    if grad_terms is None:
+        return _NO_GRADIENTS
+    return _total_backward_eager(ctx, grad_terms[3])
+
+
+def _total_backward_eager(ctx, g):
+    """d loss / d pred for an incoming gradient ``g`` on the total only."""
     grad = ctx.grad_map
     if grad is None:   # handed over by an earlier backward through this graph
         pred, target, mask = ctx.saved_tensors
@@ -221,3 +246,6 @@ def _backward_eager(ctx, grad_terms, grad_grad, grad_counts):
 
 # what callers use: the op, or the same implementation called directly in plain eager mode
 depth_loss = with_eager_path(depth_loss_op, _depth_loss, _backward_eager, _setup_context_eager)
+# the same for a caller that differentiates the total only (terms[3]; fastmde.functional's loss
+# functions, which return the other terms detached)
+depth_loss_for_total = with_eager_path(depth_loss_op, _depth_loss, _backward_eager_total, _setup_context_eager)
