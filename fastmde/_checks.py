@@ -253,6 +253,9 @@ def real_argument(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):   # a numpy complex, a list, None...
         raise TypeError(f"{name} must be a real number, got {brief_repr(value)} ({type(value).__name__})") from None
+    except OverflowError:             # an int beyond float's range (10**400; its repr may be refused)
+        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else brief_repr(value, 40)
+        raise ValueError(f"{name} must be a finite number, got {shown}, beyond float's range") from None
 
 
 def bool_like(value) -> bool:

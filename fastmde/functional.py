@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ._checks import as_depth_maps, bool_argument, bool_like, check_depth_units, real_argument
+from ._checks import as_depth_maps, bool_argument, bool_like, brief_repr, check_depth_units, real_argument
 from ._warn import HostValues, warn_at_caller
 from .ops.depth_loss import depth_loss_for_total as depth_loss_op  # the op, or its direct eager path
 # (whose backward reads the total's incoming gradient only: the other terms are returned detached)
@@ -52,11 +52,20 @@ def _plain_loss_options(preset, depth_term, alpha, gradient, normal, blur, typed
     return options[:-1] + (tuple(options[-1]),)
 
 
+def _name_argument(value, name: str, *, allow_none: bool = False) -> None:
+    """TypeError naming ``name`` unless ``value`` is a string (a preset or option name): a list
+    or array would otherwise fail as 'unhashable type' or 'truth value ... is ambiguous'."""
+    if not isinstance(value, str) and not (allow_none and value is None):
+        raise TypeError(f"{name} must be a name (str){' or None' if allow_none else ''}, got {brief_repr(value)} "
+                        f"({type(value).__name__})")
+
+
 def _checked_loss_options(preset, depth_term, alpha, gradient, normal, blur, weights):
     # True / False (numpy's too), checked even where a preset sets them: "no" would read as true
     gradient = bool_argument(gradient, "gradient")
     normal = bool_argument(normal, "normal")
     blur = bool_argument(blur, "blur")
+    _name_argument(preset, "preset", allow_none=True)   # a list or an array: no 'unhashable type'
     if preset is not None:
         if preset in SI_PRESETS:
             raise ValueError(
@@ -69,6 +78,7 @@ def _checked_loss_options(preset, depth_term, alpha, gradient, normal, blur, wei
         depth_term, gradient, normal, blur = (
             options["depth_term"], options["gradient"], options["normal"], options["blur"],
         )
+    _name_argument(depth_term, "depth_term")
     if depth_term not in DEPTH_TERMS:
         raise ValueError(f"depth_term must be one of {DEPTH_TERMS}, got {depth_term!r}")
     # comparisons, not math.isfinite: under torch.compile(dynamic=True) these floats are symbolic
@@ -384,6 +394,7 @@ def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
     """Validated options of :func:`scale_invariant_loss`: (kind, lambd, scale, alpha,
     image_reduction, interpolate, eps). Comparisons, not math.isfinite (symbolic floats under
     torch.compile(dynamic=True); a NaN fails every comparison)."""
+    _name_argument(preset, "preset")
     if preset not in SI_PRESETS:
         hint = " (a Hu et al. preset: use fastmde.depth_loss)" if preset in PRESETS else ""
         raise ValueError(f"preset must be one of {sorted(SI_PRESETS)}, got {preset!r}{hint}")
@@ -397,6 +408,7 @@ def _si_options(preset, lambd, scale, alpha, reduction, interpolate, eps):
         if not 0.0 <= alpha < math.inf:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
         reduction = options["reduction"] if reduction is None else reduction
+        _name_argument(reduction, "reduction")
         if reduction not in SSI_REDUCTIONS:
             raise ValueError(f"reduction must be one of {SSI_REDUCTIONS}, got {reduction!r}")
         lambd, scale = 0.0, 1.0

@@ -150,6 +150,12 @@ def _(grad_pred, grad_terms, pred, target, mask, depth_term, alpha, gradient, no
     return None
 
 
+def _kept(options: list) -> list:
+    """The op's options as the backward keeps them: the weights copied (the caller's list may
+    change between the forward and the backward; a recompute must use the forward's weights)."""
+    return [*options[:-1], list(options[-1])]
+
+
 def _setup_context(ctx, inputs, output):
     pred, target, mask, *options = inputs
     _, grad, counts = output
@@ -159,7 +165,7 @@ def _setup_context(ctx, inputs, output):
     # the map and the counts are results, not functions of pred to differentiate: no grad_fn
     ctx.mark_non_differentiable(grad, counts)
     ctx.save_for_backward(grad, pred, target, mask)   # pred, target, mask: for a gradient into terms[0..2]
-    ctx.options = options
+    ctx.options = _kept(options)
     ctx.pred_dtype = pred.dtype
 
 
@@ -191,7 +197,7 @@ depth_loss_op.register_autograd(not_differentiable_again(_backward), setup_conte
 def _setup_context_eager(ctx, inputs, output):
     pred, target, mask, *options = inputs
     ctx.save_for_backward(pred, target, mask)     # references, for a recompute (version-checked)
-    ctx.options = options
+    ctx.options = _kept(options)
     ctx.pred_dtype = pred.dtype
     ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)               # as _setup_context

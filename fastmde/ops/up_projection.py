@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .._checks import memory_format_of, whole_number
+from .._checks import brief_repr, memory_format_of, whole_number
 from ..reference.up_projection import (
     upsample_conv2d_backward_reference,
     upsample_conv2d_forward_reference,
@@ -43,7 +43,8 @@ def output_size(size, what: str) -> list:
     shown = tuple(size) if isinstance(size, (list, torch.Size)) else size
     fractional = isinstance(size, (tuple, list)) and any(
         isinstance(s, float) and math.isfinite(s) and not s.is_integer() for s in size)
-    raise ValueError(f"{what}: size must be (H, W), two whole numbers of at least 1, got {shown!r}"
+    # brief_repr: a 2-D array's or tensor's repr has several lines
+    raise ValueError(f"{what}: size must be (H, W), two whole numbers of at least 1, got {brief_repr(shown)}"
                      + (" (round a computed size yourself: it is not truncated)" if fractional else ""))
 
 
