@@ -125,17 +125,21 @@ std::array<double, 3> silog_sums_tile(const Maps<P, Y, T>& m, T eps, int64_t b, 
   for (int64_t i = r0; i < r1; ++i) {
     pred_row(m.pred_row(b, i), W, p.data());
     valid_row<true>(m.target_row(b, i), m.mask_row(b, i), W, T(1), v.data(), y.data());
-    T rn = 0, r1s = 0, r2s = 0;
+    // Σd and Σd² in double from the first pixel: SILog's square root takes Σd²/n - (Σd/n)², whose
+    // cancellation left float32 row sums' rounding (3e-6 Σd²) where a prediction at a constant
+    // scale of the ground truth has v = 0 (and hid a real spread under a large mean log offset)
+    T rn = 0;
+    double r1s = 0, r2s = 0;
 #pragma omp simd reduction(+ : rn, r1s, r2s)
     for (int64_t q = 0; q < W; ++q) {
-      const T d = v[q] != T(0) ? log_error(p[q], y[q], eps) : T(0);
+      const double d = v[q] != T(0) ? static_cast<double>(log_error(p[q], y[q], eps)) : 0.0;
       rn += v[q];
       r1s += d;
       r2s += d * d;
     }
     n += static_cast<double>(rn);
-    s1 += static_cast<double>(r1s);
-    s2 += static_cast<double>(r2s);
+    s1 += r1s;
+    s2 += r2s;
   }
   return {n, s1, s2};
 }

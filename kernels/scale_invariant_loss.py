@@ -91,9 +91,11 @@ def _silog_sums_kernel(pred_ptr, target_ptr, mask_ptr, partial_ptr, eps_ptr, H, 
                        HAS_MASK: tl.constexpr, CDT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     b, t, R, C, base, _ = _tile(H, W, tiles_w, BLOCK_H, BLOCK_W)
     p, y, valid = _load(pred_ptr, target_ptr, mask_ptr, base, R, C, H, W, True, HAS_MASK, CDT)
-    d = tl.where(valid, _log_error(p, y, tl.load(eps_ptr)), 0.0)
+    # Σd and Σd² in float64 (partials float64): SILog's square root takes Σd²/n - (Σd/n)², whose
+    # cancellation left float32 sums' rounding where a constant-scale prediction has v = 0
+    d = tl.where(valid, _log_error(p, y, tl.load(eps_ptr)), 0.0).to(tl.float64)
     out = partial_ptr + (b.to(tl.int64) * tiles + t) * 3
-    tl.store(out + 0, _total(valid.to(CDT)))
+    tl.store(out + 0, _total(valid.to(tl.float64)))
     tl.store(out + 1, _total(d))
     tl.store(out + 2, _total(d * d))
 
@@ -245,7 +247,7 @@ def silog_sums(pred, target, mask, eps):
     """Per-image (B, 3) float64 [n, Σd, Σd²], d = ln max(p, eps) - ln y over valid pixels."""
     _check("silog_sums", pred, target, mask)
     pred, target, mask_u8, cdtype, (B, H, W, tiles_w, tiles), meta = _prepare(pred, target, mask, False)
-    partials = torch.empty((B, tiles, NUM_SILOG_SUMS), dtype=cdtype, device=pred.device)
+    partials = torch.empty((B, tiles, NUM_SILOG_SUMS), dtype=torch.float64, device=pred.device)
     _silog_sums_kernel[(tiles, B)](pred, target, mask_u8, partials, _eps(eps, cdtype, pred.device), H, W, tiles_w, tiles, **meta)
     return _reduce(partials)
 

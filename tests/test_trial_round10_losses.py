@@ -180,8 +180,8 @@ def test_silog_of_a_constant_ratio_agrees_on_every_backend(backend, dtype):
     """pred = r * target: d = ln r everywhere. λ = 1 (the variance alone): 0 with a zero gradient
     on every backend and in the oracle (a float32 residue of 1e-3..3e-3 on some, 0 on others
     before); λ = 0.85 (BTS, AdaBins): c √(1 - λ) |ln r|, to 1e-5 in float32. Wide rows: the C++
-    pass adds 2048 float32 values a row, where its residue is largest (the Triton interpreter,
-    whose tiles add in float32 too, takes 30 s there: the small maps only)."""
+    pass adds 2048 values a row, where float32 row sums left the largest residue (the Triton
+    interpreter takes 30 s there: the small maps only)."""
     for shape in [(2, 9, 11)] + ([(1, 3, 2048)] if backend != "triton" else []):
         check_constant_ratio(shape, dtype)
 
@@ -202,6 +202,28 @@ def check_constant_ratio(shape, dtype):
             value, _, _ = scale_invariant_loss(pred, t, mask, kind, 0.85, 10.0, 0.5, False, 1e-6)
             want = 10.0 * math.sqrt(0.15) * abs(math.log(r))
             assert value.item() == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_silog_keeps_a_real_spread_under_a_large_mean_log_offset(backend, dtype):
+    """λ = 1, a prediction in millimetres against metres (x1000: mean log error 6.9) with a 2%
+    log spread: the exact loss (the two-pass float64 oracle) is about 0.2, and every backend
+    returned 0 with a zero gradient (float32 row sums' residue, then a rule at 1e-5 of Σd²/n that
+    took the offset's square for the scale of the error)."""
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 9, 11) if backend == "triton" else (2, 24, 300)
+    target = torch.rand(shape, generator=g, dtype=torch.float64) * 5 + 0.5
+    spread = torch.exp(0.02 * torch.randn(shape, generator=g, dtype=torch.float64))
+    pred = (target * 1000.0 * spread).to(dtype)
+    t = target.to(dtype)
+    for kind in ("silog", "silog_unbiased"):
+        want = si.scale_invariant_loss_reference(pred.double(), t.double(), None, kind=kind, lambd=1.0).item()
+        assert 0.1 < want < 0.3
+        p = pred.clone().requires_grad_()
+        loss, _, _ = scale_invariant_loss(p, t, None, kind, 1.0, 10.0, 0.5, False, 1e-6)
+        loss.backward()
+        assert loss.item() == pytest.approx(want, rel=1e-4 if dtype == torch.float32 else 1e-10), kind
+        assert torch.count_nonzero(p.grad) == p.numel()
 
 
 def test_silog_rounding_rule_is_relative_to_the_mean_square():

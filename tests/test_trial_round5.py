@@ -91,16 +91,25 @@ def test_a_bad_frame_met_after_a_save_says_last_pt_is_kept(tmp_path, capsys):
     assert status == 2 and "resume on the same data" in err.strip().splitlines()[-1], err
 
 
-def test_a_validation_that_scores_nan_stops_the_run_as_diverged(tmp_path_factory, tmp_path, capsys):
+def test_a_validation_that_scores_nan_stops_the_run_as_diverged(tmp_path_factory, tmp_path, capsys, monkeypatch):
     """--loss silog at --lr 1e4: the training loss stays finite (SILog floors predictions <= 0)
     while the network predicts NaN; the run went on and exited 0. It stops at that validation
-    with one line (exit 2), as a non-finite training loss does."""
+    with one line (exit 2), as a non-finite training loss does. (The training step's own check,
+    predictions beyond 1e6 m, stops this run first, at step 1: the validation's check is tested
+    with that bound lifted.)"""
+    import importlib
+
     from engine_helpers import cli_data_args, cli_model_args, fastmde_cli, synthetic_cache
 
+    train = importlib.import_module("fastmde.engine.train")   # (fastmde.engine.train is also the function)
     argv = ["train", *cli_model_args(), *cli_data_args(synthetic_cache(tmp_path_factory)), "--pretrained", "none",
-            "--loss", "silog", "--lr", "1e4", "--max-steps", "8", "--val-every", "2", "--seed", "0",
-            "--out", tmp_path / "div"]
-    status, _, err = fastmde_cli(argv, capsys)
+            "--loss", "silog", "--lr", "1e4", "--max-steps", "8", "--val-every", "2", "--seed", "0"]
+    status, _, err = fastmde_cli([*argv, "--out", tmp_path / "steps"], capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("fastmde: error: predictions reached ") and "at step 1," in lines[-1], err
+    monkeypatch.setattr(train, "DIVERGED_DEPTH_M", math.inf)
+    status, _, err = fastmde_cli([*argv, "--out", tmp_path / "div"], capsys)
     lines = err.strip().splitlines()
     assert status == 2 and "Traceback" not in err, err
     assert lines[-1].startswith("fastmde: error: validation at step ") and "scored NaN" in lines[-1], err
