@@ -125,21 +125,29 @@ std::array<double, 3> silog_sums_tile(const Maps<P, Y, T>& m, T eps, int64_t b, 
   for (int64_t i = r0; i < r1; ++i) {
     pred_row(m.pred_row(b, i), W, p.data());
     valid_row<true>(m.target_row(b, i), m.mask_row(b, i), W, T(1), v.data(), y.data());
-    // Σd and Σd² in double from the first pixel: SILog's square root takes Σd²/n - (Σd/n)², whose
-    // cancellation left float32 row sums' rounding (3e-6 Σd²) where a prediction at a constant
-    // scale of the ground truth has v = 0 (and hid a real spread under a large mean log offset)
-    T rn = 0;
-    double r1s = 0, r2s = 0;
+    // SILog's square root takes Σd²/n - (Σd/n)², which cancels: float32 row sums of d left 3e-6 of
+    // Σd²/n where a prediction at a constant scale of the ground truth has 0 (and hid a real spread
+    // under a large mean log offset). So the row sums d - k, k the row's first valid log error
+    // (near 0 where the ratio is near-constant: their rounding is relative to the spread), and the
+    // rows are added back in double: Σd = Σ(d-k) + n k, Σd² = Σ(d-k)² + 2k Σ(d-k) + n k².
+    T k = T(0);
+    for (int64_t q = 0; q < W; ++q)
+      if (v[q] != T(0)) {
+        k = log_error(p[q], y[q], eps);
+        break;
+      }
+    T rn = 0, r1s = 0, r2s = 0;
 #pragma omp simd reduction(+ : rn, r1s, r2s)
     for (int64_t q = 0; q < W; ++q) {
-      const double d = v[q] != T(0) ? static_cast<double>(log_error(p[q], y[q], eps)) : 0.0;
+      const T d = v[q] != T(0) ? log_error(p[q], y[q], eps) - k : T(0);
       rn += v[q];
       r1s += d;
       r2s += d * d;
     }
-    n += static_cast<double>(rn);
-    s1 += r1s;
-    s2 += r2s;
+    const double kd = static_cast<double>(k), nd = static_cast<double>(rn), r1 = static_cast<double>(r1s);
+    n += nd;
+    s1 += r1 + nd * kd;
+    s2 += static_cast<double>(r2s) + 2.0 * kd * r1 + nd * kd * kd;
   }
   return {n, s1, s2};
 }

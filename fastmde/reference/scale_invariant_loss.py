@@ -29,9 +29,11 @@ floor passes no gradient, as ``torch.clamp_min`` does; a NaN prediction stays Na
 The argument of the square root, :math:`v = \mathrm{var}(d) + (1-λ)\bar d^2` (the same as
 :math:`\tfrac1n\sum d^2 - λ\bar d^2` for kind ``silog``), is 0 in exact arithmetic for λ = 1 and
 a constant d (a prediction that is the ground truth times a constant). The fused passes take it
-from one-pass sums (:math:`\tfrac1n\sum d^2 - \bar d^2`), which every twin accumulates in
-float64 from the first pixel (float32 row sums left up to :math:`3\cdot10^{-6}\,\tfrac1n\sum d^2`
-there: a loss of up to 3e-3 with c = 10 where another backend gave 0). What is left is the spread
+from one-pass sums (:math:`\tfrac1n\sum d^2 - \bar d^2`), which the twins keep exact enough:
+the reference and Triton sum in float64, the C++ pass sums each row's d - k in float32 (k the
+row's first valid log error, so the values are as small as the spread) and adds the rows back
+in double (plain float32 row sums left up to :math:`3\cdot10^{-6}\,\tfrac1n\sum d^2` there: a
+loss of up to 3e-3 with c = 10 where another backend gave 0). What is left is the spread
 of the log errors' own rounding (a few ulps: up to :math:`6\cdot10^{-15}\tfrac1n\sum d^2`,
 measured). So: where :math:`v \le τ \tfrac{1}{n'}\sum d^2` (n' as the variance divides,
 τ = 1e-10 for a float32 computation, 1e-12 for float64: ``flat_tolerance``), the loss is 0 with
