@@ -287,7 +287,20 @@ def test_training_stops_when_predictions_explode_to_huge_finite_depths(cache, tm
         with pytest.raises(TrainingDiverged) as info:
             _run_with_predictions(cache, tmp_path / f"run{shown}", value=value)
         assert _one_line(info) == (f"predictions reached {shown} m (median magnitude) at step 0, beyond any depth in "
-                                   "metres (> 1e+06 m): the run diverged: lower --lr, or use --amp none / bf16")
+                                   "metres (> 1e+06 m): the run diverged: lower --lr")   # float32 already: no --amp advice
     # below the bound, and a few wild rows (under half the map), train on
     assert _run_with_predictions(cache, tmp_path / "far", value=5e5).step == 1
     assert _run_with_predictions(cache, tmp_path / "spikes", spikes=3).step == 1
+
+
+def test_the_divergence_advice_names_only_a_precision_the_run_does_not_use(cache, tmp_path):
+    """Every divergence message said "or use --amp none / bf16", a bf16 or float32 run included."""
+    from fastmde.engine import Trainer
+
+    trainer = Trainer(tiny_config(cache, str(tmp_path / "run"), max_steps=1, epochs=1), overwrite=True,
+                      log=lambda text: None)
+    expected = {None: "lower --lr", torch.bfloat16: "lower --lr, or use --amp none",
+                torch.float16: "lower --lr, or use --amp bf16 or none"}
+    for amp, advice in expected.items():
+        trainer.amp_dtype = amp
+        assert trainer.divergence_advice() == advice

@@ -666,11 +666,11 @@ class Trainer:
         loss_value, typical = torch.stack([loss.detach(), typical.to(loss.dtype)]).tolist()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"loss became {loss_value} at step {self.step}: lower --lr, or use --amp none / bf16")
+                f"loss became {loss_value} at step {self.step}: {self.divergence_advice()}")
         if typical > DIVERGED_DEPTH_M:
             raise TrainingDiverged(
                 f"predictions reached {typical:.3g} m (median magnitude) at step {self.step}, beyond any depth in "
-                f"metres (> {DIVERGED_DEPTH_M:g} m): the run diverged: lower --lr, or use --amp none / bf16")
+                f"metres (> {DIVERGED_DEPTH_M:g} m): the run diverged: {self.divergence_advice()}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         return loss_value
@@ -898,6 +898,12 @@ class Trainer:
         return (f"nothing trained: {self.last_path} has already run {format_seconds(self.elapsed)}, at "
                 f"--time-limit {self.cfg.time_limit:g} s (a larger --time-limit continues it)")
 
+    def divergence_advice(self) -> str:
+        """What a diverged run can change: a lower --lr, and a precision it does not run in already
+        (float16's range overflows first; bfloat16 keeps float32's range, float32 its precision)."""
+        other = {torch.float16: "--amp bf16 or none", torch.bfloat16: "--amp none"}.get(self.amp_dtype)
+        return "lower --lr" + (f", or use {other}" if other else "")
+
     def _end_epoch(self, *, partial: bool, epoch_time: float) -> None:
         values = self.validate()     # may be cut short by Ctrl-C: nothing has changed yet
         if float(values.get("count", 0)) > 0 and math.isnan(float(values["rms"])):
@@ -905,7 +911,7 @@ class Trainer:
             # stay finite: the SILog family floors predictions <= 0 before its logarithm)
             kept = f"; {self.last_path} holds the last save before it" if os.path.exists(self.last_path) else ""
             raise TrainingDiverged(f"validation at step {self.step} scored NaN: the network predicts NaN (diverged): "
-                                   f"lower --lr, or use --amp none / bf16{kept}")
+                                   f"{self.divergence_advice()}{kept}")
         with interrupts_deferred():  # the record, the epoch's end and the checkpoints: all or nothing
             self._close_epoch(values, partial=partial, epoch_time=epoch_time)
 
