@@ -120,34 +120,39 @@ inline T log_error(T p, T y, T eps) {
 template <typename P, typename Y, typename T>
 std::array<double, 3> silog_sums_tile(const Maps<P, Y, T>& m, T eps, int64_t b, int64_t r0, int64_t r1) {
   const int64_t W = m.W;
-  std::vector<T> p(W), v(W), y(W);
+  std::vector<T> p(W), v(W), y(W), e(W);
   double n = 0.0, s1 = 0.0, s2 = 0.0;
   for (int64_t i = r0; i < r1; ++i) {
     pred_row(m.pred_row(b, i), W, p.data());
     valid_row<true>(m.target_row(b, i), m.mask_row(b, i), W, T(1), v.data(), y.data());
     // SILog's square root takes Σd²/n - (Σd/n)², which cancels: float32 row sums of d left 3e-6 of
     // Σd²/n where a prediction at a constant scale of the ground truth has 0 (and hid a real spread
-    // under a large mean log offset). So the row sums d - k, k the row's first valid log error
-    // (near 0 where the ratio is near-constant: their rounding is relative to the spread), and the
-    // rows are added back in double: Σd = Σ(d-k) + n k, Σd² = Σ(d-k)² + 2k Σ(d-k) + n k².
-    T k = T(0);
-    for (int64_t q = 0; q < W; ++q)
-      if (v[q] != T(0)) {
-        k = log_error(p[q], y[q], eps);
-        break;
-      }
-    T rn = 0, r1s = 0, r2s = 0;
-#pragma omp simd reduction(+ : rn, r1s, r2s)
+    // under a large mean log offset). So each row is summed centred on its own mean m (two passes
+    // over the row's d, kept in e): the float32 sums of d - m round relative to the row's spread
+    // (an error in m moves them by n δm² only, where a shift by one pixel's d failed when that
+    // pixel was an outlier), and the rows are added back in double:
+    // Σd = Σ(d-m) + n m, Σd² = Σ(d-m)² + 2m Σ(d-m) + n m².
+    T rn = 0, rs = 0;
+#pragma omp simd reduction(+ : rn, rs)
     for (int64_t q = 0; q < W; ++q) {
-      const T d = v[q] != T(0) ? log_error(p[q], y[q], eps) - k : T(0);
+      const T d = v[q] != T(0) ? log_error(p[q], y[q], eps) : T(0);
+      e[q] = d;
       rn += v[q];
-      r1s += d;
-      r2s += d * d;
+      rs += d;
     }
-    const double kd = static_cast<double>(k), nd = static_cast<double>(rn), r1 = static_cast<double>(r1s);
+    if (rn == T(0)) continue;
+    const T mean = rs / rn;
+    T c1 = 0, c2 = 0;
+#pragma omp simd reduction(+ : c1, c2)
+    for (int64_t q = 0; q < W; ++q) {
+      const T c = v[q] != T(0) ? e[q] - mean : T(0);
+      c1 += c;
+      c2 += c * c;
+    }
+    const double md = static_cast<double>(mean), nd = static_cast<double>(rn), c1d = static_cast<double>(c1);
     n += nd;
-    s1 += r1 + nd * kd;
-    s2 += static_cast<double>(r2s) + 2.0 * kd * r1 + nd * kd * kd;
+    s1 += c1d + nd * md;
+    s2 += static_cast<double>(c2) + 2.0 * md * c1d + nd * md * md;
   }
   return {n, s1, s2};
 }

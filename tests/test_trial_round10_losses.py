@@ -226,6 +226,26 @@ def test_silog_keeps_a_real_spread_under_a_large_mean_log_offset(backend, dtype)
         assert torch.count_nonzero(p.grad) == p.numel()
 
 
+def test_silog_sums_survive_an_outlier_at_the_start_of_a_row(backend):
+    """The C++ sums shifted each row by its first valid log error: a prediction at the floor in
+    column 0 (k = ln 1e-6 - ln y) beside millimetres against metres left float32 rounding of n k²
+    (1x4x4096, λ = 1: 9e-3 relative off, the gradient 2.9e-3 of its largest). Each row is now
+    centred on its own mean. Against the two-pass float64 formula, loss and gradient."""
+    g = torch.Generator().manual_seed(11)
+    shape = (1, 2, 40) if backend == "triton" else (1, 4, 4096)
+    y = torch.rand(shape, generator=g) * 9 + 1
+    pred = y * 1000.0
+    pred[:, :, 0] = 0.0
+    p = pred.clone().requires_grad_()
+    loss, _, _ = scale_invariant_loss(p, y, None, "silog", 1.0, 10.0, 0.5, False, 1e-6)
+    loss.backward()
+    q = pred.double().requires_grad_()
+    want = si.scale_invariant_loss_reference(q, y.double(), None, kind="silog", lambd=1.0, eps=1e-6)
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert (p.grad.double() - q.grad).abs().max() <= 1e-4 * q.grad.abs().max()
+
+
 def test_silog_rounding_rule_is_relative_to_the_mean_square():
     """The rule itself (``silog_combine``): v at half τ Σd²/n reads as 0 with zero coefficients,
     at twice τ it is kept: L = c √v."""

@@ -30,18 +30,21 @@ The argument of the square root, :math:`v = \mathrm{var}(d) + (1-λ)\bar d^2` (t
 :math:`\tfrac1n\sum d^2 - λ\bar d^2` for kind ``silog``), is 0 in exact arithmetic for λ = 1 and
 a constant d (a prediction that is the ground truth times a constant). The fused passes take it
 from one-pass sums (:math:`\tfrac1n\sum d^2 - \bar d^2`), which the twins keep exact enough:
-the reference and Triton sum in float64, the C++ pass sums each row's d - k in float32 (k the
-row's first valid log error, so the values are as small as the spread) and adds the rows back
-in double (plain float32 row sums left up to :math:`3\cdot10^{-6}\,\tfrac1n\sum d^2` there: a
-loss of up to 3e-3 with c = 10 where another backend gave 0). What is left is the spread
+the reference and Triton sum in float64, the C++ pass sums each row centred on its own mean in
+float32 (two passes over the row, so the values are as small as the spread) and adds the rows
+back in double (plain float32 row sums left up to :math:`3\cdot10^{-6}\,\tfrac1n\sum d^2`
+there: a loss of up to 3e-3 with c = 10 where another backend gave 0). What is left is the spread
 of the log errors' own rounding (a few ulps: up to :math:`6\cdot10^{-15}\tfrac1n\sum d^2`,
 measured). So: where :math:`v \le τ \tfrac{1}{n'}\sum d^2` (n' as the variance divides,
 τ = 1e-10 for a float32 computation, 1e-12 for float64: ``flat_tolerance``), the loss is 0 with
 zero gradient, on every backend alike, instead of that residue or the NaN of ``sqrt`` (and its
 infinite derivative at 0). Only λ = 1 (or within 1e-10 of it) reaches this, and only for a log
-error whose spread is below 1e-5 of its root mean square (float32): 0.001% of relative depth
-error, below what a float32 prediction resolves. Elsewhere the backends differ by rounding only:
-with λ < 1 a constant d gives :math:`c\sqrt{1-λ}\,|\bar d|` to about 1e-6 relative in float32.
+error whose spread is below 1e-5 of its root mean square (float32), whatever that is: with a
+mean log error of ln 10⁴ a real spread of 1e-5 reads as 0. A ratio close to 1 (|d| about 0.01)
+is above the rule: there the log errors' float32 rounding (about 2e-7) is the spread, and a
+constant ratio gives a loss of about 2e-6 (c = 10), alike on every backend. Elsewhere the
+backends differ by rounding only: with λ < 1 a constant d gives :math:`c\sqrt{1-λ}\,|\bar d|`
+to about 1e-6 relative in float32.
 No valid pixel in the batch: loss 0, zero gradient (the public function warns).
 
 Gradient: :math:`\partial L/\partial\hat y_i = m_i\,[\hat y_i \ge ε]\,(A d_i + B)/\hat y_i` with
