@@ -34,11 +34,11 @@ def maps(shape=(1, 12, 13), dtype=torch.float64, seed=0):
     return pred, target, mask
 
 
-def reference_gradient(pred, target, mask, incoming):
+def reference_gradient(pred, target, mask, incoming, *, weights=WEIGHTS, blur=True):
     """d/d pred of Σ_k incoming[k] * terms[k], by autograd of the plain-PyTorch spec."""
     p = pred.detach().double().requires_grad_()
     terms = depth_loss_terms_reference(p, target.double(), mask, depth_term="log", alpha=0.5, gradient=True,
-                                       normal=True, blur=True, weights=tuple(WEIGHTS))
+                                       normal=True, blur=blur, weights=tuple(weights))
     (grad,) = torch.autograd.grad(sum(c * terms[name] for c, name in zip(incoming, TERMS)), p)
     return grad
 

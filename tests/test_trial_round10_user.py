@@ -25,26 +25,21 @@ import fastmde
 from fastmde.nn import UpProjection
 from fastmde.ops.depth_loss import depth_loss
 from fastmde.ops.up_projection import upsample_conv2d
-from fastmde.reference.depth_loss import PRESETS, depth_loss_terms_reference
+from fastmde.reference.depth_loss import PRESETS
+from test_trial_round10_losses import maps as loss_maps, reference_gradient as loss_reference_gradient
 
 OPTIONS = ("log", 0.5, True, True, False)   # depth_term, alpha, gradient, normal, blur
-TERMS = ("depth", "gradient", "normal", "total")
 
 
 def maps(shape=(1, 9, 11), dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pred = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 + 0.5).to(dtype)
-    target = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 + 0.5).to(dtype)
+    """The loss module's maps, without its mask."""
+    pred, target, _ = loss_maps(shape, dtype, seed)
     return pred, target
 
 
 def reference_gradient(pred, target, weights, incoming):
-    """d/d pred of Σ_k incoming[k] * terms[k] for ``weights``, by autograd of the plain-PyTorch spec."""
-    p = pred.detach().double().requires_grad_()
-    terms = depth_loss_terms_reference(p, target.double(), None, depth_term="log", alpha=0.5, gradient=True,
-                                       normal=True, blur=False, weights=tuple(weights))
-    (grad,) = torch.autograd.grad(sum(g * terms[k] for g, k in zip(incoming, TERMS)), p)
-    return grad
+    """d/d pred of Σ_k incoming[k] * terms[k] for ``weights``, unmasked, without the blur (OPTIONS)."""
+    return loss_reference_gradient(pred, target, None, incoming, weights=weights, blur=False)
 
 
 @pytest.mark.parametrize("op", [depth_loss, torch.ops.fastmde.depth_loss], ids=["eager", "registered"])
