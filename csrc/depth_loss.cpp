@@ -354,6 +354,23 @@ struct LossKernel {
     for (int64_t q = hi; q < W; ++q) border(q);
   }
 
+  // Rows [r0 - halo, r1 + halo) of a tile buffer (rows W + 2 apart): a row inside [lo, hi) gets a
+  // zero column each side and fill(j, row + 1) between them, any other row is zero (the Sobel's
+  // zero padding outside the image).
+  template <typename F>
+  void padded_rows(T* buf, int64_t r0, int64_t r1, int halo, int64_t lo, int64_t hi, F fill) const {
+    const int64_t Wp = W + 2;
+    for (int64_t j = r0 - halo; j < r1 + halo; ++j) {
+      T* row = buf + (j - r0 + halo) * Wp;
+      if (j < lo || j >= hi) {
+        std::fill(row, row + Wp, T(0));
+        continue;
+      }
+      row[0] = row[W + 1] = T(0);
+      fill(j, row + 1);
+    }
+  }
+
   // Sums (depth, gradient, normal, N_d, N_s) of one tile; writes the gradients on rows [r0, r1).
   template <bool GRAD, bool NORMAL, bool LOG>
   std::array<double, 5> tile(int64_t b, int64_t r0, int64_t r1) const {
@@ -377,17 +394,11 @@ struct LossKernel {
     const int64_t dlo = SOBEL ? std::max<int64_t>(0, r0 - 2) : r0;
     const int64_t dhi = SOBEL ? std::min<int64_t>(H, r1 + 2) : r1;
     T* dbuf = sc.take(sc.pred, (rows + 4) * Wp);
-    for (int64_t j = r0 - 2; j < r1 + 2; ++j) {
-      T* drow = dbuf + (j - r0 + 2) * Wp;
-      if (j < dlo || j >= dhi) {
-        std::fill(drow, drow + Wp, T(0));
-        continue;
-      }
-      drow[0] = drow[W + 1] = T(0);
+    padded_rows(dbuf, r0, r1, 2, dlo, dhi, [&](int64_t j, T* drow) {
       const scalar_t* src = pred + (b * H + j) * W;
 #pragma omp simd
-      for (int64_t q = 0; q < W; ++q) drow[q + 1] = static_cast<T>(src[q]);
-    }
+      for (int64_t q = 0; q < W; ++q) drow[q] = static_cast<T>(src[q]);
+    });
     double s_depth = 0.0, s_grad = 0.0, s_norm = 0.0;
     int64_t count_s = 0;
     // the sanitised ground truth of row r0 when the stencil pass made it (the blur's cache, or
@@ -445,38 +456,24 @@ struct LossKernel {
       const int64_t chi = opt.blur ? std::min<int64_t>(H, r1 + 2 + kBlurRadius) : 0;
       T* cache = sc.take(sc.sanitised, (chi - clo) * W);
       for (int64_t j = clo; j < chi; ++j) sanitised_row(b, j, cache + (j - clo) * W);
-      for (int64_t j = r0 - 2; j < r1 + 2; ++j) {
-        T* yrow = ybuf + (j - r0 + 2) * Wp;
-        if (j < dlo || j >= dhi) {
-          std::fill(yrow, yrow + Wp, T(0));
-          continue;
-        }
-        yrow[0] = yrow[W + 1] = T(0);
-        stencil_row(b, j, yrow + 1, tmp, row, cache, clo, chi);
-      }
+      padded_rows(ybuf, r0, r1, 2, dlo, dhi,
+                  [&](int64_t j, T* yrow) { stencil_row(b, j, yrow, tmp, row, cache, clo, chi); });
       // d/d(ĝx, ĝy) on rows [r0-1, r1+1), zero padded as pred
       dpx = sc.take(sc.dpx, (rows + 2) * Wp);
       dpy = sc.take(sc.dpy, (rows + 2) * Wp);
-      for (int64_t j = r0 - 1; j < r1 + 1; ++j) {
-        T* ox = dpx + (j - r0 + 1) * Wp;
-        T* oy = dpy + (j - r0 + 1) * Wp;
-        if (j < mlo || j >= mhi) {
-          std::fill(ox, ox + Wp, T(0));
-          std::fill(oy, oy + Wp, T(0));
-          continue;
-        }
-        ox[0] = ox[W + 1] = oy[0] = oy[W + 1] = T(0);
+      padded_rows(dpy, r0, r1, 1, mlo, mhi, [](int64_t, T*) {});   // its rows are written with dpx's
+      padded_rows(dpx, r0, r1, 1, mlo, mhi, [&](int64_t j, T* ox) {
         const int64_t jj = j - r0 + 2;
         const T* d = dbuf + jj * Wp + 1;
         const T* y = ybuf + jj * Wp + 1;
         T sg, sn;
-        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, sv + (j - mlo) * W, ox + 1, oy + 1,
-                                   W, rp, sg, sn);
+        sobel_row<T, GRAD, NORMAL>(d - Wp, d, d + Wp, y - Wp, y, y + Wp, sv + (j - mlo) * W, ox,
+                                   dpy + (j - r0 + 1) * Wp + 1, W, rp, sg, sn);
         if (j >= r0 && j < r1) {
           s_grad += static_cast<double>(sg);
           s_norm += static_cast<double>(sn);
         }
-      }
+      });
       ysan = opt.blur ? cache + (r0 - clo) * W : ybuf + 2 * Wp + 1;
     }
     const int64_t ystride = SOBEL && !opt.blur ? Wp : W;
